@@ -1,14 +1,28 @@
 """condseg: ConDSeg and related 2-D binary medical image segmentation methods.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`predict`.
+Imported lazily so that ``import condseg`` (and the CLI's start) stays fast.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
 
-from condseg.inference.model_file import load_model, save_model
-from condseg.inference.predict import predict
-from condseg.models.registry import create_model, list_models
+_API = {
+    "create_model": "condseg.models.registry",
+    "list_models": "condseg.models.registry",
+    "load_model": "condseg.inference.model_file",
+    "save_model": "condseg.inference.model_file",
+    "predict": "condseg.inference.predict",
+}
 
-__all__ = ["__version__", "create_model", "list_models", "load_model", "predict", "save_model"]
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'condseg' has no attribute {name!r}")

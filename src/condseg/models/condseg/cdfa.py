@@ -1,0 +1,93 @@
+"""Contrast-Driven Feature Aggregation (paper Eq. 11–14).
+
+Each pixel gathers its K×K neighbourhood of value vectors; attention matrices (K²×K², per head)
+predicted from the foreground and the background guidance features re-weight the window, and
+the re-weighted windows are folded back (overlaps summed, Eq. 14).
+
+``mode="official"`` is the authors' released order (fg weighting → fold → proj, then the same
+on the result with bg and the same proj); ``mode="paper"`` is Eq. 13 as written (bg then fg
+inside one window, one fold, one proj). ``guided=False`` keeps only the input/output CBR pairs
+(the Table-4 baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condseg.models.blocks import CBR
+
+CDFAMode = Literal["official", "paper"]
+
+
+class CDFA(nn.Module):
+    def __init__(
+        self,
+        cin: int,
+        dim: int = 128,
+        heads: int = 4,
+        kernel: int = 3,
+        mode: CDFAMode = "official",
+        guided: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in ("official", "paper"):
+            raise ValueError(f"cdfa_mode must be 'official' or 'paper', got {mode!r}")
+        if dim % heads:
+            raise ValueError(f"CDFA width {dim} is not divisible by its {heads} heads")
+        self.dim, self.heads, self.kernel, self.mode, self.guided = dim, heads, kernel, mode, guided
+        self.scale = (dim // heads) ** -0.5
+        self.inp = nn.Sequential(CBR(cin, dim, 3), CBR(dim, dim, 3))
+        if guided:
+            window = kernel * kernel
+            self.value = nn.Linear(dim, dim)
+            self.attn_fg = nn.Linear(dim, heads * window * window)
+            self.attn_bg = nn.Linear(dim, heads * window * window)
+            self.proj = nn.Linear(dim, dim)
+        self.out = nn.Sequential(CBR(dim, dim, 3), CBR(dim, dim, 3))
+
+    def forward(
+        self, x: torch.Tensor, g_fg: torch.Tensor | None = None, g_bg: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.inp(x)
+        if self.guided:
+            x = self._aggregate(x, g_fg, g_bg)
+        return self.out(x)
+
+    def _aggregate(self, x: torch.Tensor, g_fg: torch.Tensor, g_bg: torch.Tensor) -> torch.Tensor:
+        a_fg, a_bg = self.attention(self.attn_fg, g_fg), self.attention(self.attn_bg, g_bg)
+        v = _pixelwise(self.value, x)
+        if self.mode == "official":
+            y = _pixelwise(self.proj, self._fold(a_fg @ self._unfold(v), x.shape))
+            return _pixelwise(self.proj, self._fold(a_bg @ self._unfold(y), x.shape))
+        return _pixelwise(self.proj, self._fold(a_fg @ (a_bg @ self._unfold(v)), x.shape))
+
+    def attention(self, linear: nn.Linear, guide: torch.Tensor) -> torch.Tensor:
+        """Per-pixel, per-head softmax attention (B, heads, HW, K², K²) from a guidance map."""
+        b, _, h, w = guide.shape
+        window = self.kernel * self.kernel
+        logits = linear(guide.flatten(2).transpose(1, 2))  # (B, HW, heads·K²·K²)
+        logits = logits.reshape(b, h * w, self.heads, window, window).transpose(1, 2)
+        return (logits * self.scale).softmax(dim=-1)
+
+    def _unfold(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → windows (B, heads, HW, K², head_dim), channel order (c, position)."""
+        b, c, h, w = v.shape
+        window = self.kernel * self.kernel
+        cols = F.unfold(v, self.kernel, padding=self.kernel // 2)  # (B, C·K², HW)
+        cols = cols.reshape(b, self.heads, c // self.heads, window, h * w)
+        return cols.permute(0, 1, 4, 3, 2)
+
+    def _fold(self, windows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Inverse of :meth:`_unfold`, summing overlapping window contributions (Eq. 14)."""
+        b, c, h, w = shape
+        cols = windows.permute(0, 1, 4, 3, 2).reshape(b, c * self.kernel**2, h * w)
+        return F.fold(cols, (h, w), self.kernel, padding=self.kernel // 2)
+
+
+def _pixelwise(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear layer to the channel vector of every pixel of a (B, C, H, W) map."""
+    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

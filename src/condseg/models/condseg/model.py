@@ -1,0 +1,87 @@
+"""ConDSeg (Lei et al., AAAI 2025): encoder → FEM → SID → CDFA chain → size-aware decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from condseg.models.blocks import FEM, resize
+from condseg.models.condseg.cdfa import CDFA, CDFAMode
+from condseg.models.condseg.decoder import OutputHead, SizeAwareDecoder
+from condseg.models.condseg.sid import SID, aux_head, guidance
+from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
+
+#: Paper Table 4: ``baseline`` has no SID/guidance/attention and only the small decoder;
+#: ``sid_cdfa`` is the full model with only the small decoder; ``full`` is ConDSeg.
+Variant = Literal["full", "sid_cdfa", "baseline"]
+
+
+class ConDSegOutput(NamedTuple):
+    """Logits (B, 1, H, W) of the mask and of the SID foreground/background/uncertainty maps."""
+
+    mask: torch.Tensor
+    fg: torch.Tensor | None = None
+    bg: torch.Tensor | None = None
+    uc: torch.Tensor | None = None
+
+
+class ConDSeg(nn.Module):
+    def __init__(
+        self,
+        encoder: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        width: int = 128,
+        cdfa_mode: CDFAMode = "official",
+        variant: Variant = "full",
+        heads: int = 4,
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        if variant not in ("full", "sid_cdfa", "baseline"):
+            raise ValueError(f"variant must be 'full', 'sid_cdfa' or 'baseline', got {variant!r}")
+        self.encoder = create_encoder(encoder, pretrained, weights)
+        channels, strides = encoder_channels(self.encoder), encoder_reductions(self.encoder)
+        self.input_divisor = strides[-1]
+        self.decoupled = variant != "baseline"
+        self.fems = nn.ModuleList(FEM(c, width) for c in channels)
+        if self.decoupled:
+            self.sid = SID(channels[-1], channels[-1] // 2 * width // 128, width)
+            self.aux_heads = nn.ModuleDict(
+                {b: aux_head(width, strides[-1], width) for b in SID.BRANCHES}
+            )
+            scales = [strides[-1] // s for s in strides]
+            self.guides_fg = nn.ModuleList(guidance(width, s) for s in scales)
+            self.guides_bg = nn.ModuleList(guidance(width, s) for s in scales)
+        self.cdfas = nn.ModuleList(
+            CDFA(width if level == 3 else 2 * width, width, heads, kernel, cdfa_mode,
+                 guided=self.decoupled)
+            for level in range(4)
+        )
+        size_aware = variant == "full"
+        self.decoder = SizeAwareDecoder(width, size_aware)
+        self.head = OutputHead(width, inputs=3 if size_aware else 1, factor=strides[0])
+
+    def forward(self, x: torch.Tensor) -> ConDSegOutput:
+        feats = self.encoder(x)
+        d = [fem(f) for fem, f in zip(self.fems, feats, strict=True)]
+        g_fg = g_bg = [None] * 4
+        sid_logits: dict[str, torch.Tensor] = {}
+        if self.decoupled:
+            f_fg, f_bg, f_uc = self.sid(feats[-1])
+            sid_logits = {
+                b: head(f) for (b, head), f in zip(self.aux_heads.items(), (f_fg, f_bg, f_uc),
+                                                   strict=True)
+            }
+            g_fg = [g(f_fg) for g in self.guides_fg]
+            g_bg = [g(f_bg) for g in self.guides_bg]
+        f: list[torch.Tensor] = [None] * 4  # type: ignore[list-item]
+        f[3] = self.cdfas[3](d[3], g_fg[3], g_bg[3])
+        for level in (2, 1, 0):
+            fused = torch.cat([d[level], resize(f[level + 1], d[level].shape[-2:])], dim=1)
+            f[level] = self.cdfas[level](fused, g_fg[level], g_bg[level])
+        mask = self.head(self.decoder(f))
+        return ConDSegOutput(mask, **sid_logits)

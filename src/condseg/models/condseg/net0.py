@@ -1,0 +1,39 @@
+"""Net_0: the stage-1 network of Consistency Reinforcement — the encoder plus a light head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from condseg.models.blocks import CBR, resize
+from condseg.models.encoders import create_encoder, encoder_channels
+
+
+class Net0(nn.Module):
+    """Each encoder level upsampled to the input size, CBR(c, 64, 1), concat, Conv1×1 → logits.
+
+    Its ``encoder`` (parameters and BatchNorm buffers) is what stage 2 loads.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        side_width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, pretrained, weights)
+        self.input_divisor = max(self.encoder.feature_info.reduction())
+        channels = encoder_channels(self.encoder)
+        self.sides = nn.ModuleList(CBR(c, side_width, 1) for c in channels)
+        self.classifier = nn.Conv2d(len(channels) * side_width, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        feats = self.encoder(x)
+        return self.classifier(
+            torch.cat([side(resize(f, size)) for side, f in zip(self.sides, feats, strict=True)], 1)
+        )

@@ -1,0 +1,61 @@
+"""Encoders: timm feature extractors returning the first four feature levels.
+
+ImageNet weights come through timm when online, or from a local file (``weights=PATH``); when
+neither is possible the error says which option to use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+#: The pretrained tag used for each encoder name when ImageNet weights are asked for.
+DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could neither be downloaded nor read from a local file."""
+
+
+def create_encoder(
+    name: str = "resnet50", pretrained: bool = False, weights: str | Path | None = None
+) -> nn.Module:
+    """A timm ``features_only`` model returning its first four levels.
+
+    For ResNets these are the stem and stages 1–3 (strides 2–16; stage 4 is never built), for
+    PVT-v2 the four stages (strides 4–32). ``weights`` is a local file (safetensors or a torch
+    state dict, in timm's or the original repository's key names) and implies ``pretrained``.
+    """
+    kwargs: dict = {"features_only": True, "out_indices": (0, 1, 2, 3)}
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"encoder weights file not found: {path}. Pass an existing file, or drop "
+                "model.weights to use timm's download."
+            )
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    tag = DEFAULT_TAGS.get(name, name) if pretrained else name
+    if not pretrained:
+        return timm.create_model(tag, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(tag, pretrained=True, **kwargs)
+    except Exception as error:  # timm/hub raise many kinds when offline or on a bad file
+        raise WeightsUnavailableError(
+            f"could not load ImageNet weights for encoder '{tag}' ({type(error).__name__}: "
+            f"{error}). Where there is no network, download them elsewhere and pass the file "
+            "with model.weights=PATH, or train from scratch with model.pretrained=false."
+        ) from error
+
+
+def encoder_channels(encoder: nn.Module) -> list[int]:
+    """Channels of the four feature levels of a timm ``features_only`` model."""
+    return list(encoder.feature_info.channels())
+
+
+def encoder_reductions(encoder: nn.Module) -> list[int]:
+    """Strides of the four feature levels (2, 4, 8, 16 for ResNet-50; 4..32 for PVT-v2)."""
+    return list(encoder.feature_info.reduction())
