@@ -1,0 +1,110 @@
+"""The port reproduces the outputs of the authors' code on deterministic weights.
+
+The weights are built from the authors' key names (``shared/reference``), converted with our
+importer, and loaded strictly; every saved array must match within 1e-4 + 1e-4·max|ref|.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from condseg.convert import convert_state_dict
+from condseg.models.registry import create_model, mask_logits
+
+PARAMETERS = {"condseg": 45_552_786, "net0": 8_662_848, "condseg_pvt": 45_109_874}
+OUR_NAMES = {"condseg": "condseg", "net0": "condseg-net0", "condseg_pvt": "condseg-pvt"}
+
+
+def _deterministic(reference_dir: Path):
+    spec = importlib.util.spec_from_file_location(
+        "deterministic_weights", reference_dir / "deterministic_weights.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _authors_weights(reference_dir: Path, model: str) -> dict[str, torch.Tensor]:
+    spec = json.loads((reference_dir / f"official_{model}_state_dict.json").read_text())
+    return _deterministic(reference_dir).fill_state_dict(spec["state_dict"])
+
+
+def _converted_model(reference_dir: Path, model: str) -> nn.Module:
+    name, state = convert_state_dict(_authors_weights(reference_dir, model))
+    assert name == OUR_NAMES[model]
+    net = create_model(name)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def _bn_train(net: nn.Module) -> None:
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+
+
+def _assert_close(ours: torch.Tensor, ref: np.ndarray, what: str) -> None:
+    ours = ours.detach().numpy()
+    assert ours.shape == ref.shape, what
+    tolerance = 1e-4 + 1e-4 * np.abs(ref).max()
+    error = np.abs(ours - ref).max()
+    assert error <= tolerance, f"{what}: max error {error:.3g} > tolerance {tolerance:.3g}"
+
+
+@pytest.mark.parametrize("model", list(PARAMETERS))
+def test_parameter_counts(model: str) -> None:
+    net = create_model(OUR_NAMES[model])
+    assert sum(p.numel() for p in net.parameters()) == PARAMETERS[model]
+
+
+@pytest.mark.parametrize("model", list(PARAMETERS))
+def test_reference_outputs(reference_dir: Path, model: str) -> None:
+    spec = json.loads((reference_dir / f"official_{model}_state_dict.json").read_text())
+    assert spec["num_parameters"] == PARAMETERS[model]
+    net = _converted_model(reference_dir, model)
+    x = _deterministic(reference_dir).reference_input(2, 256, 256)
+    for suffix in ("", "_bntrain"):
+        if suffix:
+            _bn_train(net)
+        ref = np.load(reference_dir / f"official_{model}_outputs_256{suffix}.npz")
+        with torch.no_grad():
+            out = net(x)
+        logits = {"mask": mask_logits(out)}
+        if model != "net0":
+            logits |= {"fg": out.fg, "bg": out.bg, "uc": out.uc}
+        assert {f"{k}_logits" for k in logits} | {f"{k}_prob" for k in logits} == set(ref.files)
+        for key, value in logits.items():
+            _assert_close(value, ref[f"{key}_logits"], f"{model}{suffix} {key}_logits")
+            _assert_close(torch.sigmoid(value), ref[f"{key}_prob"], f"{model}{suffix} {key}_prob")
+
+
+def test_reference_intermediates(reference_dir: Path) -> None:
+    """Each top-level block of the authors' model, for locating a disagreement quickly."""
+    net = _converted_model(reference_dir, "condseg")
+    _bn_train(net)
+    ref = np.load(reference_dir / "official_condseg_intermediates_64_bntrain.npz")
+    captured: dict[str, torch.Tensor] = {}
+    blocks = {f"dconv{i + 1}": net.fems[i] for i in range(4)}
+    blocks |= {f"cdfa{i + 1}": net.cdfas[i] for i in range(4)}
+    blocks |= {"preprocess_fg1": net.guides_fg[0], "preprocess_bg1": net.guides_bg[0]}
+    blocks |= {f"decoder_{s}": getattr(net.decoder, s) for s in ("small", "middle", "large")}
+    for name, module in blocks.items():
+        module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+    net.encoder.register_forward_hook(
+        lambda _m, _i, out: captured.update({f"layer{i}": f for i, f in enumerate(out)})
+    )
+    net.sid.register_forward_hook(
+        lambda _m, _i, out: captured.update({f"decouple_layer.{i}": f for i, f in enumerate(out)})
+    )
+    with torch.no_grad():
+        net(_deterministic(reference_dir).reference_input(2, 64, 64))
+    assert set(captured) == set(ref.files)
+    for name in ref.files:
+        _assert_close(captured[name], ref[name], name)
