@@ -76,7 +76,7 @@ def test_cdfa_modes_differ() -> None:
 
 def test_registry_lists_and_rejects() -> None:
     assert {"condseg", "condseg-pvt", "condseg-net0"} <= set(list_models())
-    with pytest.raises(ValueError, match="unknown model 'nope'.*condseg"):
+    with pytest.raises(ValueError, match=r"unknown model 'nope'.*condseg"):
         create_model("nope")
     with pytest.raises(ValueError, match="bad option"):
         create_model("condseg", colour="red")
@@ -159,7 +159,7 @@ def test_load_official_rejects_other_files(tmp_path) -> None:
     with pytest.raises(ConversionError, match="not a checkpoint of the authors"):
         load_official(path)
     (tmp_path / "junk.pth").write_bytes(b"not a zip")
-    with pytest.raises(ConversionError, match="junk.pth"):
+    with pytest.raises(ConversionError, match=r"junk\.pth"):
         load_official(tmp_path / "junk.pth")
 
 

@@ -47,7 +47,8 @@ _RULES: list[tuple[str, str]] = [
     (r"^head\.conv_fuse\.", "classifier."),
     # Size-aware decoder and output block.
     (r"^decoder_(small|middle|large)\.c1\.", r"decoder.\1.reduce."),
-    (r"^decoder_(small|middle|large)\.c([2-4])\.", lambda m: f"decoder.{m[1]}.conv{int(m[2]) - 1}."),
+    (r"^decoder_(small|middle|large)\.c([2-4])\.",
+     lambda m: f"decoder.{m[1]}.conv{int(m[2]) - 1}."),
     (r"^decoder_(small|middle|large)\.sa\.conv1\.", r"decoder.\1.sa.conv."),
     (r"^decoder_(small|middle|large)\.", r"decoder.\1."),
     (r"^output_block\.fuse\.", "head.fuse."),
@@ -104,7 +105,9 @@ def load_official(path: str | Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ConversionError(f"{path}: cannot be read as a PyTorch state dict ({error})") from error
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch state dict ({error})"
+        ) from error
     if isinstance(state, Mapping) and "state_dict" in state and not any(
         isinstance(v, torch.Tensor) for v in state.values()
     ):

@@ -3,6 +3,7 @@ auxiliary mask heads, and the guidance maps that carry f_fg and f_bg to every CD
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -38,7 +39,7 @@ def aux_head(dim: int, stride: int, width: int) -> nn.Sequential:
         raise ValueError(f"the SID head supports encoders of stride 16 or 32, not {stride}")
     channels = [max(c * width // 128, 1) for c in plans[stride]]
     layers: list[nn.Module] = [CBR(dim, channels[0], 3)]
-    for cin, cout in zip(channels, channels[1:], strict=False):
+    for cin, cout in itertools.pairwise(channels):
         layers += [Upsample(2), CBR(cin, cout, 3)]
     layers.append(nn.Conv2d(channels[-1], 1, 1))
     return nn.Sequential(*layers)
