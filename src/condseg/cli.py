@@ -1,0 +1,245 @@
+"""The ``condseg`` command: parses arguments, then calls the library (nothing else lives here).
+
+Library modules are imported inside each command so that ``condseg --help`` starts quickly.
+Errors a user can fix (bad data, a missing file, a wrong option) are printed as one line and
+exit with status 2; ``predict`` exits 1 when some inputs could not be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="ConDSeg and related methods for 2-D binary medical image segmentation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare, check and synthesise datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+class Stage(str, Enum):
+    both = "both"
+    one = "1"
+    two = "2"
+
+
+class Resolution(str, Enum):
+    network = "network"
+    original = "original"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's errors about the user's input into one clear line and exit code 2."""
+    from condseg.convert import ConversionError
+    from condseg.data.dataset import DataError
+    from condseg.inference.model_file import ModelFileError
+    from condseg.models.encoders import WeightsUnavailableError
+
+    try:
+        yield
+    except (
+        ConversionError, DataError, ModelFileError, WeightsUnavailableError,
+        FileNotFoundError, FileExistsError, ValueError,
+    ) as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from error
+
+
+@app.command("models")
+def models() -> None:
+    """List the available model names."""
+    from condseg.models.registry import describe_models
+
+    for name, description in describe_models().items():
+        console.print(f"[bold]{name}[/]  {description}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="kvasir-seg, kvasir-sessile, glas, isic2016, "
+                                                "isic2017, cvc-clinicdb or busi.")],
+    raw: Annotated[Path, typer.Argument(help="The public release as downloaded and unpacked.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the canonical layout.")],
+    seed: Annotated[int, typer.Option(help="Seed of the split when none is shipped.")] = 0,
+    link: Annotated[bool, typer.Option(help="Hard-link images instead of copying.")] = False,
+) -> None:
+    """Convert a public dataset into the canonical layout with the paper's split."""
+    from condseg.data.prepare import prepare
+
+    with user_errors():
+        path = prepare(dataset, raw, out, seed=seed, link=link)
+    console.print(f"wrote {path}")
+
+
+@data_app.command("check")
+def data_check(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder in the canonical layout.")],
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) to check (default: all).")]
+    = None,
+) -> None:
+    """Verify every listed image and mask; exit 1 when there are errors."""
+    from condseg.data.check import check_dataset
+
+    with user_errors():
+        report = check_dataset(dataset, splits=split)
+    report.print(console)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="New folder for the synthetic dataset.")],
+    train: Annotated[int, typer.Option(help="Training images.")] = 48,
+    val: Annotated[int, typer.Option(help="Validation images.")] = 16,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Write the embedded synthetic endoscopy-like dataset (used by the demo and the tests)."""
+    from condseg.data.synthetic import synthesize
+
+    with user_errors():
+        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed)
+    console.print(f"wrote {path}")
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder (canonical layout).")],
+    config: Annotated[str, typer.Option(help="Preset name or YAML file.")] = "kvasir-seg",
+    model: Annotated[str | None, typer.Option(help="Model name (see `condseg models`).")]
+    = None,
+    stage: Annotated[Stage, typer.Option(help="Train stage 1, stage 2, or both.")] = Stage.both,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<preset>).")]
+    = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value config overrides, "
+                                                                "e.g. stage2.lr=3e-4.")] = None,
+) -> None:
+    """Train with the paper's two-stage recipe (Consistency Reinforcement, then ConDSeg)."""
+    from condseg.config import load_config
+    from condseg.training import train as run_training
+
+    with user_errors():
+        extra = list(overrides or [])
+        if model is not None:
+            extra.append(f"model.name={model}")
+        cfg = load_config(config, extra)
+        run_dir = out or Path("runs") / Path(config).stem
+        result = run_training(cfg, data, run_dir, stage=stage.value, resume=resume)
+    console.print(f"run directory: {result.run_dir}")
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    data: Annotated[Path, typer.Option(help="Dataset folder (canonical layout).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    resolution: Annotated[Resolution, typer.Option(
+        help="network: at the training size (the paper's); original: at each image's size."
+    )] = Resolution.network,
+    out: Annotated[Path | None, typer.Option(help="Folder for per_image.csv and summary.json.")]
+    = None,
+    save_masks: Annotated[Path | None, typer.Option(help="Also write predicted masks here.")]
+    = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+) -> None:
+    """Per-image and mean metrics (mIoU, mDSC, recall, precision, S/E-measure, HD95, ...)."""
+    from condseg.evaluation.evaluate import evaluate as run_evaluation
+    from condseg.evaluation.evaluate import print_table
+    from condseg.inference.model_file import load_model
+
+    with user_errors():
+        net = load_model(checkpoint)
+        result = run_evaluation(
+            net, data, split=split, resolution=resolution.value, out_dir=out,
+            save_masks=save_masks, batch_size=batch_size,
+        )
+    print_table(result, console)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    overlay: Annotated[bool, typer.Option(help="Also write the mask drawn over the image.")]
+    = False,
+    maps: Annotated[bool, typer.Option(help="Also write the SID fg/bg/uncertainty maps.")]
+    = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Predict masks at each image's original resolution; exit 1 if an input failed."""
+    from condseg.inference.model_file import load_model
+    from condseg.inference.predict import predict_files
+
+    with user_errors():
+        net = load_model(checkpoint)
+        report = predict_files(net, images, out, overlay=overlay, maps=maps, overwrite=overwrite)
+    console.print(f"wrote {len(report.written)} files to {out}")
+    for path, reason in report.failed:
+        console.print(f"[bold red]failed:[/] {path}: {reason}", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    format: Annotated[ExportFormat, typer.Option(help="Export format.")] = ExportFormat.onnx,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")]
+    = None,
+) -> None:
+    """Export a model file to ONNX, checked against PyTorch with onnxruntime."""
+    from condseg.inference.export import export_onnx
+    from condseg.inference.model_file import load_model
+
+    with user_errors():
+        net = load_model(checkpoint)
+        report = export_onnx(net, out or checkpoint.with_suffix(f".{format.value}"))
+    console.print(str(report))
+
+
+@app.command("convert-official")
+def convert_official(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pth state dict of the authors' code.")],
+    out: Annotated[Path, typer.Argument(help="Our model file to write (.safetensors).")],
+    size: Annotated[int, typer.Option(help="Input size the model was trained at.")] = 256,
+) -> None:
+    """Import a ConDSeg / Net_0 / ConDSeg-PVT checkpoint trained with the authors' code."""
+    from condseg.convert import load_official
+    from condseg.inference.model_file import save_model
+
+    with user_errors():
+        net = load_official(checkpoint)
+        # The authors' code divides by 255 only: no mean/std normalisation.
+        path = save_model(out, net, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=size)
+    console.print(f"{net.arch['name']}: wrote {path}")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")]
+    = Path("demo-run"),
+) -> None:
+    """Synthesise data, train both stages of a narrow ConDSeg, evaluate, predict (CPU, <5 min)."""
+    from condseg.demo import run_demo
+
+    with user_errors():
+        run_demo(out)
