@@ -1,0 +1,43 @@
+"""Data pipeline: the canonical folder dataset, augmentations, checks, converters, synthetic data.
+
+Layout: ``ROOT/images/<name>.<ext>``, ``ROOT/masks/<name>.<ext>``, ``ROOT/<split>.txt``.
+"""
+
+from __future__ import annotations
+
+from condseg.data.check import CheckReport, Problem, check_dataset
+from condseg.data.dataset import (
+    DataError,
+    SegmentationDataset,
+    find_pair,
+    read_image,
+    read_mask,
+    read_split,
+)
+from condseg.data.prepare import DATASETS, prepare
+from condseg.data.synthetic import synthesize
+from condseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    geometric_augmentation,
+    strong_photometric,
+)
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CheckReport",
+    "DataError",
+    "Problem",
+    "SegmentationDataset",
+    "check_dataset",
+    "find_pair",
+    "geometric_augmentation",
+    "prepare",
+    "read_image",
+    "read_mask",
+    "read_split",
+    "strong_photometric",
+    "synthesize",
+]

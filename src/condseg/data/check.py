@@ -1,0 +1,276 @@
+"""Dataset verification before training: every problem is reported per file, in one table, with
+what to do about it. Training refuses to start on errors unless told to skip ``bad_names()``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from condseg.data.dataset import (
+    DataError,
+    FolderIndex,
+    mask_threshold,
+    read_image,
+    read_mask_values,
+    read_split,
+)
+
+Level = Literal["error", "warning", "info"]
+_LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
+_LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+DEFAULT_SPLITS = ("train", "val")
+OPTIONAL_SPLITS = ("test",)
+# Share of mask pixels in the middle half of the range above which a mask is not a clean binary
+# mask (soft labels, probability maps, heavy resampling). Kvasir-SEG's JPEG masks have 0.0%.
+MID_GREY_LIMIT = 0.02
+# Share of pixels at a low non-zero value above which an "empty" mask is a 0/1 (or 0..k) label
+# map rather than a background-only mask.
+LABEL_MAP_LIMIT = 0.001
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem with one file (or one split / the dataset when ``file`` is None)."""
+
+    level: Level
+    message: str
+    split: str | None = None
+    name: str | None = None
+    file: str | None = None
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_dataset`; ``ok`` means no errors (warnings do not block)."""
+
+    root: Path
+    split_sizes: dict[str, int]
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def _at(self, level: Level) -> list[Problem]:
+        return [p for p in self.problems if p.level == level]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return self._at("error")
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return self._at("warning")
+
+    @property
+    def infos(self) -> list[Problem]:
+        return self._at("info")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def bad_names(self, include_warnings: bool = False) -> list[str]:
+        """Names with an error (and warning, if asked), for ``SegmentationDataset(exclude=...)``."""
+        levels = ("error", "warning") if include_warnings else ("error",)
+        return sorted({p.name for p in self.problems if p.level in levels and p.name is not None})
+
+    def table(self) -> Table:
+        """The problems, errors first, one line each."""
+        table = Table(title=f"Dataset check: {self.root}", show_lines=False)
+        for column in ("level", "split", "name", "file", "problem and what to do"):
+            table.add_column(column, overflow="fold")
+        ordered = sorted(
+            self.problems,
+            key=lambda p: (_LEVEL_ORDER[p.level], p.split or "", p.name or "", p.file or ""),
+        )
+        for p in ordered:
+            table.add_row(
+                f"[{_LEVEL_STYLE[p.level]}]{p.level}[/]",
+                p.split or "",
+                p.name or "",
+                p.file or "",
+                p.message,
+            )
+        return table
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{s} ({n})" for s, n in self.split_sizes.items()) or "none"
+        return (
+            f"Checked splits {sizes} in {self.seconds:.1f} s: {len(self.errors)} errors, "
+            f"{len(self.warnings)} warnings, {len(self.infos)} notes."
+        )
+
+    def print(self, console: Console | None = None) -> None:
+        console = console or Console()
+        if self.problems:
+            console.print(self.table())
+        console.print(self.summary())
+        if self.errors:
+            console.print(
+                f"[bold red]Training refuses to start on errors[/]: fix them, or skip the "
+                f"{len(self.bad_names())} names with errors explicitly."
+            )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _check_mask_values(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
+    """Is the foreground/background distribution usable for training? (One histogram pass.)"""
+    threshold = mask_threshold(full)
+    hist = np.bincount(values.ravel(), minlength=full + 1) / values.size
+    foreground = float(hist[threshold:].sum())
+    top = int(np.flatnonzero(hist)[-1])
+    found: list[tuple[Level, str]] = []
+    if foreground == 0.0 and top > 0 and hist[max(1, top // 2) :].sum() > LABEL_MAP_LIMIT:
+        found.append(
+            (
+                "error",
+                f"mask values go only up to {top} of {full}, so no pixel is foreground "
+                f"(foreground is >= {threshold}): a 0/1 label map? Save it as 0/{full}",
+            )
+        )
+    elif foreground == 0.0:
+        found.append(("warning", "mask is empty (no foreground): fine for a negative example"))
+    elif foreground == 1.0:
+        found.append(("warning", "mask is entirely foreground: inverted or blank annotation?"))
+    mid = float(hist[round(full * 0.25) : round(full * 0.75) + 1].sum())
+    if mid > MID_GREY_LIMIT:
+        found.append(
+            (
+                "warning",
+                f"{mid:.0%} of mask pixels are mid-grey (soft or resampled mask); they are "
+                f"binarised at {threshold}. Re-export a binary mask if that is wrong",
+            )
+        )
+    return found
+
+
+def _check_pair(index: FolderIndex, name: str) -> list[tuple[Level, str, str | None]]:
+    """Problems of one name: (level, message, file)."""
+    found: list[tuple[Level, str, str | None]] = []
+    shapes: dict[str, tuple[int, int]] = {}
+    for kind in ("images", "masks"):
+        try:
+            path = index.find(kind, name)
+        except DataError as exc:
+            found.append(
+                ("error", f"{exc}; add it or remove the name from the split", f"{kind}/{name}.*")
+            )
+            continue
+        file = _relative(path, index.root)
+        try:
+            if kind == "images":
+                shapes[kind] = read_image(path).shape[:2]
+            else:
+                values, full = read_mask_values(path)
+                shapes[kind] = values.shape
+                found.extend((level, msg, file) for level, msg in _check_mask_values(values, full))
+        except DataError as exc:
+            found.append(("error", f"{exc}", file))
+    if len(shapes) == 2 and shapes["images"] != shapes["masks"]:
+        (ih, iw), (mh, mw) = shapes["images"], shapes["masks"]
+        hint = " (transposed: EXIF orientation on one of them?)" if (ih, iw) == (mw, mh) else ""
+        found.append(
+            (
+                "error",
+                f"image is {ih}x{iw} but mask is {mh}x{mw} (HxW){hint}; "
+                "fix the pair or leave it out",
+                _relative(index.find("masks", name), index.root),
+            )
+        )
+    return found
+
+
+def check_dataset(
+    root: str | Path, splits: list[str] | tuple[str, ...] | None = None, workers: int | None = None
+) -> CheckReport:
+    """Verify a canonical dataset folder.
+
+    ``splits`` None checks train and val (both required) and test when present. Decoding runs in
+    a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults to the CPU count.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    problems: list[Problem] = []
+    if splits is None:
+        wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if (root / f"{s}.txt").is_file())]
+    else:
+        wanted = list(splits)
+    names_of: dict[str, list[str]] = {}
+    for split in wanted:
+        try:
+            names_of[split] = read_split(root, split)
+        except DataError as exc:
+            problems.append(Problem("error", str(exc), split=split, file=f"{split}.txt"))
+            continue
+        if not names_of[split]:
+            problems.append(
+                Problem("error", f"{split}.txt lists no names", split, None, f"{split}.txt")
+            )
+        for name, count in Counter(names_of[split]).items():
+            if count > 1:
+                problems.append(
+                    Problem(
+                        "warning",
+                        f"listed {count} times in {split}.txt: remove the duplicates",
+                        split,
+                        name,
+                        f"{split}.txt",
+                    )
+                )
+    splits_of: dict[str, list[str]] = {}
+    for split, names in names_of.items():
+        for name in dict.fromkeys(names):
+            splits_of.setdefault(name, []).append(split)
+    for name, in_splits in splits_of.items():
+        if len(in_splits) > 1:
+            files = " and ".join(f"{s}.txt" for s in in_splits)
+            problems.append(
+                Problem(
+                    "error",
+                    f"listed in {files}: remove it from all but one split",
+                    ", ".join(in_splits),
+                    name,
+                    None,
+                )
+            )
+    try:
+        index = FolderIndex(root)
+    except DataError as exc:
+        problems.append(Problem("error", str(exc)))
+        return CheckReport(
+            root, {s: len(n) for s, n in names_of.items()}, problems, time.perf_counter() - start
+        )
+    names = list(splits_of)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for name, found in zip(
+            names, pool.map(lambda n: _check_pair(index, n), names), strict=True
+        ):
+            split = ", ".join(splits_of[name])
+            problems.extend(Problem(level, msg, split, name, file) for level, msg, file in found)
+    unlisted = sorted(set(index.files["images"]) - set(splits_of))
+    if unlisted and names_of:
+        examples = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+        problems.append(
+            Problem(
+                "info",
+                f"{len(unlisted)} images are in no checked split ({examples}); they are not used",
+                file="images/",
+            )
+        )
+    return CheckReport(
+        root, {s: len(n) for s, n in names_of.items()}, problems, time.perf_counter() - start
+    )

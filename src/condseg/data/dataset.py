@@ -1,0 +1,275 @@
+"""The canonical folder dataset: ``ROOT/images/<name>.<ext>``, ``ROOT/masks/<name>.<ext>`` and
+split files ``ROOT/<split>.txt`` (names without extension, one per line).
+
+Images and masks are decoded with Pillow so that EXIF orientation is honoured the same way for
+both (``ImageOps.exif_transpose``): a mask drawn on the displayed photo stays aligned with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, get_worker_info
+
+from condseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    resize_image,
+    resize_mask,
+    strong_photometric,
+    to_tensor,
+)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# Pillow modes whose samples are 16 bit; "I" (32-bit int) is what older Pillow versions return
+# for 16-bit PNGs, so it is accepted when the values fit in 16 bits.
+_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the file and what to do about it."""
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """Names listed in ``root/<split>.txt``, in file order (blank lines and ``#`` comments skipped).
+
+    Duplicates are kept: :func:`condseg.data.check.check_dataset` reports them instead of this
+    function silently dropping them.
+    """
+    path = Path(root) / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(
+            f"split file {path} not found: write the {split} names (without extension), "
+            "one per line"
+        )
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def _index_folder(folder: Path) -> dict[str, list[Path]]:
+    """Map each stem to its image files in ``folder`` (extension matched case-insensitively)."""
+    if not folder.is_dir():
+        raise DataError(
+            f"folder {folder} not found: the dataset layout is ROOT/images/<name>.<ext> and "
+            "ROOT/masks/<name>.<ext>"
+        )
+    index: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            index.setdefault(path.stem, []).append(path)
+    return index
+
+
+class FolderIndex:
+    """Index of ``images/`` and ``masks/`` built with one directory scan each, so resolving the
+    names of a large dataset does not rescan the folders per name."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.files = {kind: _index_folder(self.root / kind) for kind in ("images", "masks")}
+
+    def find(self, kind: str, name: str) -> Path:
+        """The single file of ``kind`` ("images" or "masks") for ``name``; DataError otherwise."""
+        candidates = self.files[kind].get(name, [])
+        folder = self.root / kind
+        if len(candidates) > 1:
+            listed = ", ".join(str(p) for p in candidates)
+            raise DataError(f"ambiguous {kind[:-1]} for {name!r}: {listed}; keep only one of them")
+        if not candidates:
+            hint = ""
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                hint = " (split files list names without extension)"
+            raise DataError(
+                f"no {kind[:-1]} file for {name!r} in {folder} "
+                f"(looked for {name}.{{{','.join(e[1:] for e in IMAGE_EXTENSIONS)}}}){hint}"
+            )
+        return candidates[0]
+
+    def pair(self, name: str) -> tuple[Path, Path]:
+        """(image, mask) paths for ``name``."""
+        return self.find("images", name), self.find("masks", name)
+
+
+def find_pair(root: str | Path, name: str) -> tuple[Path, Path]:
+    """``(images/<name>.<ext>, masks/<name>.<ext>)``; the two extensions may differ."""
+    return FolderIndex(root).pair(name)
+
+
+def _decode(path: str | Path, kind: str) -> tuple[np.ndarray, int]:
+    """Pixel array as displayed (EXIF orientation applied) and its format's maximum value.
+
+    The file is decoded fully, so truncated files fail here with a message naming them.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return _full_scale(im, path, kind)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"cannot read {kind} {path}: {exc}; replace the file or leave its name out"
+        ) from exc
+
+
+def _full_scale(im: Image.Image, path: str | Path, kind: str) -> tuple[np.ndarray, int]:
+    """Pixel array and the maximum value of its format (1, 255 or 65535)."""
+    if im.mode == "1":
+        return np.asarray(im.convert("L")) // 255, 1
+    if im.mode in _MODES_16BIT:
+        values = np.asarray(im)
+        if values.min() < 0 or values.max() > 65535:
+            raise DataError(f"{kind} {path} has 32-bit values; save it as 8- or 16-bit")
+        return values.astype(np.uint16), 65535
+    if im.mode in ("F", "I;32", "I;32B", "I;32L"):
+        raise DataError(f"{kind} {path} is a {im.mode} image; save it as 8- or 16-bit")
+    if im.mode in ("L", "RGB"):
+        return np.array(im), 255
+    # Palette, alpha, CMYK, YCbCr, LAB...: read as the colours they display (alpha dropped).
+    return np.array(im.convert("RGB")), 255
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An 8-bit RGB (H, W, 3) array: grey is replicated, alpha dropped, palettes expanded and
+    16-bit values rounded to 8 bit, so every model sees the same input format."""
+    values, full = _decode(path, "image")
+    if full != 255:
+        values = np.round(values.astype(np.float32) * (255.0 / full)).astype(np.uint8)
+    if values.ndim == 2:
+        values = np.repeat(values[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(values)
+
+
+def read_mask_values(path: str | Path) -> tuple[np.ndarray, int]:
+    """Grey mask values (H, W) and the format's full scale.
+
+    Colour masks are reduced by the maximum over channels, not luminance, so a mask drawn in
+    pure red or blue is still foreground (luminance of pure blue is only 29 of 255).
+    """
+    values, full = _decode(path, "mask")
+    if values.ndim == 3:  # elementwise maximum of the planes is ~10x faster than max(axis=2)
+        values = np.maximum.reduce([values[:, :, c] for c in range(values.shape[2])])
+    return values, full
+
+
+def mask_threshold(full: int) -> int:
+    """Smallest foreground value: half of the format's range (128 for 8 bit, 32768 for 16 bit)."""
+    return (full + 1) // 2
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Boolean (H, W) mask: foreground where the value is at least half of the format's range,
+    so JPEG artefacts around 0 and 255 binarise correctly."""
+    values, full = read_mask_values(path)
+    return values >= mask_threshold(full)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) as displayed (EXIF orientation applied) from the header alone, without decoding."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return height, width
+
+
+Transform = Callable[..., dict[str, Any]]
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs of one split, resized to ``size``x``size`` and normalised.
+
+    The pair is resized first and augmented at the target size (far cheaper than augmenting
+    1920x1072 frames). ``strong_view`` adds the stage-1 consistency view: the strong photometric
+    augmentation of the same geometrically augmented image, drawn per sample; the mask is shared.
+    ``mean``/``std`` None scales to [0, 1] only (checkpoints of the authors' code).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split_or_names: str | Sequence[str],
+        size: int = 256,
+        augment: Transform | None = None,
+        strong_view: bool = False,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        exclude: Iterable[str] = (),
+    ) -> None:
+        self.root = Path(root)
+        names = (
+            read_split(self.root, split_or_names)
+            if isinstance(split_or_names, str)
+            else list(split_or_names)
+        )
+        skip = set(exclude)
+        self.names = [n for n in names if n not in skip]
+        self.excluded = [n for n in names if n in skip]
+        if not self.names:
+            raise DataError(f"no names to load from {self.root} ({split_or_names!r})")
+        index = FolderIndex(self.root)
+        self.pairs = [index.pair(n) for n in self.names]
+        self.size = size
+        self.augment = augment
+        self.strong = strong_photometric() if strong_view else None
+        self.mean, self.std = mean, std
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self._seeded_for: object = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of image ``i`` before resizing, read from its header."""
+        if i not in self._sizes:
+            self._sizes[i] = image_size(self.pairs[i][0])
+        return self._sizes[i]
+
+    def _reseed(self) -> None:
+        """Give each DataLoader worker its own augmentation stream.
+
+        Albumentations keeps its random state inside each Compose; forked workers would all
+        inherit the same state and repeat each other's augmentations. Unseeded transforms are
+        seeded from torch's per-process seed, which also makes runs reproducible under
+        ``torch.manual_seed`` / Lightning's ``seed_everything``.
+        """
+        info = get_worker_info()
+        key = (info.id, info.seed) if info is not None else "main"
+        if key == self._seeded_for:
+            return
+        self._seeded_for = key
+        base = info.seed if info is not None else torch.initial_seed()
+        seeds = np.random.SeedSequence(base % 2**63).generate_state(2)
+        for transform, seed in zip((self.augment, self.strong), seeds, strict=True):
+            if transform is not None and getattr(transform, "seed", 0) is None:
+                transform.set_random_seed(int(seed))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        self._reseed()
+        image_path, mask_path = self.pairs[i]
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"image {image_path} is {image.shape[0]}x{image.shape[1]} but mask {mask_path} "
+                f"is {mask.shape[0]}x{mask.shape[1]} (HxW); fix the pair or leave it out"
+            )
+        image, target = resize_image(image, self.size), resize_mask(mask, self.size)
+        if self.augment is not None:
+            out = self.augment(image=image, mask=target)
+            image, target = out["image"], out["mask"]
+        item = {
+            "image": to_tensor(image, self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)[None]),
+            "name": self.names[i],
+        }
+        if self.strong is not None:
+            item["image_strong"] = to_tensor(self.strong(image=image)["image"], self.mean, self.std)
+        return item
