@@ -255,3 +255,14 @@ def test_losses_run_in_float32_under_bf16_autocast() -> None:
 def test_shape_mismatch_is_reported() -> None:
     with pytest.raises(ValueError, match=r"\(1, 1, 2, 2\) and \(1, 1, 4\)"):
         mask_loss(t(Z), torch.zeros(1, 1, 4))
+
+
+def test_stage2_loss_without_sid_maps_is_the_mask_loss() -> None:
+    """The Table-4 baseline returns no SID maps; only L_mask(Y, M) remains."""
+    from condseg.models.condseg.model import ConDSegOutput
+
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    parts = stage2_loss(ConDSegOutput(logits), target)
+    assert set(parts) == {"loss", "mask"}
+    torch.testing.assert_close(parts["loss"], mask_loss(logits, target))

@@ -21,9 +21,9 @@ class SIDOutput(Protocol):
     """What `stage2_loss` needs from the model output (ConDSegOutput satisfies it)."""
 
     mask: Tensor
-    fg: Tensor
-    bg: Tensor
-    uc: Tensor
+    fg: Tensor | None
+    bg: Tensor | None
+    uc: Tensor | None
 
 
 def _check(a: Tensor, b: Tensor, names: str = "logits and target") -> None:
@@ -118,13 +118,18 @@ def _beta(logits: Tensor, min_mean: float) -> Tensor:
 def stage2_loss(out: SIDOutput, target: Tensor, min_mean: float = 0.01) -> dict[str, Tensor]:
     """L_stage2 = L_mask(Y, M) + β1·L_fg + β2·L_bg + L_compl (Eq. 15), per image, batch mean.
 
-    `out` has logits ``mask``, ``fg``, ``bg``, ``uc`` of shape (B,1,H,W) — a ConDSegOutput.
+    `out` has logits ``mask``, ``fg``, ``bg``, ``uc`` of shape (B,1,H,W) — a ConDSegOutput;
+    when ``fg`` is None (the Table-4 baseline, which has no SID) the loss is L_mask alone.
     The background branch is supervised by 1 − Y of the (augmented) target, and L_compl is
     Eq. 10 on the three sigmoid maps. Returns ``loss`` (with its graph) and detached batch means
     of the parts: ``mask``, ``fg``, ``bg`` (unweighted by β), ``compl``, ``beta_fg``, ``beta_bg``.
     """
     if min_mean <= 0:
         raise ValueError(f"min_mean must be > 0 so that beta stays finite; got {min_mean}")
+    if out.fg is None:  # the Table-4 baseline has no SID: only the mask is supervised
+        _check(out.mask, target, "out.mask and target")
+        mask = _mask(out.mask, target.float())
+        return {"loss": mask.mean(), "mask": mask.mean().detach()}
     for name in ("mask", "fg", "bg", "uc"):
         _check(getattr(out, name), target, f"out.{name} and target")
     target = target.float()
