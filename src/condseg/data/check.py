@@ -199,13 +199,14 @@ def check_dataset(
 ) -> CheckReport:
     """Verify a canonical dataset folder.
 
-    ``splits`` None checks train and val (both required) and test when present. Decoding runs in
-    a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults to the CPU count.
+    ``splits`` None (or empty) checks train and val (both required) and test when present.
+    Decoding runs in a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults
+    to the CPU count.
     """
     start = time.perf_counter()
     root = Path(root)
     problems: list[Problem] = []
-    if splits is None:
+    if not splits:  # None, or an empty list from a CLI option that was not given
         wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if (root / f"{s}.txt").is_file())]
     else:
         wanted = list(splits)
