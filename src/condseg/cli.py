@@ -75,27 +75,32 @@ def data_prepare(
     raw: Annotated[Path, typer.Argument(help="The public release as downloaded and unpacked.")],
     out: Annotated[Path, typer.Argument(help="New folder for the canonical layout.")],
     seed: Annotated[int, typer.Option(help="Seed of the split when none is shipped.")] = 0,
-    link: Annotated[bool, typer.Option(help="Hard-link images instead of copying.")] = False,
+    link: Annotated[bool, typer.Option(help="Hard-link unchanged images and masks.")] = False,
 ) -> None:
     """Convert a public dataset into the canonical layout with the paper's split."""
+    import json
+
     from condseg.data.prepare import prepare
 
     with user_errors():
         path = prepare(dataset, raw, out, seed=seed, link=link)
-    console.print(f"wrote {path}")
+    info = json.loads((path / "split_info.json").read_text())
+    counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
+    console.print(f"wrote {path} ({counts}; split: {info['source']})", highlight=False)
 
 
 @data_app.command("check")
 def data_check(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder in the canonical layout.")],
-    split: Annotated[list[str] | None, typer.Option(help="Split(s) to check (default: all).")]
-    = None,
+    split: Annotated[list[str] | None, typer.Option(
+        help="Split(s) to check (default: train, val, and test when present)."
+    )] = None,
 ) -> None:
     """Verify every listed image and mask; exit 1 when there are errors."""
     from condseg.data.check import check_dataset
 
     with user_errors():
-        report = check_dataset(dataset, splits=split)
+        report = check_dataset(dataset, splits=split or None)
     report.print(console)
     if not report.ok:
         raise typer.Exit(1)
@@ -108,12 +113,13 @@ def data_synth(
     val: Annotated[int, typer.Option(help="Validation images.")] = 16,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty OUT.")] = False,
 ) -> None:
     """Write the embedded synthetic endoscopy-like dataset (used by the demo and the tests)."""
     from condseg.data.synthetic import synthesize
 
     with user_errors():
-        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed)
+        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed, overwrite=overwrite)
     console.print(f"wrote {path}")
 
 
