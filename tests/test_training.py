@@ -1,0 +1,191 @@
+"""Two-stage training on a tiny synthetic dataset (64 px, width 16, ResNet-18, a few steps)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from condseg.config import RunConfig, load_config
+from condseg.data.synthetic import synthesize
+from condseg.inference.model_file import load_model, read_header
+from condseg.models.registry import create_model
+from condseg.training import TrainingError, TrainResult, train
+from condseg.training import run as run_module
+from condseg.training.module import Stage1Module, Stage2Module, iou_dice
+
+
+def tiny_config(*overrides: str) -> RunConfig:
+    return load_config("demo", [
+        "data.size=64", "data.batch_size=4", "data.num_workers=0", "model.options.width=16",
+        "model.options.encoder=resnet18", "stage1.max_epochs=2", "stage2.max_epochs=1",
+        "stage1.limit_train_batches=2", "stage2.limit_train_batches=2", "progress_bar=false",
+        "log_every_n_steps=1", *overrides,
+    ])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64)
+
+
+@pytest.fixture(scope="module")
+def two_stage(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full two-stage run; records the stage-2 network as built, before it trains."""
+    built: dict[int, dict[str, torch.Tensor]] = {}
+    original = run_module._build_model
+
+    def spy(n, *args, **kwargs):
+        model = original(n, *args, **kwargs)
+        built[n] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        return model
+
+    run_module._build_model = spy
+    try:
+        result = train(tiny_config(), data_root, tmp_path_factory.mktemp("runs") / "run")
+    finally:
+        run_module._build_model = original
+    return {"result": result, "built": built}
+
+
+def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
+    two_stage: dict, data_root: Path
+) -> None:
+    result: TrainResult = two_stage["result"]
+    run = result.run_dir
+    assert load_config(run / "config.yaml") == tiny_config(f"data.root={data_root}")
+    for n in (1, 2):
+        stage = run / f"stage{n}"
+        for f in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv",
+                  "curves.png", "model.safetensors", "result.json"):
+            assert (stage / f).is_file(), f"missing {stage / f}"
+        assert any((stage / "tensorboard").glob("events.out.tfevents.*"))
+        assert result.model_files[n] == stage / "model.safetensors"
+        metrics = result.best_metrics[n]
+        assert 0 <= metrics["miou"] <= metrics["mdsc"] <= 1
+        header = read_header(result.model_files[n])
+        assert header["metrics"]["miou"] == pytest.approx(metrics["miou"])
+        assert header["input_size"] == [64, 64] and header["mean"] == [0.485, 0.456, 0.406]
+        assert header["config"]["model"]["options"]["width"] == 16
+    assert read_header(result.model_files[1])["arch"]["name"] == "condseg-net0"
+    assert read_header(result.model_file)["arch"]["name"] == "condseg"
+
+
+def test_model_file_holds_the_best_checkpoint(two_stage: dict) -> None:
+    result: TrainResult = two_stage["result"]
+    ckpt = torch.load(result.run_dir / "stage1/checkpoints/best.ckpt", weights_only=True)
+    model = load_model(result.model_files[1])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key
+    assert result.best_metrics[1]["epoch"] == ckpt["epoch"]
+
+
+def test_stage2_starts_from_the_best_stage1_encoder_with_bn_buffers(two_stage: dict) -> None:
+    result: TrainResult = two_stage["result"]
+    expected = load_model(result.model_files[1]).encoder.state_dict()
+    loaded = two_stage["built"][2]
+    assert loaded.keys() == expected.keys()
+    assert any("running_var" in k for k in loaded) and any("num_batches_tracked" in k
+                                                           for k in loaded)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    # The comparison can fail: training moved the stats away from a fresh encoder's.
+    fresh = create_model("condseg", width=16, encoder="resnet18").encoder.state_dict()
+    assert not torch.equal(fresh["bn1.running_var"], loaded["bn1.running_var"])
+
+
+def test_param_groups_give_the_encoder_its_own_lr() -> None:
+    config = tiny_config()
+    model = create_model("condseg", width=16, encoder="resnet18")
+    setup = Stage2Module(model, config.stage2).configure_optimizers()
+    groups = setup["optimizer"].param_groups
+    assert [(g["name"], g["lr"]) for g in groups] == [("encoder", 3e-4), ("rest", 1e-3)]
+    paper = load_config("kvasir-seg").stage2
+    groups = Stage2Module(model, paper).configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [1e-5, 1e-4]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    plateau = setup["lr_scheduler"]
+    assert plateau["monitor"] == "val/loss" and plateau["scheduler"].patience == 30
+
+
+def test_finished_run_is_not_overwritten_and_resume_skips_finished_stages(
+    two_stage: dict, data_root: Path
+) -> None:
+    result: TrainResult = two_stage["result"]
+    with pytest.raises(TrainingError, match=r"is not empty.*resume=True"):
+        train(tiny_config(), data_root, result.run_dir)
+    with pytest.raises(TrainingError, match=r"different configuration \(changed: seed\)"):
+        train(tiny_config("seed=1"), data_root, result.run_dir, resume=True)
+    before = result.model_file.stat().st_mtime_ns
+    again = train(tiny_config(), data_root, result.run_dir, resume=True)
+    assert again.model_files == result.model_files and again.best_metrics == result.best_metrics
+    assert result.model_file.stat().st_mtime_ns == before
+
+
+def _val_epochs(metrics_csv: Path) -> list[int]:
+    with metrics_csv.open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/miou")]
+
+
+def test_non_finite_loss_stops_keeping_last_good_checkpoint_then_resume_continues(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Stage1Module.losses
+
+    def nan_in_second_epoch(self, batch):
+        losses = original(self, batch)
+        if self.current_epoch == 1:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Stage1Module, "losses", nan_in_second_epoch)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"non-finite training loss nan in stage 1, epoch 1.*"
+                                            r"last good checkpoint is .*last\.ckpt"):
+        train(tiny_config(), data_root, run, stage="1")
+    last = run / "stage1/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    assert not (run / "stage1/result.json").exists()
+
+    monkeypatch.undo()
+    result = train(tiny_config(), data_root, run, stage="1", resume=True)
+    assert list(result.model_files) == [1]
+    assert json.loads((run / "stage1/result.json").read_text())["metrics"]
+    # Epoch 0 was validated once, in the first run: the resumed run started at epoch 1.
+    assert _val_epochs(run / "stage1/metrics.csv") == [0, 1]
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_stage2_alone_needs_a_finished_stage1(data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"stage-1 encoder.*encoder_init=pretrained"):
+        train(tiny_config(), data_root, tmp_path / "run", stage="2")
+
+
+def test_dataset_errors_block_training_unless_skipped(data_root: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "data"
+    shutil.copytree(data_root, broken)
+    bad = sorted((broken / "images").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    with pytest.raises(TrainingError, match=rf"error.*data\.skip=\[{bad.stem}\]"):
+        train(tiny_config(), broken, tmp_path / "run1")
+    assert not (tmp_path / "run1" / "stage1").exists()
+    config = tiny_config(f"data.skip=[{bad.stem}]", "stage1.max_epochs=1",
+                         "stage1.limit_train_batches=1", "stage1.limit_val_batches=1")
+    result = train(config, broken, tmp_path / "run2", stage="1")
+    assert result.model_files[1].is_file()
+
+
+def test_iou_dice_per_image_with_empty_masks() -> None:
+    logits = torch.full((3, 1, 2, 2), -1.0)
+    target = torch.zeros(3, 1, 2, 2)
+    logits[0, 0, 0, :] = 1  # predicts 2 pixels, truth 1 of them + 1 more
+    target[0, 0, 0, 0] = target[0, 0, 1, 1] = 1
+    logits[1, 0, 0, 0] = 1  # predicts 1 pixel, empty truth
+    iou, dice = iou_dice(logits, target)  # image 2: both empty
+    assert iou.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
+    assert dice.tolist() == pytest.approx([0.5, 0.0, 1.0])
