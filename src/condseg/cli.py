@@ -48,12 +48,13 @@ def user_errors() -> Iterator[None]:
     from condseg.data.dataset import DataError
     from condseg.inference.model_file import ModelFileError
     from condseg.models.encoders import WeightsUnavailableError
+    from condseg.training import NonFiniteLossError, TrainingError
 
     try:
         yield
     except (
-        ConversionError, DataError, ModelFileError, WeightsUnavailableError,
-        FileNotFoundError, FileExistsError, ValueError,
+        ConversionError, DataError, ModelFileError, WeightsUnavailableError, TrainingError,
+        NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError,
     ) as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(2) from error
@@ -235,7 +236,7 @@ def convert_official(
     with user_errors():
         net = load_official(checkpoint)
         # The authors' code divides by 255 only: no mean/std normalisation.
-        path = save_model(out, net, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=size)
+        path = save_model(out, net, mean=None, std=None, input_size=size)
     console.print(f"{net.arch['name']}: wrote {path}")
 
 
