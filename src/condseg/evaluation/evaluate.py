@@ -1,0 +1,183 @@
+"""Evaluation of a model on a dataset split under one of two protocols (DESIGN §7).
+
+``network`` is the paper's protocol: prediction and ground truth both at the network input
+size, the mask resized exactly like a training target (area interpolation, threshold 0.5).
+``original`` resizes the probabilities (bilinear) to each image's own size and compares with
+the original mask — what a user of the predicted masks experiences.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader
+
+from condseg.data.dataset import SegmentationDataset, read_mask
+from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.inference.predict import (
+    eval_mode,
+    forward_probs,
+    model_input_size,
+    normalisation,
+    refuse_existing,
+    to_original_size,
+)
+from condseg.viz import save_png
+
+RESOLUTIONS = ("network", "original")
+PER_IMAGE_CSV = "per_image.csv"
+SUMMARY_JSON = "summary.json"
+
+# Display label and unit of each metric, in the paper's conventions (overlap metrics in %).
+_DISPLAY: dict[str, tuple[str, str]] = {
+    "iou": ("mIoU", "%"),
+    "dice": ("mDSC", "%"),
+    "recall": ("Recall", "%"),
+    "precision": ("Precision", "%"),
+    "specificity": ("Specificity", "%"),
+    "accuracy": ("Accuracy", "%"),
+    "f2": ("F2", "%"),
+    "mae": ("MAE", ""),
+    "s_measure": ("S-measure", ""),
+    "e_measure_mean": ("E-measure (mean)", ""),
+    "e_measure_max": ("E-measure (max)", ""),
+    "e_measure_adaptive": ("E-measure (adaptive)", ""),
+    "weighted_f": ("weighted F", ""),
+    "hd95": ("HD95", "px"),
+    "assd": ("ASSD", "px"),
+}
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image rows (``name`` + METRIC_NAMES), their summary and how they were obtained."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(
+    model: nn.Module,
+    data_root: str | Path,
+    split: str = "val",
+    resolution: str = "network",
+    out_dir: str | Path | None = None,
+    save_masks: str | Path | None = None,
+    batch_size: int = 4,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    threshold: float = 0.5,
+    overwrite: bool = False,
+) -> EvaluationResult:
+    """Evaluate ``model`` on ``split`` of the canonical dataset at ``data_root``.
+
+    ``input_size`` defaults to the model file's. With ``out_dir`` the CSV and JSON of
+    :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
+    PNG, at the protocol's resolution). Existing outputs are refused unless ``overwrite``.
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    size = model_input_size(model, input_size)
+    mean, std = normalisation(model)
+    dataset = SegmentationDataset(data_root, split, size=size, augment=None, mean=mean, std=std)
+    mask_dir = Path(save_masks) if save_masks is not None else None
+    planned = [mask_dir / f"{name}.png" for name in dataset.names] if mask_dir else []
+    if out_dir is not None:
+        planned += [Path(out_dir) / PER_IMAGE_CSV, Path(out_dir) / SUMMARY_JSON]
+    refuse_existing(planned, overwrite)
+    if mask_dir is not None:
+        mask_dir.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with eval_mode(model):
+        for batch in loader:
+            probs = forward_probs(model, batch["image"])["mask"]
+            for j, name in enumerate(batch["name"]):
+                i = len(rows)
+                if resolution == "network":
+                    prob, gt = probs[j].numpy(), batch["mask"][j, 0].numpy() >= 0.5
+                else:
+                    prob = to_original_size({"mask": probs[j]}, dataset.original_size(i)).prob
+                    gt = read_mask(dataset.pairs[i][1])
+                rows.append({"name": name, **image_metrics(prob, gt, threshold)})
+                if mask_dir is not None:
+                    save_png(mask_dir / f"{name}.png", (prob >= threshold).astype(np.uint8) * 255)
+
+    protocol = {
+        "data_root": str(data_root),
+        "split": split,
+        "resolution": resolution,
+        "input_size": list(size),
+        "threshold": threshold,
+        "n_images": len(rows),
+        "ground_truth": (
+            "mask resized to input_size (area interpolation, threshold 0.5)"
+            if resolution == "network"
+            else "original mask; probabilities resized bilinearly to the image size"
+        ),
+        "model": (getattr(model, "arch", None) or {}).get("name", type(model).__name__),
+    }
+    result = EvaluationResult(rows=rows, summary=summarize(rows), protocol=protocol)
+    if out_dir is not None:
+        write_results(result, out_dir, overwrite=True)
+    return result
+
+
+def write_results(
+    result: EvaluationResult, out_dir: str | Path, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``per_image.csv`` (empty cell = missing) and ``summary.json`` (protocol and, per
+    metric, mean, std, n, missing)."""
+    out_dir = Path(out_dir)
+    csv_path, json_path = out_dir / PER_IMAGE_CSV, out_dir / SUMMARY_JSON
+    refuse_existing([csv_path, json_path], overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", *METRIC_NAMES], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result.rows)
+    summary = {"protocol": result.protocol, "metrics": result.summary}
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return csv_path, json_path
+
+
+def print_table(result: EvaluationResult, console: Console | None = None) -> None:
+    """Print the summary: overlap metrics as percentages like the paper, mean ± std."""
+    protocol = result.protocol
+    title = (
+        f"{protocol.get('model', 'model')} on {protocol.get('split', '?')} "
+        f"({protocol.get('n_images', len(result.rows))} images, "
+        f"{protocol.get('resolution', '?')} resolution)"
+    )
+    table = Table(title=title)
+    for column in ("metric", "mean", "std", "n", "missing"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in METRIC_NAMES:
+        stats = result.summary[name]
+        label, unit = _DISPLAY.get(name, (name, ""))
+        table.add_row(
+            f"{label} ({unit})" if unit else label,
+            _format(stats["mean"], unit),
+            _format(stats["std"], unit),
+            str(stats["n"]),
+            str(stats["missing"]),
+        )
+    (console or Console()).print(table)
+
+
+def _format(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "%":
+        return f"{100 * value:.2f}"
+    return f"{value:.2f}" if unit == "px" else f"{value:.4f}"
