@@ -215,3 +215,6 @@ def test_onnx_export_keeps_the_callers_training_mode(tmp_path: Path) -> None:
     report = export_onnx(model.train(), tmp_path / "seq.onnx", input_size=16)
     assert model.training and all(m.training for m in model.modules())
     assert report.outputs == ["mask"] and report.max_abs_diff < 1e-5
+    with pytest.raises(RuntimeError, match="disagrees with PyTorch"):  # impossible tolerance
+        export_onnx(model, tmp_path / "strict.onnx", input_size=16, tolerance=-1.0)
+    assert not (tmp_path / "strict.onnx").exists()

@@ -63,12 +63,15 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     *,
     verify: bool = True,
+    tolerance: float = 1e-3,
     overwrite: bool = False,
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``input_size`` (default: the model file's) and check it.
 
     With ``verify`` the graph is run by onnxruntime on a random batch of two and compared with
-    PyTorch; the maximum absolute difference of the logits is returned in the report.
+    PyTorch; the maximum absolute difference of the logits is returned in the report. A file
+    whose difference exceeds ``tolerance`` is deleted and an error raised, so a wrong graph is
+    never left behind. Height and width are fixed at ``input_size``; only the batch is dynamic.
     """
     path = Path(path)
     refuse_existing([path], overwrite)
@@ -102,6 +105,12 @@ def export_onnx(
         if opset >= 18:
             torch.onnx.unregister_custom_op_symbolic("aten::col2im", opset)
     diff = _verify(wrapper, path, sample, outputs) if verify else None
+    if diff is not None and not diff <= tolerance:
+        path.unlink()
+        raise RuntimeError(
+            f"ONNX export of {path.name} disagrees with PyTorch (max |diff| {diff:.3g} > "
+            f"{tolerance:g}); the file was removed — try another opset or report the model"
+        )
     return ExportReport(path=path, outputs=outputs, max_abs_diff=diff)
 
 

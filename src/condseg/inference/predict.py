@@ -121,7 +121,7 @@ def predict_arrays(
     """Predict several RGB images in one forward pass per distinct network size."""
     mean, std = normalisation(model)
     sizes = [network_size(model, _check_rgb(image).shape) for image in images]
-    results: list[Prediction | None] = [None] * len(images)
+    results: dict[int, Prediction] = {}
     with eval_mode(model):
         for size in dict.fromkeys(sizes):
             indices = [i for i, s in enumerate(sizes) if s == size]
@@ -133,7 +133,7 @@ def predict_arrays(
                 results[i] = to_original_size(
                     {key: p[j] for key, p in probs.items()}, images[i].shape[:2], threshold
                 )
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(images))]
 
 
 def predict_files(
