@@ -164,6 +164,7 @@ def evaluate(
     save_masks: Annotated[Path | None, typer.Option(help="Also write predicted masks here.")]
     = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Per-image and mean metrics (mIoU, mDSC, recall, precision, S/E-measure, HD95, ...)."""
     from condseg.evaluation.evaluate import evaluate as run_evaluation
@@ -174,7 +175,7 @@ def evaluate(
         net = load_model(checkpoint)
         result = run_evaluation(
             net, data, split=split, resolution=resolution.value, out_dir=out,
-            save_masks=save_masks, batch_size=batch_size,
+            save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
         )
     print_table(result, console)
     if out is not None:
@@ -191,6 +192,7 @@ def predict(
     maps: Annotated[bool, typer.Option(help="Also write the SID fg/bg/uncertainty maps.")]
     = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
 ) -> None:
     """Predict masks at each image's original resolution; exit 1 if an input failed."""
     from condseg.inference.model_file import load_model
@@ -198,7 +200,8 @@ def predict(
 
     with user_errors():
         net = load_model(checkpoint)
-        report = predict_files(net, images, out, overlay=overlay, maps=maps, overwrite=overwrite)
+        report = predict_files(net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
+                               batch_size=batch_size)
     console.print(f"wrote {len(report.written)} files to {out}")
     for path, reason in report.failed:
         console.print(f"[bold red]failed:[/] {path}: {reason}", highlight=False)
@@ -212,6 +215,10 @@ def export(
     format: Annotated[ExportFormat, typer.Option(help="Export format.")] = ExportFormat.onnx,
     out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")]
     = None,
+    size: Annotated[int | None, typer.Option(help="Input side (default: the model file's).")]
+    = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (CDFA's fold needs >= 18).")] = 18,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Export a model file to ONNX, checked against PyTorch with onnxruntime."""
     from condseg.inference.export import export_onnx
@@ -219,8 +226,12 @@ def export(
 
     with user_errors():
         net = load_model(checkpoint)
-        report = export_onnx(net, out or checkpoint.with_suffix(f".{format.value}"))
-    console.print(str(report))
+        report = export_onnx(net, out or checkpoint.with_suffix(f".{format.value}"),
+                             input_size=size, opset=opset, overwrite=overwrite)
+    console.print(
+        f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "
+        f"max |onnxruntime - torch| = {report.max_abs_diff:.1e})", highlight=False,
+    )
 
 
 @app.command("convert-official")
