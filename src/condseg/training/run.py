@@ -61,6 +61,15 @@ class TrainResult:
         return self.model_files[max(self.model_files)]
 
 
+class _ProgressBar(RichProgressBar):
+    """Rich progress bar without Lightning's ``v_num`` (the logger version means nothing here)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def _is_main_process() -> bool:
     """False in the DDP worker processes, which re-run the caller's script and must not
     re-check or re-write the run directory."""
@@ -213,7 +222,7 @@ def _run_stage(
                  EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
                  LearningRateMonitor("epoch")]
     if config.progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(_ProgressBar())
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
