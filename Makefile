@@ -16,8 +16,9 @@ $(BIN)/condseg: pyproject.toml
 
 install: $(BIN)/condseg
 
+# Each demo writes a new folder, so that no earlier demo's output is overwritten.
 demo: install
-	$(BIN)/condseg demo
+	$(BIN)/condseg demo --out demo-runs/$(shell date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/ruff check src tests
@@ -27,4 +28,4 @@ lint: install
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache

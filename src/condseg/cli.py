@@ -126,12 +126,16 @@ def data_synth(
 
 @app.command("train")
 def train(
-    data: Annotated[Path, typer.Option(help="Dataset folder (canonical layout).")],
-    config: Annotated[str, typer.Option(help="Preset name or YAML file.")] = "kvasir-seg",
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder (canonical layout); optional when the config sets data.root.")]
+    = None,
+    config: Annotated[str | None, typer.Option(help=(
+        "Preset name (see `condseg presets`) or YAML file. Default: the run's own config.yaml "
+        "with --resume, else the 'default' preset."))] = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `condseg models`).")]
     = None,
     stage: Annotated[Stage, typer.Option(help="Train stage 1, stage 2, or both.")] = Stage.both,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<preset>).")]
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
     = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value config overrides, "
@@ -142,13 +146,25 @@ def train(
     from condseg.training import train as run_training
 
     with user_errors():
+        run_dir = out or Path("runs") / Path(config or "default").stem
+        if config is None:
+            previous = run_dir / "config.yaml"
+            config = str(previous) if resume and previous.is_file() else "default"
         extra = list(overrides or [])
         if model is not None:
             extra.append(f"model.name={model}")
         cfg = load_config(config, extra)
-        run_dir = out or Path("runs") / Path(config).stem
         result = run_training(cfg, data, run_dir, stage=stage.value, resume=resume)
-    console.print(f"run directory: {result.run_dir}")
+    console.print(f"run directory: {result.run_dir}; model file: {result.model_file}")
+
+
+@app.command("presets")
+def presets() -> None:
+    """List the packaged configuration presets."""
+    from condseg.config import list_presets, load_config
+
+    for name in list_presets():
+        console.print(f"[bold]{name}[/]  {load_config(name).description}")
 
 
 @app.command("evaluate")

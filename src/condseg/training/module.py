@@ -121,16 +121,14 @@ class Stage1Module(SegmentationModule):
 
 
 class Stage2Module(SegmentationModule):
-    """Full ConDSeg; the ablation baseline (no SID maps) trains on the mask loss alone."""
+    """Full ConDSeg (stage2_loss supervises the ablation baseline, which has no SID maps, by
+    the mask loss alone)."""
 
     stage = 2
     cfg: Stage2Config
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
-        out = self.model(batch["image"])
-        if getattr(out, "fg", None) is None:
-            return {"loss": mask_loss(mask_logits(out), batch["mask"])}
-        return stage2_loss(out, batch["mask"])
+        return stage2_loss(self.model(batch["image"]), batch["mask"])
 
 
 STAGE_MODULES: dict[int, type[SegmentationModule]] = {1: Stage1Module, 2: Stage2Module}

@@ -99,8 +99,8 @@ def train(
         raise TrainingError(f"stage must be 'both', 1 or 2, got {stage!r}")
     run_dir = Path(out_dir)
     if _is_main_process():
+        _check_data(root, config, console)  # first: a refused dataset leaves no run directory
         _prepare_run_dir(run_dir, config, resume)
-        _check_data(root, config, console)
     result = TrainResult(run_dir)
     for n in stages:
         done = run_dir / f"stage{n}" / "result.json"
