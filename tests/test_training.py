@@ -189,3 +189,18 @@ def test_iou_dice_per_image_with_empty_masks() -> None:
     iou, dice = iou_dice(logits, target)  # image 2: both empty
     assert iou.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
     assert dice.tolist() == pytest.approx([0.5, 0.0, 1.0])
+
+
+def test_bf16_mixed_precision_trains_on_cpu(data_root: Path, tmp_path: Path) -> None:
+    """bf16 autocast (the CPU's mixed precision) through both stages; losses stay finite."""
+    result = train(tiny_config("precision=bf16-mixed", "stage1.max_epochs=1"), data_root,
+                   tmp_path / "run")
+    for n in (1, 2):
+        metrics = result.best_metrics[n]
+        assert 0.0 <= metrics["mdsc"] <= 1.0
+        with (result.run_dir / f"stage{n}" / "metrics.csv").open() as f:
+            losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f)
+                      if r.get("train/loss_epoch")]
+        assert losses and all(torch.isfinite(torch.tensor(losses)))
+    model = load_model(result.model_file)
+    assert next(model.parameters()).dtype == torch.float32  # weights stay float32
