@@ -7,6 +7,8 @@ exit with status 2; ``predict`` exits 1 when some inputs could not be used.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -39,6 +41,16 @@ class Resolution(str, Enum):
 
 class ExportFormat(str, Enum):
     onnx = "onnx"
+
+
+def quiet_lightning() -> None:
+    """Keep the terminal for our own output: Lightning's start-up notes (accelerator summary,
+    tips, batch-limit notes) are INFO records of the logger it sets up when imported, and one
+    of its modules warns about a deprecated call of its own."""
+    import lightning.pytorch  # noqa: F401  (sets up the logger we quieten)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 @contextmanager
@@ -145,6 +157,7 @@ def train(
     from condseg.config import load_config
     from condseg.training import train as run_training
 
+    quiet_lightning()
     with user_errors():
         run_dir = out or Path("runs") / Path(config or "default").stem
         if config is None:
@@ -275,5 +288,6 @@ def demo(
     """Synthesise data, train both stages of a narrow ConDSeg, evaluate, predict (CPU, <5 min)."""
     from condseg.demo import run_demo
 
+    quiet_lightning()
     with user_errors():
         run_demo(out)
