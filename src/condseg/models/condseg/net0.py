@@ -34,10 +34,8 @@ class Net0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         feats = self.encoder(x)
-        return self.classifier(
-            torch.cat([self._side(side, f, size) for side, f in zip(self.sides, feats, strict=True)],
-                      dim=1)
-        )
+        sides = [self._side(side, f, size) for side, f in zip(self.sides, feats, strict=True)]
+        return self.classifier(torch.cat(sides, dim=1))
 
     @staticmethod
     def _side(side: CBR, f: torch.Tensor, size: torch.Size) -> torch.Tensor:
