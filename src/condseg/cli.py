@@ -263,6 +263,27 @@ def export(
     )
 
 
+@app.command("benchmark")
+def benchmark(
+    model: Annotated[str, typer.Option(help="Model name (see `condseg models`).")] = "condseg",
+    size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 256,
+    batch: Annotated[int, typer.Option(help="Images per batch.")] = 4,
+    train: Annotated[bool, typer.Option("--train", help="Also time a full training step.")]
+    = False,
+    repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up repeats.")] = 2,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: usable cores).")]
+    = None,
+) -> None:
+    """Throughput and peak memory of the default path next to the plain float32 NCHW path."""
+    from condseg.bench import print_results, run_benchmark
+
+    with user_errors():
+        results = run_benchmark(model, size=size, batch=batch, train=train, repeats=repeats,
+                                warmup=warmup, threads=threads)
+    print_results(results, console)
+
+
 @app.command("convert-official")
 def convert_official(
     checkpoint: Annotated[Path, typer.Argument(help="A .pth state dict of the authors' code.")],
