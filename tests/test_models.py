@@ -169,3 +169,37 @@ def test_bilinear_upsampling_is_align_corners() -> None:
     x = torch.arange(4.0).view(1, 1, 2, 2)
     expected = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
     torch.testing.assert_close(upsample(x, 2), expected)
+
+
+def test_encoder_weights_from_a_local_file(tmp_path) -> None:
+    """ImageNet weights without a network: a local file in timm's key names is loaded."""
+    import timm
+    from safetensors.torch import save_file
+
+    from condseg.models.encoders import create_encoder
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(reference.state_dict(), str(path))
+    encoder = create_encoder("resnet18", weights=path)
+    torch.testing.assert_close(encoder.state_dict()["conv1.weight"], reference.conv1.weight)
+    torch.testing.assert_close(encoder.state_dict()["layer3.1.bn2.running_var"],
+                               reference.layer3[1].bn2.running_var)
+
+
+def test_encoder_weights_unavailable_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    import timm
+
+    from condseg.models import encoders
+
+    with pytest.raises(encoders.WeightsUnavailableError, match=r"not found: .*missing\.pth"):
+        encoders.create_encoder("resnet18", weights=tmp_path / "missing.pth")
+
+    def offline(*args, pretrained: bool = False, **kwargs):
+        if pretrained:
+            raise OSError("no network")
+        return timm.create_model(*args, **kwargs)
+
+    monkeypatch.setattr(encoders.timm, "create_model", offline)
+    with pytest.raises(encoders.WeightsUnavailableError, match=r"model\.weights=PATH"):
+        create_model("condseg-net0", encoder="resnet18", pretrained=True)

@@ -29,6 +29,9 @@ class ConDSegOutput(NamedTuple):
 
 
 class ConDSeg(nn.Module):
+    """ConDSeg on a timm encoder; takes a normalised (B, 3, H, W) tensor (H, W multiples of
+    ``input_divisor``) and returns :class:`ConDSegOutput` logits at the input size."""
+
     def __init__(
         self,
         encoder: str = "resnet50",
