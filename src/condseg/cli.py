@@ -150,6 +150,9 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
     = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    precision: Annotated[str | None, typer.Option(
+        help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same as seed=...).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value config overrides, "
                                                                 "e.g. stage2.lr=3e-4.")] = None,
 ) -> None:
@@ -164,8 +167,8 @@ def train(
             previous = run_dir / "config.yaml"
             config = str(previous) if resume and previous.is_file() else "default"
         extra = list(overrides or [])
-        if model is not None:
-            extra.append(f"model.name={model}")
+        options = {"model.name": model, "precision": precision, "seed": seed}
+        extra += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = load_config(config, extra)
         result = run_training(cfg, data, run_dir, stage=stage.value, resume=resume)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}")
