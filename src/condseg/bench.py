@@ -233,26 +233,31 @@ def _peak_rss_mb() -> float:
 
 
 def print_results(results: Sequence[BenchResult], console: Console | None = None) -> None:
-    """One row per path; times are per batch, memory is the child process's peak RSS."""
+    """One column per path (so that it fits a terminal); times are per batch, memory is the
+    child process's peak RSS."""
     console = console or Console()
     first = results[0]
     table = Table(title=f"condseg benchmark: {first.model}, {first.size}×{first.size}, "
                         f"batch {first.batch}, {first.device}, {first.threads} threads")
-    for column in ("path", "dtype", "format", "img/s", "infer ms median [min–max]",
-                   "infer peak RSS MB", "train step ms median [min–max]", "train peak RSS MB",
-                   "max |Δp| vs plain", "load"):
-        table.add_column(column, justify="left" if column in ("path", "dtype", "format")
-                         else "right")
+    table.add_column("")
     for r in results:
-        table.add_row(
-            r.path, r.dtype, r.memory_format, f"{r.images_per_s:.2f}", _span(r.inference),
-            _memory(r.inference), _span(r.train) if r.train else "—",
-            _memory(r.train) if r.train else "—",
-            "—" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}", f"{r.load_avg:.2f}",
-        )
+        table.add_column(r.path, justify="right")
+    rows = {
+        "dtype": [r.dtype for r in results],
+        "memory format": [r.memory_format for r in results],
+        "inference images/s": [f"{r.images_per_s:.2f}" for r in results],
+        "inference ms median (min–max)": [_span(r.inference) for r in results],
+        "inference peak RSS MB": [_memory(r.inference) for r in results],
+        "train step ms median (min–max)": [_span(r.train) if r.train else "—" for r in results],
+        "train peak RSS MB": [_memory(r.train) if r.train else "—" for r in results],
+        "max |Δp| vs plain": ["—" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
+                              for r in results],
+        "baseline RSS MB (model built)": [f"{r.baseline_rss_mb:.0f}" for r in results],
+        "load average": [f"{r.load_avg:.2f}" for r in results],
+    }
+    for name, values in rows.items():
+        table.add_row(name, *values)
     console.print(table)
-    console.print("baseline RSS after building the model: "
-                  + ", ".join(f"{r.path} {r.baseline_rss_mb:.0f} MB" for r in results))
 
 
 def _span(phase: Phase) -> str:
