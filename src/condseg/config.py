@@ -14,8 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from condseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 Triple = tuple[float, float, float]
 
