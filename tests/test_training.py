@@ -127,6 +127,27 @@ def test_finished_run_is_not_overwritten_and_resume_skips_finished_stages(
     assert result.model_file.stat().st_mtime_ns == before
 
 
+RECORD = Path(__file__).parent / "data" / "condseg_tiny_two_stage_losses.json"
+
+
+def test_seeded_two_stage_losses_reproduce_the_record(two_stage: dict) -> None:
+    """Per-step training losses and per-epoch validation figures of the seeded tiny run, recorded
+    before the engine became method-agnostic (tests/data), are reproduced."""
+    record = json.loads(RECORD.read_text())
+    run = two_stage["result"].run_dir
+    for stage, expected in record.items():
+        with (run / stage / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        got = {
+            "train_loss_step": [float(r["train/loss_step"]) for r in rows
+                                if r.get("train/loss_step")],
+            "val_miou": [float(r["val/miou"]) for r in rows if r.get("val/miou")],
+            "val_loss": [float(r["val/loss"]) for r in rows if r.get("val/loss")],
+        }
+        for key, values in expected.items():
+            assert got[key] == pytest.approx(values, rel=1e-4, abs=1e-5), (stage, key)
+
+
 def _val_epochs(metrics_csv: Path) -> list[int]:
     with metrics_csv.open() as f:
         return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/miou")]
