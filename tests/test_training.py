@@ -12,18 +12,19 @@ import torch
 
 from condseg.config import RunConfig, load_config
 from condseg.data.synthetic import synthesize
-from condseg.inference.model_file import load_model, read_header
+from condseg.models.model_file import load_model, read_header
 from condseg.models.registry import create_model
 from condseg.training import TrainingError, TrainResult, train
 from condseg.training import run as run_module
-from condseg.training.module import Stage1Module, Stage2Module, iou_dice
+from condseg.training.module import SegmentationModule
 
 
 def tiny_config(*overrides: str) -> RunConfig:
     return load_config("demo", [
         "data.size=64", "data.batch_size=4", "data.num_workers=0", "model.options.width=16",
-        "model.options.encoder=resnet18", "stage1.max_epochs=2", "stage2.max_epochs=1",
-        "stage1.limit_train_batches=2", "stage2.limit_train_batches=2", "progress_bar=false",
+        "model.options.encoder=resnet18", "stages.stage1.max_epochs=2",
+        "stages.stage2.max_epochs=1", "stages.stage1.limit_train_batches=2",
+        "stages.stage2.limit_train_batches=2", "progress_bar=false",
         "log_every_n_steps=1", *overrides,
     ])
 
@@ -39,9 +40,9 @@ def two_stage(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     built: dict[int, dict[str, torch.Tensor]] = {}
     original = run_module._build_model
 
-    def spy(n, *args, **kwargs):
-        model = original(n, *args, **kwargs)
-        built[n] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    def spy(name, *args, **kwargs):
+        model = original(name, *args, **kwargs)
+        built[name] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
         return model
 
     run_module._build_model = spy

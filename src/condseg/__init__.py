@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _API = {
     "create_model": "condseg.models.registry",
     "list_models": "condseg.models.registry",
-    "load_model": "condseg.inference.model_file",
-    "save_model": "condseg.inference.model_file",
+    "load_model": "condseg.models.model_file",
+    "save_model": "condseg.models.model_file",
     "predict": "condseg.inference.predict",
 }
 

@@ -27,6 +27,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from condseg.errors import CondsegError
+from condseg.losses.base import Loss, create_loss
+
 PATHS = ("default", "plain")
 SEED = 0
 
@@ -103,10 +106,10 @@ def run_benchmark(
                                ("warmup", warmup, 0),
                                ("threads", 1 if threads is None else threads, 1)):
         if value < least:
-            raise ValueError(f"{name} must be >= {least}; got {value}")
+            raise CondsegError(f"{name} must be >= {least}; got {value}")
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
-        raise ValueError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
+        raise CondsegError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     measured: dict[str, tuple[BenchResult, np.ndarray]] = {}
     for path in paths:
@@ -124,18 +127,17 @@ def run_benchmark(
 
 def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     """Child process: build the model, time inference (and a training step), record peaks."""
+    from condseg.models.base import check_input_size
     from condseg.models.registry import create_model
 
     torch.set_num_threads(job.threads)
     device = torch.device(job.device)
     torch.manual_seed(SEED)
     net = create_model(job.model, pretrained=False, **job.options).to(device)
-    if job.size % net.input_divisor:
-        raise ValueError(f"size must be a multiple of {net.input_divisor} for {job.model!r}; "
-                         f"got {job.size}")
+    check_input_size(net, job.size, job.size)
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(job.batch, 3, job.size, job.size, generator=generator)
-    views = [x, torch.randn(x.shape, generator=generator)]  # Net_0 trains on two views
+    views = [x, torch.randn(x.shape, generator=generator)]  # a loss may need a second view
     target = (x.mean(1, keepdim=True) > 0).float().to(device)
     default = job.path == "default"
     fmt = torch.channels_last if default else torch.contiguous_format
@@ -151,7 +153,7 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
 
     net.eval()
     with torch.inference_mode(), amp():
-        probs = _mask_probs(net(views[0]))
+        probs = torch.sigmoid(net(views[0]).mask.float()).cpu().numpy()
         inference = _timed(lambda: net(views[0]), job, device)
     train = None
     if job.train:
@@ -172,37 +174,43 @@ def _autocast_dtype(device: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
-def _mask_probs(output: object) -> np.ndarray:
-    from condseg.models.registry import mask_logits
-
-    return torch.sigmoid(mask_logits(output).float()).cpu().numpy()
-
-
 def _train_step(
     net: torch.nn.Module,
     views: list[torch.Tensor],
     target: torch.Tensor,
     amp: Callable[[], AbstractContextManager],
 ) -> Callable[[], object]:
-    """One optimiser step with the model's real loss: stage 2 for ConDSeg, stage 1 for Net_0."""
-    from condseg.losses.condseg import stage1_loss, stage2_loss
-    from condseg.models.condseg.model import ConDSegOutput
-
+    """One optimiser step with the loss the model is trained with (:func:`training_loss`)."""
+    loss_fn = training_loss(net.arch["name"]).to(views[0].device)
+    extra = dict(zip(loss_fn.views, views[1:], strict=False))
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with amp():
-            out = net(views[0])
-            if isinstance(out, ConDSegOutput):
-                loss = stage2_loss(out, target)["loss"]
-            else:
-                loss = stage1_loss(out, net(views[1]), target)["loss"]
+            outputs = {"image": net(views[0])}
+            outputs.update({key: net(view) for key, view in extra.items()})
+            loss = loss_fn(outputs, target)["loss"]
         loss.backward()
         optimizer.step()
 
     return step
+
+
+def training_loss(model: str) -> Loss:
+    """The loss of the first method stage that trains ``model`` (ConDSeg: stage 2's, Net_0:
+    stage 1's), else BCE + Dice."""
+    from condseg.config import load_config
+    from condseg.methods import list_methods
+
+    for method in list_methods():
+        cfg = load_config("default", [f"method={method}"])
+        for stage in cfg.stages.values():
+            name = stage.model.name if stage.model is not None else cfg.model.name
+            if name == model:
+                return create_loss(stage.loss.name, **stage.loss.options)
+    return create_loss("bce-dice")
 
 
 def _timed(fn: Callable[[], object], job: _Job, device: torch.device) -> Phase:

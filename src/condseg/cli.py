@@ -1,8 +1,9 @@
 """The ``condseg`` command: parses arguments, then calls the library (nothing else lives here).
 
 Library modules are imported inside each command so that ``condseg --help`` starts quickly.
-Errors a user can fix (bad data, a missing file, a wrong option) are printed as one line and
-exit with status 2; ``predict`` exits 1 when some inputs could not be used.
+Errors a user can fix (``condseg.errors.CondsegError``: bad data, a missing file, a wrong option)
+are printed as one line and exit with status 2; anything else is a bug and keeps its traceback.
+``predict`` exits 1 when some inputs could not be used.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ app.add_typer(data_app, name="data")
 console = Console()
 
 
-class Stage(str, Enum):
-    both = "both"
-    one = "1"
-    two = "2"
-
-
 class Resolution(str, Enum):
     network = "network"
     original = "original"
@@ -56,19 +51,14 @@ def quiet_lightning() -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's errors about the user's input into one clear line and exit code 2."""
-    from condseg.convert import ConversionError
-    from condseg.data.dataset import DataError
-    from condseg.inference.model_file import ModelFileError
-    from condseg.models.encoders import WeightsUnavailableError
-    from condseg.training import NonFiniteLossError, TrainingError
+    from rich.markup import escape
+
+    from condseg.errors import CondsegError
 
     try:
         yield
-    except (
-        ConversionError, DataError, ModelFileError, WeightsUnavailableError, TrainingError,
-        NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError,
-    ) as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+    except CondsegError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from error
 
 
@@ -79,6 +69,25 @@ def models() -> None:
 
     for name, description in describe_models().items():
         console.print(f"[bold]{name}[/]  {description}")
+
+
+@app.command("methods")
+def methods() -> None:
+    """List the training methods with their stages (model, loss, optimiser, schedule, epochs)."""
+    from condseg.config import load_config
+    from condseg.methods import METHODS
+
+    for name, description in METHODS.describe().items():
+        cfg = load_config("default", [f"method={name}"])
+        console.print(f"[bold]{name}[/]  {description}")
+        for stage, s in cfg.stages.items():
+            model = s.model.name if s.model is not None else cfg.model.name
+            init = ", ".join(f"{part} from {src}" for part, src in s.init.items() if src)
+            console.print(
+                f"    {stage}: {model}{f' ({init})' if init else ''}; loss {s.loss.name}; "
+                f"{s.optimizer.name} lr {s.optimizer.lr:g}"
+                f"{f' (encoder {s.optimizer.encoder_lr:g})' if s.optimizer.encoder_lr else ''}; "
+                f"{s.schedule.name}; {s.max_epochs} epochs", highlight=False)
 
 
 @data_app.command("prepare")
@@ -144,19 +153,23 @@ def train(
     config: Annotated[str | None, typer.Option(help=(
         "Preset name (see `condseg presets`) or YAML file. Default: the run's own config.yaml "
         "with --resume, else the 'default' preset."))] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `condseg models`).")]
+    method: Annotated[str | None, typer.Option(
+        help="Method (see `condseg methods`; same as method=...).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The run's model within the method, e.g. condseg-pvt (same as model.name=...).")]
     = None,
-    stage: Annotated[Stage, typer.Option(help="Train stage 1, stage 2, or both.")] = Stage.both,
+    stage: Annotated[str, typer.Option(
+        help="'all' (the config's train_stages), or one stage by name or number.")] = "all",
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
     = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     precision: Annotated[str | None, typer.Option(
         help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as seed=...).")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value config overrides, "
-                                                                "e.g. stage2.lr=3e-4.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value config overrides, e.g. stages.stage2.optimizer.lr=3e-4.")] = None,
 ) -> None:
-    """Train with the paper's two-stage recipe (Consistency Reinforcement, then ConDSeg)."""
+    """Train a method's stages (default: ConDSeg's two-stage recipe)."""
     from condseg.config import load_config
     from condseg.training import train as run_training
 
@@ -167,20 +180,23 @@ def train(
             previous = run_dir / "config.yaml"
             config = str(previous) if resume and previous.is_file() else "default"
         extra = list(overrides or [])
-        options = {"model.name": model, "precision": precision, "seed": seed}
+        options = {"method": method, "model.name": model, "precision": precision, "seed": seed}
         extra += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = load_config(config, extra)
-        result = run_training(cfg, data, run_dir, stage=stage.value, resume=resume)
-    console.print(f"run directory: {result.run_dir}; model file: {result.model_file}")
+        result = run_training(cfg, data, run_dir, stage=stage, resume=resume)
+    console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
+                  highlight=False)
 
 
 @app.command("presets")
 def presets() -> None:
-    """List the packaged configuration presets."""
+    """List the packaged configuration presets with their method and stages."""
     from condseg.config import list_presets, load_config
 
     for name in list_presets():
-        console.print(f"[bold]{name}[/]  {load_config(name).description}")
+        cfg = load_config(name)
+        console.print(f"[bold]{name}[/]  {cfg.description} (method {cfg.method}, stages "
+                      f"{', '.join(cfg.stages_to_train())})")
 
 
 @app.command("evaluate")
@@ -201,7 +217,7 @@ def evaluate(
     """Per-image and mean metrics (mIoU, mDSC, recall, precision, S/E-measure, HD95, ...)."""
     from condseg.evaluation.evaluate import evaluate as run_evaluation
     from condseg.evaluation.evaluate import print_table
-    from condseg.inference.model_file import load_model
+    from condseg.models.model_file import load_model
 
     with user_errors():
         net = load_model(checkpoint)
@@ -221,22 +237,25 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")],
     overlay: Annotated[bool, typer.Option(help="Also write the mask drawn over the image.")]
     = False,
-    maps: Annotated[bool, typer.Option(help="Also write the SID fg/bg/uncertainty maps.")]
+    maps: Annotated[bool, typer.Option(
+        help="Also write the model's probability maps (ConDSeg: SID fg/bg/uncertainty).")]
     = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
 ) -> None:
     """Predict masks at each image's original resolution; exit 1 if an input failed."""
-    from condseg.inference.model_file import load_model
     from condseg.inference.predict import predict_files
+    from condseg.models.model_file import load_model
 
     with user_errors():
         net = load_model(checkpoint)
         report = predict_files(net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
                                batch_size=batch_size)
     console.print(f"wrote {len(report.written)} files to {out}")
+    from rich.markup import escape
+
     for path, reason in report.failed:
-        console.print(f"[bold red]failed:[/] {path}: {reason}", highlight=False)
+        console.print(f"[bold red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
@@ -254,12 +273,12 @@ def export(
 ) -> None:
     """Export a model file to ONNX, checked against PyTorch with onnxruntime."""
     from condseg.inference.export import export_onnx
-    from condseg.inference.model_file import load_model
+    from condseg.models.model_file import load_model
 
     with user_errors():
         net = load_model(checkpoint)
         report = export_onnx(net, out or checkpoint.with_suffix(f".{format.value}"),
-                             input_size=size, opset=opset, overwrite=overwrite)
+                             size=size, opset=opset, overwrite=overwrite)
     console.print(
         f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "
         f"max |onnxruntime - torch| = {report.max_abs_diff:.1e})", highlight=False,
@@ -295,7 +314,7 @@ def convert_official(
 ) -> None:
     """Import a ConDSeg / Net_0 / ConDSeg-PVT checkpoint trained with the authors' code."""
     from condseg.convert import load_official
-    from condseg.inference.model_file import save_model
+    from condseg.models.model_file import save_model
 
     with user_errors():
         net = load_official(checkpoint)
@@ -315,3 +334,29 @@ def demo(
     quiet_lightning()
     with user_errors():
         run_demo(out)
+
+
+@app.command("compare")
+def compare(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Run folders (their RUN/evaluation/*/) or evaluation folders (summary.json + "
+             "per_image.csv); the first is the reference for the statistics."
+    )],
+    label: Annotated[list[str] | None, typer.Option(
+        help="Row label of each input, in order (repeat once per input)."
+    )] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for compare.md, compare.csv, compare.tex and stats.csv."
+    )] = None,
+    figure: Annotated[Path | None, typer.Option(
+        help="Folder for predictions.png (loads each model) and curves.png."
+    )] = None,
+    images: Annotated[int, typer.Option(help="Images (rows) in predictions.png.")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Methods side by side as in the paper's Table 1, with paired per-image Dice statistics."""
+    from condseg.evaluation.compare import compare as run_compare
+
+    with user_errors():
+        run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, n_images=images,
+                    overwrite=overwrite, console=console)

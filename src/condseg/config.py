@@ -1,25 +1,37 @@
-"""Typed run configuration: packaged YAML presets, ``extends:`` chains, ``a.b=value`` overrides.
+"""Typed run configuration: a method's recipe, packaged YAML presets, ``extends:`` chains and
+``a.b=value`` overrides.
 
-A run is fully described by a :class:`RunConfig`; the resolved config is written into every run
-directory so that a run can be repeated or resumed from that file alone.
+A run names a ``method`` (``condseg methods``); the method's recipe — its model and its ordered
+training ``stages`` — is the base every preset, file and override is merged onto, so any field
+of any stage can be changed (``stages.stage2.optimizer.lr=3e-4``). The resolved config is written
+into every run directory, so that a run can be repeated or resumed from that file alone.
 """
 
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from condseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from condseg.errors import CondsegError
 
 Triple = tuple[float, float, float]
 
 
-class ConfigError(ValueError):
+class ConfigError(CondsegError):
     """A preset, YAML file or override that cannot be turned into a :class:`RunConfig`."""
 
 
@@ -30,10 +42,21 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
+    """The run's model (the final network of the method)."""
+
     name: str = "condseg"
     options: dict[str, Any] = Field(default_factory=dict)  # passed to create_model
     pretrained: bool = True
     weights: Path | None = None  # local ImageNet weights file for the encoder (no network needed)
+
+
+class StageModel(_Section):
+    """A stage's own network, when it is not the run's model (ConDSeg's stage-1 Net_0)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Options copied from the run's model (with its registered defaults), e.g. [encoder].
+    inherit: list[str] = Field(default_factory=list)
 
 
 class DataConfig(_Section):
@@ -41,11 +64,19 @@ class DataConfig(_Section):
     size: int = Field(256, gt=0)
     batch_size: int = Field(4, gt=0)
     num_workers: int = Field(2, ge=0)
-    mean: Triple = IMAGENET_MEAN
-    std: Triple = IMAGENET_STD
+    # None: the normalisation the model's encoder was pretrained with (timm's pretrained_cfg).
+    mean: Triple | None = None
+    std: Triple | None = None
     train_split: str = "train"
     val_split: str = "val"
+    test_split: str = "test"  # evaluated at the end of training when ROOT/<test_split>.txt exists
     skip: list[str] = Field(default_factory=list)  # names excluded after the integrity check
+
+    @model_validator(mode="after")
+    def _mean_and_std_together(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both data.mean and data.std, or neither (the encoder's)")
+        return self
 
 
 class Augmentation(_Section):
@@ -54,41 +85,67 @@ class Augmentation(_Section):
     p_flip: float = Field(0.5, ge=0, le=1)
 
 
-class StageConfig(_Section):
-    max_epochs: int = Field(300, gt=0)
+class LossConfig(_Section):
+    """A registered loss (``condseg methods`` lists them) and its options."""
+
+    name: str = "bce-dice"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0)
-    encoder_lr: float = Field(1e-4, gt=0)
+    encoder_lr: float | None = Field(None, gt=0)  # None: lr
     weight_decay: float = Field(0.0, ge=0)
-    plateau_patience: int = Field(30, ge=0)
-    plateau_factor: float = Field(0.1, gt=0, lt=1)
-    early_stop_patience: int = Field(100, gt=0)
+    momentum: float = Field(0.9, ge=0)  # sgd
+    nesterov: bool = False  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule, stepped per epoch (``docs/decisions.md`` gives the formulas)."""
+
+    name: Literal["plateau", "poly", "cosine", "triangular", "constant"] = "plateau"
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up before poly/cosine/constant
+    patience: int = Field(30, ge=0)  # plateau
+    factor: float = Field(0.1, gt=0, lt=1)  # plateau
+    monitor: str = "val/loss"  # plateau
+    power: float = Field(0.9, gt=0)  # poly
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # poly, cosine: the floor as a share of lr
+
+
+class HookConfig(_Section):
+    """A registered per-batch hook (e.g. ``multiscale``) and its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageConfig(_Section):
+    """One training stage: what is trained, on what, how, and for how long."""
+
+    model: StageModel | None = None  # None: the run's model
+    # Submodule path -> earlier stage whose best model initialises it (null: as built).
+    init: dict[str, str | None] = Field(default_factory=dict)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augmentation: Augmentation = Field(default_factory=Augmentation)
+    views: list[str] = Field(default_factory=list)  # extra named views of a sample
+    batch_hook: HookConfig | None = None
+    max_epochs: int = Field(300, gt=0)
+    early_stop_patience: int = Field(100, gt=0)
     limit_train_batches: int | float = Field(1.0, ge=0)
     limit_val_batches: int | float = Field(1.0, gt=0)
 
 
-class Stage1Config(StageConfig):
-    # Consistency Reinforcement; off = Net_0 trained on the mask loss alone.
-    consistency: bool = True
-
-
-class Stage2Config(StageConfig):
-    encoder_lr: float = Field(1e-5, gt=0)
-    augmentation: Augmentation = Field(
-        default_factory=lambda: Augmentation(rotate=35.0, p_rotate=0.3, p_flip=0.3)
-    )
-    # "stage1": the encoder of the best stage-1 Net_0 (two-stage recipe); "pretrained": whatever
-    # create_model gives (ImageNet or random), i.e. the one-stage setting of Table 3.
-    encoder_init: Literal["stage1", "pretrained"] = "stage1"
-
-
 class RunConfig(_Section):
     description: str = ""
+    method: str = "condseg"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    stages: list[Literal[1, 2]] = Field(default_factory=lambda: [1, 2], min_length=1)
-    stage1: Stage1Config = Field(default_factory=Stage1Config)
-    stage2: Stage2Config = Field(default_factory=Stage2Config)
+    stages: dict[str, StageConfig] = Field(min_length=1)  # in training order
+    train_stages: list[str] | None = None  # the stages `condseg train` runs; None: all
     seed: int = 42
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     accelerator: str = "auto"
@@ -104,8 +161,23 @@ class RunConfig(_Section):
         """YAML reads ``precision: 32`` as an int; Lightning's name for it is the string "32"."""
         return str(value) if isinstance(value, int) else value
 
-    def stage(self, n: int) -> StageConfig:
-        return self.stage1 if n == 1 else self.stage2
+    @model_validator(mode="after")
+    def _stage_references(self) -> RunConfig:
+        names = list(self.stages)
+        for name in self.train_stages or ():
+            if name not in self.stages:
+                raise ValueError(f"train_stages names {name!r}; the stages are {names}")
+        for i, (name, stage) in enumerate(self.stages.items()):
+            for part, source in stage.init.items():
+                if source is not None and source not in names[:i]:
+                    raise ValueError(
+                        f"stages.{name}.init.{part} names {source!r}, which is not an earlier "
+                        f"stage (earlier: {names[:i] or 'none'})"
+                    )
+        return self
+
+    def stages_to_train(self) -> list[str]:
+        return list(self.train_stages) if self.train_stages is not None else list(self.stages)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -189,14 +261,43 @@ def _check_keys(raw: dict[str, Any], cls: type[BaseModel], prefix: str = "") -> 
             raise ConfigError(
                 f"unknown config key {where!r}{hint}; valid keys of {section}: {', '.join(fields)}"
             )
-        annotation = fields[key].annotation
-        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(
-            annotation, BaseModel
-        ):
-            _check_keys(value, annotation, f"{where}.")
+        if not isinstance(value, dict):
+            continue
+        section, mapping = _section_type(fields[key].annotation)
+        if section is not None and mapping:
+            for name, item in value.items():
+                if isinstance(item, dict):
+                    _check_keys(item, section, f"{where}.{name}.")
+        elif section is not None:
+            _check_keys(value, section, f"{where}.")
+
+
+def _section_type(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The config section class inside ``annotation`` (``X``, ``X | None`` or ``dict[str, X]``),
+    and whether it is a mapping of them."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        inner, _ = _section_type(typing.get_args(annotation)[1])
+        return inner, inner is not None
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner, mapping = _section_type(arg)
+            if inner is not None:
+                return inner, mapping
+        return None, False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate ``raw`` merged onto the recipe of the method it names (default ``condseg``)."""
+    from condseg.methods import method_recipe
+
+    method = raw.get("method", RunConfig.model_fields["method"].default)
+    if not isinstance(method, str):
+        raise ConfigError(f"{source}: method must be a name, got {method!r}")
+    raw = _merge(method_recipe(method), raw)
     _check_keys(raw, RunConfig)
     try:
         return RunConfig.model_validate(raw)
@@ -213,7 +314,8 @@ def load_config(
 ) -> RunConfig:
     """Load a packaged preset (``"kvasir-seg"``) or a YAML file, then apply ``a.b=value`` overrides.
 
-    Override values are parsed as YAML (``stage2.lr=3e-4``, ``data.skip=[a, b]``).
+    Override values are parsed as YAML (``stages.stage2.optimizer.lr=3e-4``,
+    ``data.skip=[a, b]``).
     """
     raw = _read_yaml(name_or_path)
     for override in overrides:

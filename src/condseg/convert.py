@@ -16,6 +16,7 @@ import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 from torch import nn
 
+from condseg.errors import CondsegError, InputNotFoundError
 from condseg.models.registry import create_model
 
 #: (pattern, replacement) applied in order to the authors' ConDSeg / Net_0 key names.
@@ -60,7 +61,7 @@ _RULES: list[tuple[str, str]] = [
 ]
 
 
-class ConversionError(ValueError):
+class ConversionError(CondsegError):
     """A file that is not a checkpoint of the authors' ConDSeg, Net_0 or PVT variant."""
 
 
@@ -101,7 +102,7 @@ def load_official(path: str | Path) -> nn.Module:
     """Build our model and load one of the authors' ``.pth`` checkpoints into it (strictly)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -19,8 +19,9 @@ from condseg.config import load_config
 from condseg.data.dataset import find_pair, read_mask, read_split
 from condseg.data.synthetic import synthesize
 from condseg.evaluation.evaluate import EvaluationResult, evaluate
-from condseg.inference.model_file import load_model
+from condseg.errors import OutputExistsError
 from condseg.inference.predict import PredictReport, predict_files
+from condseg.models.model_file import load_model
 from condseg.training import TrainResult, train
 
 
@@ -68,7 +69,7 @@ def run_demo(
     start = time.perf_counter()
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; give the demo a new folder (--out DIR) or "
+        raise OutputExistsError(f"{out} is not empty; give the demo a new folder (--out DIR) or "
                               "delete the previous demo's folder")
     config = load_config("demo", overrides)
     console.rule("condseg demo: synthetic data")
@@ -93,13 +94,13 @@ def _print_summary(result: DemoResult, console: Console) -> None:
     table = Table(title=f"condseg demo finished in {result.seconds:.0f} s", show_header=False)
     table.add_row("validation mDSC / mIoU (final model)", f"{result.mdsc:.3f} / {result.miou:.3f}")
     for n, metrics in result.training.best_metrics.items():
-        table.add_row(f"best val mDSC / mIoU, stage {n}",
+        table.add_row(f"best val mDSC / mIoU, {n}",
                       f"{metrics['mdsc']:.3f} / {metrics['miou']:.3f} (epoch {metrics['epoch']})")
     table.add_row("trivial predictor mDSC (all foreground)", f"{result.trivial_mdsc:.3f}")
     run = result.training.run_dir
     table.add_row("synthetic dataset", str(result.out_dir / "data"))
     table.add_row("run (config, checkpoints, logs, curves)", str(run))
-    table.add_row("curves", ", ".join(str(run / f"stage{n}" / "curves.png")
+    table.add_row("curves", ", ".join(str(run / n / "curves.png")
                                       for n in result.training.model_files))
     table.add_row("model file", str(result.training.model_file))
     table.add_row("evaluation (per-image CSV, summary JSON)", str(result.out_dir / "evaluation"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -141,3 +141,101 @@ def _check_same_size(image: np.ndarray, other: np.ndarray, what: str) -> None:
         raise ValueError(
             f"{what} shape {other.shape[:2]} differs from image shape {image.shape[:2]}"
         )
+
+
+def prediction_grid(
+    names: Sequence[str],
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Mapping[str, Sequence[np.ndarray]],
+    out_png: str | Path,
+    captions: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """One row per image: the image, its ground truth (white on black) and each method's
+    predicted mask over the image, as in the ConDSeg paper's Fig. 2.
+
+    Every cell is its own axes, so images of different sizes keep their aspect ratio.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = list(predictions)
+    n_cols, n_rows = 2 + len(methods), len(names)
+    fig = Figure(figsize=(2.2 * n_cols, 2.2 * n_rows + 0.3), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    headers = ["image", "ground truth", *methods]
+    for r, (name, image, truth) in enumerate(zip(names, images, truths, strict=True)):
+        cells = [(image, name), (truth, "")]
+        for method in methods:
+            caption = captions[method][r] if captions and method in captions else ""
+            cells.append((overlay(image, predictions[method][r]), caption))
+        for c, (ax, (pixels, caption)) in enumerate(zip(axes[r], cells, strict=True)):
+            if pixels.ndim == 2:  # the ground truth, a boolean mask
+                ax.imshow(pixels.astype(np.uint8), cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+            else:
+                ax.imshow(pixels, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(_plain(headers[c]), fontsize="medium")
+            ax.set_xlabel(_plain(caption), fontsize="small")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return out_png
+
+
+def plot_validation_curves(
+    logs: Mapping[str, str | Path], out_png: str | Path, keys: Sequence[str] = ("val/mdsc",
+                                                                            "val/loss")
+) -> list[str]:
+    """Validation mDSC and loss per epoch, one line per run, one panel per metric (the
+    ConDSeg paper's Fig. 5) from each run's Lightning ``metrics.csv``.
+
+    Logs that cannot be read or hold no validation values are left out; the labels drawn are
+    returned. Raises ValueError (and writes nothing) when no log has any.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    for label, path in logs.items():
+        try:
+            per_epoch = _read_epoch_values(Path(path))
+        except ValueError:
+            continue
+        if any(per_epoch.get(key) for key in keys):
+            values[label] = per_epoch
+    if not values:
+        raise ValueError(f"no training log has {' or '.join(keys)} values")
+    fig = Figure(figsize=(6 * len(keys), 4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys, start=1):
+        ax = fig.add_subplot(1, len(keys), i)
+        for label, per_epoch in values.items():
+            series = per_epoch.get(key, {})
+            epochs = sorted(series)
+            ax.plot(epochs, [series[e] for e in epochs], marker=".", label=_plain(label))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(_CURVE_TITLES.get(key, key))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return list(values)
+
+
+_CURVE_TITLES = {"val/mdsc": "validation mDSC", "val/loss": "validation loss",
+                 "val/miou": "validation mIoU"}
+
+
+def _plain(text: str) -> str:
+    """Text shown as written: matplotlib would read ``$...$`` as mathtext and hide legend
+    labels that start with an underscore."""
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text

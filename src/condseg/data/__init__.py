@@ -16,17 +16,10 @@ from condseg.data.dataset import (
 )
 from condseg.data.prepare import DATASETS, prepare
 from condseg.data.synthetic import synthesize
-from condseg.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    geometric_augmentation,
-    strong_photometric,
-)
+from condseg.data.transforms import geometric_augmentation, strong_photometric
 
 __all__ = [
     "DATASETS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "CheckReport",
     "DataError",
     "Problem",

@@ -7,7 +7,7 @@ both (``ImageOps.exif_transpose``): a mask drawn on the displayed photo stays al
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, get_worker_info
 
-from condseg.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    resize_image,
-    resize_mask,
-    strong_photometric,
-    to_tensor,
-)
+from condseg.data.transforms import resize_image, resize_mask, to_tensor
+from condseg.errors import CondsegError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -32,7 +26,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-class DataError(Exception):
+class DataError(CondsegError):
     """Bad or missing input data; the message names the file and what to do about it."""
 
 
@@ -188,9 +182,9 @@ class SegmentationDataset(Dataset):
     """Image/mask pairs of one split, resized to ``size``x``size`` and normalised.
 
     The pair is resized first and augmented at the target size (far cheaper than augmenting
-    1920x1072 frames). ``strong_view`` adds the stage-1 consistency view: the strong photometric
-    augmentation of the same geometrically augmented image, drawn per sample; the mask is shared.
-    ``mean``/``std`` None scales to [0, 1] only (checkpoints of the authors' code).
+    1920x1072 frames). Each of ``views`` adds an extra named view of the same geometrically
+    augmented image (ConDSeg's stage-1 strong photometric view), drawn per sample; the mask is
+    shared. ``mean``/``std`` are the model's (None: scale to [0, 1] only, as the authors' code).
     """
 
     def __init__(
@@ -199,9 +193,10 @@ class SegmentationDataset(Dataset):
         split_or_names: str | Sequence[str],
         size: int = 256,
         augment: Transform | None = None,
-        strong_view: bool = False,
-        mean: Sequence[float] | None = IMAGENET_MEAN,
-        std: Sequence[float] | None = IMAGENET_STD,
+        views: Mapping[str, Transform] | None = None,
+        *,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
         exclude: Iterable[str] = (),
     ) -> None:
         self.root = Path(root)
@@ -219,7 +214,10 @@ class SegmentationDataset(Dataset):
         self.pairs = [index.pair(n) for n in self.names]
         self.size = size
         self.augment = augment
-        self.strong = strong_photometric() if strong_view else None
+        self.views = dict(views or {})
+        reserved = {"image", "mask", "name"} & set(self.views)
+        if reserved:
+            raise DataError(f"view names {sorted(reserved)} are reserved; rename the view")
         self.mean, self.std = mean, std
         self._sizes: dict[int, tuple[int, int]] = {}
         self._seeded_for: object = None
@@ -247,8 +245,9 @@ class SegmentationDataset(Dataset):
             return
         self._seeded_for = key
         base = info.seed if info is not None else torch.initial_seed()
-        seeds = np.random.SeedSequence(base % 2**63).generate_state(2)
-        for transform, seed in zip((self.augment, self.strong), seeds, strict=True):
+        transforms = (self.augment, *self.views.values())
+        seeds = np.random.SeedSequence(base % 2**63).generate_state(max(2, len(transforms)))
+        for transform, seed in zip(transforms, seeds, strict=False):
             if transform is not None and getattr(transform, "seed", 0) is None:
                 transform.set_random_seed(int(seed))
 
@@ -270,6 +269,6 @@ class SegmentationDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)[None]),
             "name": self.names[i],
         }
-        if self.strong is not None:
-            item["image_strong"] = to_tensor(self.strong(image=image)["image"], self.mean, self.std)
+        for key, view in self.views.items():
+            item[key] = to_tensor(view(image=image)["image"], self.mean, self.std)
         return item

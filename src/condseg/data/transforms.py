@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from condseg.registry import Registry
 
 
 def geometric_augmentation(
@@ -75,9 +75,7 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def to_tensor(
-    image: np.ndarray,
-    mean: Sequence[float] | None = IMAGENET_MEAN,
-    std: Sequence[float] | None = IMAGENET_STD,
+    image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W): scaled to [0, 1], then (x - mean) / std.
     ``mean``/``std`` None leaves [0, 1] (what the authors' code feeds its networks)."""
@@ -87,3 +85,19 @@ def to_tensor(
     if std is not None:
         x /= np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def resize_probabilities(probs: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """(K, h, w) probability maps -> float32 (K, H, W) at ``shape`` (bilinear), in [0, 1]."""
+    size = (int(shape[0]), int(shape[1]))
+    stacked = probs[None].float()
+    if tuple(stacked.shape[-2:]) != size:
+        stacked = F.interpolate(stacked, size=size, mode="bilinear", align_corners=False)
+    return stacked[0].clamp(0, 1).numpy().astype(np.float32)
+
+
+#: Extra named views of a training sample (a stage lists them in ``views``): builders of an
+#: albumentations transform applied to the geometrically augmented image.
+VIEWS: Registry[Callable[[], A.Compose]] = Registry("view")
+VIEWS.add("strong", strong_photometric,
+          "ConDSeg's strong photometric view: colour jitter, grey p 0.5, Gaussian blur")

@@ -17,18 +17,19 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 from torch.utils.data import DataLoader
 
 from condseg.data.dataset import SegmentationDataset, read_mask
+from condseg.data.transforms import resize_probabilities
+from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
-from condseg.inference.predict import (
+from condseg.models.base import (
+    SegmentationModel,
     eval_mode,
-    forward_probs,
-    model_input_size,
-    normalisation,
-    refuse_existing,
-    to_original_size,
+    input_size,
+    normalization,
+    probabilities,
+    require_model,
 )
 from condseg.viz import save_png
 
@@ -66,7 +67,7 @@ class EvaluationResult:
 
 
 def evaluate(
-    model: nn.Module,
+    model: SegmentationModel,
     data_root: str | Path,
     split: str = "val",
     resolution: str = "network",
@@ -74,21 +75,23 @@ def evaluate(
     save_masks: str | Path | None = None,
     batch_size: int = 4,
     *,
-    input_size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, int] | None = None,
     threshold: float = 0.5,
     overwrite: bool = False,
+    num_workers: int = 0,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``split`` of the canonical dataset at ``data_root``.
 
-    ``input_size`` defaults to the model file's. With ``out_dir`` the CSV and JSON of
+    ``size`` (the network input) defaults to the model file's. With ``out_dir`` the CSV and JSON of
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
     PNG, at the protocol's resolution). Existing outputs are refused unless ``overwrite``.
     """
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-    size = model_input_size(model, input_size)
-    mean, std = normalisation(model)
-    dataset = SegmentationDataset(data_root, split, size=size, augment=None, mean=mean, std=std)
+        raise CondsegError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    model = require_model(model)
+    size = input_size(model, size)
+    mean, std = normalization(model)
+    dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std)
     mask_dir = Path(save_masks) if save_masks is not None else None
     planned = [mask_dir / f"{name}.png" for name in dataset.names] if mask_dir else []
     if out_dir is not None:
@@ -98,16 +101,16 @@ def evaluate(
         mask_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with eval_mode(model):
         for batch in loader:
-            probs = forward_probs(model, batch["image"])["mask"]
+            probs = probabilities(model, batch["image"])["mask"]
             for j, name in enumerate(batch["name"]):
                 i = len(rows)
                 if resolution == "network":
                     prob, gt = probs[j].numpy(), batch["mask"][j, 0].numpy() >= 0.5
                 else:
-                    prob = to_original_size({"mask": probs[j]}, dataset.original_size(i)).prob
+                    prob = resize_probabilities(probs[j][None], dataset.original_size(i))[0]
                     gt = read_mask(dataset.pairs[i][1])
                 rows.append({"name": name, **image_metrics(prob, gt, threshold)})
                 if mask_dir is not None:
@@ -125,7 +128,9 @@ def evaluate(
             if resolution == "network"
             else "original mask; probabilities resized bilinearly to the image size"
         ),
-        "model": (getattr(model, "arch", None) or {}).get("name", type(model).__name__),
+        "model": model.name,
+        "method": ((model.meta or {}).get("config") or {}).get("method"),
+        "model_file": (model.meta or {}).get("path"),
     }
     result = EvaluationResult(rows=rows, summary=summarize(rows), protocol=protocol)
     if out_dir is not None:

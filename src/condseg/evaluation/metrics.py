@@ -36,6 +36,8 @@ import py_sod_metrics as sod
 import torch
 from monai.metrics.utils import get_edge_surface_distance
 
+from condseg.evaluation.overlap import overlap_scores
+
 __all__ = ["METRIC_NAMES", "image_metrics", "summarize"]
 
 METRIC_NAMES: tuple[str, ...] = (
@@ -55,11 +57,6 @@ METRIC_NAMES: tuple[str, ...] = (
     "hd95",
     "assd",
 )
-
-
-def _ratio(num: float, den: float) -> float:
-    """num/den with 0/0 = 1 (see the module conventions)."""
-    return 1.0 if den == 0 else num / den
 
 
 def _check(prob: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,19 +84,8 @@ def _check(prob: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _confusion(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    tp = int(np.count_nonzero(pred & gt))
-    fp = int(np.count_nonzero(pred & ~gt))
-    fn = int(np.count_nonzero(~pred & gt))
-    tn = pred.size - tp - fp - fn
-    return {
-        "iou": _ratio(tp, tp + fp + fn),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "recall": _ratio(tp, tp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "specificity": _ratio(tn, tn + fp),
-        "accuracy": (tp + tn) / pred.size,
-        "f2": _ratio(5 * tp, 5 * tp + 4 * fn + fp),
-    }
+    scores = overlap_scores(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
+    return {name: float(value[0]) for name, value in scores.items()}
 
 
 def _sod(prob: np.ndarray, gt: np.ndarray) -> dict[str, float | None]:

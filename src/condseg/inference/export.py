@@ -1,7 +1,8 @@
 """ONNX export, verified against PyTorch with onnxruntime.
 
 The exported graph takes the normalised image (B, 3, H, W) — normalisation stays outside, as
-for the PyTorch model — and returns logits: ``mask``, plus ``fg``, ``bg``, ``uc`` for ConDSeg.
+for the PyTorch model — and returns logits: ``mask``, plus the model's ``map_names`` (``fg``,
+``bg``, ``uc`` for ConDSeg). Training-only auxiliary outputs are not part of the graph.
 The batch axis is dynamic. The TorchScript exporter is used (``dynamo=False``): the dynamo
 exporter needs ``onnxscript``, which is not a dependency. CDFA's ``fold`` becomes ONNX
 ``Col2Im``, which exists from opset 18 on, hence the default opset.
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from torch.onnx import symbolic_helper
 
-from condseg.inference.predict import eval_mode, forward_probs, model_input_size, refuse_existing
+from condseg.errors import CondsegError, refuse_existing
+from condseg.models.base import SegmentationModel, eval_mode, input_size, require_model
 
 DEFAULT_OPSET = 18
 
@@ -34,52 +36,51 @@ class ExportReport:
     max_abs_diff: float | None
 
 
+class ExportError(CondsegError):
+    """The exported graph disagrees with PyTorch."""
+
+
 class _LogitsOnly(nn.Module):
-    """Turns the model's output (tensor or ConDSegOutput) into a flat tuple of logits.
+    """The model's output as a flat tuple of logits: the mask, then its ``map_names``.
 
     It takes the model's train/eval mode, so restoring the wrapper's mode after export
     restores the model's.
     """
 
-    def __init__(self, model: nn.Module, outputs: Sequence[str]) -> None:
+    def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model
-        self.outputs = tuple(outputs)
+        self.outputs = ("mask", *model.map_names)
         self.train(model.training)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from condseg.models.registry import mask_logits
-
         out = self.model(image)
-        return tuple(
-            mask_logits(out) if key == "mask" else getattr(out, key) for key in self.outputs
-        )
+        return (out.mask, *(out.aux[key] for key in self.model.map_names))
 
 
 def export_onnx(
-    model: nn.Module,
+    model: SegmentationModel,
     path: str | Path,
-    input_size: int | Sequence[int] | None = None,
+    size: int | Sequence[int] | None = None,
     opset: int = DEFAULT_OPSET,
     *,
     verify: bool = True,
     tolerance: float = 1e-3,
     overwrite: bool = False,
 ) -> ExportReport:
-    """Export ``model`` to ONNX at ``input_size`` (default: the model file's) and check it.
+    """Export ``model`` to ONNX at ``size`` (default: the model file's input size), checked.
 
     With ``verify`` the graph is run by onnxruntime on a random batch of two and compared with
     PyTorch; the maximum absolute difference of the logits is returned in the report. A file
     whose difference exceeds ``tolerance`` is deleted and an error raised, so a wrong graph is
-    never left behind. Height and width are fixed at ``input_size``; only the batch is dynamic.
+    never left behind. Height and width are fixed at ``size``; only the batch is dynamic.
     """
     path = Path(path)
     refuse_existing([path], overwrite)
-    height, width = model_input_size(model, input_size)
+    height, width = input_size(require_model(model), size)
     sample = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-    with eval_mode(model):
-        outputs = list(forward_probs(model, sample[:1]))
-    wrapper = _LogitsOnly(model, outputs)
+    wrapper = _LogitsOnly(model)
+    outputs = list(wrapper.outputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in ["image", *outputs]}
     options = (
@@ -107,7 +108,7 @@ def export_onnx(
     diff = _verify(wrapper, path, sample, outputs) if verify else None
     if diff is not None and not diff <= tolerance:
         path.unlink()
-        raise RuntimeError(
+        raise ExportError(
             f"ONNX export of {path.name} disagrees with PyTorch (max |diff| {diff:.3g} > "
             f"{tolerance:g}); the file was removed — try another opset or report the model"
         )

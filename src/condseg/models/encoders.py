@@ -11,11 +11,13 @@ from pathlib import Path
 import timm
 from torch import nn
 
+from condseg.errors import CondsegError
+
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(CondsegError):
     """ImageNet weights could neither be downloaded nor read from a local file."""
 
 

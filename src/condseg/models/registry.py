@@ -1,26 +1,48 @@
-"""Model registry: ``create_model(name, **options)`` and ``list_models()``.
+"""Model registry: families register their builders from their own folder (timm-style), and
+``create_model(name, **options)`` builds any of them.
 
-Every created model carries ``model.arch = {"name", "options"}``, enough to rebuild it (model
-files store it), and ``model.input_divisor`` (input sizes must be multiples of it).
+This module imports no family: ``condseg.models`` (its ``__init__``) imports the packaged
+families, and a user's own model registers itself with :func:`register_model` before use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-import torch
-from torch import nn
+from condseg.models.base import ModelError, SegmentationModel
 
-from condseg.models.condseg.model import ConDSeg, ConDSegOutput
-from condseg.models.condseg.net0 import Net0
+Builder = TypeVar("Builder", bound=Callable[..., SegmentationModel])
 
-_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "condseg": (partial(ConDSeg, encoder="resnet50"), "ConDSeg, ResNet-50 encoder (paper)"),
-    "condseg-pvt": (partial(ConDSeg, encoder="pvt_v2_b2"), "ConDSeg, PVT-v2-b2 encoder"),
-    "condseg-net0": (partial(Net0, encoder="resnet50"), "Net_0, the stage-1 network of CR"),
-}
+
+@dataclass(frozen=True)
+class ModelEntry:
+    builder: Callable[..., SegmentationModel]
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, description: str = "", defaults: dict[str, Any] | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator registering a model class or builder function under ``name``.
+
+    ``defaults`` are options applied under the caller's (e.g. the encoder of a named variant).
+    The builder receives ``pretrained``/``weights`` only when ImageNet weights are asked for.
+    """
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _MODELS and _MODELS[name].builder is not builder:
+            raise ModelError(f"a model named {name!r} is registered already")
+        _MODELS[name] = ModelEntry(builder, description, dict(defaults or {}))
+        return builder
+
+    return decorate
 
 
 def list_models() -> list[str]:
@@ -30,24 +52,36 @@ def list_models() -> list[str]:
 
 def describe_models() -> dict[str, str]:
     """One line of description per model name."""
-    return {name: desc for name, (_, desc) in sorted(_MODELS.items())}
+    return {name: _MODELS[name].description for name in list_models()}
+
+
+def model_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options ``name`` is built with: its registered defaults under ``options``."""
+    return {**_entry(name).defaults, **(options or {})}
 
 
 def create_model(
-    name: str, *, pretrained: bool = False, weights: str | Path | None = None, **options
-) -> nn.Module:
+    name: str, *, pretrained: bool = False, weights: str | Path | None = None, **options: Any
+) -> SegmentationModel:
     """Build a registered model. ``pretrained``/``weights`` concern the ImageNet encoder."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    builder, _ = _MODELS[name]
+    entry = _entry(name)
+    extra: dict[str, Any] = {}
+    if pretrained:
+        extra["pretrained"] = True
+    if weights is not None:
+        extra["weights"] = weights
     try:
-        model = builder(pretrained=pretrained, weights=weights, **options)
+        model = entry.builder(**model_options(name, options), **extra)
     except TypeError as error:
-        raise ValueError(f"bad option for model {name!r}: {error}") from error
+        raise ModelError(f"bad option for model {name!r}: {error}") from error
+    if not isinstance(model, SegmentationModel):
+        raise ModelError(f"the builder of model {name!r} returned {type(model).__name__}, not "
+                         "a SegmentationModel (condseg.models.base)")
     model.arch = {"name": name, "options": dict(options)}
     return model
 
 
-def mask_logits(output: torch.Tensor | ConDSegOutput) -> torch.Tensor:
-    """The (B, 1, H, W) mask logits of any model's output."""
-    return output.mask if isinstance(output, ConDSegOutput) else output
+def _entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _MODELS[name]

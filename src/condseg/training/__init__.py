@@ -1,4 +1,4 @@
-"""ConDSeg training: two Lightning stages (Net_0 with Consistency Reinforcement, then ConDSeg)."""
+"""Training: one generic Lightning module and the runner of a method's stages."""
 
 from __future__ import annotations
 

@@ -1,61 +1,64 @@
-"""Lightning modules of the two ConDSeg training stages.
+"""The one LightningModule that trains any stage of any method.
 
-The stages differ only in the network and the training loss; validation, optimiser, scheduler and
-the non-finite-loss guard are shared in :class:`SegmentationModule`.
+What differs between stages is data, not code: the model, the loss (with the views it needs),
+the optimiser, the schedule and an optional per-batch hook, all from the stage's config.
+Validation is the same for every method: ``val/loss`` is L_mask (BCE + Dice) of the mask logits
+(what the plateau schedule watches by default), ``val/miou``, ``val/mdsc``, ``val/recall`` and
+``val/precision`` are means over images (``val/miou`` is what checkpointing and early stopping
+watch).
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from condseg.config import Stage1Config, Stage2Config, StageConfig
-from condseg.losses.condseg import mask_loss, stage1_loss, stage2_loss
-from condseg.models.registry import mask_logits
+from condseg.config import StageConfig
+from condseg.errors import CondsegError
+from condseg.evaluation.overlap import overlap_scores
+from condseg.losses.base import Loss
+from condseg.losses.mask import mask_loss
+from condseg.models.base import SegmentationModel
+from condseg.training.hooks import BatchHook
+from condseg.training.optim import build_optimizer, build_scheduler
+
+VAL_SCORES = ("iou", "dice", "recall", "precision")
+_VAL_NAMES = {"iou": "miou", "dice": "mdsc", "recall": "recall", "precision": "precision"}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CondsegError):
     """The training loss became NaN or infinite; the run stops before the step is applied."""
 
 
-def iou_dice(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image IoU and Dice at probability 0.5 (logit 0); empty vs empty scores 1."""
-    pred = (logits.detach() >= 0).flatten(1)
-    gt = target.flatten(1) >= 0.5
-    inter = (pred & gt).sum(1).float()
-    total = pred.sum(1).float() + gt.sum(1).float()
-    union = total - inter
-    empty = total == 0
-    iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp_min(1))
-    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp_min(1))
-    return iou, dice
-
-
 class SegmentationModule(L.LightningModule):
-    """Shared parts of both stages.
+    """Trains ``model`` with ``loss`` under the optimiser and schedule of ``cfg``."""
 
-    ``val/loss`` is L_mask of the output mask in both stages (what ReduceLROnPlateau watches);
-    ``val/miou`` and ``val/mdsc`` are means over images (what checkpointing and early stopping
-    watch).
-    """
-
-    stage: int
-
-    def __init__(self, model: nn.Module, cfg: StageConfig) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        loss: Loss,
+        cfg: StageConfig,
+        stage: str = "train",
+        batch_hook: BatchHook | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
+        self.loss = loss
         self.cfg = cfg
+        self.stage = stage
+        self.batch_hook = batch_hook
 
     def forward(self, x: Tensor) -> object:
         return self.model(x)
 
-    def losses(self, batch: dict) -> dict[str, Tensor]:
-        """The stage's training loss ``loss`` and detached parts for logging."""
-        raise NotImplementedError
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        losses = self.losses(batch)
+        if self.batch_hook is not None:
+            batch = self.batch_hook(batch)
+        # One forward pass per view (not one on the concatenated batch): BatchNorm sees each
+        # view alone, as in the authors' training.
+        outputs = {view: self.model(batch[view]) for view in ("image", *self.loss.views)}
+        losses = self.loss(outputs, batch["mask"])
         loss = losses.pop("loss")
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -71,13 +74,14 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = mask_logits(self.model(batch["image"]))
-        iou, dice = iou_dice(logits, batch["mask"])
-        self.log_dict(
-            {"val/loss": mask_loss(logits, batch["mask"]), "val/miou": iou.mean(),
-             "val/mdsc": dice.mean()},
-            on_step=False, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True,
-        )
+        logits = self.model(batch["image"]).mask
+        scores = overlap_scores(logits.detach() >= 0, batch["mask"] >= 0.5)
+        metrics = {"val/loss": mask_loss(logits, batch["mask"])}
+        metrics.update({f"val/{_VAL_NAMES[k]}": scores[k].float().mean() for k in VAL_SCORES})
+        for names, shown in ((("val/loss", "val/miou", "val/mdsc"), True),
+                             (("val/recall", "val/precision"), False)):
+            self.log_dict({k: metrics[k] for k in names}, on_step=False, on_epoch=True,
+                          prog_bar=shown, batch_size=logits.shape[0], sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the validation metrics of the saved epoch, so that the exported best model file
@@ -88,47 +92,6 @@ class SegmentationModule(L.LightningModule):
         }
 
     def configure_optimizers(self) -> dict:
-        """Adam with the encoder in its own parameter group (stage 2 fine-tunes it 10x slower)."""
-        encoder = list(self.model.encoder.parameters())
-        ids = {id(p) for p in encoder}
-        rest = [p for p in self.model.parameters() if id(p) not in ids]
-        optimizer = torch.optim.Adam(
-            [{"params": encoder, "lr": self.cfg.encoder_lr, "name": "encoder"},
-             {"params": rest, "lr": self.cfg.lr, "name": "rest"}],
-            weight_decay=self.cfg.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.cfg.plateau_factor,
-            patience=self.cfg.plateau_patience,
-        )
+        optimizer = build_optimizer(self.model, self.cfg.optimizer)
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
-
-
-class Stage1Module(SegmentationModule):
-    """Net_0; with Consistency Reinforcement on the image and its strong photometric view."""
-
-    stage = 1
-    cfg: Stage1Config
-
-    def losses(self, batch: dict) -> dict[str, Tensor]:
-        logits = self.model(batch["image"])
-        if not self.cfg.consistency:
-            return {"loss": mask_loss(logits, batch["mask"])}
-        # Two forward passes (not one on the concatenated batch): BatchNorm sees each view alone,
-        # as in the authors' training.
-        return stage1_loss(logits, self.model(batch["image_strong"]), batch["mask"])
-
-
-class Stage2Module(SegmentationModule):
-    """Full ConDSeg (stage2_loss supervises the ablation baseline, which has no SID maps, by
-    the mask loss alone)."""
-
-    stage = 2
-    cfg: Stage2Config
-
-    def losses(self, batch: dict) -> dict[str, Tensor]:
-        return stage2_loss(self.model(batch["image"]), batch["mask"])
-
-
-STAGE_MODULES: dict[int, type[SegmentationModule]] = {1: Stage1Module, 2: Stage2Module}
+                "lr_scheduler": build_scheduler(optimizer, self.cfg.schedule, self.cfg.max_epochs)}

@@ -1,14 +1,17 @@
-"""Two-stage training orchestration: run directory, data check, one Lightning fit per stage, export.
+"""Training orchestration for any method: run directory, data check, one Lightning fit per
+stage of the recipe, export, and the final evaluation on the test split.
 
 Run directory layout::
 
-    RUN/config.yaml                   the resolved configuration (written at the start)
-    RUN/stageN/checkpoints/{best,last}.ckpt   Lightning checkpoints (best by val mIoU)
-    RUN/stageN/metrics.csv            all epochs (merged from csv/version_K/, one per attempt)
-    RUN/stageN/tensorboard/           TensorBoard logs
-    RUN/stageN/curves.png             loss and validation curves
-    RUN/stageN/model.safetensors      the best weights as a shareable model file
-    RUN/stageN/result.json            written last: marks the stage as finished
+    RUN/config.yaml                     the resolved configuration (written at the start)
+    RUN/<stage>/checkpoints/{best,last}.ckpt   Lightning checkpoints (best by val mIoU)
+    RUN/<stage>/metrics.csv             all epochs (merged from csv/version_K/, one per attempt)
+    RUN/<stage>/tensorboard/            TensorBoard logs
+    RUN/<stage>/curves.png              loss and validation curves
+    RUN/<stage>/model.safetensors       the best weights as a shareable model file
+    RUN/<stage>/result.json             written last: marks the stage as finished
+    RUN/evaluation/test/                per_image.csv and summary.json of the final model on the
+                                        test split (when the dataset has one)
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -30,35 +32,38 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
-from torch import nn
 from torch.utils.data import DataLoader
 
-from condseg.config import RunConfig, load_config
+from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
-from condseg.data.transforms import geometric_augmentation
-from condseg.inference.model_file import load_model, save_model
-from condseg.models.registry import create_model
-from condseg.training.module import STAGE_MODULES, NonFiniteLossError
+from condseg.data.transforms import VIEWS, geometric_augmentation
+from condseg.errors import CondsegError
+from condseg.evaluation.evaluate import evaluate, print_table
+from condseg.losses.base import Loss, create_loss
+from condseg.models.base import SegmentationModel, check_input_size
+from condseg.models.model_file import load_model, save_model
+from condseg.models.registry import create_model, model_options
+from condseg.training.hooks import create_batch_hook
+from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.viz import plot_curves
 
-StageArg = Literal["both", "1", "2", 1, 2]
 
-
-class TrainingError(RuntimeError):
+class TrainingError(CondsegError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    model_files: dict[int, Path] = field(default_factory=dict)
-    best_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    model_files: dict[str, Path] = field(default_factory=dict)  # stage name -> model file
+    best_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_dir: Path | None = None  # the final model's evaluation on the test split
 
     @property
     def model_file(self) -> Path:
         """The model file of the last stage trained (the final model of the run)."""
-        return self.model_files[max(self.model_files)]
+        return list(self.model_files.values())[-1]
 
 
 class _ProgressBar(RichProgressBar):
@@ -80,42 +85,74 @@ def train(
     config: RunConfig,
     data_root: str | Path | None = None,
     out_dir: str | Path = "runs/condseg",
-    stage: StageArg = "both",
+    stage: str | int = "all",
     resume: bool = False,
     console: Console | None = None,
 ) -> TrainResult:
-    """Train the stages of ``config`` ("both" = ``config.stages``) into the run dir ``out_dir``.
+    """Train the stages of ``config`` into the run dir ``out_dir``: "all" (its
+    ``train_stages``, default every stage of the method) or one stage by name or 1-based number.
 
     A non-empty ``out_dir`` is only used with ``resume=True``: finished stages are skipped, an
-    unfinished one continues from its ``last.ckpt``.
+    unfinished one continues from its ``last.ckpt``. When the dataset has a test split, the final
+    model is evaluated on it (validation alone selects the model).
     """
     console = console or Console()
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
     config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
-    stages = list(config.stages) if stage == "both" else [int(stage)]
-    if any(s not in (1, 2) for s in stages):
-        raise TrainingError(f"stage must be 'both', 1 or 2, got {stage!r}")
+    stages = _select_stages(config, stage)
+    for name in stages:
+        _check_stage(config, name)  # before the run directory exists: a refused start leaves none
     run_dir = Path(out_dir)
     if _is_main_process():
-        _check_data(root, config, console)  # first: a refused dataset leaves no run directory
+        _check_data(root, config, console)
         _prepare_run_dir(run_dir, config, resume)
     result = TrainResult(run_dir)
-    for n in stages:
-        done = run_dir / f"stage{n}" / "result.json"
+    for name in stages:
+        done = run_dir / name / "result.json"
         if done.is_file():
-            _record(result, n, json.loads(done.read_text()))
+            _record(result, name, json.loads(done.read_text()))
             if _is_main_process():
-                console.print(f"stage {n} already finished: {result.model_files[n]}")
+                console.print(f"{name} already finished: {result.model_files[name]}")
             continue
-        _record(result, n, _run_stage(n, config, run_dir, result, resume, console))
+        _record(result, name, _run_stage(name, config, run_dir, result, resume, console))
+    if stage == "all":
+        result.test_dir = _evaluate_test(config, result, console)
     return result
 
 
-def _record(result: TrainResult, n: int, summary: dict) -> None:
-    result.model_files[n] = Path(summary["model_file"])
-    result.best_metrics[n] = summary["metrics"]
+def _select_stages(config: RunConfig, stage: str | int) -> list[str]:
+    names = list(config.stages)
+    if stage == "all":
+        return config.stages_to_train()
+    if str(stage) in config.stages:
+        return [str(stage)]
+    if str(stage).isdigit() and 1 <= int(stage) <= len(names):
+        return [names[int(stage) - 1]]
+    raise TrainingError(f"stage must be 'all', a stage name or number of method "
+                        f"{config.method!r} ({', '.join(names)}); got {stage!r}")
+
+
+def _record(result: TrainResult, name: str, summary: dict) -> None:
+    result.model_files[name] = Path(summary["model_file"])
+    result.best_metrics[name] = summary["metrics"]
+
+
+def _check_stage(config: RunConfig, name: str) -> None:
+    """Refuse a stage whose loss, views, hook or sizes cannot work, before anything is written."""
+    cfg = config.stages[name]
+    loss = create_loss(cfg.loss.name, **cfg.loss.options)
+    for view in cfg.views:
+        VIEWS.get(view)
+    missing = [v for v in loss.views if v not in cfg.views]
+    if missing:
+        raise TrainingError(
+            f"loss {cfg.loss.name!r} of stage {name} needs the views {missing}; add them with "
+            f"stages.{name}.views=[{', '.join([*cfg.views, *missing])}]"
+        )
+    if cfg.batch_hook is not None:
+        create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
 
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
@@ -149,54 +186,81 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
 
 def _check_data(root: Path, config: RunConfig, console: Console) -> None:
     """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``."""
-    report = check_dataset(root, splits=[config.data.train_split, config.data.val_split])
-    blocking = [p for p in report.errors if p.name is None or p.name not in config.data.skip]
+    data = config.data
+    splits = [data.train_split, data.val_split]
+    if (root / f"{data.test_split}.txt").is_file():
+        splits.append(data.test_split)  # checked now, not after hours of training
+    report = check_dataset(root, splits=splits)
+    blocking = [p for p in report.errors if p.name is None or p.name not in data.skip]
     if blocking:
         report.print(console)
         names = sorted({p.name for p in blocking if p.name is not None})
         todo = "fix them" if any(p.name is None for p in blocking) else (
             f"fix them, or exclude those items explicitly with data.skip=[{', '.join(names)}]")
         raise TrainingError(f"dataset {root} has {len(blocking)} error(s) (table above); {todo}")
-    if config.data.skip:
-        console.print(f"excluded from training and validation (data.skip): "
-                      f"{', '.join(config.data.skip)}")
+    if data.skip:
+        console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
 
 
-def _build_model(n: int, config: RunConfig, result: TrainResult, console: Console) -> nn.Module:
-    """Net_0 for stage 1 (same encoder as the full model); ConDSeg for stage 2, its encoder taken
-    from the best stage-1 model (parameters and BatchNorm buffers) in the two-stage recipe."""
-    m = config.model
-    if n == 1:
-        with torch.device("meta"):  # only to learn which encoder the full model uses
-            encoder = create_model(m.name, **m.options).encoder.pretrained_cfg["architecture"]
-        return create_model("condseg-net0", pretrained=m.pretrained, weights=m.weights,
-                            encoder=encoder)
-    if config.stage2.encoder_init == "pretrained":
-        return create_model(m.name, pretrained=m.pretrained, weights=m.weights, **m.options)
-    source = result.model_files.get(1)
-    if source is None:
-        raise TrainingError(
-            "stage 2 starts from the stage-1 encoder, but stage 1 has not finished in this run "
-            "directory; run stage 1 first (stage 'both' or 1), or set "
-            "stage2.encoder_init=pretrained for the one-stage setting"
-        )
-    model = create_model(m.name, pretrained=False, **m.options)
-    model.encoder.load_state_dict(load_model(source).encoder.state_dict())
-    if _is_main_process():
-        console.print(f"stage 2: encoder loaded from {source}")
+def _build_model(
+    name: str, config: RunConfig, result: TrainResult, console: Console
+) -> SegmentationModel:
+    """The stage's network, with the parts its ``init`` names taken from earlier stages' best
+    models (parameters and BatchNorm buffers). ImageNet weights are not fetched for an encoder
+    that an earlier stage provides."""
+    cfg, run_model = config.stages[name], config.model
+    if cfg.model is None:
+        model_name, options = run_model.name, dict(run_model.options)
+    else:
+        resolved = model_options(run_model.name, run_model.options)
+        inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
+        model_name, options = cfg.model.name, {**inherited, **cfg.model.options}
+    sources = {part: source for part, source in cfg.init.items() if source is not None}
+    pretrained = run_model.pretrained and "encoder" not in sources
+    model = create_model(model_name, pretrained=pretrained,
+                         weights=run_model.weights if pretrained else None, **options)
+    for part, source in sources.items():
+        if source not in result.model_files:
+            raise TrainingError(
+                f"stage {name} takes its {part} from stage {source}, which has not finished in "
+                f"this run directory; train {source} first (--stage all or --stage {source}), "
+                f"or start it as built with stages.{name}.init.{part}=null"
+            )
+        try:
+            donor = load_model(result.model_files[source]).get_submodule(part)
+            model.get_submodule(part).load_state_dict(donor.state_dict())
+        except (AttributeError, RuntimeError) as error:
+            raise TrainingError(f"stage {name}: cannot take {part!r} from stage {source} "
+                                f"({error}); fix stages.{name}.init") from error
+        if _is_main_process():
+            console.print(f"{name}: {part} loaded from {result.model_files[source]}")
     return model
 
 
-def _loaders(n: int, config: RunConfig, divisor: int) -> tuple[DataLoader, DataLoader]:
-    data, cfg = config.data, config.stage(n)
-    if data.size % divisor:
-        raise TrainingError(f"data.size={data.size} must be a multiple of {divisor} for this model")
+def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
+    """data.mean/std when set, else what the model's encoder was pretrained with."""
+    if config.data.mean is not None:
+        return config.data.mean, config.data.std
+    return model.default_normalization()
+
+
+def _loaders(
+    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple
+) -> tuple[DataLoader, DataLoader]:
+    data = config.data
+    try:
+        check_input_size(model, data.size, data.size)
+        if cfg.batch_hook is not None and cfg.batch_hook.name == "multiscale":
+            for size in cfg.batch_hook.options.get("sizes", []):
+                check_input_size(model, int(size), int(size))
+    except CondsegError as error:
+        raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
-    common = {"size": data.size, "mean": data.mean, "std": data.std, "exclude": data.skip}
+    common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip}
     train_set = SegmentationDataset(
         data.root, data.train_split,
         augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip),
-        strong_view=n == 1 and config.stage1.consistency, **common,
+        views={view: VIEWS.get(view)() for view in cfg.views}, **common,
     )
     val_set = SegmentationDataset(data.root, data.val_split, **common)
     loader = {"batch_size": data.batch_size, "num_workers": data.num_workers,
@@ -207,13 +271,19 @@ def _loaders(n: int, config: RunConfig, divisor: int) -> tuple[DataLoader, DataL
 
 
 def _run_stage(
-    n: int, config: RunConfig, run_dir: Path, result: TrainResult, resume: bool, console: Console
+    name: str, config: RunConfig, run_dir: Path, result: TrainResult, resume: bool,
+    console: Console,
 ) -> dict:
-    cfg, stage_dir = config.stage(n), run_dir / f"stage{n}"
-    L.seed_everything(config.seed + n, workers=True, verbose=False)
-    model = _build_model(n, config, result, console)
-    module = STAGE_MODULES[n](model, cfg)
-    train_loader, val_loader = _loaders(n, config, model.input_divisor)
+    cfg, stage_dir = config.stages[name], run_dir / name
+    L.seed_everything(config.seed + list(config.stages).index(name) + 1, workers=True,
+                      verbose=False)
+    model = _build_model(name, config, result, console)
+    loss: Loss = create_loss(cfg.loss.name, **cfg.loss.options)
+    hook = (create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+            if cfg.batch_hook is not None else None)
+    module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook)
+    mean, std = _normalization(config, model)
+    train_loader, val_loader = _loaders(cfg, config, model, mean, std)
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, save_last=True, enable_version_counter=False,
@@ -240,31 +310,49 @@ def _run_stage(
     except NonFiniteLossError as exc:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch had finished"
         raise TrainingError(
-            f"{exc}. Training stopped; {kept}. Lower stage{n}.lr or use precision=32, then "
-            "continue with resume=True (--resume)"
+            f"{exc}. Training stopped; {kept}. Lower stages.{name}.optimizer.lr or use "
+            "precision=32, then continue with resume=True (--resume)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best)}
     if trainer.is_global_zero:
-        summary["metrics"] = _export(module, best, config, stage_dir)
+        summary["metrics"] = _export(module, best, config, stage_dir, (mean, std))
         (stage_dir / "result.json").write_text(json.dumps(summary, indent=2))
-        console.print(f"stage {n}: best val mIoU {summary['metrics'].get('miou', float('nan')):.4f}"
+        console.print(f"{name}: best val mIoU {summary['metrics'].get('miou', float('nan')):.4f}"
                       f", mDSC {summary['metrics'].get('mdsc', float('nan')):.4f} -> "
                       f"{summary['model_file']}")
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
 
 
-def _export(module: L.LightningModule, best: Path, config: RunConfig, stage_dir: Path) -> dict:
+def _export(
+    module: SegmentationModule, best: Path, config: RunConfig, stage_dir: Path,
+    normalization: tuple,
+) -> dict:
     """Best weights -> model file; loss/metric curves -> PNG. Returns the best val metrics."""
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
     metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"]}
-    save_model(stage_dir / "model.safetensors", module.model.cpu(), mean=config.data.mean,
-               std=config.data.std, input_size=config.data.size, metrics=metrics, config=config,
-               overwrite=True)
+    mean, std = normalization
+    save_model(stage_dir / "model.safetensors", module.model.cpu(), mean=mean, std=std,
+               input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
     plot_curves(_merge_csv_logs(stage_dir), stage_dir / "curves.png")
     return metrics
+
+
+def _evaluate_test(config: RunConfig, result: TrainResult, console: Console) -> Path | None:
+    """The final model on the test split (network resolution, the paper's protocol), written to
+    RUN/evaluation/<test split>/ and printed; None when the dataset has no test split."""
+    data = config.data
+    if not result.model_files or not (data.root / f"{data.test_split}.txt").is_file():
+        return None
+    out = result.run_dir / "evaluation" / data.test_split
+    if _is_main_process() and not (out / "summary.json").is_file():
+        evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
+                              out_dir=out, batch_size=data.batch_size, overwrite=True)
+        print_table(evaluation, console)
+        console.print(f"test-split evaluation of {result.model_file}: {out}")
+    return out
 
 
 def _merge_csv_logs(stage_dir: Path) -> Path:

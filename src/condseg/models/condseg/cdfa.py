@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from condseg.models.base import ModelError
 from condseg.models.blocks import CBR
 
 CDFAMode = Literal["official", "paper"]
@@ -35,9 +36,9 @@ class CDFA(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("official", "paper"):
-            raise ValueError(f"cdfa_mode must be 'official' or 'paper', got {mode!r}")
+            raise ModelError(f"cdfa_mode must be 'official' or 'paper', got {mode!r}")
         if dim % heads:
-            raise ValueError(f"CDFA width {dim} is not divisible by its {heads} heads")
+            raise ModelError(f"CDFA width {dim} is not divisible by its {heads} heads")
         self.dim, self.heads, self.kernel, self.mode, self.guided = dim, heads, kernel, mode, guided
         self.scale = (dim // heads) ** -0.5
         self.inp = nn.Sequential(CBR(cin, dim, 3), CBR(dim, dim, 3))

@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import nn
 
+from condseg.models.base import ModelError, ModelOutput, SegmentationModel
 from condseg.models.blocks import FEM, resize
 from condseg.models.condseg.cdfa import CDFA, CDFAMode
 from condseg.models.condseg.decoder import OutputHead, SizeAwareDecoder
 from condseg.models.condseg.sid import SID, aux_head, guidance
 from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
+from condseg.models.registry import register_model
 
 #: Paper Table 4: ``baseline`` has no SID/guidance/attention and only the small decoder;
 #: ``sid_cdfa`` is the full model with only the small decoder; ``full`` is ConDSeg.
 Variant = Literal["full", "sid_cdfa", "baseline"]
 
 
-class ConDSegOutput(NamedTuple):
-    """Logits (B, 1, H, W) of the mask and of the SID foreground/background/uncertainty maps."""
-
-    mask: torch.Tensor
-    fg: torch.Tensor | None = None
-    bg: torch.Tensor | None = None
-    uc: torch.Tensor | None = None
-
-
-class ConDSeg(nn.Module):
+@register_model("condseg", description="ConDSeg, ResNet-50 encoder (paper)",
+                defaults={"encoder": "resnet50"})
+@register_model("condseg-pvt", description="ConDSeg, PVT-v2-b2 encoder",
+                defaults={"encoder": "pvt_v2_b2"})
+class ConDSeg(SegmentationModel):
     """ConDSeg on a timm encoder; takes a normalised (B, 3, H, W) tensor (H, W multiples of
-    ``input_divisor``) and returns :class:`ConDSegOutput` logits at the input size."""
+    ``input_divisor``) and returns the mask logits and, unless ``variant="baseline"``, the SID
+    logit maps ``fg``, ``bg``, ``uc`` (all at the input size)."""
 
     def __init__(
         self,
@@ -45,11 +43,12 @@ class ConDSeg(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in ("full", "sid_cdfa", "baseline"):
-            raise ValueError(f"variant must be 'full', 'sid_cdfa' or 'baseline', got {variant!r}")
+            raise ModelError(f"variant must be 'full', 'sid_cdfa' or 'baseline', got {variant!r}")
         self.encoder = create_encoder(encoder, pretrained, weights)
         channels, strides = encoder_channels(self.encoder), encoder_reductions(self.encoder)
         self.input_divisor = strides[-1]
         self.decoupled = variant != "baseline"
+        self.map_names = SID.BRANCHES if self.decoupled else ()
         self.fems = nn.ModuleList(FEM(c, width) for c in channels)
         if self.decoupled:
             self.sid = SID(channels[-1], channels[-1] // 2 * width // 128, width)
@@ -68,7 +67,7 @@ class ConDSeg(nn.Module):
         self.decoder = SizeAwareDecoder(width, size_aware)
         self.head = OutputHead(width, inputs=3 if size_aware else 1, factor=strides[0])
 
-    def forward(self, x: torch.Tensor) -> ConDSegOutput:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         feats = self.encoder(x)
         d = [fem(f) for fem, f in zip(self.fems, feats, strict=True)]
         g_fg = g_bg = [None] * 4
@@ -87,4 +86,4 @@ class ConDSeg(nn.Module):
             fused = torch.cat([d[level], resize(f[level + 1], d[level].shape[-2:])], dim=1)
             f[level] = self.cdfas[level](fused, g_fg[level], g_bg[level])
         mask = self.head(self.decoder(f))
-        return ConDSegOutput(mask, **sid_logits)
+        return ModelOutput(mask, sid_logits)

@@ -7,11 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.blocks import CBR, resize
 from condseg.models.encoders import create_encoder, encoder_channels
+from condseg.models.registry import register_model
 
 
-class Net0(nn.Module):
+@register_model("condseg-net0", description="Net_0, the stage-1 network of CR",
+                defaults={"encoder": "resnet50"})
+class Net0(SegmentationModel):
     """Each encoder level upsampled to the input size, CBR(c, 64, 1), concat, Conv1×1 → logits.
 
     Its ``encoder`` (parameters and BatchNorm buffers) is what stage 2 loads.
@@ -31,11 +35,11 @@ class Net0(nn.Module):
         self.sides = nn.ModuleList(CBR(c, side_width, 1) for c in channels)
         self.classifier = nn.Conv2d(len(channels) * side_width, 1, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         size = x.shape[-2:]
         feats = self.encoder(x)
         sides = [self._side(side, f, size) for side, f in zip(self.sides, feats, strict=True)]
-        return self.classifier(torch.cat(sides, dim=1))
+        return ModelOutput(self.classifier(torch.cat(sides, dim=1)))
 
     @staticmethod
     def _side(side: CBR, f: torch.Tensor, size: torch.Size) -> torch.Tensor:

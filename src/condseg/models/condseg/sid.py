@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from condseg.models.base import ModelError
 from condseg.models.blocks import CBR, Upsample
 
 
@@ -36,7 +37,7 @@ def aux_head(dim: int, stride: int, width: int) -> nn.Sequential:
     """
     plans = {16: (256, 256, 128, 64, 64), 32: (128, 128, 128, 64, 64, 32)}
     if stride not in plans:
-        raise ValueError(f"the SID head supports encoders of stride 16 or 32, not {stride}")
+        raise ModelError(f"the SID head supports encoders of stride 16 or 32, not {stride}")
     channels = [max(c * width // 128, 1) for c in plans[stride]]
     layers: list[nn.Module] = [CBR(dim, channels[0], 3)]
     for cin, cout in itertools.pairwise(channels):

@@ -18,19 +18,20 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
-from torch import nn
+from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
+from condseg.models.base import SegmentationModel, require_model
 
 META_KEY = "condseg"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CondsegError):
     """A file that cannot be used as a condseg model file (the message names the file)."""
 
 
 def save_model(
     path: str | Path,
-    model: nn.Module,
+    model: SegmentationModel,
     *,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
@@ -49,8 +50,8 @@ def save_model(
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    arch = getattr(model, "arch", None)
+        raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    arch = require_model(model).arch
     if not isinstance(arch, Mapping) or "name" not in arch:
         raise ModelFileError(
             f"cannot save to {path}: the model has no `arch` attribute "
@@ -84,7 +85,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a model file, without reading the weights."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"model file {path} not found; pass the path of a .safetensors file written by "
             "`condseg train` or condseg.save_model"
         )
@@ -118,10 +119,11 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModel:
     """Rebuild the network described by the header and load its weights strictly.
 
-    The returned model is in eval mode and carries the header as ``model.meta``.
+    The returned model is in eval mode and carries the header as ``model.meta`` (plus
+    ``path``, the file's absolute path).
     """
     from condseg.models.registry import create_model, list_models
 
@@ -141,7 +143,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             f"with options {header['arch'].get('options', {})} ({exc})"
         ) from exc
     model.to(device)
-    model.meta = header
+    model.meta = {**header, "path": str(Path(path).resolve())}
     return model.eval()
 
 
@@ -149,7 +151,7 @@ def _size_pair(size: int | Sequence[int]) -> list[int]:
     """Input sizes are stored as [H, W]; a single int means a square input."""
     pair = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
     if len(pair) != 2 or min(pair) <= 0:
-        raise ValueError(f"input_size must be an int or (H, W) of positive ints, got {size!r}")
+        raise ModelFileError(f"input_size must be an int or (H, W) of positive ints, got {size!r}")
     return pair
 
 

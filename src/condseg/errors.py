@@ -1,0 +1,38 @@
+"""The errors a user can fix, under one base class.
+
+The CLI prints a :class:`CondsegError` as one line and exits with status 2; any other exception
+is a bug and keeps its traceback, so a bare ``ValueError`` from a mistake in our code is never
+presented as the user's mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class CondsegError(Exception):
+    """Bad input, configuration or environment; the message says what and what to do."""
+
+
+class OutputExistsError(CondsegError, FileExistsError):
+    """An output would replace a file the user already has."""
+
+
+class InputNotFoundError(CondsegError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
+    """Raise before writing anything if an output would replace an existing file."""
+    if overwrite:
+        return
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        shown = ", ".join(existing[:5]) + (
+            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        )
+        raise OutputExistsError(
+            f"{len(existing)} output file(s) exist already: {shown}; choose another output folder "
+            "or pass overwrite=True (CLI: --overwrite)"
+        )

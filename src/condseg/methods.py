@@ -1,0 +1,36 @@
+"""Methods: a method is a named recipe — its model and its ordered training stages, written as
+the configuration they stand for (the keys of :class:`condseg.config.RunConfig`).
+
+A family registers its method from its own folder (``models/condseg/recipe.py``); a user
+registers theirs with :func:`register_method` and trains it like any other. Presets, files and
+``key=value`` overrides are merged onto the recipe, so every value stays configurable.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from condseg.registry import Registry
+
+
+def _load_packaged() -> None:
+    import condseg.models  # noqa: F401  (the families register their methods)
+
+
+METHODS: Registry[dict[str, Any]] = Registry("method", load=_load_packaged)
+
+
+def register_method(name: str, recipe: dict[str, Any], description: str = "") -> None:
+    """Register ``recipe`` (a dict of run-config keys with at least ``model`` and ``stages``)
+    as the method ``name``; it is checked the first time a config uses it."""
+    METHODS.add(name, {"description": description, **recipe, "method": name}, description)
+
+
+def method_recipe(name: str) -> dict[str, Any]:
+    """A copy of the recipe of ``name`` (callers may merge into it)."""
+    return copy.deepcopy(METHODS.get(name))
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()

@@ -1,0 +1,136 @@
+"""The model contract: what every registered model gives training, prediction, evaluation,
+export and the benchmark, so that none of them special-cases a family.
+
+A model is a :class:`SegmentationModel` that takes a normalised float tensor (B, 3, H, W), H and
+W multiples of ``input_divisor``, and returns a :class:`ModelOutput`: the mask logits at the
+input size plus named auxiliary outputs (ConDSeg's SID maps, a plug-in's features). Auxiliary
+outputs listed in ``map_names`` are (B, 1, H, W) logit maps that prediction can write and export
+can expose; the others are training-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from condseg.errors import CondsegError
+
+#: timm's IMAGENET_DEFAULT_MEAN/STD: the normalisation of a model whose encoder has no config.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None]
+
+
+class ModelError(CondsegError):
+    """A model name, option or input size the model cannot take."""
+
+
+class ModelOutput(NamedTuple):
+    """Mask logits (B, 1, H, W) and named auxiliary outputs (empty for plain models)."""
+
+    mask: Tensor
+    aux: Mapping[str, Tensor] = {}
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every registered model (see the module docstring for the contract)."""
+
+    #: Input height and width must be multiples of this.
+    input_divisor: int = 1
+    #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size.
+    map_names: tuple[str, ...] = ()
+    #: Submodule path of the encoder: its own learning rate, and what a stage can hand on.
+    encoder_path: str | None = "encoder"
+    #: ``{"name", "options"}``, set by ``create_model``: enough to rebuild the model.
+    arch: dict[str, Any] | None = None
+    #: The model file's header, set by ``load_model`` (None for a freshly created model).
+    meta: dict[str, Any] | None = None
+
+    def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    def encoder_module(self) -> nn.Module | None:
+        return self.get_submodule(self.encoder_path) if self.encoder_path else None
+
+    def default_normalization(self) -> Normalization:
+        """The mean/std the encoder was pretrained with (timm's ``pretrained_cfg``), else
+        ImageNet's."""
+        encoder = self.encoder_module()
+        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+    @property
+    def name(self) -> str:
+        return (self.arch or {}).get("name", type(self).__name__)
+
+
+def require_model(model: object) -> SegmentationModel:
+    if not isinstance(model, SegmentationModel):
+        raise ModelError(
+            f"expected a condseg model (SegmentationModel), got {type(model).__name__}; build it "
+            "with condseg.create_model or load it with condseg.load_model"
+        )
+    return model
+
+
+def normalization(model: SegmentationModel) -> Normalization:
+    """Mean and std of the model file (None: scale to [0, 1] only), else the encoder's."""
+    if model.meta is not None:
+        return model.meta["mean"], model.meta["std"]
+    return model.default_normalization()
+
+
+def input_size(model: SegmentationModel, size: int | Sequence[int] | None = None) -> tuple[int, int]:
+    """The network input (H, W): ``size`` if given, else the model file's trained size;
+    checked against the model's ``input_divisor``."""
+    if size is None:
+        if model.meta is None:
+            raise ModelError(
+                "an input size is required for a model that was not loaded from a model file"
+            )
+        size = model.meta["input_size"]
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    check_input_size(model, height, width)
+    return height, width
+
+
+def check_input_size(model: SegmentationModel, height: int, width: int) -> None:
+    divisor = model.input_divisor
+    if height % divisor or width % divisor or min(height, width) <= 0:
+        raise ModelError(
+            f"input size {height}x{width} does not suit {model.name}: height and width must be "
+            f"positive multiples of {divisor}"
+        )
+
+
+@contextmanager
+def eval_mode(model: nn.Module, inference: bool = True) -> Iterator[None]:
+    """Run in eval mode (BatchNorm running statistics) and restore the caller's mode after;
+    ``inference=False`` keeps autograd's tracing machinery available (ONNX export)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(inference):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def probabilities(model: SegmentationModel, batch: Tensor) -> dict[str, Tensor]:
+    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``.
+
+    Call inside :func:`eval_mode`.
+    """
+    out = model(batch.to(device=device_of(model), dtype=torch.float32))
+    logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
+    return {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
