@@ -113,7 +113,9 @@ class Comparison:
 
     def value(self, label: str, column: str, metric: str) -> float | None:
         """Mean of ``metric`` in percent, or None when that input has no such figure."""
-        entry = next(e for e in self.entries if e.label == label)
+        entry = next((e for e in self.entries if e.label == label), None)
+        if entry is None:
+            raise KeyError(f"no method labelled {label!r}; the labels are {self.labels}")
         evaluation = entry.evaluation(column)
         if evaluation is None:
             return None
@@ -144,8 +146,10 @@ def read_evaluation(path: Path) -> Evaluation:
         )
     try:
         summary = json.loads(summary_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CompareError(f"cannot read {summary_path}: {exc}; rerun condseg evaluate") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not text
+        raise CompareError(
+            f"cannot read {summary_path}: {_one_line(exc)}; rerun condseg evaluate"
+        ) from exc
     if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
         raise CompareError(f"{summary_path} has no 'metrics'; it was not written by evaluate")
     return Evaluation(path=path, protocol=dict(summary.get("protocol") or {}),
@@ -154,14 +158,22 @@ def read_evaluation(path: Path) -> Evaluation:
 
 def read_per_image(path: Path) -> dict[str, dict[str, float | None]]:
     """{image name: {metric: value or None}} from a per-image CSV (empty cell = missing)."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "name" not in reader.fieldnames:
-            raise CompareError(f"{path} has no 'name' column; it was not written by evaluate")
-        return {
-            row["name"]: {k: _float(v) for k, v in row.items() if k != "name" and k is not None}
-            for row in reader
-        }
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "name" not in reader.fieldnames:
+                raise CompareError(f"{path} has no 'name' column; it was not written by evaluate")
+            return {
+                row["name"]: {k: _float(v) for k, v in row.items() if k != "name" and k}
+                for row in reader
+            }
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CompareError(f"cannot read {path}: {_one_line(exc)}; rerun condseg evaluate") from exc
+
+
+def _one_line(error: Exception) -> str:
+    """Parser messages (YAML's especially) span lines; errors are printed as one."""
+    return " ".join(str(error).split())
 
 
 def _float(cell: str | None) -> float | None:
@@ -179,8 +191,8 @@ def read_run(path: Path) -> RunInfo:
     config_path = path / CONFIG_YAML
     try:
         config = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise CompareError(f"cannot read {config_path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     if not isinstance(config, dict):
         raise CompareError(f"{config_path} is not a mapping; it was not written by training")
     finished = [s for s in stage_names(path, config) if (path / s / "result.json").is_file()]
@@ -392,12 +404,14 @@ def compare(
                         notes=protocol_notes(entries, columns) + notes)
     if out_dir is not None:
         result.written += write_tables(result, Path(out_dir))
+    if console is not None:  # before the figures, which load and run every model
+        print_tables(result, console)
     if figure_dir is not None:
         written, figure_notes = write_figures(result, Path(figure_dir), n_images)
         result.written += written
         result.notes += figure_notes
     if console is not None:
-        print_comparison(result, console)
+        print_notes(result, console)
     return result
 
 
@@ -429,7 +443,13 @@ def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
 
 
 def print_comparison(result: Comparison, console: Console) -> None:
-    """The Table 1 layout, then the paired statistics, then the notes."""
+    """The Table 1 layout, then the paired statistics, then the notes and files written."""
+    print_tables(result, console)
+    print_notes(result, console)
+
+
+def print_tables(result: Comparison, console: Console) -> None:
+    """The Table 1 layout (best of each column in bold) and the paired statistics."""
     table = Table(title=f"Comparison ({len(result.entries)} methods, percent)")
     table.add_column("Method")
     for column in result.columns:
@@ -446,6 +466,10 @@ def print_comparison(result: Comparison, console: Console) -> None:
     console.print(table)
     if result.stats:
         console.print(stats_table(result))
+
+
+def print_notes(result: Comparison, console: Console) -> None:
+    """What was skipped and why, then the files written."""
     for note in result.notes:
         console.print(Text(f"note: {note}", style="yellow"))
     for path in result.written:
