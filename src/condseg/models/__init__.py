@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-from condseg.models import condseg  # noqa: F401  (registers condseg, condseg-pvt, condseg-net0)
+# condseg: condseg, condseg-pvt, condseg-net0; baselines: unet, unetplusplus, deeplabv3plus
+from condseg.models import baselines, condseg  # noqa: F401  (registrations)

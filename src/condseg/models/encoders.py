@@ -6,7 +6,9 @@ neither is possible the error says which option to use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import timm
 from torch import nn
@@ -15,6 +17,8 @@ from condseg.errors import CondsegError
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
+
+T = TypeVar("T")
 
 
 class WeightsUnavailableError(CondsegError):
@@ -30,7 +34,23 @@ def create_encoder(
     PVT-v2 the four stages (strides 4–32). ``weights`` is a local file (safetensors or a torch
     state dict, in timm's or the original repository's key names) and implies ``pretrained``.
     """
-    kwargs: dict = {"features_only": True, "out_indices": (0, 1, 2, 3)}
+    return with_imagenet_weights(timm.create_model, name, pretrained, weights,
+                                 features_only=True, out_indices=(0, 1, 2, 3))
+
+
+def with_imagenet_weights(
+    factory: Callable[..., T],
+    name: str,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> T:
+    """``factory(tag, pretrained=..., **kwargs)``, where ``factory`` ends in
+    ``timm.create_model`` (timm itself, or a library passing keyword arguments on to it), so
+    that every encoder gets its ImageNet weights the same way: the default tag of ``name``
+    (:data:`DEFAULT_TAGS`), a local ``weights`` file through timm's ``pretrained_cfg_overlay``,
+    and one clear error naming the options when neither a download nor the file works.
+    """
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -42,9 +62,9 @@ def create_encoder(
         pretrained = True
     tag = DEFAULT_TAGS.get(name, name) if pretrained else name
     if not pretrained:
-        return timm.create_model(tag, pretrained=False, **kwargs)
+        return factory(tag, pretrained=False, **kwargs)
     try:
-        return timm.create_model(tag, pretrained=True, **kwargs)
+        return factory(tag, pretrained=True, **kwargs)
     except Exception as error:  # timm/hub raise many kinds when offline or on a bad file
         raise WeightsUnavailableError(
             f"could not load ImageNet weights for encoder '{tag}' ({type(error).__name__}: "
