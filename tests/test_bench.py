@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from condseg.bench import print_results, run_benchmark
+from condseg.errors import CondsegError
 
 TINY = {"encoder": "resnet18", "width": 16}
 
@@ -45,8 +46,8 @@ def test_table_names_the_paths(results) -> None:
 
 
 def test_bad_arguments_are_named() -> None:
-    with pytest.raises(ValueError, match="unknown paths"):
+    with pytest.raises(CondsegError, match="unknown paths"):
         run_benchmark(paths=("fast",))
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(CondsegError, match="batch"):
         run_benchmark(batch=0)
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from condseg import cli
 from condseg.cli import app
 from condseg.data.synthetic import synthesize
-from condseg.inference.model_file import save_model
+from condseg.models.model_file import save_model
 from condseg.models.registry import create_model
 
 runner = CliRunner()

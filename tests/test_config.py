@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from condseg.config import ConfigError, RunConfig, list_presets, load_config
+from condseg.errors import CondsegError
 
 PAPER_PRESETS = {"kvasir-seg", "kvasir-sessile", "glas", "isic2016", "isic2017", "demo"}
 TABLE_PRESETS = {"table3-net0", "table3-net0-cr", "table3-one-stage", "table3-two-stage-no-cr",
@@ -21,15 +22,23 @@ def test_every_preset_loads(name: str) -> None:
 
 def test_default_is_the_paper_recipe() -> None:
     c = load_config("kvasir-seg")
-    assert (c.data.size, c.data.batch_size, c.stages) == (256, 4, [1, 2])
-    assert (c.stage1.lr, c.stage1.encoder_lr, c.stage1.consistency) == (1e-4, 1e-4, True)
-    assert (c.stage2.lr, c.stage2.encoder_lr, c.stage2.encoder_init) == (1e-4, 1e-5, "stage1")
-    for s in (c.stage1, c.stage2):
-        assert (s.max_epochs, s.plateau_patience, s.early_stop_patience) == (300, 30, 100)
-    a1, a2 = c.stage1.augmentation, c.stage2.augmentation
+    assert c.method == "condseg" and list(c.stages) == c.stages_to_train() == ["stage1", "stage2"]
+    assert (c.data.size, c.data.batch_size) == (256, 4)
+    s1, s2 = c.stages["stage1"], c.stages["stage2"]
+    assert s1.model.name == "condseg-net0" and s1.model.inherit == ["encoder"]
+    assert (s1.loss.name, s1.loss.options, s1.views) == ("condseg-cr", {"consistency": True},
+                                                          ["strong"])
+    assert (s1.optimizer.name, s1.optimizer.lr, s1.optimizer.encoder_lr) == ("adam", 1e-4, 1e-4)
+    assert s2.model is None and s2.init == {"encoder": "stage1"} and s2.loss.name == "condseg-sid"
+    assert (s2.optimizer.lr, s2.optimizer.encoder_lr) == (1e-4, 1e-5)
+    for s in (s1, s2):
+        assert (s.max_epochs, s.early_stop_patience) == (300, 100)
+        assert (s.schedule.name, s.schedule.patience, s.schedule.monitor) == (
+            "plateau", 30, "val/loss")
+    a1, a2 = s1.augmentation, s2.augmentation
     assert (a1.rotate, a1.p_rotate, a1.p_flip) == (90, 0.5, 0.5)
     assert (a2.rotate, a2.p_rotate, a2.p_flip) == (35, 0.3, 0.3)
-    assert c.data.mean == (0.485, 0.456, 0.406) and c.data.std == (0.229, 0.224, 0.225)
+    assert c.data.mean is None and c.data.std is None  # the encoder's own normalisation
     assert load_config("table3-two-stage-cr").model_dump() | {"description": ""} == (
         c.model_dump() | {"description": ""})
 
@@ -37,15 +46,17 @@ def test_default_is_the_paper_recipe() -> None:
 def test_table_presets_change_only_what_they_name() -> None:
     base = load_config("default")
     net0 = load_config("table3-net0")
-    assert net0.stages == [1] and not net0.stage1.consistency
-    assert load_config("table3-net0-cr").stage1.consistency
+    s1 = net0.stages["stage1"]
+    assert net0.stages_to_train() == ["stage1"]
+    assert s1.loss.options == {"consistency": False} and s1.views == []
+    assert load_config("table3-net0-cr").stages["stage1"] == base.stages["stage1"]
     one = load_config("table3-one-stage")
-    assert one.stages == [2] and one.stage2.encoder_init == "pretrained"
-    assert not load_config("table3-two-stage-no-cr").stage1.consistency
+    assert one.stages_to_train() == ["stage2"] and one.stages["stage2"].init == {"encoder": None}
+    assert not load_config("table3-two-stage-no-cr").stages["stage1"].loss.options["consistency"]
     assert load_config("ablation-baseline").model.options["variant"] == "baseline"
     sid = load_config("ablation-sid-cdfa")
     assert sid.model.options == {**base.model.options, "variant": "sid_cdfa"}
-    assert sid.stage2 == base.stage2
+    assert sid.stages == base.stages
 
 
 def test_demo_extends_default_with_a_deep_merge() -> None:
@@ -53,15 +64,30 @@ def test_demo_extends_default_with_a_deep_merge() -> None:
     assert demo.model.pretrained is False
     assert demo.model.options["width"] < base.model.options["width"]
     assert demo.model.options["cdfa_mode"] == base.model.options["cdfa_mode"]  # kept by merge
-    assert demo.stage2.augmentation == base.stage2.augmentation
+    assert demo.stages["stage2"].augmentation == base.stages["stage2"].augmentation
 
 
 def test_user_file_extends_preset_and_relative_file(tmp_path: Path) -> None:
-    (tmp_path / "base.yaml").write_text("extends: kvasir-seg\nseed: 7\nstage1: {lr: 2.0e-4}\n")
-    (tmp_path / "run.yaml").write_text("extends: base.yaml\nstage1: {max_epochs: 3}\n")
+    (tmp_path / "base.yaml").write_text(
+        "extends: kvasir-seg\nseed: 7\nstages: {stage1: {optimizer: {lr: 2.0e-4}}}\n")
+    (tmp_path / "run.yaml").write_text("extends: base.yaml\nstages: {stage1: {max_epochs: 3}}\n")
     c = load_config(tmp_path / "run.yaml")
-    assert (c.seed, c.stage1.lr, c.stage1.max_epochs, c.stage1.plateau_patience) == (
-        7, 2e-4, 3, 30)
+    s1 = c.stages["stage1"]
+    assert (c.seed, s1.optimizer.lr, s1.max_epochs, s1.schedule.patience) == (7, 2e-4, 3, 30)
+
+
+def test_method_option_switches_the_recipe() -> None:
+    c = load_config("kvasir-seg", ["method=condseg", "model.name=condseg-pvt"])
+    assert c.model.name == "condseg-pvt" and c.description.startswith("ConDSeg on Kvasir")
+    with pytest.raises(CondsegError, match=r"unknown method 'nope'.*condseg"):
+        load_config("default", ["method=nope"])
+
+
+def test_stage_references_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"train_stages names 'stage3'"):
+        load_config("default", ["train_stages=[stage3]"])
+    with pytest.raises(ConfigError, match=r"init\.encoder names 'stage2', which is not an earl"):
+        load_config("default", ["stages.stage1.init.encoder=stage2"])
 
 
 def test_circular_extends_is_an_error(tmp_path: Path) -> None:
@@ -72,28 +98,37 @@ def test_circular_extends_is_an_error(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    c = load_config("demo", ["stage2.lr=3e-4", "data.skip=[a, b]", "model.options.width=16",
-                             "precision=bf16-mixed", "stage1.consistency=false", "devices=2",
-                             "stage1.augmentation.rotate=10"])
-    assert c.stage2.lr == pytest.approx(3e-4)
+    c = load_config("demo", ["stages.stage2.optimizer.lr=3e-4", "data.skip=[a, b]",
+                             "model.options.width=16", "precision=bf16-mixed",
+                             "stages.stage1.loss.options.consistency=false", "devices=2",
+                             "stages.stage1.augmentation.rotate=10",
+                             "stages.stage2.schedule.name=poly"])
+    s1, s2 = c.stages["stage1"], c.stages["stage2"]
+    assert s2.optimizer.lr == pytest.approx(3e-4) and s2.schedule.name == "poly"
     assert c.data.skip == ["a", "b"]
     assert c.model.options["width"] == 16
     assert c.precision == "bf16-mixed" and c.devices == 2
-    assert c.stage1.consistency is False and c.stage1.augmentation.rotate == 10
+    assert s1.loss.options["consistency"] is False and s1.augmentation.rotate == 10
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("stage1.lrr=1", r"unknown config key 'stage1\.lrr' \(did you mean 'stage1\.lr'\?\); "
-                         r"valid keys of section 'stage1': max_epochs, lr, encoder_lr"),
+        ("stages.stage1.optimizer.lrr=1",
+         r"unknown config key 'stages\.stage1\.optimizer\.lrr' \(did you mean "
+         r"'stages\.stage1\.optimizer\.lr'\?\); valid keys of section "
+         r"'stages\.stage1\.optimizer': name, lr, encoder_lr"),
         ("sed=1", r"unknown config key 'sed' \(did you mean 'seed'\?\).*precision"),
-        ("stage2.augmentation.angle=3", r"'stage2\.augmentation\.angle'.*rotate, p_rotate"),
-        ("stage1.lr=fast", r"stage1\.lr: .*valid number.*'fast'"),
+        ("stages.stage2.augmentation.angle=3",
+         r"'stages\.stage2\.augmentation\.angle'.*rotate, p_rotate"),
+        ("stages.stage1.optimizer.lr=fast",
+         r"stages\.stage1\.optimizer\.lr: .*valid number.*'fast'"),
+        ("stages.stage1.schedule.name=step", r"schedule\.name: .*'plateau', 'poly'"),
         ("precision=64", r"precision: .*'32', 'bf16-mixed' or '16-mixed'"),
-        ("stage1.augmentation.p_flip=1.5", r"stage1\.augmentation\.p_flip: .*less than or equal"),
-        ("stage1.lr.x=1", r"stage1\.lr is not a section"),
-        ("stage1.lr", r"not of the form key\.sub=value"),
+        ("stages.stage1.augmentation.p_flip=1.5",
+         r"stages\.stage1\.augmentation\.p_flip: .*less than or equal"),
+        ("stages.stage1.max_epochs.x=1", r"stages\.stage1\.max_epochs is not a section"),
+        ("stages.stage1.optimizer", r"not of the form key\.sub=value"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

@@ -25,15 +25,16 @@ from condseg.data.dataset import (
 from condseg.data.prepare import packaged_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     geometric_augmentation,
     resize_image,
     resize_mask,
     strong_photometric,
 )
+from condseg.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+IMAGENET = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 def make_layout(root: Path, files: dict[str, np.ndarray | bytes], splits: dict[str, str]) -> Path:
@@ -253,7 +254,7 @@ def tiny(tmp_path: Path) -> Path:
 
 
 def test_dataset_item_shapes_dtypes_and_normalisation(tiny: Path) -> None:
-    ds = SegmentationDataset(tiny, "train", size=16)
+    ds = SegmentationDataset(tiny, "train", size=16, **IMAGENET)
     item = ds[0]
     assert item["name"] == "a" and set(item) == {"image", "mask", "name"}
     assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
@@ -267,29 +268,30 @@ def test_dataset_item_shapes_dtypes_and_normalisation(tiny: Path) -> None:
 
 
 def test_dataset_exclude_and_missing_pair(tiny: Path) -> None:
-    ds = SegmentationDataset(tiny, "train", size=16, exclude=["a", "zzz"])
+    ds = SegmentationDataset(tiny, "train", size=16, exclude=["a", "zzz"], **IMAGENET)
     assert ds.names == ["b"] and ds.excluded == ["a"]
     with pytest.raises(DataError, match="'c'"):
-        SegmentationDataset(tiny, ["a", "c"], size=16)
+        SegmentationDataset(tiny, ["a", "c"], size=16, **IMAGENET)
 
 
 def test_strong_view_differs_but_shares_the_mask(tiny: Path) -> None:
     torch.manual_seed(0)
     augment = geometric_augmentation(rotate=30, p_rotate=1.0, p_flip=0.0)
-    plain = SegmentationDataset(tiny, "train", size=32, augment=augment)
+    plain = SegmentationDataset(tiny, "train", size=32, augment=augment, **IMAGENET)
     torch.manual_seed(0)
     augment = geometric_augmentation(rotate=30, p_rotate=1.0, p_flip=0.0)
-    strong = SegmentationDataset(tiny, "train", size=32, augment=augment, strong_view=True)
+    strong = SegmentationDataset(tiny, "train", size=32, augment=augment,
+                                 views={"strong": strong_photometric()}, **IMAGENET)
     a, b = plain[0], strong[0]
     assert torch.equal(a["mask"], b["mask"])  # same seed -> same geometry, one mask
     assert torch.equal(a["image"], b["image"])
-    assert b["image_strong"].shape == b["image"].shape
-    assert not torch.allclose(b["image_strong"], b["image"], atol=1e-2)
+    assert b["strong"].shape == b["image"].shape
+    assert not torch.allclose(b["strong"], b["image"], atol=1e-2)
 
 
 def test_dataloader_workers_draw_different_augmentations(tiny: Path) -> None:
     augment = geometric_augmentation(rotate=180, p_rotate=1.0, p_flip=0.5)
-    ds = SegmentationDataset(tiny, ["a"] * 4, size=16, augment=augment)
+    ds = SegmentationDataset(tiny, ["a"] * 4, size=16, augment=augment, **IMAGENET)
     loader = DataLoader(ds, batch_size=1, num_workers=2)
     masks = [batch["mask"] for batch in loader]
     # Items 0 and 1 are the first draws of worker 0 and worker 1: forked with the same
@@ -361,9 +363,10 @@ def test_real_kvasir_items(kvasir: Path) -> None:
         assert read_image(image_path).shape[:2] == mask.shape
         assert 0.0 < mask.mean() < 1.0
     ds = SegmentationDataset(
-        kvasir, names, size=64, augment=geometric_augmentation(), strong_view=True
+        kvasir, names, size=64, augment=geometric_augmentation(),
+        views={"strong": strong_photometric()}, **IMAGENET,
     )
     item = ds[0]
-    assert item["image"].shape == item["image_strong"].shape == (3, 64, 64)
+    assert item["image"].shape == item["strong"].shape == (3, 64, 64)
     assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
     assert ds.original_size(0) == read_image(ds.pairs[0][0]).shape[:2]

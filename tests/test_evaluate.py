@@ -15,8 +15,10 @@ from rich.console import Console
 from torch import nn
 
 from condseg.data.dataset import read_mask
+from condseg.errors import CondsegError
 from condseg.evaluation.evaluate import evaluate, print_table, write_results
 from condseg.evaluation.metrics import METRIC_NAMES
+from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.registry import create_model
 
 # name -> (image height, width, lesion box (y0, y1, x0, x1) or None). Sizes are 64 or 128 and
@@ -47,10 +49,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Brightness(nn.Module):
+class Brightness(SegmentationModel):
     """Stand-in model whose logits mark bright pixels: exact on the dataset above."""
 
     input_divisor = 16
+    encoder_path = None
     arch = {"name": "brightness", "options": {}}  # noqa: RUF012
     meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [64, 64]}  # noqa: RUF012
 
@@ -59,9 +62,9 @@ class Brightness(nn.Module):
         self.sign = -1.0 if invert else 1.0
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         grey = x.mean(1, keepdim=True) * 0.25 + 0.5 + self.anchor  # back to [0, 1]
-        return self.sign * 50 * (grey - 0.5)
+        return ModelOutput(self.sign * 50 * (grey - 0.5))
 
 
 @pytest.mark.parametrize("resolution", ["network", "original"])
@@ -136,7 +139,7 @@ def test_condseg_at_both_resolutions(dataset: Path) -> None:
 
 
 def test_bad_arguments(dataset: Path) -> None:
-    with pytest.raises(ValueError, match="resolution"):
+    with pytest.raises(CondsegError, match="resolution"):
         evaluate(Brightness(), dataset, resolution="full")
-    with pytest.raises(ValueError, match="input size is required"):
-        evaluate(nn.Conv2d(3, 1, 1), dataset)  # no model file, so no trained input size
+    with pytest.raises(CondsegError, match="input size is required"):
+        evaluate(create_model("condseg-net0", encoder="resnet18"), dataset)  # no model file

@@ -12,13 +12,29 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from condseg.data.dataset import read_mask
-from condseg.inference.model_file import ModelFileError, load_model, read_header, save_model
+from condseg.data.dataset import DataError, read_mask
+from condseg.errors import CondsegError
 from condseg.inference.predict import predict, predict_files
+from condseg.models.base import ModelError, ModelOutput, SegmentationModel
+from condseg.models.model_file import ModelFileError, load_model, read_header, save_model
 from condseg.models.registry import create_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE = 32
+
+
+class Plain(SegmentationModel):
+    """A stand-in model with BatchNorm returning plain mask logits (no maps, no encoder)."""
+
+    encoder_path = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2),
+                                 nn.Conv2d(2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.net(x))
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +65,11 @@ def test_round_trip_is_bitwise_and_carries_the_header(model_path: Path, model: n
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.inference_mode():
         first, second = model(x), again(x)
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert torch.equal(first.mask, second.mask)
+    assert all(torch.equal(first.aux[k], second.aux[k]) for k in ("fg", "bg", "uc"))
     assert not again.training
     header = read_header(model_path)
-    assert again.meta == header
+    assert again.meta == {**header, "path": str(model_path.resolve())}
     assert header["arch"] == {"name": "condseg", "options": {"width": 16}}
     assert header["input_size"] == [SIZE, SIZE]
     assert header["mean"] == list(MEAN) and header["std"] == list(STD)
@@ -66,8 +83,10 @@ def test_save_refuses_to_overwrite(model_path: Path, model: nn.Module) -> None:
 
 
 def test_save_needs_an_arch(tmp_path: Path) -> None:
-    with pytest.raises(ModelFileError, match="no `arch`"):
+    with pytest.raises(ModelError, match="expected a condseg model"):
         save_model(tmp_path / "m.safetensors", nn.Conv2d(3, 1, 1), mean=MEAN, std=STD, input_size=8)
+    with pytest.raises(ModelFileError, match="no `arch`"):
+        save_model(tmp_path / "m.safetensors", Plain(), mean=MEAN, std=STD, input_size=8)
     assert not list(tmp_path.iterdir())
 
 
@@ -129,19 +148,19 @@ def test_predict_returns_the_original_resolution(model: nn.Module, tmp_path: Pat
 
 
 def test_predict_without_model_file_uses_the_divisor_and_has_no_maps() -> None:
-    class Plain(nn.Module):
-        """A stand-in model returning plain mask logits (like Net_0)."""
-
+    class Sixteen(Plain):
         input_divisor = 16
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor) -> ModelOutput:
             assert x.shape[-2:] == (48, 64)  # 45x70 rounded to multiples of 16
-            return x.mean(1, keepdim=True)
+            return super().forward(x)
 
-    result = predict(Plain(), _photo(45, 70))
+    result = predict(Sixteen(), _photo(45, 70))
     assert result.prob.shape == (45, 70) and result.maps == {}
-    with pytest.raises(ValueError, match="uint8 RGB array"):
-        predict(Plain(), np.zeros((8, 8), dtype=np.float32))
+    with pytest.raises(DataError, match="uint8 RGB array"):
+        predict(Sixteen(), np.zeros((8, 8), dtype=np.float32))
+    with pytest.raises(ModelError, match="expected a condseg model"):
+        predict(nn.Conv2d(3, 1, 1), _photo(16, 16))
 
 
 def test_predict_files_reports_bad_inputs_and_writes_the_rest(
@@ -182,10 +201,9 @@ def test_predict_files_reports_bad_inputs_and_writes_the_rest(
 
 def test_predict_files_refuses_maps_for_a_model_without_them(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), _photo(16, 16))
-    plain = nn.Conv2d(3, 1, 1)
-    with pytest.raises(ValueError, match="no SID maps"):
-        predict_files(plain, [tmp_path / "a.png"], tmp_path / "out", maps=True)
-    assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(ModelError, match=r"no probability maps.*--maps"):
+        predict_files(Plain(), [tmp_path / "a.png"], tmp_path / "out", maps=True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_onnx_export_matches_pytorch(model: nn.Module, tmp_path: Path) -> None:
@@ -211,10 +229,10 @@ def test_onnx_export_matches_pytorch(model: nn.Module, tmp_path: Path) -> None:
 def test_onnx_export_keeps_the_callers_training_mode(tmp_path: Path) -> None:
     from condseg.inference.export import export_onnx
 
-    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Conv2d(2, 1, 1))
-    report = export_onnx(model.train(), tmp_path / "seq.onnx", input_size=16)
+    model = Plain()
+    report = export_onnx(model.train(), tmp_path / "seq.onnx", size=16)
     assert model.training and all(m.training for m in model.modules())
     assert report.outputs == ["mask"] and report.max_abs_diff < 1e-5
-    with pytest.raises(RuntimeError, match="disagrees with PyTorch"):  # impossible tolerance
-        export_onnx(model, tmp_path / "strict.onnx", input_size=16, tolerance=-1.0)
+    with pytest.raises(CondsegError, match="disagrees with PyTorch"):  # impossible tolerance
+        export_onnx(model, tmp_path / "strict.onnx", size=16, tolerance=-1.0)
     assert not (tmp_path / "strict.onnx").exists()

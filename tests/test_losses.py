@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from condseg.losses.condseg import consistency_loss, mask_loss, stage1_loss, stage2_loss
+from condseg.losses import create_loss, mask_loss
+from condseg.models.base import ModelOutput
+from condseg.models.condseg.losses import consistency_loss, stage1_loss, stage2_loss
 
 # One 2x2 image, pixels in row-major order. ln 3 makes sigmoid exact: sigmoid(ln 3) = 3/4.
 Z = [0.0, math.log(3), -math.log(3), 2.0]
@@ -45,7 +46,7 @@ def tb(*images: list[float]) -> torch.Tensor:
 
 
 def out(mask: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, uc: torch.Tensor):
-    return SimpleNamespace(mask=mask, fg=fg, bg=bg, uc=uc)
+    return ModelOutput(mask, {"fg": fg, "bg": bg, "uc": uc})
 
 
 def test_bce_and_dice_by_hand() -> None:
@@ -259,10 +260,24 @@ def test_shape_mismatch_is_reported() -> None:
 
 def test_stage2_loss_without_sid_maps_is_the_mask_loss() -> None:
     """The Table-4 baseline returns no SID maps; only L_mask(Y, M) remains."""
-    from condseg.models.condseg.model import ConDSegOutput
-
     logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
     target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
-    parts = stage2_loss(ConDSegOutput(logits), target)
+    parts = stage2_loss(ModelOutput(logits), target)
     assert set(parts) == {"loss", "mask"}
     torch.testing.assert_close(parts["loss"], mask_loss(logits, target))
+
+
+def test_registered_losses_wrap_the_functions() -> None:
+    """The losses a recipe names compute the same values as the functions, per view."""
+    z1, z2 = t(Z), t(Z) * -0.5
+    target = t(Y)
+    cr = create_loss("condseg-cr")
+    assert cr.views == ("strong",)
+    got = cr({"image": ModelOutput(z1), "strong": ModelOutput(z2)}, target)
+    torch.testing.assert_close(got["loss"], stage1_loss(z1, z2, target)["loss"])
+    plain = create_loss("condseg-cr", consistency=False)
+    assert plain.views == ()
+    torch.testing.assert_close(plain({"image": ModelOutput(z1)}, target)["loss"],
+                               mask_loss(z1, target))
+    torch.testing.assert_close(create_loss("bce-dice")({"image": ModelOutput(z1)}, target)["loss"],
+                               mask_loss(z1, target))

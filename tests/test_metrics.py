@@ -11,6 +11,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.evaluation.overlap import overlap_scores
 
 OVERLAP = ("iou", "dice", "recall", "precision", "f2")
 
@@ -195,3 +196,17 @@ def test_bad_input_is_reported(prob: np.ndarray, gt: np.ndarray, message: str) -
 def test_gt_as_zero_one_integers_is_accepted() -> None:
     prob, gt = CASES[1]
     assert image_metrics(prob, gt.astype(np.uint8)) == image_metrics(prob, gt)
+
+
+def test_overlap_scores_per_image_with_empty_masks() -> None:
+    """The one IoU/Dice definition training's validation and the evaluation share."""
+    pred = torch.zeros(3, 1, 2, 2, dtype=torch.bool)
+    gt = torch.zeros(3, 1, 2, 2, dtype=torch.bool)
+    pred[0, 0, 0, :] = True  # predicts 2 pixels, truth 1 of them + 1 more
+    gt[0, 0, 0, 0] = gt[0, 0, 1, 1] = True
+    pred[1, 0, 0, 0] = True  # predicts 1 pixel, empty truth; image 2: both empty
+    scores = overlap_scores(pred, gt)
+    assert scores["iou"].tolist() == pytest.approx([1 / 3, 0.0, 1.0])
+    assert scores["dice"].tolist() == pytest.approx([0.5, 0.0, 1.0])
+    assert scores["recall"].tolist() == pytest.approx([0.5, 1.0, 1.0])
+    assert scores["precision"].tolist() == pytest.approx([0.5, 0.0, 1.0])

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from condseg.convert import ConversionError, load_official, rename_key
+from condseg.errors import CondsegError
+from condseg.models.base import ModelOutput
 from condseg.models.condseg.cdfa import CDFA
-from condseg.models.condseg.model import ConDSegOutput
-from condseg.models.registry import create_model, list_models, mask_logits
+from condseg.models.registry import create_model, list_models
 
 
 def _window_attention_loop(
@@ -76,11 +77,11 @@ def test_cdfa_modes_differ() -> None:
 
 def test_registry_lists_and_rejects() -> None:
     assert {"condseg", "condseg-pvt", "condseg-net0"} <= set(list_models())
-    with pytest.raises(ValueError, match=r"unknown model 'nope'.*condseg"):
+    with pytest.raises(CondsegError, match=r"unknown model 'nope'.*condseg"):
         create_model("nope")
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(CondsegError, match="bad option"):
         create_model("condseg", colour="red")
-    with pytest.raises(ValueError, match="cdfa_mode"):
+    with pytest.raises(CondsegError, match="cdfa_mode"):
         create_model("condseg", cdfa_mode="other", width=16, encoder="resnet18")
 
 
@@ -94,14 +95,13 @@ def test_variants_narrow_models_and_encoders(variant: str, has_maps: bool) -> No
     assert net.input_divisor == 16
     with torch.no_grad():
         out = net(torch.randn(2, 3, 64, 96))
-    assert isinstance(out, ConDSegOutput)
+    assert isinstance(out, ModelOutput)
     assert out.mask.shape == (2, 1, 64, 96)
-    assert mask_logits(out) is out.mask
-    maps = (out.fg, out.bg, out.uc)
     if has_maps:
-        assert all(m.shape == (2, 1, 64, 96) for m in maps)
+        assert net.map_names == ("fg", "bg", "uc") == tuple(out.aux)
+        assert all(m.shape == (2, 1, 64, 96) for m in out.aux.values())
     else:
-        assert maps == (None, None, None)
+        assert net.map_names == () and dict(out.aux) == {}
         assert not hasattr(net, "sid")
 
 

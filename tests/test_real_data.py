@@ -12,8 +12,8 @@ import pytest
 from condseg.config import load_config
 from condseg.data.dataset import find_pair, image_size, read_split
 from condseg.evaluation.evaluate import evaluate
-from condseg.inference.model_file import load_model
 from condseg.inference.predict import predict
+from condseg.models.model_file import load_model
 from condseg.training import train
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,9 @@ def test_kvasir_two_stages_evaluate_and_predict(kvasir_dir: Path, tmp_path: Path
         "model.pretrained=false", "model.options.width=32", "model.options.encoder=resnet18",
         "data.size=128",
         "data.batch_size=8", "data.num_workers=0", "progress_bar=false", "log_every_n_steps=1",
-        "stage1.max_epochs=4", "stage1.lr=1e-3", "stage1.encoder_lr=1e-3",
-        "stage2.max_epochs=4", "stage2.lr=1e-3", "stage2.encoder_lr=1e-4",
+        "stages.stage1.max_epochs=4", "stages.stage1.optimizer.lr=1e-3",
+        "stages.stage1.optimizer.encoder_lr=1e-3", "stages.stage2.max_epochs=4",
+        "stages.stage2.optimizer.lr=1e-3", "stages.stage2.optimizer.encoder_lr=1e-4",
     ])
     result = train(config, root, tmp_path / "run")
 

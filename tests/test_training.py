@@ -12,6 +12,8 @@ import torch
 
 from condseg.config import RunConfig, load_config
 from condseg.data.synthetic import synthesize
+from condseg.losses import create_loss
+from condseg.models.condseg.losses import ConsistencyLoss
 from condseg.models.model_file import load_model, read_header
 from condseg.models.registry import create_model
 from condseg.training import TrainingError, TrainResult, train
@@ -59,8 +61,8 @@ def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
     result: TrainResult = two_stage["result"]
     run = result.run_dir
     assert load_config(run / "config.yaml") == tiny_config(f"data.root={data_root}")
-    for n in (1, 2):
-        stage = run / f"stage{n}"
+    for n in ("stage1", "stage2"):
+        stage = run / n
         for f in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv",
                   "curves.png", "model.safetensors", "result.json"):
             assert (stage / f).is_file(), f"missing {stage / f}"
@@ -72,23 +74,24 @@ def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
         assert header["metrics"]["miou"] == pytest.approx(metrics["miou"])
         assert header["input_size"] == [64, 64] and header["mean"] == [0.485, 0.456, 0.406]
         assert header["config"]["model"]["options"]["width"] == 16
-    assert read_header(result.model_files[1])["arch"]["name"] == "condseg-net0"
+    assert read_header(result.model_files["stage1"])["arch"]["name"] == "condseg-net0"
     assert read_header(result.model_file)["arch"]["name"] == "condseg"
+    assert result.test_dir is None  # the synthetic data has no test split
 
 
 def test_model_file_holds_the_best_checkpoint(two_stage: dict) -> None:
     result: TrainResult = two_stage["result"]
     ckpt = torch.load(result.run_dir / "stage1/checkpoints/best.ckpt", weights_only=True)
-    model = load_model(result.model_files[1])
+    model = load_model(result.model_files["stage1"])
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key
-    assert result.best_metrics[1]["epoch"] == ckpt["epoch"]
+    assert result.best_metrics["stage1"]["epoch"] == ckpt["epoch"]
 
 
 def test_stage2_starts_from_the_best_stage1_encoder_with_bn_buffers(two_stage: dict) -> None:
     result: TrainResult = two_stage["result"]
-    expected = load_model(result.model_files[1]).encoder.state_dict()
-    loaded = two_stage["built"][2]
+    expected = load_model(result.model_files["stage1"]).encoder.state_dict()
+    loaded = two_stage["built"]["stage2"]
     assert loaded.keys() == expected.keys()
     assert any("running_var" in k for k in loaded) and any("num_batches_tracked" in k
                                                            for k in loaded)
@@ -102,11 +105,12 @@ def test_stage2_starts_from_the_best_stage1_encoder_with_bn_buffers(two_stage: d
 def test_param_groups_give_the_encoder_its_own_lr() -> None:
     config = tiny_config()
     model = create_model("condseg", width=16, encoder="resnet18")
-    setup = Stage2Module(model, config.stage2).configure_optimizers()
+    loss = create_loss("condseg-sid")
+    setup = SegmentationModule(model, loss, config.stages["stage2"]).configure_optimizers()
     groups = setup["optimizer"].param_groups
     assert [(g["name"], g["lr"]) for g in groups] == [("encoder", 3e-4), ("rest", 1e-3)]
-    paper = load_config("kvasir-seg").stage2
-    groups = Stage2Module(model, paper).configure_optimizers()["optimizer"].param_groups
+    paper = load_config("kvasir-seg").stages["stage2"]
+    groups = SegmentationModule(model, loss, paper).configure_optimizers()["optimizer"].param_groups
     assert [g["lr"] for g in groups] == [1e-5, 1e-4]
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
@@ -157,26 +161,28 @@ def _val_epochs(metrics_csv: Path) -> list[int]:
 def test_non_finite_loss_stops_keeping_last_good_checkpoint_then_resume_continues(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Stage1Module.losses
+    original = ConsistencyLoss.forward
+    calls = []
 
-    def nan_in_second_epoch(self, batch):
-        losses = original(self, batch)
-        if self.current_epoch == 1:
+    def nan_in_second_epoch(self, outputs, target):
+        losses = original(self, outputs, target)
+        calls.append(1)
+        if len(calls) > 2:  # two training steps per epoch; validation does not call it
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(Stage1Module, "losses", nan_in_second_epoch)
+    monkeypatch.setattr(ConsistencyLoss, "forward", nan_in_second_epoch)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"non-finite training loss nan in stage 1, epoch 1.*"
-                                            r"last good checkpoint is .*last\.ckpt"):
-        train(tiny_config(), data_root, run, stage="1")
+    with pytest.raises(TrainingError, match=r"non-finite training loss nan in stage stage1, "
+                                            r"epoch 1.*last good checkpoint is .*last\.ckpt"):
+        train(tiny_config(), data_root, run, stage="stage1")
     last = run / "stage1/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
     assert not (run / "stage1/result.json").exists()
 
     monkeypatch.undo()
-    result = train(tiny_config(), data_root, run, stage="1", resume=True)
-    assert list(result.model_files) == [1]
+    result = train(tiny_config(), data_root, run, stage="1", resume=True)  # by number
+    assert list(result.model_files) == ["stage1"]
     assert json.loads((run / "stage1/result.json").read_text())["metrics"]
     # Epoch 0 was validated once, in the first run: the resumed run started at epoch 1.
     assert _val_epochs(run / "stage1/metrics.csv") == [0, 1]
@@ -184,8 +190,9 @@ def test_non_finite_loss_stops_keeping_last_good_checkpoint_then_resume_continue
 
 
 def test_stage2_alone_needs_a_finished_stage1(data_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match=r"stage-1 encoder.*encoder_init=pretrained"):
-        train(tiny_config(), data_root, tmp_path / "run", stage="2")
+    with pytest.raises(TrainingError, match=r"takes its encoder from stage stage1.*"
+                                            r"stages\.stage2\.init\.encoder=null"):
+        train(tiny_config(), data_root, tmp_path / "run", stage="stage2")
 
 
 def test_dataset_errors_block_training_unless_skipped(data_root: Path, tmp_path: Path) -> None:
@@ -196,31 +203,20 @@ def test_dataset_errors_block_training_unless_skipped(data_root: Path, tmp_path:
     with pytest.raises(TrainingError, match=rf"error.*data\.skip=\[{bad.stem}\]"):
         train(tiny_config(), broken, tmp_path / "run1")
     assert not (tmp_path / "run1" / "stage1").exists()
-    config = tiny_config(f"data.skip=[{bad.stem}]", "stage1.max_epochs=1",
-                         "stage1.limit_train_batches=1", "stage1.limit_val_batches=1")
-    result = train(config, broken, tmp_path / "run2", stage="1")
-    assert result.model_files[1].is_file()
-
-
-def test_iou_dice_per_image_with_empty_masks() -> None:
-    logits = torch.full((3, 1, 2, 2), -1.0)
-    target = torch.zeros(3, 1, 2, 2)
-    logits[0, 0, 0, :] = 1  # predicts 2 pixels, truth 1 of them + 1 more
-    target[0, 0, 0, 0] = target[0, 0, 1, 1] = 1
-    logits[1, 0, 0, 0] = 1  # predicts 1 pixel, empty truth
-    iou, dice = iou_dice(logits, target)  # image 2: both empty
-    assert iou.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
-    assert dice.tolist() == pytest.approx([0.5, 0.0, 1.0])
+    config = tiny_config(f"data.skip=[{bad.stem}]", "stages.stage1.max_epochs=1",
+                         "stages.stage1.limit_train_batches=1", "stages.stage1.limit_val_batches=1")
+    result = train(config, broken, tmp_path / "run2", stage="stage1")
+    assert result.model_files["stage1"].is_file()
 
 
 def test_bf16_mixed_precision_trains_on_cpu(data_root: Path, tmp_path: Path) -> None:
     """bf16 autocast (the CPU's mixed precision) through both stages; losses stay finite."""
-    result = train(tiny_config("precision=bf16-mixed", "stage1.max_epochs=1"), data_root,
+    result = train(tiny_config("precision=bf16-mixed", "stages.stage1.max_epochs=1"), data_root,
                    tmp_path / "run")
-    for n in (1, 2):
+    for n in ("stage1", "stage2"):
         metrics = result.best_metrics[n]
         assert 0.0 <= metrics["mdsc"] <= 1.0
-        with (result.run_dir / f"stage{n}" / "metrics.csv").open() as f:
+        with (result.run_dir / n / "metrics.csv").open() as f:
             losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f)
                       if r.get("train/loss_epoch")]
         assert losses and all(torch.isfinite(torch.tensor(losses)))

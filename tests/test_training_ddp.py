@@ -19,8 +19,9 @@ from condseg.config import load_config
 from condseg.training import train
 
 config = load_config("demo", [
-    "data.size=64", "data.batch_size=2", "model.options.width=16", "stage1.max_epochs=1",
-    "stage2.max_epochs=1", "stage1.limit_train_batches=2", "stage2.limit_train_batches=2",
+    "data.size=64", "data.batch_size=2", "model.options.width=16", "stages.stage1.max_epochs=1",
+    "stages.stage2.max_epochs=1", "stages.stage1.limit_train_batches=2",
+    "stages.stage2.limit_train_batches=2",
     "progress_bar=false", "accelerator=cpu", "devices=2", "strategy=ddp",
 ])
 result = train(config, sys.argv[1], sys.argv[2])

@@ -15,8 +15,9 @@ from rich.console import Console
 
 from condseg.demo import run_demo, trivial_mdsc
 
-TINY = ["data.size=64", "model.options.width=16", "stage1.max_epochs=1", "stage2.max_epochs=1",
-        "stage1.limit_train_batches=1", "stage2.limit_train_batches=1", "progress_bar=false"]
+TINY = ["data.size=64", "model.options.width=16", "stages.stage1.max_epochs=1",
+        "stages.stage2.max_epochs=1", "stages.stage1.limit_train_batches=1",
+        "stages.stage2.limit_train_batches=1", "progress_bar=false"]
 
 
 def test_demo_produces_and_reports_everything(tmp_path: Path) -> None:

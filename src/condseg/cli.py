@@ -58,7 +58,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CondsegError as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from error
 
 

@@ -18,8 +18,8 @@ from rich.table import Table
 from condseg.config import load_config
 from condseg.data.dataset import find_pair, read_mask, read_split
 from condseg.data.synthetic import synthesize
-from condseg.evaluation.evaluate import EvaluationResult, evaluate
 from condseg.errors import OutputExistsError
+from condseg.evaluation.evaluate import EvaluationResult, evaluate
 from condseg.inference.predict import PredictReport, predict_files
 from condseg.models.model_file import load_model
 from condseg.training import TrainResult, train

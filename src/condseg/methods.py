@@ -15,7 +15,9 @@ from condseg.registry import Registry
 
 
 def _load_packaged() -> None:
-    import condseg.models  # noqa: F401  (the families register their methods)
+    from condseg.models import load_families
+
+    load_families()  # the families register their methods
 
 
 METHODS: Registry[dict[str, Any]] = Registry("method", load=_load_packaged)

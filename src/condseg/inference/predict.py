@@ -7,8 +7,7 @@ so masks line up with the input pixel for pixel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +58,9 @@ def network_size(model: SegmentationModel, shape: Sequence[int]) -> tuple[int, i
     return height, width
 
 
-def predict(model: SegmentationModel, image: np.ndarray | str | Path, threshold: float = 0.5) -> Prediction:
+def predict(
+    model: SegmentationModel, image: np.ndarray | str | Path, threshold: float = 0.5
+) -> Prediction:
     """Predict one image (a path, or a uint8 RGB array (H, W, 3)) at its original size."""
     array = read_image(image) if isinstance(image, (str, Path)) else image
     return predict_arrays(model, [array], threshold)[0]

@@ -19,7 +19,9 @@ from condseg.registry import Registry
 
 def _load_packaged() -> None:
     import condseg.losses.mask  # noqa: F401
-    import condseg.models  # noqa: F401  (family losses)
+    from condseg.models import load_families
+
+    load_families()  # family losses
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss", load=_load_packaged)

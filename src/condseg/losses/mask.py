@@ -17,6 +17,7 @@ from torch import Tensor
 from condseg.losses.base import Loss, register_loss
 from condseg.models.base import ModelOutput
 
+
 def check_shapes(a: Tensor, b: Tensor, names: str = "logits and target") -> None:
     if a.ndim != 4 or a.shape != b.shape:
         raise ValueError(

@@ -1,6 +1,14 @@
-"""The networks. Importing this package registers the packaged families (one folder each)."""
+"""The networks, one folder per family. Each family registers its models, losses and methods
+when imported; :func:`load_families` imports the packaged ones the first time a registry is
+asked, so importing a single module (the contract, one family) stays cheap and acyclic."""
 
 from __future__ import annotations
 
-# condseg: condseg, condseg-pvt, condseg-net0; baselines: unet, unetplusplus, deeplabv3plus
-from condseg.models import baselines, condseg  # noqa: F401  (registrations)
+from importlib import import_module
+
+FAMILIES = ("condseg", "baselines")
+
+
+def load_families() -> None:
+    for family in FAMILIES:
+        import_module(f"condseg.models.{family}")

@@ -85,7 +85,9 @@ def normalization(model: SegmentationModel) -> Normalization:
     return model.default_normalization()
 
 
-def input_size(model: SegmentationModel, size: int | Sequence[int] | None = None) -> tuple[int, int]:
+def input_size(
+    model: SegmentationModel, size: int | Sequence[int] | None = None
+) -> tuple[int, int]:
     """The network input (H, W): ``size`` if given, else the model file's trained size;
     checked against the model's ``input_divisor``."""
     if size is None:

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
+
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
 from condseg.models.base import SegmentationModel, require_model
 

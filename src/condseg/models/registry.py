@@ -1,8 +1,9 @@
 """Model registry: families register their builders from their own folder (timm-style), and
 ``create_model(name, **options)`` builds any of them.
 
-This module imports no family: ``condseg.models`` (its ``__init__``) imports the packaged
-families, and a user's own model registers itself with :func:`register_model` before use.
+This module imports no family: the first lookup loads the packaged ones
+(``condseg.models.load_families``), and a user's own model registers itself with
+:func:`register_model` before use.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ class ModelEntry:
 
 
 _MODELS: dict[str, ModelEntry] = {}
+_families_loaded = False
+
+
+def _load_families() -> None:
+    global _families_loaded
+    if not _families_loaded:
+        _families_loaded = True
+        from condseg.models import load_families
+
+        load_families()
 
 
 def register_model(
@@ -47,6 +58,7 @@ def register_model(
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
+    _load_families()
     return sorted(_MODELS)
 
 
@@ -82,6 +94,7 @@ def create_model(
 
 
 def _entry(name: str) -> ModelEntry:
+    _load_families()
     if name not in _MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     return _MODELS[name]
