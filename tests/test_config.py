@@ -79,6 +79,9 @@ def test_user_file_extends_preset_and_relative_file(tmp_path: Path) -> None:
 def test_method_option_switches_the_recipe() -> None:
     c = load_config("kvasir-seg", ["method=condseg", "model.name=condseg-pvt"])
     assert c.model.name == "condseg-pvt" and c.description.startswith("ConDSeg on Kvasir")
+    # A named component given another name is replaced whole, not merged with the old options.
+    swapped = load_config("default", ["stages.stage1.loss.name=bce-dice"]).stages["stage1"]
+    assert swapped.loss.options == {}
     with pytest.raises(CondsegError, match=r"unknown method 'nope'.*condseg"):
         load_config("default", ["method=nope"])
 

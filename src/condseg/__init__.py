@@ -1,6 +1,9 @@
 """condseg: ConDSeg and related 2-D binary medical image segmentation methods.
 
-Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`predict`.
+Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`save_model`,
+:func:`predict`, :func:`load_config`, :func:`train`, and the seams a new method plugs into:
+:class:`SegmentationModel` / :class:`ModelOutput` with :func:`register_model`, :class:`Loss` with
+:func:`register_loss`, and :func:`register_method` (docs/architecture.md, "Adding a method").
 Imported lazily so that ``import condseg`` (and the CLI's start) stays fast.
 """
 
@@ -14,9 +17,18 @@ __version__ = "0.1.0"
 _API = {
     "create_model": "condseg.models.registry",
     "list_models": "condseg.models.registry",
+    "register_model": "condseg.models.registry",
+    "SegmentationModel": "condseg.models.base",
+    "ModelOutput": "condseg.models.base",
     "load_model": "condseg.models.model_file",
     "save_model": "condseg.models.model_file",
     "predict": "condseg.inference.predict",
+    "Loss": "condseg.losses.base",
+    "register_loss": "condseg.losses.base",
+    "register_method": "condseg.methods",
+    "load_config": "condseg.config",
+    "train": "condseg.training.run",
+    "CondsegError": "condseg.errors",
 }
 
 __all__ = ["__version__", *_API]

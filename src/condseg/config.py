@@ -221,13 +221,20 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge, ``top`` winning. A named component (a mapping with ``name``) given another
+    name is replaced whole: a different loss or model must not inherit the old one's options."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        previous = out.get(key)
+        if isinstance(value, dict) and isinstance(previous, dict) and not _renamed(previous, value):
+            out[key] = _merge(previous, value)
         else:
             out[key] = value
     return out
+
+
+def _renamed(base: dict[str, Any], top: dict[str, Any]) -> bool:
+    return "name" in base and "name" in top and base["name"] != top["name"]
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

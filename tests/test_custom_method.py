@@ -1,0 +1,128 @@
+"""A method defined entirely in this file — its own tiny model, its own loss, SGD with a poly
+schedule, one stage — registered through the public API and trained, evaluated and predicted
+with ``condseg.train`` and the CLI, without touching package code. It is the worked example of
+docs/architecture.md ("Adding a method")."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import condseg
+from condseg.cli import app
+from condseg.data.synthetic import synthesize
+
+
+@condseg.register_model("tiny-fcn", description="two strided convolutions (a test method)")
+class TinyFCN(condseg.SegmentationModel):
+    input_divisor = 4  # two stride-2 convolutions
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        )
+        self.head = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> condseg.ModelOutput:
+        logits = F.interpolate(self.head(self.encoder(x)), size=x.shape[-2:], mode="bilinear")
+        return condseg.ModelOutput(logits)
+
+
+@condseg.register_loss("weighted-bce", "BCE with a foreground weight (a test loss)")
+class WeightedBCE(condseg.Loss):
+    def __init__(self, pos_weight: float = 1.0) -> None:
+        super().__init__()
+        self.pos_weight = pos_weight
+
+    def forward(self, outputs, target):
+        weight = torch.tensor(self.pos_weight, device=target.device)
+        return {"loss": F.binary_cross_entropy_with_logits(
+            outputs["image"].mask.float(), target, pos_weight=weight)}
+
+
+condseg.register_method("tiny", {
+    "model": {"name": "tiny-fcn", "options": {"width": 8}, "pretrained": False},
+    "data": {"size": 32, "batch_size": 4, "num_workers": 0},
+    "stages": {"train": {
+        "loss": {"name": "weighted-bce", "options": {"pos_weight": 2.0}},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
+                      "weight_decay": 1e-4},
+        "schedule": {"name": "poly", "power": 0.9},
+        "max_epochs": 3,
+    }},
+}, description="A tiny FCN trained with SGD + poly (test method)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic data with a test split (two training names moved into test.txt)."""
+    root = synthesize(tmp_path_factory.mktemp("tiny") / "data", n_train=10, n_val=4, size=48)
+    names = (root / "train.txt").read_text().split()
+    (root / "train.txt").write_text("\n".join(names[:8]) + "\n")
+    (root / "test.txt").write_text("\n".join(names[8:]) + "\n")
+    return root
+
+
+def test_a_method_from_outside_trains_with_its_own_recipe(data: Path, tmp_path: Path) -> None:
+    config = condseg.load_config("default", ["method=tiny", "progress_bar=false",
+                                             "log_every_n_steps=1"])
+    assert list(config.stages) == ["train"] and config.model.name == "tiny-fcn"
+    result = condseg.train(config, data, tmp_path / "run")
+
+    assert result.model_file == tmp_path / "run" / "train" / "model.safetensors"
+    model = condseg.load_model(result.model_file)
+    assert isinstance(model, TinyFCN) and model.meta["arch"]["options"] == {"width": 8}
+    with (tmp_path / "run" / "train" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # The poly schedule, per epoch, on both groups (the encoder and the head): lr·(1 − e/3)^0.9.
+    for group in ("encoder", "rest"):
+        lrs = [float(r[f"lr-SGD/{group}"]) for r in rows if r.get(f"lr-SGD/{group}")]
+        assert lrs == pytest.approx([0.05 * (1 - e / 3) ** 0.9 for e in range(3)])
+    # Validation selects the model; the test split is evaluated once, at the end.
+    summary = json.loads((result.test_dir / "summary.json").read_text())
+    assert result.test_dir == tmp_path / "run" / "evaluation" / "test"
+    assert summary["protocol"]["split"] == "test" and summary["protocol"]["n_images"] == 2
+    assert summary["protocol"]["method"] == "tiny"
+    assert 0 <= summary["metrics"]["dice"]["mean"] <= 1
+
+
+def test_the_cli_trains_evaluates_and_predicts_it(data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--data", str(data), "--method", "tiny", "--out",
+                                  str(run), "progress_bar=false",
+                                  "stages.train.max_epochs=1"])
+    assert trained.exit_code == 0, trained.output
+    assert "test-split evaluation" in trained.output
+    model_file = run / "train" / "model.safetensors"
+    evaluated = runner.invoke(app, ["evaluate", str(model_file), "--data", str(data),
+                                    "--out", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (tmp_path / "eval" / "per_image.csv").is_file()
+    predicted = runner.invoke(app, ["predict", str(model_file), str(data / "images"), "--out",
+                                    str(tmp_path / "pred"), "--overlay"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 14
+    listed = runner.invoke(app, ["methods"])
+    assert "tiny" in listed.output and "weighted-bce" in listed.output
+
+
+def test_a_recipe_that_cannot_work_is_refused_before_anything_is_written(
+    data: Path, tmp_path: Path
+) -> None:
+    config = condseg.load_config("default", ["method=tiny", "stages.train.loss.name=condseg-cr"])
+    with pytest.raises(condseg.CondsegError, match=r"needs the views \['strong'\].*views="):
+        condseg.train(config, data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    config = condseg.load_config("default", ["method=tiny", "data.size=30"])
+    with pytest.raises(condseg.CondsegError, match="multiples of 4"):
+        condseg.train(config, data, tmp_path / "run")
