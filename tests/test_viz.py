@@ -14,7 +14,7 @@ from condseg.viz import (
     heatmap,
     overlay,
     plot_curves,
-    save_sid_maps,
+    save_maps,
 )
 
 
@@ -60,9 +60,9 @@ def test_heatmap_runs_from_blue_to_red() -> None:
         heatmap(np.zeros((2, 2, 1)))
 
 
-def test_save_sid_maps_writes_one_heat_map_per_key(tmp_path: Path) -> None:
+def test_save_maps_writes_one_heat_map_per_key(tmp_path: Path) -> None:
     maps = {key: np.full((5, 7), value, np.float32) for key, value in (("fg", 1), ("uc", 0))}
-    paths = save_sid_maps(maps, tmp_path, "case")
+    paths = save_maps(maps, tmp_path, "case")
     assert [p.name for p in paths] == ["case_fg.png", "case_uc.png"]
     written = cv2.cvtColor(cv2.imread(str(paths[0])), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, heatmap(maps["fg"]))

@@ -1,4 +1,4 @@
-"""Pictures for people: mask overlays, probability heat maps, SID maps and training curves.
+"""Pictures for people: mask overlays, probability heat maps (ConDSeg's SID maps) and curves.
 
 Everything returns or writes plain uint8 RGB images so the results open in any viewer;
 matplotlib is used through its Agg canvas only, never through pyplot's global state.
@@ -67,14 +67,14 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def sid_map_paths(out_dir: str | Path, name: str, keys: tuple[str, ...]) -> dict[str, Path]:
-    """Where :func:`save_sid_maps` writes each map: ``<out_dir>/<name>_<key>.png``."""
+def map_paths(out_dir: str | Path, name: str, keys: tuple[str, ...]) -> dict[str, Path]:
+    """Where :func:`save_maps` writes each map: ``<out_dir>/<name>_<key>.png``."""
     return {key: Path(out_dir) / f"{name}_{key}.png" for key in keys}
 
 
-def save_sid_maps(maps: Mapping[str, np.ndarray], out_dir: str | Path, name: str) -> list[Path]:
-    """Write the fg / bg / uc probability maps of one image as heat maps."""
-    paths = sid_map_paths(out_dir, name, tuple(maps))
+def save_maps(maps: Mapping[str, np.ndarray], out_dir: str | Path, name: str) -> list[Path]:
+    """Write a model's probability maps of one image (ConDSeg: fg / bg / uc) as heat maps."""
+    paths = map_paths(out_dir, name, tuple(maps))
     return [save_png(paths[key], heatmap(prob)) for key, prob in maps.items()]
 
 

@@ -26,8 +26,8 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.viz import map_paths, save_maps, save_png
 from condseg.viz import overlay as make_overlay
-from condseg.viz import save_png, save_sid_maps, sid_map_paths
 
 
 @dataclass
@@ -132,7 +132,7 @@ def predict_files(
             if overlay:
                 report.written.append(save_png(outputs[name][1], make_overlay(image, pred.mask)))
             if maps:
-                report.written.extend(save_sid_maps(pred.maps, out_dir, name))
+                report.written.extend(save_maps(pred.maps, out_dir, name))
     return report
 
 
@@ -169,7 +169,7 @@ def _output_paths(
     paths = [out_dir / f"{name}.png"]
     if overlay:
         paths.append(out_dir / f"{name}_overlay.png")
-    paths.extend(sid_map_paths(out_dir, name, map_names).values())
+    paths.extend(map_paths(out_dir, name, map_names).values())
     return paths
 
 

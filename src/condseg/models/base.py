@@ -57,11 +57,13 @@ class SegmentationModel(nn.Module):
     def encoder_module(self) -> nn.Module | None:
         return self.get_submodule(self.encoder_path) if self.encoder_path else None
 
+    def encoder_config(self) -> dict[str, Any]:
+        """The encoder's timm ``pretrained_cfg`` (empty for an encoder without one)."""
+        return getattr(self.encoder_module(), "pretrained_cfg", None) or {}
+
     def default_normalization(self) -> Normalization:
-        """The mean/std the encoder was pretrained with (timm's ``pretrained_cfg``), else
-        ImageNet's."""
-        encoder = self.encoder_module()
-        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        """The mean/std the encoder was pretrained with, else ImageNet's."""
+        cfg = self.encoder_config()
         return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
     @property

@@ -16,11 +16,8 @@ from typing import Any
 import torch
 
 from condseg.models.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ModelError,
     ModelOutput,
-    Normalization,
     SegmentationModel,
 )
 from condseg.models.encoders import with_imagenet_weights
@@ -66,10 +63,9 @@ class SmpModel(SegmentationModel):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return ModelOutput(self.net(x))
 
-    def default_normalization(self) -> Normalization:
+    def encoder_config(self) -> dict[str, Any]:
         """The config is on the timm model inside smp's encoder wrapper, not on the wrapper."""
-        cfg = getattr(self.net.encoder.model, "pretrained_cfg", None) or {}
-        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        return self.net.encoder.model.pretrained_cfg
 
 
 def _check_options(cls: type, options: dict[str, Any]) -> None:
