@@ -85,7 +85,7 @@ def test_model_file_holds_the_best_checkpoint(two_stage: dict) -> None:
     model = load_model(result.model_files["stage1"])
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key
-    assert result.best_metrics["stage1"]["epoch"] == ckpt["epoch"]
+    assert result.best_metrics["stage1"]["epoch"] == ckpt["epoch"] + 1  # counted from 1
 
 
 def test_stage2_starts_from_the_best_stage1_encoder_with_bn_buffers(two_stage: dict) -> None:
@@ -124,7 +124,7 @@ def test_finished_run_is_not_overwritten_and_resume_skips_finished_stages(
     result: TrainResult = two_stage["result"]
     with pytest.raises(TrainingError, match=r"is not empty.*resume=True"):
         train(tiny_config(), data_root, result.run_dir)
-    with pytest.raises(TrainingError, match=r"different configuration \(changed: seed\)"):
+    with pytest.raises(TrainingError, match=r"different experiment \(changed: seed\)"):
         train(tiny_config("seed=1"), data_root, result.run_dir, resume=True)
     before = result.model_file.stat().st_mtime_ns
     again = train(tiny_config(), data_root, result.run_dir, resume=True)

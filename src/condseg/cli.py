@@ -162,7 +162,8 @@ def train(
         help="'all' (the config's train_stages), or one stage by name or number.")] = "all",
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
     = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this folder, with its own config.yaml.")] = None,
     precision: Annotated[str | None, typer.Option(
         help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as seed=...).")] = None,
@@ -171,19 +172,24 @@ def train(
 ) -> None:
     """Train a method's stages (default: ConDSeg's two-stage recipe)."""
     from condseg.config import load_config
+    from condseg.errors import CondsegError
     from condseg.training import train as run_training
 
     quiet_lightning()
     with user_errors():
-        run_dir = out or Path("runs") / Path(config or "default").stem
-        if config is None:
-            previous = run_dir / "config.yaml"
-            config = str(previous) if resume and previous.is_file() else "default"
+        if resume is not None and out is not None and out.resolve() != resume.resolve():
+            raise CondsegError(f"--resume {resume} and --out {out} name different run folders; "
+                               "give only --resume RUN")
+        run_dir = resume or out or Path("runs") / Path(config or "default").stem
+        if resume is not None and not (resume / "config.yaml").is_file():
+            raise CondsegError(f"{resume} is not a run folder (no config.yaml); pass the --out "
+                               "folder of the run to continue")
+        config = config or (str(resume / "config.yaml") if resume is not None else "default")
         extra = list(overrides or [])
         options = {"method": method, "model.name": model, "precision": precision, "seed": seed}
         extra += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = load_config(config, extra)
-        result = run_training(cfg, data, run_dir, stage=stage, resume=resume)
+        result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
 

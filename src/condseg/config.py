@@ -152,8 +152,11 @@ class RunConfig(_Section):
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"
     num_nodes: int = Field(1, gt=0)
-    log_every_n_steps: int = Field(50, gt=0)
-    progress_bar: bool = True
+    log_every_n_steps: int = Field(50, gt=0)  # also the interval of plain progress lines
+    progress_bar: bool = True  # a live bar on a terminal, plain lines in a log file
+    # last.ckpt is also written within an epoch: every N steps when set, else every M minutes.
+    checkpoint_every_n_steps: int | None = Field(None, gt=0)
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0)
 
     @field_validator("precision", mode="before")
     @classmethod

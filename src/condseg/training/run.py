@@ -17,17 +17,20 @@ Run directory layout::
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
+import shutil
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
+    Callback,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -44,9 +47,18 @@ from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
+from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
 from condseg.training.hooks import create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
+from condseg.training.progress import progress_callbacks
 from condseg.viz import plot_curves
+
+#: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
+RESUMABLE_CHANGES = (
+    "stages.*.max_epochs", "stages.*.early_stop_patience", "train_stages", "data.num_workers",
+    "progress_bar", "log_every_n_steps", "accelerator", "devices", "strategy", "num_nodes",
+    "checkpoint_every_n_steps", "checkpoint_every_minutes",
+)
 
 
 class TrainingError(CondsegError):
@@ -64,15 +76,6 @@ class TrainResult:
     def model_file(self) -> Path:
         """The model file of the last stage trained (the final model of the run)."""
         return list(self.model_files.values())[-1]
-
-
-class _ProgressBar(RichProgressBar):
-    """Rich progress bar without Lightning's ``v_num`` (the logger version means nothing here)."""
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
 
 
 def _is_main_process() -> bool:
@@ -100,26 +103,55 @@ def train(
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
-    config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+    config = _resolved_paths(config, root)
     stages = _select_stages(config, stage)
     for name in stages:
         _check_stage(config, name)  # before the run directory exists: a refused start leaves none
     run_dir = Path(out_dir)
-    if _is_main_process():
-        _check_data(root, config, console)
-        _prepare_run_dir(run_dir, config, resume)
-    result = TrainResult(run_dir)
-    for name in stages:
-        done = run_dir / name / "result.json"
-        if done.is_file():
-            _record(result, name, json.loads(done.read_text()))
-            if _is_main_process():
-                console.print(f"{name} already finished: {result.model_files[name]}")
-            continue
-        _record(result, name, _run_stage(name, config, run_dir, result, resume, console))
+    fresh = not run_dir.is_dir() or not any(run_dir.iterdir())
+    try:
+        if _is_main_process():
+            _check_data(config.data.root, config, console)
+            _prepare_run_dir(run_dir, config, resume)
+        result = TrainResult(run_dir)
+        for name in stages:
+            done = run_dir / name / "result.json"
+            summary = json.loads(done.read_text()) if done.is_file() else None
+            if summary is not None and not _extended(summary, config.stages[name]):
+                _record(result, name, summary)
+                if _is_main_process():
+                    console.print(f"{name} already finished: {result.model_files[name]}")
+                continue
+            _record(result, name, _run_stage(name, config, run_dir, result, resume, console))
+    except BaseException:
+        if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
+            shutil.rmtree(run_dir)  # a failed start leaves nothing behind
+        raise
     if stage == "all":
         result.test_dir = _evaluate_test(config, result, console)
     return result
+
+
+def _resolved_paths(config: RunConfig, root: Path) -> RunConfig:
+    """Absolute paths, so that a resumed run compares what the paths point to, not how they
+    were typed."""
+    model = config.model
+    weights = model.weights.resolve() if model.weights is not None else None
+    return config.model_copy(update={
+        "data": config.data.model_copy(update={"root": root.resolve()}),
+        "model": model.model_copy(update={"weights": weights}),
+    })
+
+
+def _extended(summary: dict, cfg: StageConfig) -> bool:
+    """Whether a finished stage is to go on: it ran all its epochs (no early stop) and the
+    resumed config allows more."""
+    return not summary.get("stopped_early", True) and summary.get("max_epochs", 0) < cfg.max_epochs
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether any stage of the run wrote a checkpoint or finished (worth keeping)."""
+    return any(run_dir.glob("*/checkpoints/*.ckpt")) or any(run_dir.glob("*/result.json"))
 
 
 def _select_stages(config: RunConfig, stage: str | int) -> list[str]:
@@ -161,18 +193,23 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not resume:
             raise TrainingError(
-                f"run directory {run_dir} is not empty; choose a new one, or pass resume=True "
-                "(--resume) to continue the run in it (e.g. to run stage 2 after stage 1)"
+                f"run directory {run_dir} is not empty; choose a new one, or continue the run in "
+                f"it with --resume {run_dir} (resume=True; e.g. to run stage 2 after stage 1)"
             )
         if config_file.is_file():
             previous = load_config(config_file)
             changed = _diff(previous.model_dump(mode="json"), config.model_dump(mode="json"))
-            if changed:
+            refused = [key for key in changed
+                       if not any(fnmatch.fnmatchcase(key, p) for p in RESUMABLE_CHANGES)]
+            if refused:
                 raise TrainingError(
-                    f"cannot resume {run_dir} with a different configuration (changed: "
-                    f"{', '.join(changed)}); resume with its own config: --config {config_file}"
+                    f"cannot resume {run_dir} with a different experiment (changed: "
+                    f"{', '.join(refused)}); resume with its own config (--resume {run_dir} "
+                    f"without --config), or start a new run. A resumed run may change only "
+                    f"{', '.join(RESUMABLE_CHANGES)}"
                 )
-            return
+            if not changed:
+                return
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_yaml())
 
@@ -286,27 +323,32 @@ def _run_stage(
     train_loader, val_loader = _loaders(cfg, config, model, mean, std)
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
-        save_top_k=1, save_last=True, enable_version_counter=False,
+        save_top_k=1, enable_version_counter=False,
     )
-    callbacks = [checkpoint,
+    callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
                  EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
-                 LearningRateMonitor("epoch")]
-    if config.progress_bar:
-        callbacks.append(_ProgressBar())
+                 LearningRateMonitor("epoch"),
+                 *progress_callbacks(console, name, config.progress_bar,
+                                     config.log_every_n_steps)]
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
         callbacks=callbacks, limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches, log_every_n_steps=config.log_every_n_steps,
-        logger=[CSVLogger(stage_dir, name="csv"),  # csv/version_K: one per attempt (resume)
+        logger=[CSVLogger(stage_dir, name="csv",  # csv/version_K: one per attempt (resume)
+                          flush_logs_every_n_steps=config.log_every_n_steps),
                 TensorBoardLogger(stage_dir, name="", version="tensorboard")],
         enable_progress_bar=config.progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=stage_dir,
+        num_sanity_val_steps=0, default_root_dir=stage_dir, plugins=[AtomicCheckpointIO()],
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
+    start = None
+    if resume:
+        start, warning = resume_point(last.parent)
+        if warning and _is_main_process():
+            console.print(f"warning: {warning}", highlight=False, markup=False)
     try:
-        trainer.fit(module, train_loader, val_loader,
-                    ckpt_path=last if resume and last.is_file() else None)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=start)
     except NonFiniteLossError as exc:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch had finished"
         raise TrainingError(
@@ -314,13 +356,18 @@ def _run_stage(
             "precision=32, then continue with resume=True (--resume)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best)}
+    summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
+               "max_epochs": cfg.max_epochs,
+               "stopped_early": trainer.current_epoch < cfg.max_epochs}
     if trainer.is_global_zero:
         summary["metrics"] = _export(module, best, config, stage_dir, (mean, std))
+        for stale in last.parent.glob(f"*{PREVIOUS_SUFFIX}"):
+            stale.unlink()  # the stage is finished: no kill left to survive
         (stage_dir / "result.json").write_text(json.dumps(summary, indent=2))
-        console.print(f"{name}: best val mIoU {summary['metrics'].get('miou', float('nan')):.4f}"
-                      f", mDSC {summary['metrics'].get('mdsc', float('nan')):.4f} -> "
-                      f"{summary['model_file']}")
+        metrics = summary["metrics"]
+        console.print(f"{name}: best val mIoU {metrics.get('miou', float('nan')):.4f}, mDSC "
+                      f"{metrics.get('mdsc', float('nan')):.4f} (epoch {metrics['epoch']}) -> "
+                      f"{summary['model_file']}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
 
@@ -332,7 +379,8 @@ def _export(
     """Best weights -> model file; loss/metric curves -> PNG. Returns the best val metrics."""
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
-    metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"]}
+    # Epochs as users count them: the first epoch is 1.
+    metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
     mean, std = normalization
     save_model(stage_dir / "model.safetensors", module.model.cpu(), mean=mean, std=std,
                input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
@@ -355,18 +403,41 @@ def _evaluate_test(config: RunConfig, result: TrainResult, console: Console) -> 
     return out
 
 
+def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
+    """``last.ckpt`` after every epoch's validation, and within epochs every N steps or M
+    minutes, so that a kill loses one interval, not an epoch."""
+    common = {"dirpath": folder, "filename": "last", "monitor": None, "save_top_k": 1,
+              "enable_version_counter": False}
+    within = (
+        {"every_n_train_steps": config.checkpoint_every_n_steps}
+        if config.checkpoint_every_n_steps is not None else
+        {"train_time_interval": timedelta(minutes=config.checkpoint_every_minutes)}
+        if config.checkpoint_every_minutes is not None else None
+    )
+    epochs = ModelCheckpoint(every_n_epochs=1, **common)
+    return [epochs] if within is None else [epochs, ModelCheckpoint(**within, **common)]
+
+
 def _merge_csv_logs(stage_dir: Path) -> Path:
     """Concatenate the CSV logs of all attempts of a stage (a resumed run logs into a new
-    version folder, since Lightning's CSV logger replaces an existing file) into one file."""
-    rows: list[dict[str, str]] = []
+    version folder, since Lightning's CSV logger replaces an existing file) into one file.
+
+    Rows an attempt logged after the checkpoint the next attempt resumed from (the work a kill
+    lost) are left out: the next attempt logs those steps again."""
     fields: dict[str, None] = {}
+    attempts: list[list[dict[str, str]]] = []
     versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
                       key=lambda p: int(p.parent.name.removeprefix("version_")))
     for path in versions:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             fields.update(dict.fromkeys(reader.fieldnames or ()))
-            rows.extend(reader)
+            attempts.append(list(reader))
+    rows: list[dict[str, str]] = []
+    for i, attempt in enumerate(attempts):
+        later = [int(r["step"]) for r in (attempts[i + 1] if i + 1 < len(attempts) else [])]
+        cutoff = min(later, default=None)
+        rows.extend(r for r in attempt if cutoff is None or int(r["step"]) < cutoff)
     merged = stage_dir / "metrics.csv"
     with merged.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields))

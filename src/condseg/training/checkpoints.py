@@ -1,0 +1,63 @@
+"""Checkpoints that survive a kill: written atomically, the previous one kept, read safely.
+
+Every checkpoint Lightning writes goes through :class:`AtomicCheckpointIO`: to a temporary
+file first, then renamed over the old one, which is kept as ``<name>.previous.ckpt`` — so a kill
+during a write leaves the last complete checkpoint, and a checkpoint damaged later (a truncated
+copy) falls back to the one before it. Checkpoints are only ever read with
+``weights_only=True``: a planted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+PREVIOUS_SUFFIX = ".previous.ckpt"
+
+
+def previous_of(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".ckpt") + PREVIOUS_SUFFIX)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        if path.is_file():
+            os.replace(path, previous_of(path))
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Any, map_location: Callable | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a complete checkpoint (its zip directory and records can be read)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many kinds for a damaged file; any means unusable
+        return False
+    return True
+
+
+def resume_point(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from (``last.ckpt``, else the one before it) and a warning
+    when the newest one is unusable; (None, None) when there is none."""
+    last = checkpoint_dir / "last.ckpt"
+    for candidate in (last, previous_of(last)):
+        if candidate.is_file() and readable(candidate):
+            warning = None if candidate == last else (
+                f"{last} is damaged (truncated?); resuming from the checkpoint before it, "
+                f"{candidate}")
+            return candidate, warning
+    if last.is_file():
+        return None, f"{last} and the checkpoint before it are damaged; the stage starts over"
+    return None, None

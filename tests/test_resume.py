@@ -1,0 +1,170 @@
+"""A training run killed with SIGKILL resumes and finishes, losing at most one checkpoint
+interval: mid-epoch, during a checkpoint write, and between the stages. Damaged checkpoints
+fall back to the one before them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from condseg.config import load_config
+from condseg.data.synthetic import synthesize
+from condseg.models.model_file import load_model
+from condseg.training import train
+from condseg.training.checkpoints import previous_of, resume_point
+
+OVERRIDES = [
+    "data.size=64", "data.batch_size=2", "data.num_workers=0", "model.options.width=16",
+    "stages.stage1.max_epochs=2", "stages.stage2.max_epochs=1", "progress_bar=false",
+    "log_every_n_steps=1", "checkpoint_every_n_steps=1", "checkpoint_every_minutes=null",
+]
+
+# The child trains and, at the chosen moment, writes a marker and waits to be killed there.
+CHILD = """
+import sys, time
+from pathlib import Path
+import lightning.fabric.plugins.io.torch_io as torch_io
+from condseg.config import load_config
+from condseg.training import run, train
+from condseg.training.module import SegmentationModule
+
+moment, data, out, marker = sys.argv[1:5]
+overrides = sys.argv[5:]
+
+def wait_for_the_kill():
+    Path(marker).write_text(moment)
+    time.sleep(600)
+
+if moment == "mid-epoch":  # before the third step of the second epoch
+    step = SegmentationModule.training_step
+    def training_step(self, batch, i):
+        if self.current_epoch == 1 and i == 2:
+            wait_for_the_kill()
+        return step(self, batch, i)
+    SegmentationModule.training_step = training_step
+elif moment == "checkpoint-write":  # the sixth checkpoint file, half written
+    save, calls = torch_io._atomic_save, []
+    def atomic_save(checkpoint, path):
+        calls.append(path)
+        if len(calls) == 6:
+            save(checkpoint, path)
+            data_ = Path(path).read_bytes()
+            Path(path).write_bytes(data_[: len(data_) // 2])
+            wait_for_the_kill()
+        save(checkpoint, path)
+    torch_io._atomic_save = atomic_save
+elif moment == "between-stages":
+    build = run._build_model
+    def build_model(name, *args, **kwargs):
+        if name == "stage2":
+            wait_for_the_kill()
+        return build(name, *args, **kwargs)
+    run._build_model = build_model
+
+train(load_config("demo", overrides), data, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth"), n_train=8, n_val=2, size=64)
+
+
+def _kill_at(moment: str, data: Path, run: Path, tmp_path: Path) -> None:
+    script, marker = tmp_path / "child.py", tmp_path / "marker"
+    script.write_text(textwrap.dedent(CHILD))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(script), moment, str(data), str(run),
+                              str(marker), *OVERRIDES], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"the child ended before {moment}: {child.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def _steps(stage_dir: Path) -> list[int]:
+    with (stage_dir / "metrics.csv").open() as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["mid-epoch", "checkpoint-write", "between-stages"])
+def test_a_killed_run_resumes_and_finishes(moment: str, data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _kill_at(moment, data, run, tmp_path)
+    last = run / "stage1" / "checkpoints" / "last.ckpt"
+    killed_at = torch.load(last, weights_only=True)["global_step"] if last.is_file() else None
+    console = Console(record=True, width=200)
+    result = train(load_config("demo", OVERRIDES), data, run, resume=True, console=console)
+
+    model = load_model(result.model_file)
+    assert model.name == "condseg" and list(result.model_files) == ["stage1", "stage2"]
+    steps = _steps(run / "stage1")
+    # Two epochs of 4 steps, each logged once: nothing repeated, nothing lost from the log.
+    assert steps == list(range(8)), steps
+    versions = sorted((run / "stage1" / "csv").glob("version_*"))
+    if moment == "between-stages":
+        assert len(versions) == 1  # stage 1 had finished: it is not trained again
+        assert "stage1 already finished" in console.export_text()
+    else:
+        # The resumed attempt started at the newest complete checkpoint: at most one step lost.
+        with (versions[-1] / "metrics.csv").open() as f:
+            first = min(int(r["step"]) for r in csv.DictReader(f))
+        assert killed_at is not None and first == killed_at
+        assert killed_at >= (6 if moment == "mid-epoch" else 2)
+    assert not list(run.glob("*/checkpoints/*.previous.ckpt"))  # cleared once a stage ends
+    assert not list(run.glob("*/checkpoints/.*.tmp"))
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    last = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3}, previous_of(last))
+    torch.save({"global_step": 4}, last)
+    assert resume_point(tmp_path) == (last, None)
+    last.write_bytes(last.read_bytes()[:40])  # truncated
+    chosen, warning = resume_point(tmp_path)
+    assert chosen == previous_of(last)
+    assert "damaged" in warning and str(previous_of(last)) in warning
+    previous_of(last).write_bytes(b"")
+    assert resume_point(tmp_path)[0] is None
+
+
+def test_a_failed_start_leaves_no_run_directory(data: Path, tmp_path: Path) -> None:
+    config = load_config("demo", [*OVERRIDES, "model.pretrained=true",
+                                  f"model.weights={tmp_path / 'missing.safetensors'}"])
+    with pytest.raises(Exception, match="weights file not found"):
+        train(config, data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_accepts_more_epochs_and_refuses_another_experiment(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(load_config("demo", [*OVERRIDES, "stages.stage1.limit_train_batches=1",
+                               "stages.stage2.limit_train_batches=1",
+                               "stages.stage1.max_epochs=1"]), data, run, stage="stage1")
+    more = load_config("demo", [*OVERRIDES, "stages.stage1.limit_train_batches=1",
+                                "stages.stage2.limit_train_batches=1"])
+    result = train(more, data, str(run) + "/", stage="stage1", resume=True)  # typed differently
+    assert load_config(run / "config.yaml").stages["stage1"].max_epochs == 2
+    with (run / "stage1" / "metrics.csv").open() as f:  # the finished stage went on
+        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val/miou")] == ["0", "1"]
+    assert result.best_metrics["stage1"]["epoch"] in (1, 2)
+    with pytest.raises(Exception, match=r"different experiment \(changed: seed\)"):
+        train(load_config("demo", [*OVERRIDES, "seed=1"]), data, run, resume=True)
