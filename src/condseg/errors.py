@@ -34,5 +34,5 @@ def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
         )
         raise OutputExistsError(
             f"{len(existing)} output file(s) exist already: {shown}; choose another output folder "
-            "or pass overwrite=True (CLI: --overwrite)"
+            "or pass --overwrite (overwrite=True in Python)"
         )

@@ -115,7 +115,8 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
 
 
 def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:
-    """{column: {epoch: last finite value}} from a Lightning CSV log."""
+    """{column: {epoch: last finite value}} from a Lightning CSV log, epochs counted from 1
+    (Lightning logs them from 0)."""
     if not path.is_file():
         raise FileNotFoundError(f"training log {path} not found")
     values: dict[str, dict[int, float]] = {}
@@ -126,7 +127,7 @@ def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:
         for row in reader:
             if not row["epoch"]:
                 continue
-            epoch = int(float(row["epoch"]))
+            epoch = int(float(row["epoch"])) + 1
             for key, cell in row.items():
                 if key in ("epoch", "step") or not cell:
                     continue
