@@ -203,3 +203,28 @@ def test_encoder_weights_unavailable_is_a_clear_error(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(encoders.timm, "create_model", offline)
     with pytest.raises(encoders.WeightsUnavailableError, match=r"model\.weights=PATH"):
         create_model("condseg-net0", encoder="resnet18", pretrained=True)
+
+
+def test_unreachable_hub_means_cache_only_not_a_minute_of_retries(monkeypatch) -> None:
+    """Offline, the hub client is put in its cache-only mode for the call, so a missing
+    download fails at once with our message instead of retrying for about a minute."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from condseg.models.encoders import WeightsUnavailableError, with_imagenet_weights
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route")
+
+    seen = []
+
+    def factory(tag, pretrained, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise RuntimeError("not in the local cache")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(WeightsUnavailableError, match=r"model\.weights=PATH"):
+        with_imagenet_weights(factory, "resnet18", pretrained=True)
+    assert seen == [True] and before == constants.HF_HUB_OFFLINE

@@ -6,9 +6,12 @@ neither is possible the error says which option to use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import timm
 from torch import nn
@@ -64,13 +67,34 @@ def with_imagenet_weights(
     if not pretrained:
         return factory(tag, pretrained=False, **kwargs)
     try:
-        return factory(tag, pretrained=True, **kwargs)
+        with _cache_only_when_offline():
+            return factory(tag, pretrained=True, **kwargs)
     except Exception as error:  # timm/hub raise many kinds when offline or on a bad file
         raise WeightsUnavailableError(
             f"could not load ImageNet weights for encoder '{tag}' ({type(error).__name__}: "
             f"{error}). Where there is no network, download them elsewhere and pass the file "
             "with model.weights=PATH, or train from scratch with model.pretrained=false."
         ) from error
+
+
+@contextmanager
+def _cache_only_when_offline(timeout: float = 3.0) -> Iterator[None]:
+    """When the weights hub cannot be reached, look in the local cache only: the hub client
+    would otherwise retry for about a minute before failing."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or not reachable
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def encoder_channels(encoder: nn.Module) -> list[int]:
