@@ -168,3 +168,29 @@ def test_resume_accepts_more_epochs_and_refuses_another_experiment(
     assert result.best_metrics["stage1"]["epoch"] in (1, 2)
     with pytest.raises(Exception, match=r"different experiment \(changed: seed\)"):
         train(load_config("demo", [*OVERRIDES, "seed=1"]), data, run, resume=True)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_without_a_better_one(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation mIoU falls every epoch, so only the first epoch is ever the best; last.ckpt
+    must still be the last finished epoch. Off a terminal, progress comes as plain lines."""
+    from io import StringIO
+
+    from condseg.training.module import SegmentationModule
+
+    def falling(self, batch, batch_idx):
+        self.log("val/miou", 1.0 / (self.current_epoch + 1), on_epoch=True, batch_size=1)
+        self.log("val/loss", 1.0, on_epoch=True, batch_size=1)
+
+    monkeypatch.setattr(SegmentationModule, "validation_step", falling)
+    log = StringIO()
+    config = load_config("demo", [*OVERRIDES, "stages.stage1.max_epochs=3",
+                                  "stages.stage1.limit_train_batches=1", "progress_bar=true"])
+    train(config, data, tmp_path / "run", stage="stage1", console=Console(file=log, width=200))
+    checkpoints = tmp_path / "run" / "stage1" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+    text = log.getvalue()
+    assert "stage1 epoch 1/3 step 1/1 loss" in text and "stage1 epoch 3/3: train loss" in text
+    assert "mIoU 0.3333" in text and "\x1b[" not in text  # plain lines, no live bar
