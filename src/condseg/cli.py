@@ -79,7 +79,7 @@ def methods() -> None:
 
     for name, description in METHODS.describe().items():
         cfg = load_config("default", [f"method={name}"])
-        console.print(f"[bold]{name}[/]  {description}")
+        console.print(f"[bold]{name}[/]  {description}", soft_wrap=True)
         for stage, s in cfg.stages.items():
             model = s.model.name if s.model is not None else cfg.model.name
             init = ", ".join(f"{part} from {src}" for part, src in s.init.items() if src)
@@ -87,7 +87,7 @@ def methods() -> None:
                 f"    {stage}: {model}{f' ({init})' if init else ''}; loss {s.loss.name}; "
                 f"{s.optimizer.name} lr {s.optimizer.lr:g}"
                 f"{f' (encoder {s.optimizer.encoder_lr:g})' if s.optimizer.encoder_lr else ''}; "
-                f"{s.schedule.name}; {s.max_epochs} epochs", highlight=False)
+                f"{s.schedule.name}; {s.max_epochs} epochs", highlight=False, soft_wrap=True)
 
 
 @data_app.command("prepare")
