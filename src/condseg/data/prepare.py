@@ -631,7 +631,8 @@ def prepare(
     """
     if name not in DATASETS:
         raise DataError(
-            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or folder"
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (a folder of "
+            "your own: prepare_folder, CLI `data prepare folder`)"
         )
     spec = DATASETS[name]
     raw, out = Path(raw), Path(out)
