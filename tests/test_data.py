@@ -54,9 +54,13 @@ def make_layout(root: Path, files: dict[str, np.ndarray | bytes], splits: dict[s
 # --- split files and pairing -------------------------------------------------------------------
 
 
-def test_read_split_skips_blanks_and_comments_keeps_duplicates(tmp_path: Path) -> None:
-    (tmp_path / "train.txt").write_text("# header\na\n\n  b  \na\n")
-    assert read_split(tmp_path, "train") == ["a", "b", "a"]
+def test_read_split_keeps_every_name_skips_only_blank_lines(tmp_path: Path) -> None:
+    """No comments: a name starting with '#' is a name (docs/decisions.md, Data)."""
+    (tmp_path / "train.txt").write_bytes("\ufeff#1\r\na\r\n\r\n  b  \na\ncafe\u0301\n".encode())
+    assert read_split(tmp_path, "train") == ["#1", "a", "b", "a", "caf\u00e9"]
+    (tmp_path / "val.txt").write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"val\.txt.*UTF-8"):
+        read_split(tmp_path, "val")
 
 
 def test_read_split_missing_file_names_it(tmp_path: Path) -> None:

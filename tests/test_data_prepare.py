@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 from condseg.data.check import check_dataset
-from condseg.data.dataset import DataError, read_mask, read_split
-from condseg.data.prepare import DATASETS, packaged_split, prepare
+from condseg.data.dataset import DataError, read_image, read_mask, read_split
+from condseg.data.prepare import DATASETS, NOT_CONVERTED, packaged_split, prepare
 
+prepare_module = importlib.import_module("condseg.data.prepare")  # `prepare` is also a function
 SQUARE = np.pad(np.full((4, 4), 255, np.uint8), 2)  # 8x8 mask with a 4x4 foreground square
 
 
@@ -74,7 +76,7 @@ def test_packaged_split_names_missing_from_raw_are_named(tmp_path: Path) -> None
     name = packaged_split("kvasir-seg", "val")[0]
     write(tmp_path / "raw" / "images" / f"{name}.jpg", image())
     write(tmp_path / "raw" / "masks" / f"{name}.jpg", SQUARE)
-    with pytest.raises(DataError, match=r"999 names of the packaged kvasir-seg split are missing"):
+    with pytest.raises(DataError, match=r"999 names of the packaged kvasir-seg split have no"):
         prepare("kvasir-seg", tmp_path / "raw", tmp_path / "out")
 
 
@@ -136,10 +138,15 @@ def test_isic2017_three_splits_and_flattened_fallback(tmp_path: Path) -> None:
     flat = tmp_path / "flat"
     for path in (tmp_path / "raw").rglob("ISIC_*"):
         write(flat / "all" / path.name, cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    with pytest.raises(DataError, match=r"6 usable pairs are too few.*: val would be empty"):
+        prepare("isic2017", flat, tmp_path / "out_flat", seed=3)
+    for i in range(30, 45):
+        write(flat / "all" / f"ISIC_{i:07d}.jpg", image(i))
+        write(flat / "all" / f"ISIC_{i:07d}_segmentation.png", SQUARE)
     out = prepare("isic2017", flat, tmp_path / "out_flat", seed=3)
     record = info(out)
     assert record["seed"] == 3 and record["source"].startswith("seeded random split")
-    assert sum(record["counts"].values()) == 6  # 2000/150/600 scaled to the 6 images found
+    assert record["counts"] == {"train": 15, "val": 1, "test": 5}  # 2000/150/600 scaled to 21
 
 
 def test_cvc_clinicdb_seeded_split_is_reproducible(tmp_path: Path) -> None:
@@ -173,19 +180,12 @@ def test_busi_masks_are_merged_and_folds_stratified(tmp_path: Path) -> None:
     record = info(out)
     assert record["counts"]["train"] == 9 and record["counts"]["val"] == 3
     for k in range(4):
-        val = read_split(out, f"fold{k}_val")
+        val = read_split(out, f"folds/{k}/val")
         assert sorted(name.split(" ")[0] for name in val) == ["benign", "malignant", "normal"]
-        assert not set(val) & set(read_split(out, f"fold{k}_train"))
-    assert read_split(out, "val") == read_split(out, "fold0_val")
+        assert not set(val) & set(read_split(out, f"folds/{k}/train"))
+    assert read_split(out, "val") == read_split(out, "folds/0/val")
 
 
-def test_missing_mask_in_raw_is_named(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    for name in ("train_1", "train_2"):
-        write(raw / f"{name}.bmp", image())
-    write(raw / "train_1_anno.bmp", SQUARE)
-    with pytest.raises(DataError, match=r"without their image or mask.*train_2\.bmp"):
-        prepare("glas", raw, tmp_path / "out")
 
 
 def test_refuses_non_empty_out_unknown_dataset_and_empty_raw(tmp_path: Path) -> None:
@@ -196,5 +196,132 @@ def test_refuses_non_empty_out_unknown_dataset_and_empty_raw(tmp_path: Path) -> 
         prepare("glas", tmp_path / "raw", tmp_path / "out")
     with pytest.raises(DataError, match=r"unknown dataset 'kvasir'.*kvasir-seg"):
         prepare("kvasir", tmp_path / "raw", tmp_path / "new")
-    with pytest.raises(DataError, match="no images of GlaS found"):
+    with pytest.raises(DataError, match=r"no image files found under .*raw \(expected GlaS"):
         prepare("glas", tmp_path / "raw", tmp_path / "new")
+
+
+# --- public releases as they really are (issue 9, point 5) -------------------------------------
+
+
+def _cvc(raw: Path, image_dir: str, mask_dir: str, n: int = 10, ext: str = ".png") -> None:
+    for i in range(1, n + 1):
+        write(raw / image_dir / f"{i}{ext}", image(i))
+        write(raw / mask_dir / f"{i}{ext}", SQUARE)
+
+
+def test_images_and_masks_folder_names_are_recognised(tmp_path: Path) -> None:
+    _cvc(tmp_path / "raw" / "CVC-ClinicDB", "images", "masks")
+    out = prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
+    assert info(out)["written"] == 10 and check_dataset(out).ok
+
+
+def test_other_folder_names_are_given_with_images_and_masks(tmp_path: Path) -> None:
+    _cvc(tmp_path / "raw", "img_dir", "ann_dir")
+    with pytest.raises(DataError, match=r"no image files found under .*raw"):
+        prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
+    out = prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out", images="img_dir",
+                  masks="ann_dir")
+    assert info(out)["written"] == 10 and check_dataset(out).ok
+    with pytest.raises(DataError, match=r"folder .*nowhere not found"):
+        prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "b", images="nowhere",
+                masks="ann_dir")
+
+
+def test_swapped_folders_are_detected_and_swap_fixes_them(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _cvc(raw, "masks", "images")  # the photos are in masks/, the masks in images/
+    with pytest.raises(DataError, match=r"images .* look like masks.*swapped\? pass --swap"):
+        prepare("cvc-clinicdb", raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    out = prepare("cvc-clinicdb", raw, tmp_path / "out", swap=True)
+    assert check_dataset(out).ok
+    np.testing.assert_array_equal(read_mask(out / "masks" / "1.png"), SQUARE > 0)
+
+
+def test_three_sample_black_is_zero_tiff_frames(tmp_path: Path) -> None:
+    """CVC-ClinicDB's frames: 3-sample TIFFs tagged BlackIsZero that Pillow cannot open."""
+    import tifffile
+
+    raw = tmp_path / "raw" / "CVC-ClinicDB"
+    for i in range(1, 11):
+        path = raw / "Original" / f"{i}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, image(i), photometric="minisblack", planarconfig="contig")
+        write(raw / "Ground Truth" / f"{i}.tif", SQUARE)
+    out = prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
+    assert info(out)["written"] == 10 and check_dataset(out).ok
+    np.testing.assert_array_equal(read_image(out / "images" / "1.tif"), image(1))
+
+
+def test_unpaired_and_unreadable_files_are_reported_not_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _cvc(raw, "Original", "Ground Truth")
+    write(raw / "Original" / "11.png", image())  # no mask
+    write(raw / "Ground Truth" / "12.png", SQUARE)  # no image
+    (raw / "Original" / "13.png").write_bytes(b"")  # unreadable
+    write(raw / "Ground Truth" / "13.png", SQUARE)
+    out = prepare("cvc-clinicdb", raw, tmp_path / "out")
+    record = info(out)
+    assert record["written"] == 10 and record["not_converted"] == 3
+    rows = (out / record["not_converted_list"]).read_text().splitlines()
+    assert rows[0] == "file\treason"
+    reasons = dict(row.split("\t") for row in rows[1:])
+    assert "no mask" in reasons[str(raw / "Original" / "11.png")]
+    assert "no image" in reasons[str(raw / "Ground Truth" / "12.png")]
+    assert "cannot read image" in reasons[str(raw / "Original" / "13.png")]
+    assert "13.png" in reasons[str(raw / "Original" / "13.png")]
+
+
+def test_busi_mask_of_another_size_leaves_its_image_out(tmp_path: Path) -> None:
+    """Decision: a mask is never resized to its image; the pair is left out and listed."""
+    raw = tmp_path / "raw" / "Dataset_BUSI_with_GT" / "benign"
+    for i in range(1, 9):
+        write(raw / f"benign ({i}).png", image(i))
+        write(raw / f"benign ({i})_mask.png", SQUARE)
+    write(raw / "benign (2)_mask_1.png", np.zeros((6, 8), np.uint8))
+    out = prepare("busi", tmp_path / "raw", tmp_path / "out")
+    record = info(out)
+    assert record["written"] == 7 and record["not_converted"] == 1
+    assert "benign (2)" not in {n for s in ("train", "val") for n in read_split(out, s)}
+    reason = (out / NOT_CONVERTED).read_text().splitlines()[1]
+    assert "benign (2)_mask_1.png is 6x8 but image" in reason and "not resized" in reason
+
+
+def test_a_failure_leaves_no_output_and_a_rerun_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cvc(tmp_path / "raw", "images", "masks")
+    written = []
+
+    def fail_third(sample, *args) -> None:
+        written.append(sample.name)
+        if len(written) == 3:
+            raise OSError("No space left on device")
+        original(sample, *args)
+
+    original = prepare_module._write_sample
+    monkeypatch.setattr(prepare_module, "_write_sample", fail_third)
+    with pytest.raises(DataError, match=r"cannot convert .*images/\d+\.png: No space left"):
+        prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no OUT, no temporary folder
+    monkeypatch.undo()
+    out = prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
+    assert check_dataset(out).ok
+
+
+def test_cli_prepare_reports_unpaired_and_refuses_swapped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from condseg.cli import app
+
+    _cvc(tmp_path / "raw", "images", "masks")
+    write(tmp_path / "raw" / "images" / "99.png", image())
+    result = CliRunner().invoke(app, ["data", "prepare", "cvc-clinicdb", str(tmp_path / "raw"),
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 files not converted" in result.output and NOT_CONVERTED in result.output
+    _cvc(tmp_path / "swapped", "masks", "images")
+    result = CliRunner().invoke(app, ["data", "prepare", "cvc-clinicdb",
+                                      str(tmp_path / "swapped"), str(tmp_path / "out2")])
+    assert result.exit_code == 2 and "--swap" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out2").exists()

@@ -90,25 +90,78 @@ def methods() -> None:
                 f"{s.schedule.name}; {s.max_epochs} epochs", highlight=False, soft_wrap=True)
 
 
+MaxPixels = Annotated[int | None, typer.Option(
+    help="Refuse images of more pixels than this (default 50,000,000), read from the header.")]
+
+
 @data_app.command("prepare")
 def data_prepare(
     dataset: Annotated[str, typer.Argument(help="kvasir-seg, kvasir-sessile, glas, isic2016, "
-                                                "isic2017, cvc-clinicdb or busi.")],
-    raw: Annotated[Path, typer.Argument(help="The public release as downloaded and unpacked.")],
-    out: Annotated[Path, typer.Argument(help="New folder for the canonical layout.")],
+                                                "isic2017, cvc-clinicdb, busi, or folder.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="RAW OUT: the release as unpacked and a new folder; for folder: IMAGES MASKS OUT.",
+        show_default=False)],
+    images: Annotated[Path | None, typer.Option(
+        help="Release: the folder holding the images, relative to RAW.")] = None,
+    masks: Annotated[Path | None, typer.Option(
+        help="Release: the folder holding the masks, relative to RAW.")] = None,
+    swap: Annotated[bool, typer.Option(help="Exchange images and masks.")] = False,
+    split: Annotated[str | None, typer.Option(
+        help="folder: train,val[,test] fractions (default 0.8,0.1,0.1).")] = None,
+    folds: Annotated[int | None, typer.Option(
+        help="folder: K folds in OUT/folds/<k>/ instead of --split.")] = None,
+    test: Annotated[float | None, typer.Option(
+        help="folder with --folds: fraction held out of all folds as test.txt.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split when none is shipped.")] = 0,
     link: Annotated[bool, typer.Option(help="Hard-link unchanged images and masks.")] = False,
+    max_pixels: MaxPixels = None,
 ) -> None:
-    """Convert a public dataset into the canonical layout with the paper's split."""
+    """Convert a public release (DATASET RAW OUT) or a folder of images and a folder of masks
+    (folder IMAGES MASKS OUT) into the canonical layout with a recorded split."""
     import json
 
-    from condseg.data.prepare import prepare
+    from rich.markup import escape
+
+    from condseg.data.dataset import DataError
+    from condseg.data.prepare import prepare, prepare_folder
 
     with user_errors():
-        path = prepare(dataset, raw, out, seed=seed, link=link)
+        if len(paths) != (3 if dataset == "folder" else 2):
+            usage = "folder IMAGES MASKS OUT" if dataset == "folder" else f"{dataset} RAW OUT"
+            raise DataError(f"expected `condseg data prepare {usage}`, got {len(paths)} paths")
+        if dataset == "folder":
+            if images or masks:
+                raise DataError("--images/--masks are for releases; folder takes IMAGES MASKS")
+            fractions = _fractions(split) if split else None
+            path = prepare_folder(*paths, split=fractions, folds=folds, test=test, seed=seed,
+                                  link=link, swap=swap, max_pixels=max_pixels)
+        else:
+            if split or folds or test is not None:
+                raise DataError("--split/--folds/--test are for `data prepare folder`; "
+                                f"{dataset} has its own split")
+            path = prepare(dataset, *paths, seed=seed, link=link, images=images, masks=masks,
+                           swap=swap, max_pixels=max_pixels)
     info = json.loads((path / "split_info.json").read_text())
-    counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
-    console.print(f"wrote {path} ({counts}; split: {info['source']})", highlight=False)
+    counts = ", ".join(f"{s} {n}" for s, n in info["counts"].items() if "/" not in s)
+    lines = [f"wrote {escape(str(path))} ({counts}; split: {escape(info['source'])})"]
+    if info.get("mask_suffixes"):
+        found = ", ".join(f"{s} {n}" for s, n in info["mask_suffixes"].items())
+        lines.append(f"masks paired by name suffix: {escape(found)}")
+    if info["not_converted"]:
+        lines.append(f"[yellow]{info['not_converted']} files not converted[/] (unpaired, "
+                     "unreadable or of another size than their image): see "
+                     f"{escape(str(path / info['not_converted_list']))}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _fractions(text: str) -> list[float]:
+    from condseg.data.dataset import DataError
+
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise DataError(f"--split takes fractions like 0.8,0.1,0.1, got {text!r}") from exc
 
 
 @data_app.command("check")
@@ -117,12 +170,13 @@ def data_check(
     split: Annotated[list[str] | None, typer.Option(
         help="Split(s) to check (default: train, val, and test when present)."
     )] = None,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Verify every listed image and mask; exit 1 when there are errors."""
     from condseg.data.check import check_dataset
 
     with user_errors():
-        report = check_dataset(dataset, splits=split or None)
+        report = check_dataset(dataset, splits=split or None, max_pixels=max_pixels)
     report.print(console)
     if not report.ok:
         raise typer.Exit(1)

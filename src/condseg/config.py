@@ -71,6 +71,8 @@ class DataConfig(_Section):
     val_split: str = "val"
     test_split: str = "test"  # evaluated at the end of training when ROOT/<test_split>.txt exists
     skip: list[str] = Field(default_factory=list)  # names excluded after the integrity check
+    # Images of more pixels are refused from their header (None: data.dataset.MAX_PIXELS).
+    max_pixels: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _mean_and_std_together(self) -> DataConfig:

@@ -8,6 +8,7 @@ are saved with mean 0 and std 1.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 from torch import nn
 
-from condseg.errors import CondsegError, InputNotFoundError
+from condseg.errors import CondsegError, InputNotFoundError, first_line
 from condseg.models.registry import create_model
 
 #: (pattern, replacement) applied in order to the authors' ConDSeg / Net_0 key names.
@@ -105,9 +106,16 @@ def load_official(path: str | Path) -> nn.Module:
         raise InputNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = f" (it would call {found[1]})" if found else ""
         raise ConversionError(
-            f"{path}: cannot be read as a PyTorch state dict ({error})"
+            f"{path} holds Python objects besides tensors{what}: refused unread, since loading "
+            "it could run code; only plain state dicts are imported"
+        ) from error
+    except Exception as error:  # torch's many ways of failing on a file that is not a .pth
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch state dict ({first_line(error)})"
         ) from error
     if isinstance(state, Mapping) and "state_dict" in state and not any(
         isinstance(v, torch.Tensor) for v in state.values()

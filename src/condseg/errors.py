@@ -36,3 +36,10 @@ def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
             f"{len(existing)} output file(s) exist already: {shown}; choose another output folder "
             "or pass --overwrite (overwrite=True in Python)"
         )
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message on one line: torch and safetensors write paragraphs of advice
+    that would bury the name of the file in a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 from condseg.data.check import CheckReport, Problem, check_dataset
 from condseg.data.dataset import (
+    MAX_PIXELS,
     DataError,
     SegmentationDataset,
     find_pair,
+    image_files,
     read_image,
     read_mask,
     read_split,
 )
-from condseg.data.prepare import DATASETS, prepare
+from condseg.data.prepare import DATASETS, prepare, prepare_folder
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import geometric_augmentation, strong_photometric
 
 __all__ = [
     "DATASETS",
+    "MAX_PIXELS",
     "CheckReport",
     "DataError",
     "Problem",
@@ -27,7 +30,9 @@ __all__ = [
     "check_dataset",
     "find_pair",
     "geometric_augmentation",
+    "image_files",
     "prepare",
+    "prepare_folder",
     "read_image",
     "read_mask",
     "read_split",

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from condseg.data.dataset import (
     DataError,
@@ -91,13 +92,10 @@ class CheckReport:
             self.problems,
             key=lambda p: (_LEVEL_ORDER[p.level], p.split or "", p.name or "", p.file or ""),
         )
-        for p in ordered:
+        for p in ordered:  # Text, not markup: a name like "scan[1]" or "[b]x" prints as it is
             table.add_row(
-                f"[{_LEVEL_STYLE[p.level]}]{p.level}[/]",
-                p.split or "",
-                p.name or "",
-                p.file or "",
-                p.message,
+                Text(p.level, style=_LEVEL_STYLE[p.level]),
+                *(Text(v or "") for v in (p.split, p.name, p.file, p.message)),
             )
         return table
 
@@ -112,7 +110,7 @@ class CheckReport:
         console = console or Console()
         if self.problems:
             console.print(self.table())
-        console.print(self.summary())
+        console.print(Text(self.summary()))
         if self.errors:
             console.print(
                 f"[bold red]Training refuses to start on errors[/]: fix them, or skip the "
@@ -127,7 +125,7 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _check_mask_values(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
+def mask_problems(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
     """Is the foreground/background distribution usable for training? (One histogram pass.)"""
     threshold = mask_threshold(full)
     hist = np.bincount(values.ravel(), minlength=full + 1) / values.size
@@ -158,7 +156,9 @@ def _check_mask_values(values: np.ndarray, full: int) -> list[tuple[Level, str]]
     return found
 
 
-def _check_pair(index: FolderIndex, name: str) -> list[tuple[Level, str, str | None]]:
+def _check_pair(
+    index: FolderIndex, name: str, max_pixels: int | None
+) -> list[tuple[Level, str, str | None]]:
     """Problems of one name: (level, message, file)."""
     found: list[tuple[Level, str, str | None]] = []
     shapes: dict[str, tuple[int, int]] = {}
@@ -173,11 +173,11 @@ def _check_pair(index: FolderIndex, name: str) -> list[tuple[Level, str, str | N
         file = _relative(path, index.root)
         try:
             if kind == "images":
-                shapes[kind] = read_image(path).shape[:2]
+                shapes[kind] = read_image(path, max_pixels).shape[:2]
             else:
-                values, full = read_mask_values(path)
+                values, full = read_mask_values(path, max_pixels)
                 shapes[kind] = values.shape
-                found.extend((level, msg, file) for level, msg in _check_mask_values(values, full))
+                found.extend((level, msg, file) for level, msg in mask_problems(values, full))
         except DataError as exc:
             found.append(("error", f"{exc}", file))
     if len(shapes) == 2 and shapes["images"] != shapes["masks"]:
@@ -195,13 +195,17 @@ def _check_pair(index: FolderIndex, name: str) -> list[tuple[Level, str, str | N
 
 
 def check_dataset(
-    root: str | Path, splits: list[str] | tuple[str, ...] | None = None, workers: int | None = None
+    root: str | Path,
+    splits: list[str] | tuple[str, ...] | None = None,
+    workers: int | None = None,
+    max_pixels: int | None = None,
 ) -> CheckReport:
     """Verify a canonical dataset folder.
 
     ``splits`` None (or empty) checks train and val (both required) and test when present.
     Decoding runs in a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults
-    to the CPU count.
+    to the CPU count. ``max_pixels`` is the readers' pixel limit (None: the default
+    :data:`condseg.data.dataset.MAX_PIXELS`).
     """
     start = time.perf_counter()
     root = Path(root)
@@ -258,7 +262,7 @@ def check_dataset(
     names = list(splits_of)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for name, found in zip(
-            names, pool.map(lambda n: _check_pair(index, n), names), strict=True
+            names, pool.map(lambda n: _check_pair(index, n, max_pixels), names), strict=True
         ):
             split = ", ".join(splits_of[name])
             problems.extend(Problem(level, msg, split, name, file) for level, msg, file in found)

@@ -3,10 +3,15 @@ split files ``ROOT/<split>.txt`` (names without extension, one per line).
 
 Images and masks are decoded with Pillow so that EXIF orientation is honoured the same way for
 both (``ImageOps.exif_transpose``): a mask drawn on the displayed photo stays aligned with it.
+TIFFs that Pillow cannot open (e.g. 3-sample TIFFs tagged BlackIsZero) are read with tifffile,
+and their orientation tag is applied the same way. Every reader refuses an image of more than
+``max_pixels`` pixels from its header, before decoding it.
 """
 
 from __future__ import annotations
 
+import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,27 @@ from condseg.data.transforms import resize_image, resize_mask, to_tensor
 from condseg.errors import CondsegError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+#: Default pixel limit of every reader (``max_pixels=None``): above the largest images of the
+#: public releases (ISIC, about 30 MP), far below what a decompression bomb or an accidental
+#: 12000x12000 scan would cost to decode (432 MB as RGB, before any resizing).
+MAX_PIXELS = 50_000_000
 
 # Pillow modes whose samples are 16 bit; "I" (32-bit int) is what older Pillow versions return
 # for 16-bit PNGs, so it is accepted when the values fit in 16 bits.
 _MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# TIFF orientation tag (274) -> the array operation Pillow's exif_transpose applies for it.
+_ORIENTATIONS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a),
+}
 
 
 class DataError(CondsegError):
@@ -31,10 +53,13 @@ class DataError(CondsegError):
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Names listed in ``root/<split>.txt``, in file order (blank lines and ``#`` comments skipped).
+    """Names listed in ``root/<split>.txt``, in file order.
 
-    Duplicates are kept: :func:`condseg.data.check.check_dataset` reports them instead of this
-    function silently dropping them.
+    Every non-blank line is a name (surrounding whitespace, a UTF-8 BOM and CRLF endings are
+    ignored; there are no comments, so a name starting with ``#`` is kept), normalised to
+    Unicode NFC as :func:`image_files` names are. Duplicates are kept:
+    :func:`condseg.data.check.check_dataset` reports them instead of this function silently
+    dropping them.
     """
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
@@ -42,21 +67,33 @@ def read_split(root: str | Path, split: str) -> list[str]:
             f"split file {path} not found: write the {split} names (without extension), "
             "one per line"
         )
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read split file {path} ({exc}); save it as UTF-8 text") from exc
+    return [unicodedata.normalize("NFC", s) for s in map(str.strip, text.splitlines()) if s]
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every entry of ``folder`` with an image extension, sorted.
+
+    Entries that are not regular files (a looping or dangling symbolic link, a folder named
+    ``x.png``) are included on purpose: reading them raises a :class:`DataError` naming them,
+    where filtering them out would drop them silently.
+    """
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _index_folder(folder: Path) -> dict[str, list[Path]]:
-    """Map each stem to its image files in ``folder`` (extension matched case-insensitively)."""
+    """Map each stem (Unicode NFC) to its image files in ``folder`` (any case of extension)."""
     if not folder.is_dir():
         raise DataError(
             f"folder {folder} not found: the dataset layout is ROOT/images/<name>.<ext> and "
             "ROOT/masks/<name>.<ext>"
         )
     index: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            index.setdefault(path.stem, []).append(path)
+    for path in image_files(folder):
+        index.setdefault(unicodedata.normalize("NFC", path.stem), []).append(path)
     return index
 
 
@@ -70,7 +107,7 @@ class FolderIndex:
 
     def find(self, kind: str, name: str) -> Path:
         """The single file of ``kind`` ("images" or "masks") for ``name``; DataError otherwise."""
-        candidates = self.files[kind].get(name, [])
+        candidates = self.files[kind].get(unicodedata.normalize("NFC", name), [])
         folder = self.root / kind
         if len(candidates) > 1:
             listed = ", ".join(str(p) for p in candidates)
@@ -95,20 +132,89 @@ def find_pair(root: str | Path, name: str) -> tuple[Path, Path]:
     return FolderIndex(root).pair(name)
 
 
-def _decode(path: str | Path, kind: str) -> tuple[np.ndarray, int]:
-    """Pixel array as displayed (EXIF orientation applied) and its format's maximum value.
+def _too_large(path: str | Path, kind: str, pixels: int, limit: int) -> DataError:
+    return DataError(
+        f"{kind} {path} has {pixels:,} pixels, more than the limit of {limit:,} (a decompression "
+        "bomb or an unusually large scan); if it is genuine, raise the limit: max_pixels=N "
+        "(CLI: --max-pixels N, config: data.max_pixels=N)"
+    )
 
-    The file is decoded fully, so truncated files fail here with a message naming them.
+
+def read_values(
+    path: str | Path, kind: str = "image", max_pixels: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Pixel values as displayed (EXIF orientation applied) and the format's maximum value
+    (1, 255 or 65535); ``kind`` ("image" or "mask") only words the messages.
+
+    The file is decoded fully, so truncated files fail here with a message naming them. An image
+    of more than ``max_pixels`` pixels (None: :data:`MAX_PIXELS`) is refused from its header.
     """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as im:
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)
-            return _full_scale(im, path, kind)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return _read_pillow(path, kind, limit)
+    except (OSError, ValueError, SyntaxError) as exc:
+        if Path(path).suffix.lower() in TIFF_EXTENSIONS and Path(path).is_file():
+            return _read_tifffile(path, kind, limit)
         raise DataError(
             f"cannot read {kind} {path}: {exc}; replace the file or leave its name out"
         ) from exc
+
+
+def _open(path: str | Path, kind: str) -> Image.Image:
+    """Pillow's lazy open (the header only). Its decompression-bomb warning is silenced since
+    the pixel limit applied is ours; its error (above twice its own limit) names the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise DataError(
+                f"{kind} {path} is refused as a possible decompression bomb ({exc}); if it is "
+                "genuine, raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels"
+            ) from exc
+
+
+def _read_pillow(path: str | Path, kind: str, limit: int) -> tuple[np.ndarray, int]:
+    with _open(path, kind) as im:
+        if im.width * im.height > limit:
+            raise _too_large(path, kind, im.width * im.height, limit)
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        return _full_scale(im, path, kind)
+
+
+def _read_tifffile(path: str | Path, kind: str, limit: int) -> tuple[np.ndarray, int]:
+    """The first page of a TIFF that Pillow cannot open, samples last, orientation applied."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if sorted(page.axes) not in (["X", "Y"], ["S", "X", "Y"]):
+                raise DataError(f"{kind} {path} is not a 2-D image (TIFF axes {page.axes})")
+            height, width = (page.shape[page.axes.index(a)] for a in "YX")
+            if height * width > limit:
+                raise _too_large(path, kind, height * width, limit)
+            values = page.asarray()
+            orientation = page.tags.get(274)
+            axes = page.axes
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of the decoder on this file is the file's problem
+        raise DataError(
+            f"cannot read {kind} {path}: {exc}; replace the file or leave its name out"
+        ) from exc
+    if "S" in axes:
+        values = np.moveaxis(values, axes.index("S"), -1)
+        values = values[..., 0] if values.shape[-1] < 3 else values[..., :3]  # alpha dropped
+    if orientation is not None and orientation.value in _ORIENTATIONS:
+        values = _ORIENTATIONS[orientation.value](values)
+    full = {np.dtype(bool): 1, np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(
+        values.dtype
+    )
+    if full is None:
+        raise DataError(f"{kind} {path} has {values.dtype} samples; save it as 8- or 16-bit")
+    return np.ascontiguousarray(values, dtype=np.uint8 if full == 1 else values.dtype), full
 
 
 def _full_scale(im: Image.Image, path: str | Path, kind: str) -> tuple[np.ndarray, int]:
@@ -128,10 +234,15 @@ def _full_scale(im: Image.Image, path: str | Path, kind: str) -> tuple[np.ndarra
     return np.array(im.convert("RGB")), 255
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """An 8-bit RGB (H, W, 3) array: grey is replicated, alpha dropped, palettes expanded and
-    16-bit values rounded to 8 bit, so every model sees the same input format."""
-    values, full = _decode(path, "image")
+    16-bit values rounded to 8 bit, so every model sees the same input format.
+
+    Raises :class:`DataError` naming the file for anything that cannot be used: a missing,
+    empty, truncated or non-image file, a looping symbolic link, more than ``max_pixels``
+    pixels (None: :data:`MAX_PIXELS`).
+    """
+    values, full = read_values(path, "image", max_pixels)
     if full != 255:
         values = np.round(values.astype(np.float32) * (255.0 / full)).astype(np.uint8)
     if values.ndim == 2:
@@ -139,13 +250,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(values)
 
 
-def read_mask_values(path: str | Path) -> tuple[np.ndarray, int]:
+def read_mask_values(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
     """Grey mask values (H, W) and the format's full scale.
 
     Colour masks are reduced by the maximum over channels, not luminance, so a mask drawn in
     pure red or blue is still foreground (luminance of pure blue is only 29 of 255).
     """
-    values, full = _decode(path, "mask")
+    values, full = read_values(path, "mask", max_pixels)
     if values.ndim == 3:  # elementwise maximum of the planes is ~10x faster than max(axis=2)
         values = np.maximum.reduce([values[:, :, c] for c in range(values.shape[2])])
     return values, full
@@ -156,23 +267,43 @@ def mask_threshold(full: int) -> int:
     return (full + 1) // 2
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Boolean (H, W) mask: foreground where the value is at least half of the format's range,
     so JPEG artefacts around 0 and 255 binarise correctly."""
-    values, full = read_mask_values(path)
+    values, full = read_mask_values(path, max_pixels)
     return values >= mask_threshold(full)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) as displayed (EXIF orientation applied) from the header alone, without decoding."""
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(H, W) as displayed (EXIF orientation applied) from the header alone, without decoding;
+    more than ``max_pixels`` pixels (None: :data:`MAX_PIXELS`) is refused as by the readers."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
+        with _open(path, "image") as im:
+            # The stored size: Pillow >= 11 reports a TIFF's size already oriented.
+            width, height = (im.tag_v2[256], im.tag_v2[257]) if im.format == "TIFF" else im.size
+            rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except (OSError, ValueError, SyntaxError) as exc:
+        if Path(path).suffix.lower() not in TIFF_EXTENSIONS or not Path(path).is_file():
+            raise DataError(f"cannot read image {path}: {exc}") from exc
+        height, width, rotated = _tiff_size(path)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if height * width > limit:
+        raise _too_large(path, "image", height * width, limit)
+    return (width, height) if rotated else (height, width)
+
+
+def _tiff_size(path: str | Path) -> tuple[int, int, bool]:
+    """(H, W, transposed by its orientation tag) of a TIFF's first page, read with tifffile."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            orientation = page.tags.get(274)
+            height, width = (page.shape[page.axes.index(a)] for a in "YX")
+    except Exception as exc:  # any failure of the decoder on this file is the file's problem
         raise DataError(f"cannot read image {path}: {exc}") from exc
-    return height, width
+    return height, width, orientation is not None and orientation.value in (5, 6, 7, 8)
 
 
 Transform = Callable[..., dict[str, Any]]
@@ -185,6 +316,7 @@ class SegmentationDataset(Dataset):
     1920x1072 frames). Each of ``views`` adds an extra named view of the same geometrically
     augmented image (ConDSeg's stage-1 strong photometric view), drawn per sample; the mask is
     shared. ``mean``/``std`` are the model's (None: scale to [0, 1] only, as the authors' code).
+    ``max_pixels`` is the readers' pixel limit (None: :data:`MAX_PIXELS`).
     """
 
     def __init__(
@@ -198,6 +330,7 @@ class SegmentationDataset(Dataset):
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
         exclude: Iterable[str] = (),
+        max_pixels: int | None = None,
     ) -> None:
         self.root = Path(root)
         names = (
@@ -219,6 +352,7 @@ class SegmentationDataset(Dataset):
         if reserved:
             raise DataError(f"view names {sorted(reserved)} are reserved; rename the view")
         self.mean, self.std = mean, std
+        self.max_pixels = max_pixels
         self._sizes: dict[int, tuple[int, int]] = {}
         self._seeded_for: object = None
 
@@ -228,7 +362,7 @@ class SegmentationDataset(Dataset):
     def original_size(self, i: int) -> tuple[int, int]:
         """(H, W) of image ``i`` before resizing, read from its header."""
         if i not in self._sizes:
-            self._sizes[i] = image_size(self.pairs[i][0])
+            self._sizes[i] = image_size(self.pairs[i][0], self.max_pixels)
         return self._sizes[i]
 
     def _reseed(self) -> None:
@@ -254,7 +388,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         self._reseed()
         image_path, mask_path = self.pairs[i]
-        image, mask = read_image(image_path), read_mask(mask_path)
+        image = read_image(image_path, self.max_pixels)
+        mask = read_mask(mask_path, self.max_pixels)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"image {image_path} is {image.shape[0]}x{image.shape[1]} but mask {mask_path} "

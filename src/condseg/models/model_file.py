@@ -8,6 +8,7 @@ self-describing, and loading it never unpickles anything (safetensors stores raw
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -19,11 +20,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
-from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
+from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
 from condseg.models.base import SegmentationModel, require_model
 
 META_KEY = "condseg"
 FORMAT_VERSION = 1
+#: Largest input side a header may state (the networks' inputs, not the images': 8192 is far
+#: above any training size and keeps a forged header from asking for a huge input).
+MAX_INPUT_SIDE = 8192
 
 
 class ModelFileError(CondsegError):
@@ -83,7 +87,12 @@ def save_model(
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a model file, without reading the weights."""
+    """The JSON header of a model file, validated, without reading the weights.
+
+    The header comes from a file that may have been forged: every field that rebuilding the
+    model uses is checked here (:func:`validate_header`) so that a bad one is one
+    :class:`ModelFileError` naming the file, never a traceback from deep inside a model.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(
@@ -95,8 +104,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(
-            f"{path} is not a safetensors file ({exc}); pass a model file written by "
-            "`condseg train` or condseg.save_model (Lightning .ckpt files are not model files)"
+            f"{path} is not a safetensors file or is truncated ({first_line(exc)}); pass a model "
+            "file written by `condseg train` or condseg.save_model (Lightning .ckpt files are "
+            "not model files)"
         ) from exc
     if META_KEY not in metadata:
         raise ModelFileError(
@@ -107,52 +117,146 @@ def read_header(path: str | Path) -> dict[str, Any]:
         header = json.loads(metadata[META_KEY])
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: the condseg header is not valid JSON ({exc})") from exc
-    missing = [
-        k for k in ("format_version", "arch", "mean", "std", "input_size") if k not in header
-    ]
-    if missing or not isinstance(header.get("arch"), dict) or "name" not in header["arch"]:
-        raise ModelFileError(f"{path}: the condseg header lacks {missing or ['arch.name']}")
-    if header["format_version"] > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} uses model-file format {header['format_version']}, newer than this condseg "
-            f"reads ({FORMAT_VERSION}); upgrade condseg"
-        )
+    problem = validate_header(header)
+    if problem:
+        raise ModelFileError(f"{path}: bad condseg header: {problem}")
     return header
+
+
+def validate_header(header: Any) -> str | None:
+    """What is wrong with a model-file header, or None: the format version, the architecture
+    (a name and options that are JSON scalars or lists of them), the input size (two positive
+    ints up to :data:`MAX_INPUT_SIDE`) and the normalisation (null, or 3 finite numbers each,
+    std > 0). Whether the architecture is known and matches the weights is
+    :func:`load_model`'s check."""
+    if not isinstance(header, dict):
+        return f"expected a JSON object, found {type(header).__name__}"
+    required = ("format_version", "arch", "mean", "std", "input_size")
+    missing = [k for k in required if k not in header]
+    if missing:
+        return f"lacks {missing}"
+    version, arch, size = header["format_version"], header["arch"], header["input_size"]
+    if not _is_int(version) or version < 1:
+        return f"format_version must be a positive int, got {version!r}"
+    if version > FORMAT_VERSION:
+        return (f"it uses model-file format {version}, newer than this condseg reads "
+                f"({FORMAT_VERSION}); upgrade condseg")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        return f"arch must be an object with a name, got {arch!r}"
+    options = arch.get("options", {})
+    if not isinstance(options, dict) or not all(map(_is_plain, options.values())):
+        return f"arch.options must map names to numbers, strings, booleans or lists: {options!r}"
+    if {"pretrained", "weights"} & set(options):
+        return "arch.options may not name pretrained or weights (nothing is downloaded or read)"
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(_is_int(v) and 0 < v <= MAX_INPUT_SIDE for v in size)
+    ):
+        return f"input_size must be [H, W], ints from 1 to {MAX_INPUT_SIDE}, got {size!r}"
+    mean, std = header["mean"], header["std"]
+    if (mean is None) != (std is None):
+        return "mean and std must both be null or both be given"
+    for key, values in (("mean", mean), ("std", std)):
+        if values is not None and not (
+            isinstance(values, list)
+            and len(values) == 3
+            and all(_is_number(v) and math.isfinite(v) for v in values)
+        ):
+            return f"{key} must be null or 3 finite numbers, got {values!r}"
+    if std is not None and min(std) <= 0:
+        return f"std must be positive, got {std!r}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_plain(value: Any) -> bool:
+    """A JSON scalar or a list of plain values (what model options are)."""
+    if isinstance(value, list):
+        return all(map(_is_plain, value))
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModel:
     """Rebuild the network described by the header and load its weights strictly.
 
-    The returned model is in eval mode and carries the header as ``model.meta`` (plus
-    ``path``, the file's absolute path).
+    Before anything is allocated, the header is validated and the network is built on the
+    ``meta`` device (shapes only, no memory) and compared with the tensors the file stores, so
+    that a forged header cannot make us allocate more than the file holds. The returned model
+    is in eval mode and carries the header as ``model.meta`` (plus ``path``, the file's
+    absolute path).
     """
     from condseg.models.registry import create_model, list_models
 
     header = read_header(path)
-    name = header["arch"]["name"]
+    name, options = header["arch"]["name"], header["arch"].get("options", {})
     if name not in list_models():
         raise ModelFileError(
             f"{path}: unknown architecture {name!r}; this condseg version knows "
             f"{', '.join(sorted(list_models()))} — upgrade condseg or use the version that wrote it"
         )
-    model = create_model(name, pretrained=False, **header["arch"].get("options", {}))
+    _check_shapes(path, name, options)
+    model = create_model(name, pretrained=False, **options)
     try:
         _load_weights(model, str(path), strict=True, device=str(device))
-    except RuntimeError as exc:
+    except (RuntimeError, SafetensorError) as exc:
         raise ModelFileError(
             f"{path}: the weights do not match architecture {name!r} "
-            f"with options {header['arch'].get('options', {})} ({exc})"
+            f"with options {options} ({first_line(exc)})"
         ) from exc
     model.to(device)
     model.meta = {**header, "path": str(Path(path).resolve())}
     return model.eval()
 
 
+def _check_shapes(path: str | Path, name: str, options: dict[str, Any]) -> None:
+    """Refuse a file whose tensors are not exactly those of ``name`` built with ``options``.
+
+    The network is built on the meta device, so options that would describe an enormous
+    network cost nothing here. Tied tensors (one tensor under two names) count as present
+    when the file has either name, as safetensors stores them once.
+    """
+    from condseg.models.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            expected = create_model(name, **options).state_dict(keep_vars=True)
+    except Exception as exc:  # the header is untrusted input: any failure to build is its fault
+        raise ModelFileError(
+            f"{path}: architecture {name!r} cannot be built with the header's options "
+            f"{options} ({first_line(exc)})"
+        ) from exc
+    with safe_open(str(path), framework="pt") as f:
+        stored = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    covered = {id(expected[k]) for k in stored if k in expected}
+    problems = {
+        "missing": [k for k, t in expected.items() if id(t) not in covered],
+        "unexpected": [k for k in stored if k not in expected],
+        "of another shape": [k for k in stored
+                             if k in expected and list(expected[k].shape) != stored[k]],
+    }
+    found = "; ".join(f"{kind}: {', '.join(keys[:3])}" for kind, keys in problems.items() if keys)
+    if found:
+        raise ModelFileError(
+            f"{path}: the weights do not match architecture {name!r} with options {options} "
+            f"({found})"
+        )
+
+
 def _size_pair(size: int | Sequence[int]) -> list[int]:
     """Input sizes are stored as [H, W]; a single int means a square input."""
     pair = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
-    if len(pair) != 2 or min(pair) <= 0:
-        raise ModelFileError(f"input_size must be an int or (H, W) of positive ints, got {size!r}")
+    if len(pair) != 2 or not all(0 < v <= MAX_INPUT_SIDE for v in pair):
+        raise ModelFileError(
+            f"input_size must be an int or (H, W), from 1 to {MAX_INPUT_SIDE}, got {size!r}"
+        )
     return pair
 
 
