@@ -194,3 +194,28 @@ def test_last_checkpoint_is_the_last_epoch_even_without_a_better_one(
     text = log.getvalue()
     assert "stage1 epoch 1/3 step 1/1 loss" in text and "stage1 epoch 3/3: train loss" in text
     assert "mIoU 0.3333" in text and "\x1b[" not in text  # plain lines, no live bar
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled (what a planted checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_code_executing_checkpoint_is_never_unpickled(
+    data: Path, tmp_path: Path
+) -> None:
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    config = load_config("demo", [*OVERRIDES, "stages.stage1.max_epochs=1",
+                                  "stages.stage1.limit_train_batches=1"])
+    train(config, data, run, stage="stage1")
+    (run / "stage1" / "result.json").unlink()  # make the stage resumable
+    torch.save({"state": _Payload(marker)}, run / "stage1" / "checkpoints" / "last.ckpt")
+    console = Console(record=True, width=200)
+    train(config, data, run, stage="stage1", resume=True, console=console)
+    assert not marker.exists()
+    assert "damaged" in console.export_text()  # refused as unreadable, the stage starts over

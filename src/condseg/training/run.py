@@ -227,7 +227,7 @@ def _check_data(root: Path, config: RunConfig, console: Console) -> None:
     splits = [data.train_split, data.val_split]
     if (root / f"{data.test_split}.txt").is_file():
         splits.append(data.test_split)  # checked now, not after hours of training
-    report = check_dataset(root, splits=splits)
+    report = check_dataset(root, splits=splits, max_pixels=data.max_pixels)
     blocking = [p for p in report.errors if p.name is None or p.name not in data.skip]
     if blocking:
         report.print(console)
@@ -293,7 +293,8 @@ def _loaders(
     except CondsegError as error:
         raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
-    common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip}
+    common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip,
+              "max_pixels": data.max_pixels}
     train_set = SegmentationDataset(
         data.root, data.train_split,
         augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip),
