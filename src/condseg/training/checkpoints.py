@@ -36,7 +36,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        """Always ``weights_only=True``, whatever the caller (Lightning < 2.6 asked for False)."""
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def readable(path: Path) -> bool:
