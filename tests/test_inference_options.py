@@ -203,7 +203,7 @@ def test_predict_files_saves_probabilities_as_png_or_npy(tmp_path: Path) -> None
     predict_files(model, [images], tmp_path / "png", save_probabilities="png", options=options)
     grey = cv2.imread(str(tmp_path / "png" / "a_prob.png"), cv2.IMREAD_UNCHANGED)
     assert grey.dtype == np.uint8 and np.array_equal(grey, np.rint(prob * 255).astype(np.uint8))
-    with pytest.raises(FileExistsError, match="a_prob.png"):
+    with pytest.raises(FileExistsError, match=r"a_prob\.png"):
         predict_files(model, [images], tmp_path / "png", save_probabilities="png")
     with pytest.raises(CondsegError, match="png or npy"):
         predict_files(model, [images], tmp_path / "x", save_probabilities="tiff")
