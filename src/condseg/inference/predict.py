@@ -95,10 +95,10 @@ def predict_arrays(
     ]
     results: dict[int, Prediction] = {}
     with eval_mode(net):
-        for size in dict.fromkeys(sizes):
-            indices = [i for i, s in enumerate(sizes) if s == size]
+        for shape in dict.fromkeys(sizes):
+            indices = [i for i, s in enumerate(sizes) if s == shape]
             batch = torch.stack(
-                [to_tensor(resize_image(images[i], size), mean, std) for i in indices]
+                [to_tensor(resize_image(images[i], shape), mean, std) for i in indices]
             )
             probs = probabilities(net, batch)
             for j, i in enumerate(indices):

@@ -79,10 +79,10 @@ def fold_overrides(fold: int) -> list[str]:
 def list_folds(root: str | Path) -> list[int]:
     """The folds of a dataset: k for each ``ROOT/folds/<k>/`` with train.txt and val.txt."""
     folder = Path(root) / FOLDS_DIR
-    found = [int(p.name) for p in folder.iterdir() if p.name.isdigit()
-             and (p / "train.txt").is_file() and (p / "val.txt").is_file()] \
-        if folder.is_dir() else []
-    return sorted(found)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()
+                  and (p / "train.txt").is_file() and (p / "val.txt").is_file())
 
 
 def cross_validate(
@@ -158,13 +158,12 @@ def _plan(
             "with `condseg data prepare folder IMAGES MASKS OUT --folds 5`, or give seeds "
             "(--seeds 0,1,2) for a multi-seed run on its train/val split")
     seed_list = list(dict.fromkeys(seeds)) if seeds else [config.seed]
-    plan = []
-    for fold in dict.fromkeys(chosen):
-        for seed in seed_list:
-            parts = ([f"fold{fold}"] if fold is not None else []) + ([f"seed{seed}"] if seeds
-                                                                       else [])
-            plan.append(("-".join(parts), fold, seed))
-    return plan
+
+    def name(fold: int | None, seed: int) -> str:
+        parts = [f"fold{fold}"] if fold is not None else []
+        return "-".join([*parts, f"seed{seed}"] if seeds else parts)
+
+    return [(name(fold, seed), fold, seed) for fold in dict.fromkeys(chosen) for seed in seed_list]
 
 
 def _write_config(cv_dir: Path, config: RunConfig) -> None:
