@@ -133,6 +133,11 @@ def test_one_fold_per_job_then_aggregate(folded: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "fold1"]
     assert "without --fold" in result.output
+    # A later job needs neither --data nor the config: CV/config.yaml records both.
+    result = runner.invoke(app, ["cv", "--out", str(out), "--fold", "0"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "fold0", "fold1"]
+    assert load_config(out / "fold0" / "config.yaml").method == "unet"
     result = runner.invoke(app, [*args, "--fold", "5"])
     assert result.exit_code == 2 and "has no fold [5]" in result.output
 

@@ -108,6 +108,8 @@ def cross_validate(
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise CrossValidationError("no dataset given: pass the data root (--data DIR)")
+    # Recorded in CV/config.yaml, so that later calls (one per job) need not repeat --data.
+    config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
     plan = _plan(config, root, folds, seeds)
     cv_dir = Path(out_dir)
     complete = folds is None
