@@ -1,7 +1,8 @@
 """condseg: ConDSeg and related 2-D binary medical image segmentation methods.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`save_model`,
-:func:`predict`, :func:`load_config`, :func:`train`, and the seams a new method plugs into:
+:func:`predict` (with :class:`InferenceOptions`), :func:`load_config`, :func:`train`,
+:func:`cross_validate`, and the seams a new method plugs into:
 :class:`SegmentationModel` / :class:`ModelOutput` with :func:`register_model`, :class:`Loss` with
 :func:`register_loss`, and :func:`register_method` (docs/architecture.md, "Adding a method").
 Imported lazily so that ``import condseg`` (and the CLI's start) stays fast.
@@ -23,11 +24,13 @@ _API = {
     "load_model": "condseg.models.model_file",
     "save_model": "condseg.models.model_file",
     "predict": "condseg.inference.predict",
+    "InferenceOptions": "condseg.inference.options",
     "Loss": "condseg.losses.base",
     "register_loss": "condseg.losses.base",
     "register_method": "condseg.methods",
     "load_config": "condseg.config",
     "train": "condseg.training.run",
+    "cross_validate": "condseg.training.cv",
     "CondsegError": "condseg.errors",
 }
 

@@ -14,10 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from condseg.config import RunConfig
+    from condseg.inference.options import InferenceOptions
 
 app = typer.Typer(
     help="ConDSeg and related methods for 2-D binary medical image segmentation.",
@@ -36,6 +40,35 @@ class Resolution(str, Enum):
 
 class ExportFormat(str, Enum):
     onnx = "onnx"
+
+
+class ProbabilityFormat(str, Enum):
+    png = "png"
+    npy = "npy"
+
+
+# Inference options shared by evaluate and predict (InferenceOptions).
+TTAOption = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: average the probabilities over the four flips.")]
+RotationsOption = Annotated[bool, typer.Option(
+    "--tta-rotations",
+    help="Test-time augmentation over the eight flips and 90° rotations (implies --tta).")]
+SlidingOption = Annotated[int | None, typer.Option(
+    "--sliding-window", metavar="PIXELS",
+    help="Predict an image with a side longer than PIXELS at its own resolution by sliding "
+         "windows of the model's input size (MONAI), instead of resizing it.")]
+OverlapOption = Annotated[float, typer.Option(
+    help="Overlap of neighbouring sliding windows, a fraction of the window.")]
+ThresholdOption = Annotated[float, typer.Option(help="Mask = probability >= this.")]
+
+
+def _inference_options(
+    tta: bool, rotations: bool, sliding_window: int | None, overlap: float
+) -> InferenceOptions:
+    from condseg.inference.options import InferenceOptions
+
+    return InferenceOptions(tta=tta or rotations, rotations=rotations,
+                            sliding_window=sliding_window, overlap=overlap)
 
 
 def quiet_lightning() -> None:
@@ -221,31 +254,101 @@ def train(
     precision: Annotated[str | None, typer.Option(
         help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as seed=...).")] = None,
+    fold: Annotated[int | None, typer.Option(
+        help="Train on fold K of a dataset prepared with folds (DATA/folds/K/train.txt, "
+             "val.txt).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value config overrides, e.g. stages.stage2.optimizer.lr=3e-4.")] = None,
 ) -> None:
     """Train a method's stages (default: ConDSeg's two-stage recipe)."""
-    from condseg.config import load_config
     from condseg.errors import CondsegError
     from condseg.training import train as run_training
+    from condseg.training.cv import fold_overrides
 
     quiet_lightning()
     with user_errors():
         if resume is not None and out is not None and out.resolve() != resume.resolve():
             raise CondsegError(f"--resume {resume} and --out {out} name different run folders; "
                                "give only --resume RUN")
-        run_dir = resume or out or Path("runs") / Path(config or "default").stem
         if resume is not None and not (resume / "config.yaml").is_file():
             raise CondsegError(f"{resume} is not a run folder (no config.yaml); pass the --out "
                                "folder of the run to continue")
-        config = config or (str(resume / "config.yaml") if resume is not None else "default")
-        extra = list(overrides or [])
-        options = {"method": method, "model.name": model, "precision": precision, "seed": seed}
-        extra += [f"{key}={value}" for key, value in options.items() if value is not None]
-        cfg = load_config(config, extra)
+        name = Path(config or "default").stem + (f"-fold{fold}" if fold is not None else "")
+        run_dir = resume or out or Path("runs") / name
+        extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
+        cfg = _run_config(config, run_dir, resume is not None, extra, method=method,
+                          model=model, precision=precision, seed=seed)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
+
+
+def _run_config(
+    config: str | None, run_dir: Path, resume: bool, overrides: list[str], **options: object
+) -> RunConfig:
+    """The preset or file (default: the run's own config.yaml with --resume, else 'default')
+    with the overrides and the command's shorthand options (``--method`` is ``method=``)."""
+    from condseg.config import load_config
+
+    if config is None:
+        previous = run_dir / "config.yaml"
+        config = str(previous) if resume and previous.is_file() else "default"
+    keys = {"method": "method", "model": "model.name", "precision": "precision", "seed": "seed"}
+    extra = overrides + [f"{keys[k]}={v}" for k, v in options.items() if v is not None]
+    return load_config(config, extra)
+
+
+@app.command("cv")
+def cv(
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder with folds (DATA/folds/K/train.txt, val.txt); optional when the "
+             "config sets data.root.")] = None,
+    config: Annotated[str | None, typer.Option(help=(
+        "Preset name or YAML file. Default: the cross-validation's own config.yaml when --out "
+        "has one, else the 'default' preset."))] = None,
+    method: Annotated[str | None, typer.Option(help="Method (same as method=...).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The run's model within the method (same as model.name=...).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Cross-validation folder (default runs/<config>-cv).")] = None,
+    fold: Annotated[list[int] | None, typer.Option(
+        help="Train only this fold (repeatable): one job's share. Without it every fold is "
+             "trained (finished ones are reused), then aggregated and ensembled.")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Comma-separated seeds, e.g. 0,1,2: one run per seed (and fold).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue unfinished runs.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the aggregate, the ensemble and its test evaluation.")] = False,
+    precision: Annotated[str | None, typer.Option(
+        help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value config overrides, e.g. stages.stage2.max_epochs=100.")] = None,
+) -> None:
+    """k-fold cross-validation (or multi-seed runs): per-run validation results, their mean ±
+    std, and an ensemble model (mean probability) for evaluate and predict."""
+    from condseg.training.cv import cross_validate
+
+    quiet_lightning()
+    with user_errors():
+        cv_dir = out or Path("runs") / f"{Path(config or 'default').stem}-cv"
+        seed_list = _int_list(seeds, "--seeds") if seeds else None
+        cfg = _run_config(config, cv_dir, True, list(overrides or []), method=method,
+                          model=model, precision=precision)
+        result = cross_validate(cfg, data, cv_dir, folds=fold or None, seeds=seed_list,
+                                resume=resume, overwrite=overwrite, console=console)
+    if result.ensemble_file is not None:
+        console.print(f"cross-validation folder: {result.cv_dir}; ensemble: "
+                      f"{result.ensemble_file}", highlight=False)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from condseg.errors import CondsegError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise CondsegError(f"{option} takes comma-separated integers, e.g. 0,1,2; got "
+                           f"{text!r}") from error
 
 
 @app.command("presets")
@@ -271,6 +374,15 @@ def evaluate(
     = None,
     save_masks: Annotated[Path | None, typer.Option(help="Also write predicted masks here.")]
     = None,
+    save_probabilities: Annotated[Path | None, typer.Option(
+        help="Also write the probabilities here (<name>_prob.png or .npy).")] = None,
+    probability_format: Annotated[ProbabilityFormat, typer.Option(
+        help="png: 8-bit grey; npy: float32 arrays.")] = ProbabilityFormat.png,
+    threshold: ThresholdOption = 0.5,
+    tta: TTAOption = False,
+    tta_rotations: RotationsOption = False,
+    sliding_window: SlidingOption = None,
+    overlap: OverlapOption = 0.25,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -280,10 +392,13 @@ def evaluate(
     from condseg.models.model_file import load_model
 
     with user_errors():
+        options = _inference_options(tta, tta_rotations, sliding_window, overlap)
         net = load_model(checkpoint)
         result = run_evaluation(
             net, data, split=split, resolution=resolution.value, out_dir=out,
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
+            threshold=threshold, options=options, save_probabilities=save_probabilities,
+            probability_format=probability_format.value,
         )
     print_table(result, console)
     if out is not None:
@@ -300,6 +415,14 @@ def predict(
     maps: Annotated[bool, typer.Option(
         help="Also write the model's probability maps (ConDSeg: SID fg/bg/uncertainty).")]
     = False,
+    save_probabilities: Annotated[ProbabilityFormat | None, typer.Option(
+        help="Also write the mask probability: <name>_prob.png (8-bit) or .npy (float32).")]
+    = None,
+    threshold: ThresholdOption = 0.5,
+    tta: TTAOption = False,
+    tta_rotations: RotationsOption = False,
+    sliding_window: SlidingOption = None,
+    overlap: OverlapOption = 0.25,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
 ) -> None:
@@ -308,9 +431,13 @@ def predict(
     from condseg.models.model_file import load_model
 
     with user_errors():
+        options = _inference_options(tta, tta_rotations, sliding_window, overlap)
         net = load_model(checkpoint)
-        report = predict_files(net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
-                               batch_size=batch_size)
+        report = predict_files(
+            net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
+            batch_size=batch_size, threshold=threshold, options=options,
+            save_probabilities=save_probabilities.value if save_probabilities else None,
+        )
     console.print(f"wrote {len(report.written)} files to {out}")
     from rich.markup import escape
 
@@ -420,3 +547,7 @@ def compare(
     with user_errors():
         run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, n_images=images,
                     overwrite=overwrite, console=console)
+
+
+if __name__ == "__main__":
+    app()

@@ -3,13 +3,15 @@
 ``network`` is the paper's protocol: prediction and ground truth both at the network input
 size, the mask resized exactly like a training target (area interpolation, threshold 0.5).
 ``original`` resizes the probabilities (bilinear) to each image's own size and compares with
-the original mask — what a user of the predicted masks experiences.
+the original mask — what a user of the predicted masks experiences: it runs the very code of
+``predict`` (with the same inference options).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,16 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from condseg.data.dataset import SegmentationDataset, read_mask
-from condseg.data.transforms import resize_probabilities
+from condseg.data.dataset import DataError, SegmentationDataset, read_image, read_mask
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.inference.options import InferenceOptions
+from condseg.inference.predict import (
+    check_probability_format,
+    predict_arrays,
+    probability_path,
+    save_probability,
+)
 from condseg.models.base import (
     SegmentationModel,
     eval_mode,
@@ -79,42 +87,54 @@ def evaluate(
     threshold: float = 0.5,
     overwrite: bool = False,
     num_workers: int = 0,
+    options: InferenceOptions | None = None,
+    save_probabilities: str | Path | None = None,
+    probability_format: str = "png",
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``split`` of the canonical dataset at ``data_root``.
 
-    ``size`` (the network input) defaults to the model file's. With ``out_dir`` the CSV and JSON of
+    ``size`` (the network input) defaults to the model file's. ``options`` add test-time
+    augmentation and sliding windows (the latter only at the original resolution: at the
+    network resolution the image *is* one window). With ``out_dir`` the CSV and JSON of
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
-    PNG, at the protocol's resolution). Existing outputs are refused unless ``overwrite``.
+    PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
+    float32), both at the protocol's resolution. Existing outputs are refused unless
+    ``overwrite``. ``num_workers`` load the network protocol's batches.
     """
     if resolution not in RESOLUTIONS:
         raise CondsegError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    options = options or InferenceOptions()
+    if options.sliding_window is not None and resolution == "network":
+        raise CondsegError("sliding windows predict each image at its own resolution; use "
+                           "resolution='original' (--resolution original)")
+    check_probability_format(save_probabilities and probability_format)
     model = require_model(model)
     size = input_size(model, size)
     mean, std = normalization(model)
     dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std)
     mask_dir = Path(save_masks) if save_masks is not None else None
+    prob_dir = Path(save_probabilities) if save_probabilities is not None else None
     planned = [mask_dir / f"{name}.png" for name in dataset.names] if mask_dir else []
+    if prob_dir is not None:
+        planned += [probability_path(prob_dir, n, probability_format) for n in dataset.names]
     if out_dir is not None:
         planned += [Path(out_dir) / PER_IMAGE_CSV, Path(out_dir) / SUMMARY_JSON]
     refuse_existing(planned, overwrite)
-    if mask_dir is not None:
-        mask_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (mask_dir, prob_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
 
+    if resolution == "network":
+        pairs = _network_pairs(options.wrap(model), dataset, batch_size, num_workers)
+    else:
+        pairs = _original_pairs(model, dataset, batch_size, size, options)
     rows: list[dict[str, Any]] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with eval_mode(model):
-        for batch in loader:
-            probs = probabilities(model, batch["image"])["mask"]
-            for j, name in enumerate(batch["name"]):
-                i = len(rows)
-                if resolution == "network":
-                    prob, gt = probs[j].numpy(), batch["mask"][j, 0].numpy() >= 0.5
-                else:
-                    prob = resize_probabilities(probs[j][None], dataset.original_size(i))[0]
-                    gt = read_mask(dataset.pairs[i][1])
-                rows.append({"name": name, **image_metrics(prob, gt, threshold)})
-                if mask_dir is not None:
-                    save_png(mask_dir / f"{name}.png", (prob >= threshold).astype(np.uint8) * 255)
+    for name, prob, gt in pairs:
+        rows.append({"name": name, **image_metrics(prob, gt, threshold)})
+        if mask_dir is not None:
+            save_png(mask_dir / f"{name}.png", (prob >= threshold).astype(np.uint8) * 255)
+        if prob_dir is not None:
+            save_probability(probability_path(prob_dir, name, probability_format), prob)
 
     protocol = {
         "data_root": str(data_root),
@@ -122,6 +142,7 @@ def evaluate(
         "resolution": resolution,
         "input_size": list(size),
         "threshold": threshold,
+        "inference": options.record(),
         "n_images": len(rows),
         "ground_truth": (
             "mask resized to input_size (area interpolation, threshold 0.5)"
@@ -136,6 +157,40 @@ def evaluate(
     if out_dir is not None:
         write_results(result, out_dir, overwrite=True)
     return result
+
+
+def _network_pairs(
+    net: SegmentationModel, dataset: SegmentationDataset, batch_size: int, num_workers: int
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, probability, ground truth) at the network input size."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    with eval_mode(net):
+        for batch in loader:
+            probs = probabilities(net, batch["image"])["mask"]
+            for j, name in enumerate(batch["name"]):
+                yield name, probs[j].numpy(), batch["mask"][j, 0].numpy() >= 0.5
+
+
+def _original_pairs(
+    model: SegmentationModel,
+    dataset: SegmentationDataset,
+    batch_size: int,
+    size: tuple[int, int],
+    options: InferenceOptions,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, probability, ground truth) at each image's own size: exactly what ``predict``
+    gives for the image, against the original mask."""
+    for start in range(0, len(dataset), batch_size):
+        chunk = range(start, min(start + batch_size, len(dataset)))
+        images = [read_image(dataset.pairs[i][0]) for i in chunk]
+        masks = [read_mask(dataset.pairs[i][1]) for i in chunk]
+        for i, image, mask in zip(chunk, images, masks, strict=True):
+            if image.shape[:2] != mask.shape:
+                raise DataError(f"image {dataset.pairs[i][0]} and mask {dataset.pairs[i][1]} "
+                                "differ in size; fix the pair or leave it out")
+        predictions = predict_arrays(model, images, options=options, size=size)
+        for i, pred, mask in zip(chunk, predictions, masks, strict=True):
+            yield dataset.names[i], pred.prob, mask
 
 
 def write_results(

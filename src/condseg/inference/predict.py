@@ -2,7 +2,9 @@
 
 The network sees the image resized to its training size and normalised as in training (both
 read from the model file's header); its probabilities are resized back to the image's own size,
-so masks line up with the input pixel for pixel.
+so masks line up with the input pixel for pixel. :class:`InferenceOptions` add test-time
+augmentation and sliding windows (an image larger than a chosen size is then predicted at its
+own resolution, window by window) by wrapping the model, never by another code path.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 
 from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
 from condseg.data.transforms import resize_image, resize_probabilities, to_tensor
-from condseg.errors import refuse_existing
+from condseg.errors import CondsegError, refuse_existing
+from condseg.inference.options import InferenceOptions
 from condseg.models.base import (
     ModelError,
     SegmentationModel,
@@ -28,6 +31,9 @@ from condseg.models.base import (
 )
 from condseg.viz import map_paths, save_maps, save_png
 from condseg.viz import overlay as make_overlay
+
+#: How probability maps can be saved: 8-bit PNG (round(255·p)) or float32 NumPy arrays.
+PROBABILITY_FORMATS = ("png", "npy")
 
 
 @dataclass
@@ -59,27 +65,42 @@ def network_size(model: SegmentationModel, shape: Sequence[int]) -> tuple[int, i
 
 
 def predict(
-    model: SegmentationModel, image: np.ndarray | str | Path, threshold: float = 0.5
+    model: SegmentationModel,
+    image: np.ndarray | str | Path,
+    threshold: float = 0.5,
+    options: InferenceOptions | None = None,
 ) -> Prediction:
     """Predict one image (a path, or a uint8 RGB array (H, W, 3)) at its original size."""
     array = read_image(image) if isinstance(image, (str, Path)) else image
-    return predict_arrays(model, [array], threshold)[0]
+    return predict_arrays(model, [array], threshold, options)[0]
 
 
 def predict_arrays(
-    model: SegmentationModel, images: Sequence[np.ndarray], threshold: float = 0.5
+    model: SegmentationModel,
+    images: Sequence[np.ndarray],
+    threshold: float = 0.5,
+    options: InferenceOptions | None = None,
+    *,
+    size: tuple[int, int] | None = None,
 ) -> list[Prediction]:
-    """Predict several RGB images in one forward pass per distinct network size."""
+    """Predict several RGB images in one forward pass per distinct network size (``size``, by
+    default :func:`network_size`; an image that slides keeps its own)."""
+    options = options or InferenceOptions()
     mean, std = normalization(require_model(model))
-    sizes = [network_size(model, _check_rgb(image).shape) for image in images]
+    net = options.wrap(model)
+    sizes = [
+        tuple(image.shape[:2]) if options.slides(image.shape)
+        else size or network_size(model, image.shape)
+        for image in map(_check_rgb, images)
+    ]
     results: dict[int, Prediction] = {}
-    with eval_mode(model):
-        for size in dict.fromkeys(sizes):
-            indices = [i for i, s in enumerate(sizes) if s == size]
+    with eval_mode(net):
+        for shape in dict.fromkeys(sizes):
+            indices = [i for i, s in enumerate(sizes) if s == shape]
             batch = torch.stack(
-                [to_tensor(resize_image(images[i], size), mean, std) for i in indices]
+                [to_tensor(resize_image(images[i], shape), mean, std) for i in indices]
             )
-            probs = probabilities(model, batch)
+            probs = probabilities(net, batch)
             for j, i in enumerate(indices):
                 results[i] = to_original_size(
                     {key: p[j] for key, p in probs.items()}, images[i].shape[:2], threshold
@@ -97,12 +118,15 @@ def predict_files(
     batch_size: int = 4,
     threshold: float = 0.5,
     overwrite: bool = False,
+    options: InferenceOptions | None = None,
+    save_probabilities: str | None = None,
 ) -> PredictReport:
     """Predict image files and folders (all their images, sorted) into ``out_dir``.
 
     Writes ``<name>.png`` (0/255 mask), with ``overlay`` also ``<name>_overlay.png``, with
     ``maps`` also ``<name>_<map>.png`` heat maps of the model's ``map_names`` (ConDSeg: fg, bg,
-    uc). An input that cannot be
+    uc), with ``save_probabilities`` (``"png"`` or ``"npy"``) also the mask probability
+    ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
     ``report.failed`` and the others are still written. If any output file exists already,
     nothing is written and FileExistsError is raised, unless ``overwrite`` is set.
@@ -111,11 +135,13 @@ def predict_files(
     if maps and not model.map_names:
         raise ModelError(f"the model {model.name} produces no probability maps; drop the maps "
                          "option (--maps)")
+    check_probability_format(save_probabilities)
     report = PredictReport()
     jobs = _plan(inputs, report)
     out_dir = Path(out_dir)
     map_names = model.map_names if maps else ()
-    outputs = {name: _output_paths(out_dir, name, overlay, map_names) for name in jobs}
+    outputs = {name: _output_paths(out_dir, name, overlay, map_names, save_probabilities)
+               for name in jobs}
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(jobs)
@@ -126,14 +152,37 @@ def predict_files(
                 loaded.append((name, read_image(jobs[name])))
             except (DataError, OSError) as exc:
                 report.failed.append((jobs[name], str(exc)))
-        predictions = predict_arrays(model, [image for _, image in loaded], threshold)
+        predictions = predict_arrays(model, [image for _, image in loaded], threshold, options)
         for (name, image), pred in zip(loaded, predictions, strict=True):
             report.written.append(save_png(outputs[name][0], pred.mask.astype(np.uint8) * 255))
             if overlay:
                 report.written.append(save_png(outputs[name][1], make_overlay(image, pred.mask)))
             if maps:
                 report.written.extend(save_maps(pred.maps, out_dir, name))
+            if save_probabilities:
+                report.written.append(save_probability(outputs[name][-1], pred.prob))
     return report
+
+
+def check_probability_format(fmt: str | None) -> None:
+    if fmt is not None and fmt not in PROBABILITY_FORMATS:
+        raise CondsegError(f"probabilities are saved as {' or '.join(PROBABILITY_FORMATS)}, "
+                           f"not {fmt!r}")
+
+
+def probability_path(out_dir: str | Path, name: str, fmt: str) -> Path:
+    """Where a probability map is saved: ``<out_dir>/<name>_prob.<fmt>`` (beside the masks
+    without clashing with ``<name>.png``)."""
+    return Path(out_dir) / f"{name}_prob.{fmt}"
+
+
+def save_probability(path: Path, prob: np.ndarray) -> Path:
+    """``.png``: 8-bit grey round(255·p), what the polyp literature's evaluation scripts read;
+    ``.npy``: the float32 map itself (``np.load`` reads it; nothing is pickled)."""
+    if path.suffix == ".npy":
+        np.save(path, prob.astype(np.float32), allow_pickle=False)
+        return path
+    return save_png(path, np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8))
 
 
 def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path]:
@@ -163,13 +212,16 @@ def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path
 
 
 def _output_paths(
-    out_dir: Path, name: str, overlay: bool, map_names: Sequence[str]
+    out_dir: Path, name: str, overlay: bool, map_names: Sequence[str], probability: str | None
 ) -> list[Path]:
-    """Mask first, then overlay, then maps — the order :func:`predict_files` relies on."""
+    """Mask first, then overlay, then maps, then the probability — the order
+    :func:`predict_files` relies on."""
     paths = [out_dir / f"{name}.png"]
     if overlay:
         paths.append(out_dir / f"{name}_overlay.png")
     paths.extend(map_paths(out_dir, name, map_names).values())
+    if probability:
+        paths.append(probability_path(out_dir, name, probability))
     return paths
 
 

@@ -1,0 +1,60 @@
+"""How probabilities are computed at inference: test-time augmentation and sliding windows.
+
+One object for ``predict``, ``evaluate`` and the Python API. Each option wraps the model
+(:class:`~condseg.inference.tta.TTA` inside :class:`~condseg.inference.sliding.SlidingWindow`,
+so every window is augmented), and the wrapped model goes through the same ``probabilities``
+call as a plain one: there is one inference path, whatever the options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from condseg.errors import CondsegError
+from condseg.inference.sliding import SlidingWindow
+from condseg.inference.tta import TTA
+from condseg.models.base import ModelError, SegmentationModel, input_size, require_model
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """``tta``: average over the four flips (``rotations``: the eight flips and 90° turns).
+    ``sliding_window``: an image with a side longer than this many pixels is predicted at its
+    own resolution by windows of the model's input size overlapping by ``overlap``, instead of
+    being resized to the input size."""
+
+    tta: bool = False
+    rotations: bool = False
+    sliding_window: int | None = None
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.rotations and not self.tta:
+            raise CondsegError("rotations are a kind of test-time augmentation: set tta too "
+                               "(CLI: --tta --tta-rotations)")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise CondsegError(f"sliding_window must be a positive number of pixels, "
+                               f"got {self.sliding_window}")
+        if not 0 <= self.overlap < 1:
+            raise CondsegError(f"the window overlap must be in [0, 1), got {self.overlap}")
+
+    def slides(self, shape: Sequence[int]) -> bool:
+        """Whether an image of ``shape`` (H, W, ...) is predicted by sliding windows."""
+        return self.sliding_window is not None and max(shape[:2]) > self.sliding_window
+
+    def wrap(self, model: SegmentationModel) -> SegmentationModel:
+        """``model`` with these options applied (itself when there are none)."""
+        model = require_model(model)
+        if self.tta:
+            model = TTA(model, rotations=self.rotations)
+        if self.sliding_window is not None:
+            if model.meta is None:
+                raise ModelError("sliding windows take the model file's input size as the "
+                                 "window; load the model with condseg.load_model")
+            model = SlidingWindow(model, input_size(model), overlap=self.overlap)
+        return model
+
+    def record(self) -> dict[str, object]:
+        """The options as a JSON-ready mapping (evaluation protocols record it)."""
+        return asdict(self)

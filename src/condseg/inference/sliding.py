@@ -1,0 +1,62 @@
+"""Sliding-window inference: an image larger than the network's input is covered by
+overlapping windows of the input size at its own resolution, instead of being shrunk to it.
+
+MONAI's ``sliding_window_inference`` tiles, pads and blends (Gaussian weights, as nnU-Net). It
+blends linearly, so the windows give it probabilities, not logits: each map travels as the pair
+(σ(z), σ(−z)) and the blended pair (P, Q) becomes the logit log P − log Q, whose sigmoid is the
+blended probability exactly (P + Q = 1) — the model contract's logits, with no clamping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import Tensor
+
+from condseg.models.base import ModelOutput, SegmentationModel, require_model
+
+
+class SlidingWindow(SegmentationModel):
+    """``model`` run on windows of ``window`` (H, W) overlapping by ``overlap`` (a fraction of
+    the window); an input of exactly the window's size is passed straight through."""
+
+    encoder_path = None
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        window: Sequence[int],
+        overlap: float = 0.25,
+        batch_size: int = 4,
+    ) -> None:
+        super().__init__()
+        self.model = require_model(model)
+        self.window = (int(window[0]), int(window[1]))
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.input_divisor = model.input_divisor
+        self.map_names = model.map_names
+        self.meta = model.meta
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        if tuple(x.shape[-2:]) == self.window:
+            out = self.model(x)
+            return ModelOutput(out.mask, {key: out.aux[key] for key in self.map_names})
+        blended = sliding_window_inference(
+            x, self.window, self.batch_size, self._pairs, overlap=self.overlap, mode="gaussian",
+        )
+        p, q = blended.float().chunk(2, dim=1)
+        logits = (torch.log(p) - torch.log(q)).split(1, dim=1)
+        return ModelOutput(logits[0], dict(zip(self.map_names, logits[1:], strict=True)))
+
+    def _pairs(self, window: Tensor) -> Tensor:
+        """(B, 2K, h, w): σ(z) of the mask and each map, then σ(−z) of the same."""
+        out = self.model(window)
+        z = torch.cat([out.mask, *(out.aux[key] for key in self.map_names)], dim=1).float()
+        return torch.cat([torch.sigmoid(z), torch.sigmoid(-z)], dim=1)
