@@ -185,6 +185,53 @@ def test_image_files_keep_what_cannot_be_read(corpus: Path) -> None:
     np.testing.assert_array_equal(read_image(corpus / "images" / "exif.jpg").shape, (H, W, 3))
 
 
+def test_evaluate_refuses_a_broken_split_and_takes_the_usable_one(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """`evaluate` applies `data check`: a broken entry never passes silently; the usable files
+    (every unusual-but-valid format, the name starting with #, spaces, non-ASCII) evaluate."""
+    from condseg.evaluation.evaluate import evaluate
+    from condseg.models.registry import create_model
+
+    model = create_model("condseg-net0", encoder="resnet18")
+    model.meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [32, 32]}
+    with pytest.raises(DataError, match=r"split 'train' .* error\(s\), the first: .*data check"):
+        evaluate(model, corpus, split="train")
+    (corpus / "usable.txt").write_text("\n".join(OK) + "\n", encoding="utf-8")
+    for resolution in ("network", "original"):
+        result = evaluate(model, corpus, split="usable", resolution=resolution)
+        assert [row["name"] for row in result.rows] == OK
+    runner = CliRunner()
+    model_file = tmp_path / "m.safetensors"
+    from condseg.models.model_file import save_model
+
+    save_model(model_file, model, mean=[0.5] * 3, std=[0.25] * 3, input_size=32)
+    out = runner.invoke(cli.app, ["evaluate", str(model_file), "--data", str(corpus),
+                                  "--split", "train"])
+    assert out.exit_code == 2 and "Traceback" not in out.output and "data check" in out.output
+
+
+def test_predict_reports_every_unusable_file_and_writes_the_rest(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from condseg.inference.predict import predict_files
+    from condseg.models.registry import create_model
+
+    model = create_model("condseg-net0", encoder="resnet18")
+    model.meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [32, 32]}
+    report = predict_files(model, [corpus / "images"], tmp_path / "out")
+    failed = {path.name: reason for path, reason in report.failed}
+    assert set(failed) == {"truncated.jpg", "zero-byte.png", "text.png", "bomb.png", "huge.png",
+                           "loop.png"}
+    assert "more than the limit" in failed["huge.png"] and "symbolic links" in failed["loop.png"]
+    written = {p.stem for p in report.written}
+    assert {"#hash", "with space", "naïve-ü"} <= written
+    assert len(written) == len(image_files(corpus / "images")) - len(failed)
+    again = predict_files(model, [corpus / "images" / "huge.png"], tmp_path / "big",
+                          max_pixels=200_000_000)
+    assert not again.failed and again.written  # the limit is an option, not a wall
+
+
 # --- TIFF variants -----------------------------------------------------------------------------
 
 

@@ -385,6 +385,7 @@ def evaluate(
     overlap: OverlapOption = 0.25,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Per-image and mean metrics (mIoU, mDSC, recall, precision, S/E-measure, HD95, ...)."""
     from condseg.evaluation.evaluate import evaluate as run_evaluation
@@ -398,7 +399,7 @@ def evaluate(
             net, data, split=split, resolution=resolution.value, out_dir=out,
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
             threshold=threshold, options=options, save_probabilities=save_probabilities,
-            probability_format=probability_format.value,
+            probability_format=probability_format.value, max_pixels=max_pixels,
         )
     print_table(result, console)
     if out is not None:
@@ -425,6 +426,7 @@ def predict(
     overlap: OverlapOption = 0.25,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Predict masks at each image's original resolution; exit 1 if an input failed."""
     from condseg.inference.predict import predict_files
@@ -437,6 +439,7 @@ def predict(
             net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
             batch_size=batch_size, threshold=threshold, options=options,
             save_probabilities=save_probabilities.value if save_probabilities else None,
+            max_pixels=max_pixels,
         )
     console.print(f"wrote {len(report.written)} files to {out}")
     from rich.markup import escape

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from condseg.data.check import check_dataset
 from condseg.data.dataset import DataError, SegmentationDataset, read_image, read_mask
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
@@ -90,6 +91,7 @@ def evaluate(
     options: InferenceOptions | None = None,
     save_probabilities: str | Path | None = None,
     probability_format: str = "png",
+    max_pixels: int | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``split`` of the canonical dataset at ``data_root``.
 
@@ -99,7 +101,8 @@ def evaluate(
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
     PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
     float32), both at the protocol's resolution. Existing outputs are refused unless
-    ``overwrite``. ``num_workers`` load the network protocol's batches.
+    ``overwrite``. ``num_workers`` load the network protocol's batches. The split is checked
+    first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit).
     """
     if resolution not in RESOLUTIONS:
         raise CondsegError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -111,7 +114,9 @@ def evaluate(
     model = require_model(model)
     size = input_size(model, size)
     mean, std = normalization(model)
-    dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std)
+    _refuse_broken(data_root, split, max_pixels)
+    dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std,
+                                  max_pixels=max_pixels)
     mask_dir = Path(save_masks) if save_masks is not None else None
     prob_dir = Path(save_probabilities) if save_probabilities is not None else None
     planned = [mask_dir / f"{name}.png" for name in dataset.names] if mask_dir else []
@@ -130,7 +135,9 @@ def evaluate(
         pairs = _original_pairs(model, dataset, batch_size, size, options)
     rows: list[dict[str, Any]] = []
     for name, prob, gt in pairs:
-        rows.append({"name": name, **image_metrics(prob, gt, threshold)})
+        pred = prob >= threshold
+        rows.append({"name": name, **image_metrics(prob, gt, threshold),
+                     "empty_prediction": not pred.any(), "empty_truth": not gt.any()})
         if mask_dir is not None:
             save_png(mask_dir / f"{name}.png", (prob >= threshold).astype(np.uint8) * 255)
         if prob_dir is not None:
@@ -159,6 +166,19 @@ def evaluate(
     return result
 
 
+def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) -> None:
+    """Evaluate only what ``data check`` accepts: a broken, doubled or unreadable entry must
+    not pass silently (nor be scored by a convention)."""
+    report = check_dataset(data_root, splits=[split], max_pixels=max_pixels)
+    if not report.ok:
+        first = report.errors[0]
+        where = first.file or first.name or first.split or str(data_root)
+        raise DataError(
+            f"split {split!r} of {data_root} has {len(report.errors)} error(s), the first: "
+            f"{where}: {first.message}; see `condseg data check {data_root} --split {split}`"
+        )
+
+
 def _network_pairs(
     net: SegmentationModel, dataset: SegmentationDataset, batch_size: int, num_workers: int
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -182,8 +202,8 @@ def _original_pairs(
     gives for the image, against the original mask."""
     for start in range(0, len(dataset), batch_size):
         chunk = range(start, min(start + batch_size, len(dataset)))
-        images = [read_image(dataset.pairs[i][0]) for i in chunk]
-        masks = [read_mask(dataset.pairs[i][1]) for i in chunk]
+        images = [read_image(dataset.pairs[i][0], dataset.max_pixels) for i in chunk]
+        masks = [read_mask(dataset.pairs[i][1], dataset.max_pixels) for i in chunk]
         for i, image, mask in zip(chunk, images, masks, strict=True):
             if image.shape[:2] != mask.shape:
                 raise DataError(f"image {dataset.pairs[i][0]} and mask {dataset.pairs[i][1]} "
@@ -219,8 +239,13 @@ def print_table(result: EvaluationResult, console: Console | None = None) -> Non
         f"({protocol.get('n_images', len(result.rows))} images, "
         f"{protocol.get('resolution', '?')} resolution)"
     )
-    table = Table(title=title)
-    for column in ("metric", "mean", "std", "n", "missing"):
+    conventional = _scored_by_convention(result.rows)
+    caption = None
+    if any(conventional.values()):
+        caption = ("0/0 = 1: images whose score is 1 only because there was nothing to get "
+                   "wrong (e.g. the precision of an empty prediction)")
+    table = Table(title=title, caption=caption)
+    for column in ("metric", "mean", "std", "n", "missing", "0/0 = 1"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name in METRIC_NAMES:
         stats = result.summary[name]
@@ -231,8 +256,19 @@ def print_table(result: EvaluationResult, console: Console | None = None) -> Non
             _format(stats["std"], unit),
             str(stats["n"]),
             str(stats["missing"]),
+            str(conventional[name]) if conventional.get(name) else "",
         )
     (console or Console()).print(table)
+
+
+def _scored_by_convention(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Per overlap metric, how many images scored 1 by 0/0 = 1 (overlap.py): precision with an
+    empty prediction, recall with an empty truth, IoU/Dice/F2 with both empty."""
+    empty_pred = [bool(r.get("empty_prediction")) for r in rows]
+    empty_truth = [bool(r.get("empty_truth")) for r in rows]
+    both = sum(p and t for p, t in zip(empty_pred, empty_truth, strict=True))
+    return {"precision": sum(empty_pred), "recall": sum(empty_truth), "iou": both,
+            "dice": both, "f2": both}
 
 
 def _format(value: float | None, unit: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
+from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
 from condseg.data.transforms import resize_image, resize_probabilities, to_tensor
 from condseg.errors import CondsegError, refuse_existing
 from condseg.inference.options import InferenceOptions
@@ -120,6 +120,7 @@ def predict_files(
     overwrite: bool = False,
     options: InferenceOptions | None = None,
     save_probabilities: str | None = None,
+    max_pixels: int | None = None,
 ) -> PredictReport:
     """Predict image files and folders (all their images, sorted) into ``out_dir``.
 
@@ -128,8 +129,10 @@ def predict_files(
     uc), with ``save_probabilities`` (``"png"`` or ``"npy"``) also the mask probability
     ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
-    ``report.failed`` and the others are still written. If any output file exists already,
-    nothing is written and FileExistsError is raised, unless ``overwrite`` is set.
+    ``report.failed`` and the others are still written; every entry of a folder with an image
+    extension is tried (a looping link is reported, not skipped). ``max_pixels`` is the
+    readers' pixel limit. If any output file exists already, nothing is written and
+    FileExistsError is raised, unless ``overwrite`` is set.
     """
     model = require_model(model)
     if maps and not model.map_names:
@@ -149,7 +152,7 @@ def predict_files(
         loaded: list[tuple[str, np.ndarray]] = []
         for name in names[start : start + batch_size]:
             try:
-                loaded.append((name, read_image(jobs[name])))
+                loaded.append((name, read_image(jobs[name], max_pixels)))
             except (DataError, OSError) as exc:
                 report.failed.append((jobs[name], str(exc)))
         predictions = predict_arrays(model, [image for _, image in loaded], threshold, options)
@@ -190,14 +193,12 @@ def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path
     jobs: dict[str, Path] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(
-                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            files = image_files(item)
             if not files:
                 report.failed.append(
                     (item, f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
                 )
-        elif item.is_file():
+        elif item.is_file() or item.is_symlink():
             files = [item]
         else:
             report.failed.append((item, "no such file or folder"))
