@@ -272,3 +272,25 @@ def test_unreadable_and_oversized_tiffs_name_the_file(tmp_path: Path) -> None:
                      photometric="minisblack", planarconfig="contig")
     with pytest.raises(DataError, match=r"big\.tif has 1,600 pixels, more than the limit of 100"):
         read_image(tmp_path / "big.tif", max_pixels=100)
+
+
+def test_evaluation_and_prediction_print_plain_progress_off_a_terminal(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from io import StringIO
+
+    from condseg.evaluation.evaluate import evaluate
+    from condseg.inference.predict import predict_files
+    from condseg.models.registry import create_model
+
+    model = create_model("condseg-net0", encoder="resnet18")
+    model.meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [32, 32]}
+    (corpus / "usable.txt").write_text("\n".join(OK) + "\n", encoding="utf-8")
+    log = StringIO()
+    evaluate(model, corpus, split="usable", console=Console(file=log, width=200))
+    predict_files(model, [corpus / "images" / "plain.png", corpus / "images" / "grey.png"],
+                  tmp_path / "out", console=Console(file=log, width=200), batch_size=1)
+    text = log.getvalue()
+    assert f"evaluate usable: {len(OK)}/{len(OK)} images (" in text
+    assert "predict: 1/2 images (" in text and "predict: 2/2 images (" in text
+    assert "\x1b[" not in text

@@ -400,6 +400,7 @@ def evaluate(
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
             threshold=threshold, options=options, save_probabilities=save_probabilities,
             probability_format=probability_format.value, max_pixels=max_pixels,
+            console=console,
         )
     print_table(result, console)
     if out is not None:
@@ -439,7 +440,7 @@ def predict(
             net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
             batch_size=batch_size, threshold=threshold, options=options,
             save_probabilities=save_probabilities.value if save_probabilities else None,
-            max_pixels=max_pixels,
+            max_pixels=max_pixels, console=console,
         )
     console.print(f"wrote {len(report.written)} files to {out}")
     from rich.markup import escape

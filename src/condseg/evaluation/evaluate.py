@@ -40,6 +40,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.progress import WorkProgress
 from condseg.viz import save_png
 
 RESOLUTIONS = ("network", "original")
@@ -92,6 +93,7 @@ def evaluate(
     save_probabilities: str | Path | None = None,
     probability_format: str = "png",
     max_pixels: int | None = None,
+    console: Console | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on ``split`` of the canonical dataset at ``data_root``.
 
@@ -102,7 +104,8 @@ def evaluate(
     PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
     float32), both at the protocol's resolution. Existing outputs are refused unless
     ``overwrite``. ``num_workers`` load the network protocol's batches. The split is checked
-    first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit).
+    first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit). With a
+    ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     if resolution not in RESOLUTIONS:
         raise CondsegError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -134,14 +137,16 @@ def evaluate(
     else:
         pairs = _original_pairs(model, dataset, batch_size, size, options)
     rows: list[dict[str, Any]] = []
-    for name, prob, gt in pairs:
-        pred = prob >= threshold
-        rows.append({"name": name, **image_metrics(prob, gt, threshold),
-                     "empty_prediction": not pred.any(), "empty_truth": not gt.any()})
-        if mask_dir is not None:
-            save_png(mask_dir / f"{name}.png", (prob >= threshold).astype(np.uint8) * 255)
-        if prob_dir is not None:
-            save_probability(probability_path(prob_dir, name, probability_format), prob)
+    with WorkProgress(console, len(dataset), f"evaluate {split}") as progress:
+        for name, prob, gt in pairs:
+            pred = prob >= threshold
+            rows.append({"name": name, **image_metrics(prob, gt, threshold),
+                         "empty_prediction": not pred.any(), "empty_truth": not gt.any()})
+            if mask_dir is not None:
+                save_png(mask_dir / f"{name}.png", pred.astype(np.uint8) * 255)
+            if prob_dir is not None:
+                save_probability(probability_path(prob_dir, name, probability_format), prob)
+            progress.advance()
 
     protocol = {
         "data_root": str(data_root),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
 from condseg.data.transforms import resize_image, resize_probabilities, to_tensor
@@ -29,6 +30,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.progress import WorkProgress
 from condseg.viz import map_paths, save_maps, save_png
 from condseg.viz import overlay as make_overlay
 
@@ -121,6 +123,7 @@ def predict_files(
     options: InferenceOptions | None = None,
     save_probabilities: str | None = None,
     max_pixels: int | None = None,
+    console: Console | None = None,
 ) -> PredictReport:
     """Predict image files and folders (all their images, sorted) into ``out_dir``.
 
@@ -132,7 +135,8 @@ def predict_files(
     ``report.failed`` and the others are still written; every entry of a folder with an image
     extension is tried (a looping link is reported, not skipped). ``max_pixels`` is the
     readers' pixel limit. If any output file exists already, nothing is written and
-    FileExistsError is raised, unless ``overwrite`` is set.
+    FileExistsError is raised, unless ``overwrite`` is set. With a ``console``, progress is
+    shown (a bar on a terminal, plain lines elsewhere).
     """
     model = require_model(model)
     if maps and not model.map_names:
@@ -148,22 +152,28 @@ def predict_files(
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(jobs)
-    for start in range(0, len(names), batch_size):
-        loaded: list[tuple[str, np.ndarray]] = []
-        for name in names[start : start + batch_size]:
-            try:
-                loaded.append((name, read_image(jobs[name], max_pixels)))
-            except (DataError, OSError) as exc:
-                report.failed.append((jobs[name], str(exc)))
-        predictions = predict_arrays(model, [image for _, image in loaded], threshold, options)
-        for (name, image), pred in zip(loaded, predictions, strict=True):
-            report.written.append(save_png(outputs[name][0], pred.mask.astype(np.uint8) * 255))
-            if overlay:
-                report.written.append(save_png(outputs[name][1], make_overlay(image, pred.mask)))
-            if maps:
-                report.written.extend(save_maps(pred.maps, out_dir, name))
-            if save_probabilities:
-                report.written.append(save_probability(outputs[name][-1], pred.prob))
+    with WorkProgress(console, len(names), "predict") as progress:
+        for start in range(0, len(names), batch_size):
+            batch = names[start : start + batch_size]
+            loaded: list[tuple[str, np.ndarray]] = []
+            for name in batch:
+                try:
+                    loaded.append((name, read_image(jobs[name], max_pixels)))
+                except (DataError, OSError) as exc:
+                    report.failed.append((jobs[name], str(exc)))
+            images = [image for _, image in loaded]
+            predictions = predict_arrays(model, images, threshold, options)
+            for (name, image), pred in zip(loaded, predictions, strict=True):
+                mask = pred.mask.astype(np.uint8) * 255
+                report.written.append(save_png(outputs[name][0], mask))
+                if overlay:
+                    overlaid = make_overlay(image, pred.mask)
+                    report.written.append(save_png(outputs[name][1], overlaid))
+                if maps:
+                    report.written.extend(save_maps(pred.maps, out_dir, name))
+                if save_probabilities:
+                    report.written.append(save_probability(outputs[name][-1], pred.prob))
+            progress.advance(len(batch))
     return report
 
 

@@ -398,7 +398,8 @@ def _evaluate_test(config: RunConfig, result: TrainResult, console: Console) -> 
     out = result.run_dir / "evaluation" / data.test_split
     if _is_main_process() and not (out / "summary.json").is_file():
         evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
-                              out_dir=out, batch_size=data.batch_size, overwrite=True)
+                              out_dir=out, batch_size=data.batch_size, overwrite=True,
+                              max_pixels=data.max_pixels, console=console)
         print_table(evaluation, console)
         console.print(f"test-split evaluation of {result.model_file}: {out}")
     return out
