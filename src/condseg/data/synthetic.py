@@ -109,8 +109,8 @@ def synthesize(
         raise DataError(f"{out} is a file; give a folder to write the synthetic dataset into")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DataError(
-            f"{out} is not empty; choose an empty folder or pass overwrite=True "
-            "(CLI: --overwrite) to replace a previous synthetic dataset"
+            f"{out} is not empty; choose an empty folder or pass --overwrite (overwrite=True) "
+            "to replace a previous synthetic dataset"
         )
     for kind in ("images", "masks"):
         (out / kind).mkdir(parents=True, exist_ok=True)

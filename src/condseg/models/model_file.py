@@ -55,7 +55,8 @@ def save_model(
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to "
+                                "replace it")
     arch = require_model(model).arch
     if not isinstance(arch, Mapping) or "name" not in arch:
         raise ModelFileError(

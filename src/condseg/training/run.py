@@ -354,7 +354,7 @@ def _run_stage(
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch had finished"
         raise TrainingError(
             f"{exc}. Training stopped; {kept}. Lower stages.{name}.optimizer.lr or use "
-            "precision=32, then continue with resume=True (--resume)"
+            f"precision=32, then continue with --resume {run_dir} (resume=True)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
