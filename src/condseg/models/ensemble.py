@@ -74,10 +74,11 @@ class Ensemble(SegmentationModel):
 
 
 def _affine(member: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """(mean, std) as (3, 1, 1) tensors; None means no shift / no scaling."""
+    """(mean, std) as (3, 1, 1) CPU tensors (also when the model is laid out on the meta device
+    to check a file); None means no shift / no scaling."""
     mean, std = member.get("mean"), member.get("std")
-    return (torch.tensor(mean if mean is not None else [0.0] * 3).view(3, 1, 1),
-            torch.tensor(std if std is not None else [1.0] * 3).view(3, 1, 1))
+    return (torch.tensor(mean if mean is not None else [0.0] * 3, device="cpu").view(3, 1, 1),
+            torch.tensor(std if std is not None else [1.0] * 3, device="cpu").view(3, 1, 1))
 
 
 def _renormalization(

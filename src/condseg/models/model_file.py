@@ -145,9 +145,10 @@ def validate_header(header: Any) -> str | None:
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
         return f"arch must be an object with a name, got {arch!r}"
     options = arch.get("options", {})
-    if not isinstance(options, dict) or not all(map(_is_plain, options.values())):
-        return f"arch.options must map names to numbers, strings, booleans or lists: {options!r}"
-    if {"pretrained", "weights"} & set(options):
+    if not isinstance(options, dict) or not _is_plain(options):
+        return (f"arch.options must be a JSON object of numbers, strings, booleans, lists and "
+                f"objects: {options!r}")
+    if _names_weights(options):
         return "arch.options may not name pretrained or weights (nothing is downloaded or read)"
     if (
         not isinstance(size, list)
@@ -178,11 +179,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_plain(value: Any) -> bool:
-    """A JSON scalar or a list of plain values (what model options are)."""
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """A JSON scalar, or a list or string-keyed object of plain values, nested at most 6 deep
+    (what model options are; an ensemble's options list its members' architectures)."""
+    if depth > 6:
+        return False
     if isinstance(value, list):
-        return all(map(_is_plain, value))
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _names_weights(value: Any) -> bool:
+    """Whether options at any depth ask for ImageNet weights (a download or a file read)."""
+    if isinstance(value, list):
+        return any(map(_names_weights, value))
+    if isinstance(value, dict):
+        return bool({"pretrained", "weights"} & set(value)) or any(
+            map(_names_weights, value.values()))
+    return False
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModel:
