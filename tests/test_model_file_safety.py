@@ -53,6 +53,9 @@ FORGED = {
                       "arch.options must"),
     "weights-option": ({"arch": {**ARCH, "options": {"weights": "/etc/passwd"}}},
                        "may not name pretrained or weights"),
+    "member-weights": ({"arch": {"name": "ensemble", "options": {"members": [
+        {"name": "condseg", "options": {"pretrained": True}}]}}},
+        "may not name pretrained or weights"),
     "zero-size": ({"input_size": [0, 64]}, r"input_size must be \[H, W\]"),
     "huge-size": ({"input_size": [10**9, 10**9]}, r"ints from 1 to 8192"),
     "bool-size": ({"input_size": [True, 64]}, "input_size must be"),
