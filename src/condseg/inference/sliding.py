@@ -15,14 +15,12 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from condseg.models.base import ModelOutput, SegmentationModel, require_model
+from condseg.models.base import ModelOutput, SegmentationModel, WrappedModel
 
 
-class SlidingWindow(SegmentationModel):
+class SlidingWindow(WrappedModel):
     """``model`` run on windows of ``window`` (H, W) overlapping by ``overlap`` (a fraction of
     the window); an input of exactly the window's size is passed straight through."""
-
-    encoder_path = None
 
     def __init__(
         self,
@@ -31,18 +29,10 @@ class SlidingWindow(SegmentationModel):
         overlap: float = 0.25,
         batch_size: int = 4,
     ) -> None:
-        super().__init__()
-        self.model = require_model(model)
+        super().__init__(model)
         self.window = (int(window[0]), int(window[1]))
         self.overlap = overlap
         self.batch_size = batch_size
-        self.input_divisor = model.input_divisor
-        self.map_names = model.map_names
-        self.meta = model.meta
-
-    @property
-    def name(self) -> str:
-        return self.model.name
 
     def forward(self, x: Tensor) -> ModelOutput:
         if tuple(x.shape[-2:]) == self.window:

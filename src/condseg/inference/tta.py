@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from condseg.models.base import ModelOutput, SegmentationModel, require_model
+from condseg.models.base import ModelOutput, SegmentationModel, WrappedModel
 from condseg.models.ensemble import mean_probability_logits
 
 #: (quarter turns, flipped axes) of each view. Flips: the four mirrorings of both image axes.
@@ -31,23 +31,13 @@ def _invert(y: Tensor, turns: int, axes: tuple[int, ...]) -> Tensor:
     return torch.rot90(y, -turns, dims=(-2, -1)) if turns else y
 
 
-class TTA(SegmentationModel):
+class TTA(WrappedModel):
     """``model`` averaged over :data:`FLIPS`, or over :data:`DIHEDRAL` with ``rotations``
     (a 90° turn swaps height and width, which must then suit the model as well)."""
 
-    encoder_path = None
-
     def __init__(self, model: SegmentationModel, rotations: bool = False) -> None:
-        super().__init__()
-        self.model = require_model(model)
+        super().__init__(model)
         self.views = DIHEDRAL if rotations else FLIPS
-        self.input_divisor = model.input_divisor
-        self.map_names = model.map_names
-        self.meta = model.meta
-
-    @property
-    def name(self) -> str:
-        return self.model.name
 
     def forward(self, x: Tensor) -> ModelOutput:
         outputs = [self.model(_apply(x, turns, axes)) for turns, axes in self.views]

@@ -71,6 +71,24 @@ class SegmentationModel(nn.Module):
         return (self.arch or {}).get("name", type(self).__name__)
 
 
+class WrappedModel(SegmentationModel):
+    """A model around another (test-time augmentation, sliding windows): it keeps the inner
+    model's input rule, maps, header and name."""
+
+    encoder_path = None
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = require_model(model)
+        self.input_divisor = model.input_divisor
+        self.map_names = model.map_names
+        self.meta = model.meta
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
 def require_model(model: object) -> SegmentationModel:
     if not isinstance(model, SegmentationModel):
         raise ModelError(
