@@ -97,11 +97,21 @@ def user_errors() -> Iterator[None]:
 
 @app.command("models")
 def models() -> None:
-    """List the available model names."""
+    """List the available model names, with the method stages that train each."""
+    from condseg.config import load_config
+    from condseg.methods import list_methods
     from condseg.models.registry import describe_models
 
+    trained_by: dict[str, list[str]] = {}
+    for method in list_methods():
+        cfg = load_config("default", [f"method={method}"])
+        for stage, s in cfg.stages.items():
+            model = s.model.name if s.model is not None else cfg.model.name
+            trained_by.setdefault(model, []).append(f"{method}/{stage}")
     for name, description in describe_models().items():
-        console.print(f"[bold]{name}[/]  {description}")
+        stages = trained_by.get(name)
+        suffix = f" (trained by {', '.join(stages)})" if stages else ""
+        console.print(f"[bold]{name}[/]  {description}{suffix}", soft_wrap=True)
 
 
 @app.command("methods")
