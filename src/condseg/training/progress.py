@@ -39,6 +39,7 @@ class ProgressLines(Callback):
     def __init__(self, console: Console, stage: str, every_n_steps: int) -> None:
         self.console, self.stage, self.every_n_steps = console, stage, every_n_steps
         self._start = time.perf_counter()
+        self._losses: list[float] = []
 
     def _print(self, trainer: L.Trainer, text: str) -> None:
         if trainer.is_global_zero:
@@ -49,24 +50,24 @@ class ProgressLines(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._losses = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.every_n_steps:
-            return
-        loss = trainer.callback_metrics.get("train/loss_step")
-        text = f" loss {float(loss):.4f}" if loss is not None else ""
-        self._print(trainer, f"{self._epoch(trainer)} step {batch_idx + 1}/"
-                             f"{trainer.num_training_batches}{text}")
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._losses.append(float(loss))
+        if (batch_idx + 1) % self.every_n_steps == 0 and self._losses:
+            self._print(trainer, f"{self._epoch(trainer)} step {batch_idx + 1}/"
+                                 f"{trainer.num_training_batches} loss {self._losses[-1]:.4f}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
         parts = [f"{label} {float(metrics[key]):.4f}" for key, label in _SHOWN if key in metrics]
-        loss = metrics.get("train/loss_epoch")
-        if loss is not None:
-            parts.insert(0, f"train loss {float(loss):.4f}")
+        if self._losses:  # this epoch's mean (Lightning's epoch mean is logged only later)
+            parts.insert(0, f"train loss {sum(self._losses) / len(self._losses):.4f}")
         seconds = time.perf_counter() - self._start
         self._print(trainer, f"{self._epoch(trainer)}: {', '.join(parts)} ({seconds:.0f} s)")
 

@@ -50,7 +50,7 @@ from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
 from condseg.training.hooks import create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
-from condseg.training.progress import progress_callbacks
+from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.viz import plot_curves
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
@@ -339,7 +339,8 @@ def _run_stage(
         logger=[CSVLogger(stage_dir, name="csv",  # csv/version_K: one per attempt (resume)
                           flush_logs_every_n_steps=config.log_every_n_steps),
                 TensorBoardLogger(stage_dir, name="", version="tensorboard")],
-        enable_progress_bar=config.progress_bar, enable_model_summary=False,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=stage_dir, plugins=[AtomicCheckpointIO()],
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
