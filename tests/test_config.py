@@ -79,9 +79,16 @@ def test_user_file_extends_preset_and_relative_file(tmp_path: Path) -> None:
 def test_method_option_switches_the_recipe() -> None:
     c = load_config("kvasir-seg", ["method=condseg", "model.name=condseg-pvt"])
     assert c.model.name == "condseg-pvt" and c.description.startswith("ConDSeg on Kvasir")
-    # A named component given another name is replaced whole, not merged with the old options.
+    # A named component given another name is replaced whole, not merged with the old options;
+    # an optimiser keeps its learning rates when only its kind changes.
     swapped = load_config("default", ["stages.stage1.loss.name=bce-dice"]).stages["stage1"]
     assert swapped.loss.options == {}
+    adamw = load_config("default", ["stages.stage2.optimizer.name=adamw"]).stages["stage2"]
+    assert (adamw.optimizer.name, adamw.optimizer.encoder_lr) == ("adamw", 1e-5)
+    with pytest.raises(ConfigError, match=r"stages stage1, stage2 are not stages of method 'unet'"):
+        load_config("demo", ["method=unet"])
+    with pytest.raises(ConfigError, match="train_stages"):
+        load_config("default", ["train_stages=[]"])
     with pytest.raises(CondsegError, match=r"unknown method 'nope'.*condseg"):
         load_config("default", ["method=nope"])
 

@@ -147,7 +147,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     stages: dict[str, StageConfig] = Field(min_length=1)  # in training order
-    train_stages: list[str] | None = None  # the stages `condseg train` runs; None: all
+    train_stages: list[str] | None = Field(None, min_length=1)  # what `train` runs; None: all
     seed: int = 42
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     accelerator: str = "auto"
@@ -239,7 +239,10 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _renamed(base: dict[str, Any], top: dict[str, Any]) -> bool:
-    return "name" in base and "name" in top and base["name"] != top["name"]
+    """A registered component with its own ``options`` (model, loss, hook) given another name;
+    an optimiser or schedule keeps its other fields (learning rates) when renamed."""
+    return ("name" in base and "name" in top and base["name"] != top["name"]
+            and ("options" in base or "options" in top))
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -309,7 +312,15 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     method = raw.get("method", RunConfig.model_fields["method"].default)
     if not isinstance(method, str):
         raise ConfigError(f"{source}: method must be a name, got {method!r}")
-    raw = _merge(method_recipe(method), raw)
+    recipe = method_recipe(method)
+    foreign = [name for name in raw.get("stages") or {} if name not in recipe["stages"]]
+    if foreign:
+        raise ConfigError(
+            f"{source}: stages {', '.join(foreign)} are not stages of method {method!r} "
+            f"({', '.join(recipe['stages'])}); a preset written for another method cannot be "
+            "switched with method=... (register a method to add stages)"
+        )
+    raw = _merge(recipe, raw)
     _check_keys(raw, RunConfig)
     try:
         return RunConfig.model_validate(raw)

@@ -24,7 +24,9 @@ class Registry(Generic[T]):
         self._items: dict[str, tuple[T, str]] = {}
 
     def add(self, name: str, item: T, description: str = "") -> T:
-        if name in self._items and self._items[name][0] is not item:
+        """Register ``item``; registering the same thing again (an equal recipe, a class
+        redefined in a notebook) replaces it, anything else under a taken name is an error."""
+        if name in self._items and not same_registration(self._items[name][0], item):
             raise RegistryError(f"a {self.kind} named {name!r} is registered already")
         self._items[name] = (item, description)
         return item
@@ -50,5 +52,14 @@ class Registry(Generic[T]):
 
     def _loaded(self) -> None:
         if self._load is not None:
-            load, self._load = self._load, None
-            load()
+            self._load()
+            self._load = None  # only once it worked: a failed import is retried, not hidden
+
+
+def same_registration(old: object, new: object) -> bool:
+    """The same object, an equal one, or the same class or function defined again."""
+    if old is new or old == new:
+        return True
+    key = ("__module__", "__qualname__")
+    return all(getattr(old, k, None) is not None and getattr(old, k, None) == getattr(new, k, 0)
+               for k in key)

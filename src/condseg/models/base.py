@@ -55,7 +55,15 @@ class SegmentationModel(nn.Module):
         raise NotImplementedError
 
     def encoder_module(self) -> nn.Module | None:
-        return self.get_submodule(self.encoder_path) if self.encoder_path else None
+        if not self.encoder_path:
+            return None
+        try:
+            return self.get_submodule(self.encoder_path)
+        except AttributeError as error:
+            raise ModelError(
+                f"{type(self).__name__} has no submodule {self.encoder_path!r} (its "
+                "encoder_path); set encoder_path to the encoder's submodule, or None"
+            ) from error
 
     def encoder_config(self) -> dict[str, Any]:
         """The encoder's timm ``pretrained_cfg`` (empty for an encoder without one)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from condseg.models.base import ModelError, SegmentationModel
+from condseg.registry import same_registration
 
 Builder = TypeVar("Builder", bound=Callable[..., SegmentationModel])
 
@@ -32,10 +33,10 @@ _families_loaded = False
 def _load_families() -> None:
     global _families_loaded
     if not _families_loaded:
-        _families_loaded = True
         from condseg.models import load_families
 
         load_families()
+        _families_loaded = True  # only once it worked: a failed import is retried, not hidden
 
 
 def register_model(
@@ -48,7 +49,7 @@ def register_model(
     """
 
     def decorate(builder: Builder) -> Builder:
-        if name in _MODELS and _MODELS[name].builder is not builder:
+        if name in _MODELS and not same_registration(_MODELS[name].builder, builder):
             raise ModelError(f"a model named {name!r} is registered already")
         _MODELS[name] = ModelEntry(builder, description, dict(defaults or {}))
         return builder

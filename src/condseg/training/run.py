@@ -114,6 +114,7 @@ def train(
             _check_data(config.data.root, config, console)
             _prepare_run_dir(run_dir, config, resume)
         result = TrainResult(run_dir)
+        trained = False
         for name in stages:
             done = run_dir / name / "result.json"
             summary = json.loads(done.read_text()) if done.is_file() else None
@@ -123,12 +124,13 @@ def train(
                     console.print(f"{name} already finished: {result.model_files[name]}")
                 continue
             _record(result, name, _run_stage(name, config, run_dir, result, resume, console))
+            trained = True
     except BaseException:
         if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
             shutil.rmtree(run_dir)  # a failed start leaves nothing behind
         raise
     if stage == "all":
-        result.test_dir = _evaluate_test(config, result, console)
+        result.test_dir = _evaluate_test(config, result, console, again=trained)
     return result
 
 
@@ -327,7 +329,7 @@ def _run_stage(
         save_top_k=1, enable_version_counter=False,
     )
     callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
-                 EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
+                 _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
                  LearningRateMonitor("epoch"),
                  *progress_callbacks(console, name, config.progress_bar,
                                      config.log_every_n_steps)]
@@ -390,20 +392,33 @@ def _export(
     return metrics
 
 
-def _evaluate_test(config: RunConfig, result: TrainResult, console: Console) -> Path | None:
+def _evaluate_test(
+    config: RunConfig, result: TrainResult, console: Console, again: bool
+) -> Path | None:
     """The final model on the test split (network resolution, the paper's protocol), written to
-    RUN/evaluation/<test split>/ and printed; None when the dataset has no test split."""
+    RUN/evaluation/<test split>/ and printed; None when the dataset has no test split. An
+    existing evaluation is kept unless a stage was trained in this call (``again``)."""
     data = config.data
     if not result.model_files or not (data.root / f"{data.test_split}.txt").is_file():
         return None
     out = result.run_dir / "evaluation" / data.test_split
-    if _is_main_process() and not (out / "summary.json").is_file():
+    if _is_main_process() and (again or not (out / "summary.json").is_file()):
         evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
                               out_dir=out, batch_size=data.batch_size, overwrite=True,
                               max_pixels=data.max_pixels, console=console)
         print_table(evaluation, console)
         console.print(f"test-split evaluation of {result.model_file}: {out}")
     return out
+
+
+class _EarlyStopping(EarlyStopping):
+    """Keeps the configured patience on resume (Lightning restores the checkpoint's), so that
+    ``--resume RUN stages.X.early_stop_patience=N`` takes effect."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
 
 
 def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
@@ -438,8 +453,8 @@ def _merge_csv_logs(stage_dir: Path) -> Path:
             attempts.append(list(reader))
     rows: list[dict[str, str]] = []
     for i, attempt in enumerate(attempts):
-        later = [int(r["step"]) for r in (attempts[i + 1] if i + 1 < len(attempts) else [])]
-        cutoff = min(later, default=None)
+        later = [int(r["step"]) for after in attempts[i + 1:] for r in after]
+        cutoff = min(later, default=None)  # an attempt killed before logging cuts nothing
         rows.extend(r for r in attempt if cutoff is None or int(r["step"]) < cutoff)
     merged = stage_dir / "metrics.csv"
     with merged.open("w", newline="") as f:
