@@ -126,3 +126,8 @@ def test_a_recipe_that_cannot_work_is_refused_before_anything_is_written(
     config = condseg.load_config("default", ["method=tiny", "data.size=30"])
     with pytest.raises(condseg.CondsegError, match="multiples of 4"):
         condseg.train(config, data, tmp_path / "run")
+    hook = "stages.train.batch_hook={name: multiscale, options: {sizes: [32, 30]}}"
+    config = condseg.load_config("default", ["method=tiny", hook])
+    with pytest.raises(condseg.CondsegError, match=r"30x30 .*multiples of 4.*batch_hook sizes"):
+        condseg.train(config, data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -12,13 +12,22 @@ import torch.nn.functional as F
 from condseg.config import ConfigError
 from condseg.registry import Registry
 
-BatchHook = Callable[[dict[str, Any]], dict[str, Any]]
+
+class BatchHook:
+    """Base of registered hooks: ``hook(batch) -> batch``. ``sizes`` are the square input sizes
+    it can produce, checked against the model's input rule before training starts."""
+
+    sizes: Sequence[int] = ()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
 
 BATCH_HOOKS: Registry[Callable[..., BatchHook]] = Registry("batch hook")
 
 
 @BATCH_HOOKS.register("multiscale", "each batch resized to one size drawn from `sizes`")
-class MultiScale:
+class MultiScale(BatchHook):
     """Resize every image tensor of a batch (the image and its views: bilinear) and the mask
     (bilinear, then threshold 0.5, so it stays binary) to one size drawn per batch from
     ``sizes`` with torch's generator (seeded runs repeat their sizes)."""

@@ -48,7 +48,7 @@ from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
-from condseg.training.hooks import create_batch_hook
+from condseg.training.hooks import BatchHook, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.viz import plot_curves
@@ -105,8 +105,8 @@ def train(
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
     config = _resolved_paths(config, root)
     stages = _select_stages(config, stage)
-    for name in stages:
-        _check_stage(config, name)  # before the run directory exists: a refused start leaves none
+    # Built and checked before the run directory exists: a refused start leaves none.
+    parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
     fresh = not run_dir.is_dir() or not any(run_dir.iterdir())
     try:
@@ -123,7 +123,8 @@ def train(
                 if _is_main_process():
                     console.print(f"{name} already finished: {result.model_files[name]}")
                 continue
-            _record(result, name, _run_stage(name, config, run_dir, result, resume, console))
+            _record(result, name,
+                    _run_stage(name, parts[name], config, run_dir, result, resume, console))
             trained = True
     except BaseException:
         if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
@@ -173,8 +174,9 @@ def _record(result: TrainResult, name: str, summary: dict) -> None:
     result.best_metrics[name] = summary["metrics"]
 
 
-def _check_stage(config: RunConfig, name: str) -> None:
-    """Refuse a stage whose loss, views, hook or sizes cannot work, before anything is written."""
+def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
+    """The stage's loss and batch hook, built once; a stage whose loss, views or hook cannot
+    work is refused here, before anything is written."""
     cfg = config.stages[name]
     loss = create_loss(cfg.loss.name, **cfg.loss.options)
     for view in cfg.views:
@@ -185,8 +187,10 @@ def _check_stage(config: RunConfig, name: str) -> None:
             f"loss {cfg.loss.name!r} of stage {name} needs the views {missing}; add them with "
             f"stages.{name}.views=[{', '.join([*cfg.views, *missing])}]"
         )
+    hook = None
     if cfg.batch_hook is not None:
-        create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+        hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+    return loss, hook
 
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
@@ -284,14 +288,13 @@ def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
 
 
 def _loaders(
-    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple
+    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple,
+    hook: BatchHook | None,
 ) -> tuple[DataLoader, DataLoader]:
     data = config.data
     try:
-        check_input_size(model, data.size, data.size)
-        if cfg.batch_hook is not None and cfg.batch_hook.name == "multiscale":
-            for size in cfg.batch_hook.options.get("sizes", []):
-                check_input_size(model, int(size), int(size))
+        for size in (data.size, *(hook.sizes if hook is not None else ())):
+            check_input_size(model, size, size)
     except CondsegError as error:
         raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
@@ -311,19 +314,17 @@ def _loaders(
 
 
 def _run_stage(
-    name: str, config: RunConfig, run_dir: Path, result: TrainResult, resume: bool,
-    console: Console,
+    name: str, parts: tuple[Loss, BatchHook | None], config: RunConfig, run_dir: Path,
+    result: TrainResult, resume: bool, console: Console,
 ) -> dict:
     cfg, stage_dir = config.stages[name], run_dir / name
     L.seed_everything(config.seed + list(config.stages).index(name) + 1, workers=True,
                       verbose=False)
     model = _build_model(name, config, result, console)
-    loss: Loss = create_loss(cfg.loss.name, **cfg.loss.options)
-    hook = (create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
-            if cfg.batch_hook is not None else None)
+    loss, hook = parts
     module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook)
     mean, std = _normalization(config, model)
-    train_loader, val_loader = _loaders(cfg, config, model, mean, std)
+    train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, enable_version_counter=False,
