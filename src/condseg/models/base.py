@@ -164,3 +164,12 @@ def probabilities(model: SegmentationModel, batch: Tensor) -> dict[str, Tensor]:
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
     return {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+
+
+def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:
+    """Switch every module that has a fast implementation to its plain reference one (the test
+    oracle and the benchmark's ``plain`` path), or back. Such modules declare a boolean
+    ``plain_kernels`` attribute and read it in ``forward``."""
+    for module in model.modules():
+        if hasattr(module, "plain_kernels"):
+            module.plain_kernels = plain
