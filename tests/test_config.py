@@ -156,3 +156,20 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(c.to_yaml())
     assert load_config(path) == c
+
+
+def test_renaming_the_model_drops_the_options_written_for_the_old_one() -> None:
+    # demo.yaml sets options (resnet18, width 32) for the recipe's ConDSeg; U-Net has no width.
+    assert load_config("demo", ["model.name=unet"]).model.options == {}
+    renamed = load_config("demo", ["model.name=unet", "model.options.encoder=resnet18"])
+    assert renamed.model.options == {"encoder": "resnet18"}
+    assert load_config("demo", ["model.name=condseg"]).model.options["width"] == 32
+
+
+def test_an_encoder_inside_a_provided_part_is_not_fetched_again() -> None:
+    from condseg.training.run import _provided
+
+    assert _provided("net.encoder", {"net.encoder": "stage1"})
+    assert _provided("net.encoder", {"net": "stage1"})
+    assert not _provided("net.encoder", {"encoder": "stage1"})
+    assert not _provided("encoder", {"encoder_head": "stage1"})

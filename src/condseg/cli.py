@@ -304,8 +304,8 @@ def _run_config(
         previous = run_dir / "config.yaml"
         config = str(previous) if resume and previous.is_file() else "default"
     keys = {"method": "method", "model": "model.name", "precision": "precision", "seed": "seed"}
-    extra = overrides + [f"{keys[k]}={v}" for k, v in options.items() if v is not None]
-    return load_config(config, extra)
+    shorthand = [f"{keys[k]}={v}" for k, v in options.items() if v is not None]
+    return load_config(config, shorthand + overrides)  # key=value options refine a --model
 
 
 @app.command("cv")

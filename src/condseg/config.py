@@ -261,7 +261,20 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             section = ".".join(parents[: i + 1])
             raise ConfigError(f"override {override!r}: {section} is not a section")
         node = child
+    if leaf == "name" and "options" in node and value != _current_name(raw, parents, node):
+        del node["options"]  # written for the component being replaced (see _renamed)
     node[leaf] = value
+
+
+def _current_name(raw: dict[str, Any], parents: list[str], node: dict[str, Any]) -> Any:
+    """The name a section has before an override: its own, or for a preset's ``model`` that
+    only sets options, the model of the method's recipe."""
+    if "name" in node or parents != ["model"]:
+        return node.get("name")
+    from condseg.methods import method_recipe
+
+    method = raw.get("method", RunConfig.model_fields["method"].default)
+    return method_recipe(method)["model"]["name"] if isinstance(method, str) else None
 
 
 def _check_keys(raw: dict[str, Any], cls: type[BaseModel], prefix: str = "") -> None:

@@ -245,6 +245,11 @@ def _check_data(root: Path, config: RunConfig, console: Console) -> None:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
 
 
+def _provided(path: str, parts: dict[str, str]) -> bool:
+    """Whether the submodule ``path`` is (inside) one of the ``parts`` an earlier stage gives."""
+    return any(path == part or path.startswith(f"{part}.") for part in parts)
+
+
 def _build_model(
     name: str, config: RunConfig, result: TrainResult, console: Console
 ) -> SegmentationModel:
@@ -259,9 +264,15 @@ def _build_model(
         inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
         model_name, options = cfg.model.name, {**inherited, **cfg.model.options}
     sources = {part: source for part, source in cfg.init.items() if source is not None}
-    pretrained = run_model.pretrained and "encoder" not in sources
-    model = create_model(model_name, pretrained=pretrained,
-                         weights=run_model.weights if pretrained else None, **options)
+    model = None
+    if sources:  # ImageNet weights are fetched only when no earlier stage provides the encoder
+        model = create_model(model_name, pretrained=False, **options)
+        if run_model.pretrained and not _provided(model.encoder_path, sources):
+            model = None
+    if model is None:
+        model = create_model(model_name, pretrained=run_model.pretrained,
+                             weights=run_model.weights if run_model.pretrained else None,
+                             **options)
     for part, source in sources.items():
         if source not in result.model_files:
             raise TrainingError(
