@@ -165,6 +165,8 @@ def test_lossnet_from_a_local_file(vgg_file) -> None:
     assert all(p.grad is None for p in lossnet.parameters())
 
     module = SegmentationModule(torch.nn.Conv2d(3, 1, 1), loss, cfg=None)
+    vgg = {name for name, _ in module.named_parameters() if ".vgg." in name}
+    assert len(vgg) == 20  # registered (so it moves with the module): 10 convolutions
     state = module.state_dict()
-    assert not any(".vgg." in key for key in state)
+    assert set(state) == {"model.weight", "model.bias"}
     module.load_state_dict(state)  # strict: the VGG is not expected back
