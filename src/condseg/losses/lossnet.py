@@ -1,12 +1,12 @@
-"""LossNet (M2SNet paper, Eqs. 5–6): L_f = Σ_i ‖F_P^i − F_G^i‖², the distance between frozen
-ImageNet VGG-16 features of the prediction and of the ground truth at relu1_2, relu2_2, relu3_3
-and relu4_3.
+"""LossNet (M2SNet paper, Eqs. 5–6): L_f = Σ_i l_f^i, the "L2 loss" between frozen ImageNet
+VGG-16 features F_P^i of the prediction and F_G^i of the ground truth at relu1_2, relu2_2,
+relu3_3 and relu4_3, taken here as mean((F_P^i − F_G^i)²).
 
 Both maps (probabilities in [0, 1]) are resized to 224×224 (bilinear), repeated to three
-channels and ImageNet-normalised; each level's term is the mean squared difference
-(``docs/decisions.md``). The VGG is a fixed measuring instrument: never trained, always in eval
-mode, run in float32, and left out of state dicts (checkpoints would otherwise carry 30 MB of
-VGG weights that are rebuilt from their source at every start).
+channels and ImageNet-normalised (``docs/decisions.md``). The VGG is a fixed measuring
+instrument: never trained, always in eval mode, run in float32, and left out of state dicts
+(checkpoints would otherwise carry 30 MB of VGG weights that are rebuilt from their source at
+every start).
 """
 
 from __future__ import annotations
