@@ -22,6 +22,24 @@ def test_triangular_warms_up_to_mid_training_then_decays() -> None:
     assert factors("triangular", 50)[0] == pytest.approx(2 / 51)
 
 
+def test_triangular_learning_rates_at_chosen_epochs() -> None:
+    """The optimiser's rates through 50 epochs of M2SNet's recipe (encoder 0.005, rest 0.05)
+    equal lr·(1 − |2(e+1)/(E+1) − 1|); the peak 50/51 falls on epochs 24 and 25."""
+    model = create_model("condseg-net0", encoder="resnet18")
+    cfg = OptimizerConfig(name="sgd", lr=0.05, encoder_lr=0.005, nesterov=True)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="triangular"), 50)["scheduler"]
+    seen = {}
+    for epoch in range(50):
+        seen[epoch] = [g["lr"] for g in optimizer.param_groups]
+        optimizer.step()
+        scheduler.step()
+    for epoch, factor in {0: 2 / 51, 9: 20 / 51, 24: 50 / 51, 25: 50 / 51, 40: 20 / 51,
+                          49: 2 / 51}.items():
+        assert factor == pytest.approx(1 - abs(2 * (epoch + 1) / 51 - 1))
+        assert seen[epoch] == pytest.approx([0.005 * factor, 0.05 * factor])
+
+
 def test_poly_cosine_constant_and_warm_up() -> None:
     assert factors("poly", 4, power=1.0) == pytest.approx([1, 0.75, 0.5, 0.25])
     assert factors("cosine", 3) == pytest.approx([1, 0.75, 0.25])
@@ -72,3 +90,28 @@ def test_multiscale_resizes_images_views_and_masks_together() -> None:
         assert out["mask"].mean().item() == pytest.approx(0.25, abs=0.05)
         assert out["name"] == ["a", "b"]
     assert seen == {16, 24, 32}
+
+
+def test_multiscale_sizes_are_uniform_and_masks_stay_aligned() -> None:
+    """Over many batches every size comes from the set, each about equally often (the authors
+    draw uniformly); the mask is resized exactly as the image and stays binary."""
+    torch.manual_seed(1)
+    sizes = [28, 32, 36, 40, 44]  # the authors' 224..352 in steps of 32, divided by 8
+    hook = MultiScale(sizes)
+    mask = torch.zeros(2, 1, 44, 44)
+    mask[0, :, 5:25, 12:37] = 1
+    mask[1, :, 37:41, 1:5] = 1  # a small object near the border
+    image = mask.expand(-1, 3, -1, -1).clone()  # the image shows the mask
+    counts = dict.fromkeys(sizes, 0)
+    for _ in range(200):
+        out = hook({"image": image, "mask": mask})
+        size = out["mask"].shape[-1]
+        counts[size] += 1
+        assert out["image"].shape == (2, 3, size, size) and out["mask"].shape == (2, 1, size, size)
+        assert out["mask"].dtype == mask.dtype
+        assert set(out["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(out["mask"], (out["image"][:, :1] >= 0.5).float())
+        if size == 44:
+            assert torch.equal(out["mask"], mask)
+        assert out["mask"][1].sum() > 0  # the small object survives the smallest size
+    assert all(25 <= n <= 55 for n in counts.values()), counts

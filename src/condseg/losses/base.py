@@ -18,7 +18,8 @@ from condseg.registry import Registry
 
 
 def _load_packaged() -> None:
-    import condseg.losses.mask  # noqa: F401
+    import condseg.losses.mask
+    import condseg.losses.structure  # noqa: F401
     from condseg.models import load_families
 
     load_families()  # family losses

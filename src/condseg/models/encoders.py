@@ -6,26 +6,20 @@ neither is possible the error says which option to use.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import timm
 from torch import nn
 
-from condseg.errors import CondsegError
+from condseg.models.pretrained import WeightsUnavailableError, host_reachable
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
 
 T = TypeVar("T")
-
-
-class WeightsUnavailableError(CondsegError):
-    """ImageNet weights could neither be downloaded nor read from a local file."""
 
 
 def create_encoder(
@@ -83,14 +77,8 @@ def _cache_only_when_offline(timeout: float = 3.0) -> Iterator[None]:
     would otherwise retry for about a minute before failing."""
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or ""
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        reachable = True
-    except OSError:
-        reachable = False
     previous = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = previous or not reachable
+    constants.HF_HUB_OFFLINE = previous or not host_reachable(constants.ENDPOINT, timeout)
     try:
         yield
     finally:
