@@ -29,8 +29,8 @@ INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-_OPTIONS = ("stages.STAGE.loss.options.lossnet_weights=PATH",
-            "stages.STAGE.loss.options.lossnet=false")
+_OPTIONS = ("loss.options.lossnet_weights=PATH",
+            "loss.options.lossnet=false")
 
 
 class LossNet(nn.Module):

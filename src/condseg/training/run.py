@@ -178,7 +178,10 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
     """The stage's loss and batch hook, built once; a stage whose loss, views or hook cannot
     work is refused here, before anything is written."""
     cfg = config.stages[name]
-    loss = create_loss(cfg.loss.name, **cfg.loss.options)
+    try:
+        loss = create_loss(cfg.loss.name, **cfg.loss.options)
+    except CondsegError as error:  # name the stage, so that "loss.options.x" becomes a full key
+        raise type(error)(f"stages.{name}: {error}") from error
     for view in cfg.views:
         VIEWS.get(view)
     missing = [v for v in loss.views if v not in cfg.views]
