@@ -1,4 +1,4 @@
-"""Encoders: timm feature extractors returning the first four feature levels.
+"""Encoders: timm feature extractors returning the first feature levels (four by default).
 
 ImageNet weights come through timm when online, or from a local file (``weights=PATH``); when
 neither is possible the error says which option to use.
@@ -17,6 +17,7 @@ import timm
 from torch import nn
 
 from condseg.errors import CondsegError
+from condseg.models.base import ModelError
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
@@ -29,16 +30,24 @@ class WeightsUnavailableError(CondsegError):
 
 
 def create_encoder(
-    name: str = "resnet50", pretrained: bool = False, weights: str | Path | None = None
+    name: str = "resnet50",
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    levels: int = 4,
 ) -> nn.Module:
-    """A timm ``features_only`` model returning its first four levels.
+    """A timm ``features_only`` model returning its first ``levels`` feature levels.
 
-    For ResNets these are the stem and stages 1–3 (strides 2–16; stage 4 is never built), for
-    PVT-v2 the four stages (strides 4–32). ``weights`` is a local file (safetensors or a torch
-    state dict, in timm's or the original repository's key names) and implies ``pretrained``.
+    With four levels, for ResNets these are the stem and stages 1–3 (strides 2–16; stage 4 is
+    never built), for PVT-v2 the four stages (strides 4–32); five levels add a ResNet's stage 4
+    (stride 32). ``weights`` is a local file (safetensors or a torch state dict, in timm's or
+    the original repository's key names) and implies ``pretrained``.
     """
-    return with_imagenet_weights(timm.create_model, name, pretrained, weights,
-                                 features_only=True, out_indices=(0, 1, 2, 3))
+    try:
+        return with_imagenet_weights(timm.create_model, name, pretrained, weights,
+                                     features_only=True, out_indices=tuple(range(levels)))
+    except IndexError as error:  # timm's answer to an out_indices beyond the model's levels
+        raise ModelError(f"encoder {name!r} has fewer than the {levels} feature levels this "
+                         "model needs; choose another encoder") from error
 
 
 def with_imagenet_weights(
@@ -98,10 +107,10 @@ def _cache_only_when_offline(timeout: float = 3.0) -> Iterator[None]:
 
 
 def encoder_channels(encoder: nn.Module) -> list[int]:
-    """Channels of the four feature levels of a timm ``features_only`` model."""
+    """Channels of the feature levels of a timm ``features_only`` model."""
     return list(encoder.feature_info.channels())
 
 
 def encoder_reductions(encoder: nn.Module) -> list[int]:
-    """Strides of the four feature levels (2, 4, 8, 16 for ResNet-50; 4..32 for PVT-v2)."""
+    """Strides of the feature levels (2, 4, 8, 16 for ResNet-50's first four; 4..32 for PVT-v2)."""
     return list(encoder.feature_info.reduction())
