@@ -1,7 +1,7 @@
 """MSNet (Zhao et al., MICCAI 2021) and M2SNet (its multi-scale successor): a Res2Net encoder,
 a pyramid of subtraction units over five levels, and a top-down decoder — one network, the
-``multiscale`` option choosing the unit (docs/models.md gives the dataflow and where the
-authors' code differs from the paper, which we follow the code in)."""
+``multiscale`` option choosing the unit. It follows the authors' code where that differs from
+the paper (docs/models.md lists where)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ class MSNet(SegmentationModel):
     """Mask logits at the input size of a (B, 3, H, W) tensor, H and W multiples of 32.
 
     Levels 1..5 are the encoder's stem after its max-pool (stride 4) and stages 1..4, the
-    last four reduced to 64 channels. ``units[k][i]`` is the unit of order k + 1 whose
-    shallower input is level i + 1: ``units[0][i]`` subtracts levels i + 2 and i + 1, each
-    higher order subtracts two neighbours of the order below (the fourth order's deeper input
-    first passes through ``apex``). Level i's complementarity-enhanced feature sums the units
-    whose shallower input it is (through ``fuse[i]``, except at level 4); the decoder starts
-    from ``deep`` (stage 4 reduced again) and adds them from level 4 to level 1.
+    last four reduced to 64 channels. ``units[k][i]`` is the unit of order k + 1 spanning
+    levels i + 1 .. i + k + 2 (the authors' ``x{i+k+2}_…_x{i+1}``): order 1 subtracts two
+    adjacent levels, each higher order two adjacent units of the order below (the fourth
+    order's deeper input first passes through ``apex``). Level j's complementarity-enhanced
+    feature sums the units whose span starts at level j, through ``fuse[j - 1]`` except at
+    level 4; the decoder starts from ``deep`` (stage 4 reduced again) and adds them from level
+    4 down to level 1.
     """
 
     input_divisor = STRIDES[-1]

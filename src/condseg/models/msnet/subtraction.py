@@ -49,7 +49,7 @@ class BoxFilter(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels, pad = x.shape[1], self.size // 2
+        channels, pad = self.norm.num_features, self.size // 2  # constants, also when traced
         kernel = self.kernel.to(x.dtype)
         if self.plain_kernels:
             summed = F.conv2d(x, kernel.expand(channels, channels, -1, -1), padding=pad)
