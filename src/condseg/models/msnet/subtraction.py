@@ -42,14 +42,14 @@ class BoxFilter(nn.Module):
 
     def __init__(self, size: int, channels: int = 64) -> None:
         super().__init__()
-        self.size = size
+        self.size, self.channels = size, channels
         self.plain_kernels = False
         self.register_buffer("kernel", torch.ones(1, 1, size, size), persistent=False)
         self.norm = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels, pad = self.norm.num_features, self.size // 2  # constants, also when traced
+        channels, pad = self.channels, self.size // 2  # constants, also when traced
         kernel = self.kernel.to(x.dtype)
         if self.plain_kernels:
             summed = F.conv2d(x, kernel.expand(channels, channels, -1, -1), padding=pad)
