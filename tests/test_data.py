@@ -235,6 +235,18 @@ def test_geometric_augmentation_moves_image_and_mask_together() -> None:
     assert not np.array_equal(out["mask"], mask)
 
 
+def test_geometric_augmentation_can_flip_horizontally_only() -> None:
+    """MSNet's and CHNet's recipes: a horizontal flip (p_flip) and no vertical one (p_vflip)."""
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    mask = (image[:, :, 0] % 2).astype(np.uint8)
+    out = geometric_augmentation(rotate=0, p_rotate=0.0, p_flip=1.0, p_vflip=0.0)(
+        image=image, mask=mask)
+    assert np.array_equal(out["image"], image[:, ::-1])
+    assert np.array_equal(out["mask"], mask[:, ::-1])
+    both = geometric_augmentation(rotate=0, p_rotate=0.0, p_flip=1.0)(image=image, mask=mask)
+    assert np.array_equal(both["image"], image[::-1, ::-1])
+
+
 # --- dataset -----------------------------------------------------------------------------------
 
 

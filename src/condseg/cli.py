@@ -511,17 +511,17 @@ def benchmark(
 def convert_official(
     checkpoint: Annotated[Path, typer.Argument(help="A .pth state dict of the authors' code.")],
     out: Annotated[Path, typer.Argument(help="Our model file to write (.safetensors).")],
-    size: Annotated[int, typer.Option(help="Input size the model was trained at.")] = 256,
+    size: Annotated[int | None, typer.Option(
+        help="Input size the model was trained at (default: the authors' recipe's, 256 for "
+             "ConDSeg, 352 for MSNet, M2SNet and CHNet).")] = None,
 ) -> None:
-    """Import a ConDSeg / Net_0 / ConDSeg-PVT checkpoint trained with the authors' code."""
-    from condseg.convert import load_official
-    from condseg.models.model_file import save_model
+    """Import a checkpoint trained with the authors' code (ConDSeg, Net_0, ConDSeg-PVT, MSNet,
+    M2SNet, CHNet), recognised from its keys."""
+    from condseg.convert import convert_official
 
     with user_errors():
-        net = load_official(checkpoint)
-        # The authors' code divides by 255 only: no mean/std normalisation.
-        path = save_model(out, net, mean=None, std=None, input_size=size)
-    console.print(f"{net.arch['name']}: wrote {path}")
+        net, path = convert_official(checkpoint, out, size)
+    console.print(f"{net.name}: wrote {path}")
 
 
 @app.command("demo")

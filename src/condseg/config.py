@@ -84,7 +84,8 @@ class DataConfig(_Section):
 class Augmentation(_Section):
     rotate: float = Field(90.0, ge=0)
     p_rotate: float = Field(0.5, ge=0, le=1)
-    p_flip: float = Field(0.5, ge=0, le=1)
+    p_flip: float = Field(0.5, ge=0, le=1)  # horizontal flip, and vertical unless p_vflip is set
+    p_vflip: float | None = Field(None, ge=0, le=1)  # None: p_flip
 
 
 class LossConfig(_Section):

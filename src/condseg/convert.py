@@ -1,27 +1,34 @@
-"""Import of checkpoints trained with the ConDSeg authors' code (ConDSeg, Net_0, PVT variant).
+"""Import of checkpoints trained with the authors' code: ConDSeg (with Net_0 and the PVT
+variant), MSNet, M2SNet and CHNet.
 
-Their ``.pth`` files are plain state dicts; we read them with ``weights_only=True`` (nothing is
-unpickled) and rename their keys to ours with the rules below. The architecture is recognised
-from the keys. Their code feeds images divided by 255 with no mean/std, so imported models
-are saved with mean 0 and std 1.
+Their ``.pth`` files are plain state dicts (possibly under ``state_dict`` or with DataParallel's
+``module.`` prefix); we read them with ``weights_only=True`` (nothing is unpickled) and rename
+their keys to ours with the rules below. The architecture is recognised from the keys. The
+ConDSeg code feeds images divided by 255 with no mean/std, so those models are saved without
+one; MSNet's code (also CHNet's) normalises with its own mean/std, which the file keeps.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
-from torch import nn
 
 from condseg.errors import CondsegError, InputNotFoundError, first_line
+from condseg.models.base import SegmentationModel
+from condseg.models.model_file import save_model
+from condseg.models.msnet.recipe import MEAN as MSNET_MEAN
+from condseg.models.msnet.recipe import STD as MSNET_STD
 from condseg.models.registry import create_model
 
+Rule = tuple[str, str | Callable[[re.Match[str]], str]]
+
 #: (pattern, replacement) applied in order to the authors' ConDSeg / Net_0 key names.
-_RULES: list[tuple[str, str]] = [
+_CONDSEG_RULES: list[Rule] = [
     # ResNet-50 backbone: their layer0 = (conv1, bn1, relu), layer1 = (maxpool, timm layer1).
     (r"^layer0\.0\.", "encoder.conv1."),
     (r"^layer0\.1\.", "encoder.bn1."),
@@ -61,45 +68,95 @@ _RULES: list[tuple[str, str]] = [
     (r"\.conv\.([01])\.", r".\1."),
 ]
 
+#: MSNet / M2SNet (their miccai_msnet.py): levels x1 (stem) .. x5, units named by the levels
+#: they span (x5_x4_x3 = order 2 whose shallower input is level 3), level/output by number.
+_MSNET_RULES: list[Rule] = [
+    (r"^resnet\.", "encoder."),  # their Res2Net-50 v1b has timm res2net50d's key names
+    (r"^x([2-5])_dem_1\.", lambda m: f"reduce.{int(m[1]) - 2}."),
+    (r"^x5_dem_4\.", "apex."),
+    (r"^x5_dem_5\.", "deep."),
+    (r"^x\d((?:_x\d)+)\.", lambda m: f"units.{m[1].count('_x') - 1}.{int(m[1][-1]) - 1}."),
+    (r"^level([1-3])\.", lambda m: f"fuse.{int(m[1]) - 1}."),
+    (r"^output([2-4])\.", lambda m: f"decoder.{int(m[1]) - 2}."),
+    (r"^output1\.0\.", "classifier."),
+    (r"^conv_3\.", "difference.filters.0."),
+    (r"^conv_5\.", "difference.filters.1."),
+]
+
+#: CHNet (their CHNet.py): encode1 = (conv1, bn1, relu), encode2 = (maxpool, layer1).
+_CHNET_RULES: list[Rule] = [
+    (r"^encode1\.0\.", "encoder.conv1."),
+    (r"^encode1\.1\.", "encoder.bn1."),
+    (r"^encode2\.1\.", "encoder.layer1."),
+    (r"^encode([34])\.", lambda m: f"encoder.layer{int(m[1]) - 1}."),
+    (r"^tf([1-4])\.", lambda m: f"reduce.{int(m[1]) - 1}."),
+]
+
+_RULES: dict[str, list[Rule]] = {
+    "condseg": _CONDSEG_RULES, "condseg-net0": _CONDSEG_RULES, "condseg-pvt": _CONDSEG_RULES,
+    "msnet": _MSNET_RULES, "m2snet": _MSNET_RULES, "chnet": _CHNET_RULES,
+}
+
+#: Keys the forward pass never uses: the ImageNet classifier of MSNet's Res2Net backbone.
+_UNUSED = re.compile(r"^resnet\.fc\.")
+
+#: (mean, std) the authors' code normalises with (None: images divided by 255 only), and the
+#: input size their recipe trains at; a model file records both.
+_NORMALIZATION = {"msnet": (MSNET_MEAN, MSNET_STD), "m2snet": (MSNET_MEAN, MSNET_STD),
+                  "chnet": (MSNET_MEAN, MSNET_STD)}
+_INPUT_SIZE = {"msnet": 352, "m2snet": 352, "chnet": 352}
+
 
 class ConversionError(CondsegError):
-    """A file that is not a checkpoint of the authors' ConDSeg, Net_0 or PVT variant."""
+    """A file that is not a checkpoint of the authors' ConDSeg, MSNet, M2SNet or CHNet code."""
 
 
 def detect_architecture(keys: list[str] | Mapping[str, object]) -> str:
     """Our model name for a state dict in the authors' key names."""
     names = list(keys)
-    if any(k.startswith("backbone.") for k in names):
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in names)
+
+    if has("backbone."):
         return "condseg-pvt"
-    if any(k.startswith("head.conv_fuse") for k in names):
+    if has("head.conv_fuse"):
         return "condseg-net0"
-    if any(k.startswith("cdfa1.") for k in names):
+    if has("cdfa1."):
         return "condseg"
+    if has("x5_x4_x3_x2_x1."):
+        return "m2snet" if has("conv_3.") else "msnet"
+    if has("tf1.") and has("encode1."):
+        return "chnet"
     raise ConversionError(
-        "not a checkpoint of the authors' ConDSeg code: expected keys such as 'cdfa1.*', "
-        "'head.conv_fuse.*' (Net_0) or 'backbone.*' (PVT)"
+        "not a checkpoint of the authors' ConDSeg, MSNet/M2SNet or CHNet code: expected keys "
+        "such as 'cdfa1.*' (ConDSeg), 'head.conv_fuse.*' (Net_0), 'backbone.*' (PVT), "
+        "'x5_x4_x3_x2_x1.*' (MSNet, with 'conv_3.*' M2SNet) or 'tf1.*' (CHNet)"
     )
 
 
-def rename_key(key: str) -> str:
-    """One of the authors' (non-backbone) key names in ours."""
-    for pattern, replacement in _RULES:
+def rename_key(key: str, model: str = "condseg") -> str:
+    """One of the authors' (non-backbone) key names of ``model`` in ours."""
+    for pattern, replacement in _RULES[model]:
         key = re.sub(pattern, replacement, key)
     return key
 
 
 def convert_state_dict(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """(model name, state dict in our key names) for one of the authors' state dicts."""
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     name = detect_architecture(state)
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    out = {rename_key(k): v for k, v in state.items() if not k.startswith("backbone.")}
+    out = {rename_key(k, name): v for k, v in state.items()
+           if not k.startswith("backbone.") and not _UNUSED.match(k)}
     if backbone:  # their PVT keys are the original repository's: timm knows the renaming
         for k, v in pvt_filter(backbone, None).items():
             out["encoder." + re.sub(r"^stages\.(\d)", r"stages_\1", k)] = v
     return name, out
 
 
-def load_official(path: str | Path) -> nn.Module:
+def load_official(path: str | Path) -> SegmentationModel:
     """Build our model and load one of the authors' ``.pth`` checkpoints into it (strictly)."""
     path = Path(path)
     if not path.is_file():
@@ -132,3 +189,15 @@ def load_official(path: str | Path) -> nn.Module:
             f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
     return model.eval()
+
+
+def convert_official(
+    checkpoint: str | Path, out: str | Path, size: int | None = None
+) -> tuple[SegmentationModel, Path]:
+    """Import ``checkpoint`` (:func:`load_official`) and write our model file ``out`` with the
+    normalisation of the authors' code and ``size`` (None: their recipe's training size)."""
+    model = load_official(checkpoint)
+    name = model.name
+    mean, std = _NORMALIZATION.get(name, (None, None))
+    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256))
+    return model, path

@@ -14,11 +14,16 @@ from condseg.registry import Registry
 
 
 def geometric_augmentation(
-    rotate: float = 90.0, p_rotate: float = 0.5, p_flip: float = 0.5, seed: int | None = None
+    rotate: float = 90.0,
+    p_rotate: float = 0.5,
+    p_flip: float = 0.5,
+    seed: int | None = None,
+    p_vflip: float | None = None,
 ) -> A.Compose:
-    """Rotation by up to ±``rotate`` degrees and horizontal/vertical flips, applied jointly to
-    ``image`` and ``mask``. The mask uses nearest interpolation so it stays binary; the corners
-    that rotation uncovers are 0 in both (black image, background mask)."""
+    """Rotation by up to ±``rotate`` degrees, a horizontal flip with probability ``p_flip`` and
+    a vertical one with ``p_vflip`` (None: ``p_flip``), applied jointly to ``image`` and
+    ``mask``. The mask uses nearest interpolation so it stays binary; the corners that rotation
+    uncovers are 0 in both (black image, background mask)."""
     return A.Compose(
         [
             A.Rotate(
@@ -31,7 +36,7 @@ def geometric_augmentation(
                 p=p_rotate,
             ),
             A.HorizontalFlip(p=p_flip),
-            A.VerticalFlip(p=p_flip),
+            A.VerticalFlip(p=p_flip if p_vflip is None else p_vflip),
         ],
         seed=seed,
     )

@@ -1,4 +1,4 @@
-"""Encoders: timm feature extractors returning the first four feature levels.
+"""Encoders: timm feature extractors returning the first feature levels (four by default).
 
 ImageNet weights come through timm when online, or from a local file (``weights=PATH``); when
 neither is possible the error says which option to use.
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import timm
 from torch import nn
 
+from condseg.models.base import ModelError
 from condseg.models.pretrained import WeightsUnavailableError, host_reachable
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
@@ -23,16 +24,24 @@ T = TypeVar("T")
 
 
 def create_encoder(
-    name: str = "resnet50", pretrained: bool = False, weights: str | Path | None = None
+    name: str = "resnet50",
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    levels: int = 4,
 ) -> nn.Module:
-    """A timm ``features_only`` model returning its first four levels.
+    """A timm ``features_only`` model returning its first ``levels`` feature levels.
 
-    For ResNets these are the stem and stages 1–3 (strides 2–16; stage 4 is never built), for
-    PVT-v2 the four stages (strides 4–32). ``weights`` is a local file (safetensors or a torch
-    state dict, in timm's or the original repository's key names) and implies ``pretrained``.
+    With four levels, for ResNets these are the stem and stages 1–3 (strides 2–16; stage 4 is
+    never built), for PVT-v2 the four stages (strides 4–32); five levels add a ResNet's stage 4
+    (stride 32). ``weights`` is a local file (safetensors or a torch state dict, in timm's or
+    the original repository's key names) and implies ``pretrained``.
     """
-    return with_imagenet_weights(timm.create_model, name, pretrained, weights,
-                                 features_only=True, out_indices=(0, 1, 2, 3))
+    try:
+        return with_imagenet_weights(timm.create_model, name, pretrained, weights,
+                                     features_only=True, out_indices=tuple(range(levels)))
+    except IndexError as error:  # timm's answer to an out_indices beyond the model's levels
+        raise ModelError(f"encoder {name!r} has fewer than the {levels} feature levels this "
+                         "model needs; choose another encoder") from error
 
 
 def with_imagenet_weights(
@@ -86,10 +95,10 @@ def _cache_only_when_offline(timeout: float = 3.0) -> Iterator[None]:
 
 
 def encoder_channels(encoder: nn.Module) -> list[int]:
-    """Channels of the four feature levels of a timm ``features_only`` model."""
+    """Channels of the feature levels of a timm ``features_only`` model."""
     return list(encoder.feature_info.channels())
 
 
 def encoder_reductions(encoder: nn.Module) -> list[int]:
-    """Strides of the four feature levels (2, 4, 8, 16 for ResNet-50; 4..32 for PVT-v2)."""
+    """Strides of the feature levels (2, 4, 8, 16 for ResNet-50's first four; 4..32 for PVT-v2)."""
     return list(encoder.feature_info.reduction())

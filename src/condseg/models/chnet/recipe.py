@@ -1,0 +1,14 @@
+"""CHNet's one-stage recipe: the authors trained it with M2SNet's code, so it is that recipe
+with their batch size, epochs, one learning rate for every layer and no LossNet."""
+
+from __future__ import annotations
+
+from condseg.methods import register_method
+from condseg.models.msnet.recipe import authors_recipe
+
+register_method(
+    "chnet",
+    authors_recipe("chnet", batch_size=32, epochs=100, lr=0.05, encoder_lr=0.05,
+                   loss={"name": "structure"}),
+    "CHNet: Res2Net + classification head, structure loss, SGD (authors' code)",
+)
