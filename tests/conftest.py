@@ -26,3 +26,21 @@ def kvasir_dir() -> Path:
     if not (KVASIR / "train.txt").is_file():
         pytest.skip(f"Kvasir-SEG not found at {KVASIR} (real data lives in ../shared/data)")
     return KVASIR
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory) -> Path:
+    """A VGG-16 state dict in torchvision's key names and shapes (random He-scaled values; of
+    the classifier only its last layer, which LossNet must ignore)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        layout = torchvision.models.vgg16(weights=None).state_dict()
+    state = {k: torch.randn(v.shape) * (2 / v[0].numel()) ** 0.5 if v.ndim > 1 else
+             torch.zeros(v.shape) for k, v in layout.items()
+             if k.startswith(("features.", "classifier.6."))}
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.safetensors"
+    save_file(state, path)
+    return path

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import condseg
 from condseg.config import ConfigError
@@ -80,21 +79,6 @@ def test_structure_loss_per_image_then_batch_mean_in_float32() -> None:
         out = call(create_loss("structure"), logits, target)
     assert out["loss"].dtype == torch.float32
     assert out["loss"].item() == pytest.approx(sum(a + b for a, b in expected) / 2, rel=1e-5)
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory) -> Path:
-    """A VGG-16 state dict in torchvision's key names and shapes (random He-scaled values; of
-    the classifier only its last layer, which LossNet must ignore)."""
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        layout = torchvision.models.vgg16(weights=None).state_dict()
-    state = {k: torch.randn(v.shape) * (2 / v[0].numel()) ** 0.5 if v.ndim > 1 else
-             torch.zeros(v.shape) for k, v in layout.items()
-             if k.startswith(("features.", "classifier.6."))}
-    path = tmp_path_factory.mktemp("vgg") / "vgg16.safetensors"
-    save_file(state, path)
-    return path
 
 
 def test_lossnet_without_weights_is_refused_at_once(tmp_path, monkeypatch) -> None:
