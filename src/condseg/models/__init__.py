@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-FAMILIES = ("condseg", "baselines", "ensemble")
+FAMILIES = ("condseg", "baselines", "ensemble", "plugins")
 
 
 def load_families() -> None:

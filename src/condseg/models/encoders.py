@@ -17,6 +17,7 @@ import timm
 from torch import nn
 
 from condseg.errors import CondsegError
+from condseg.models.base import PluginSite
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}
@@ -105,3 +106,14 @@ def encoder_channels(encoder: nn.Module) -> list[int]:
 def encoder_reductions(encoder: nn.Module) -> list[int]:
     """Strides of the four feature levels (2, 4, 8, 16 for ResNet-50; 4..32 for PVT-v2)."""
     return list(encoder.feature_info.reduction())
+
+
+def encoder_sites(encoder: nn.Module, prefix: str) -> dict[str, PluginSite]:
+    """``encoder1``, ``encoder2``, ... : the modules whose outputs a timm ``features_only``
+    model returns, as plug-in sites under ``prefix`` (timm flattens their dotted names)."""
+    info = encoder.feature_info
+    return {
+        f"encoder{i}": PluginSite(f"{prefix}.{name.replace('.', '_')}", channels)
+        for i, (name, channels) in enumerate(
+            zip(info.module_name(), info.channels(), strict=True), start=1)
+    }

@@ -302,7 +302,8 @@ def _loaders(
               "max_pixels": data.max_pixels}
     train_set = SegmentationDataset(
         data.root, data.train_split,
-        augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip),
+        augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip, scale=aug.scale,
+                                       shear=aug.shear, shift=aug.shift),
         views={view: VIEWS.get(view)() for view in cfg.views}, **common,
     )
     val_set = SegmentationDataset(data.root, data.val_split, **common)
