@@ -82,10 +82,25 @@ class DataConfig(_Section):
 
 
 class Augmentation(_Section):
+    """Geometric augmentation: rotation by up to ±``rotate``° with probability ``p_rotate``
+    and flips of each axis with ``p_flip``. Any of ``scale`` (a factor range), ``shear``
+    (±degrees on each axis) or ``shift`` (± a fraction of each side) makes the rotation one
+    affine transform with them, still with probability ``p_rotate``."""
+
     rotate: float = Field(90.0, ge=0)
     p_rotate: float = Field(0.5, ge=0, le=1)
     p_flip: float = Field(0.5, ge=0, le=1)  # horizontal flip, and vertical unless p_vflip is set
     p_vflip: float | None = Field(None, ge=0, le=1)  # None: p_flip
+    scale: tuple[float, float] = (1.0, 1.0)
+    shear: float = Field(0.0, ge=0, lt=90)
+    shift: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("scale must be a range [low, high] with 0 < low <= high")
+        return value
 
 
 class LossConfig(_Section):

@@ -18,27 +18,31 @@ def geometric_augmentation(
     p_rotate: float = 0.5,
     p_flip: float = 0.5,
     seed: int | None = None,
+    *,
     p_vflip: float | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    shear: float = 0.0,
+    shift: float = 0.0,
 ) -> A.Compose:
     """Rotation by up to ±``rotate`` degrees, a horizontal flip with probability ``p_flip`` and
     a vertical one with ``p_vflip`` (None: ``p_flip``), applied jointly to ``image`` and
-    ``mask``. The mask uses nearest interpolation so it stays binary; the corners that rotation
-    uncovers are 0 in both (black image, background mask)."""
+    ``mask``. With a ``scale`` range, a ``shear`` (± degrees, each axis) or a ``shift``
+    (± fraction of each side), the rotation becomes one affine transform with them (one
+    interpolation), with the same probability. The mask uses nearest interpolation so it stays
+    binary; the corners the transform uncovers are 0 in both (black image, background)."""
+    borders = {"interpolation": cv2.INTER_LINEAR, "mask_interpolation": cv2.INTER_NEAREST,
+               "border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0, "p": p_rotate}
+    if tuple(scale) == (1.0, 1.0) and shear == 0 and shift == 0:
+        transform = A.Rotate(limit=(-rotate, rotate), **borders)
+    else:
+        transform = A.Affine(
+            scale=tuple(scale), rotate=(-rotate, rotate),
+            shear={"x": (-shear, shear), "y": (-shear, shear)},
+            translate_percent={"x": (-shift, shift), "y": (-shift, shift)}, **borders,
+        )
+    vflip = p_flip if p_vflip is None else p_vflip
     return A.Compose(
-        [
-            A.Rotate(
-                limit=(-rotate, rotate),
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=0,
-                p=p_rotate,
-            ),
-            A.HorizontalFlip(p=p_flip),
-            A.VerticalFlip(p=p_flip if p_vflip is None else p_vflip),
-        ],
-        seed=seed,
+        [transform, A.HorizontalFlip(p=p_flip), A.VerticalFlip(p=vflip)], seed=seed
     )
 
 

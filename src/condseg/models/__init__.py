@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-FAMILIES = ("condseg", "baselines", "msnet", "chnet", "ensemble")
+FAMILIES = ("condseg", "baselines", "msnet", "chnet", "ensemble", "plugins")
 
 
 def load_families() -> None:

@@ -37,6 +37,14 @@ class ModelOutput(NamedTuple):
     aux: Mapping[str, Tensor] = {}
 
 
+class PluginSite(NamedTuple):
+    """Where a plug-in may attach: a submodule path whose output is a (B, C, h, w) feature map
+    passed on to the rest of the network, and C."""
+
+    path: str
+    channels: int
+
+
 class SegmentationModel(nn.Module):
     """Base class of every registered model (see the module docstring for the contract)."""
 
@@ -73,6 +81,11 @@ class SegmentationModel(nn.Module):
         """The mean/std the encoder was pretrained with, else ImageNet's."""
         cfg = self.encoder_config()
         return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+    def plugin_sites(self) -> dict[str, PluginSite]:
+        """Named sites for plug-ins (``models/plugins``), encoder stages first (``encoder1``,
+        ...) then decoder blocks (``decoder1``, ...); none unless the model declares them."""
+        return {}
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import timm
 from torch import nn
 
-from condseg.models.base import ModelError
+from condseg.models.base import ModelError, PluginSite
 from condseg.models.pretrained import WeightsUnavailableError, host_reachable
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
@@ -102,3 +102,14 @@ def encoder_channels(encoder: nn.Module) -> list[int]:
 def encoder_reductions(encoder: nn.Module) -> list[int]:
     """Strides of the feature levels (2, 4, 8, 16 for ResNet-50's first four; 4..32 for PVT-v2)."""
     return list(encoder.feature_info.reduction())
+
+
+def encoder_sites(encoder: nn.Module, prefix: str) -> dict[str, PluginSite]:
+    """``encoder1``, ``encoder2``, ... : the modules whose outputs a timm ``features_only``
+    model returns, as plug-in sites under ``prefix`` (timm flattens their dotted names)."""
+    info = encoder.feature_info
+    return {
+        f"encoder{i}": PluginSite(f"{prefix}.{name.replace('.', '_')}", channels)
+        for i, (name, channels) in enumerate(
+            zip(info.module_name(), info.channels(), strict=True), start=1)
+    }

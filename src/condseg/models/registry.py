@@ -76,20 +76,28 @@ def model_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
 def create_model(
     name: str, *, pretrained: bool = False, weights: str | Path | None = None, **options: Any
 ) -> SegmentationModel:
-    """Build a registered model. ``pretrained``/``weights`` concern the ImageNet encoder."""
+    """Build a registered model. ``pretrained``/``weights`` concern the ImageNet encoder; the
+    option ``plugins`` attaches plug-ins to any model that declares its sites
+    (:mod:`condseg.models.plugins`)."""
     entry = _entry(name)
     extra: dict[str, Any] = {}
     if pretrained:
         extra["pretrained"] = True
     if weights is not None:
         extra["weights"] = weights
+    built = model_options(name, options)
+    plugins = built.pop("plugins", None)
     try:
-        model = entry.builder(**model_options(name, options), **extra)
+        model = entry.builder(**built, **extra)
     except TypeError as error:
         raise ModelError(f"bad option for model {name!r}: {error}") from error
     if not isinstance(model, SegmentationModel):
         raise ModelError(f"the builder of model {name!r} returned {type(model).__name__}, not "
                          "a SegmentationModel (condseg.models.base)")
+    if plugins is not None:
+        from condseg.models.plugins.attach import attach_plugins
+
+        attach_plugins(model, plugins)
     model.arch = {"name": name, "options": dict(options)}
     return model
 

@@ -316,8 +316,8 @@ def _loaders(
               "max_pixels": data.max_pixels}
     train_set = SegmentationDataset(
         data.root, data.train_split,
-        augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip,
-                                       p_vflip=aug.p_vflip),
+        augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip, p_vflip=aug.p_vflip,
+                                       scale=aug.scale, shear=aug.shear, shift=aug.shift),
         views={view: VIEWS.get(view)() for view in cfg.views}, **common,
     )
     val_set = SegmentationDataset(data.root, data.val_split, **common)

@@ -18,9 +18,10 @@ import torch
 from condseg.models.base import (
     ModelError,
     ModelOutput,
+    PluginSite,
     SegmentationModel,
 )
-from condseg.models.encoders import with_imagenet_weights
+from condseg.models.encoders import encoder_sites, with_imagenet_weights
 from condseg.models.registry import register_model
 
 #: smp arguments the wrapper sets itself: the encoder and its weights, an RGB input, one class,
@@ -59,6 +60,7 @@ class SmpModel(SegmentationModel):
 
         self.net = with_imagenet_weights(build, encoder, pretrained, weights)
         self.input_divisor = self.net.encoder.output_stride
+        self.architecture = architecture
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return ModelOutput(self.net(x))
@@ -66,6 +68,23 @@ class SmpModel(SegmentationModel):
     def encoder_config(self) -> dict[str, Any]:
         """The config is on the timm model inside smp's encoder wrapper, not on the wrapper."""
         return self.net.encoder.model.pretrained_cfg
+
+    def plugin_sites(self) -> dict[str, PluginSite]:
+        """The timm encoder's stages, then the decoder blocks: DeepLabV3+'s high-resolution
+        projection and fusion block (not the ASPP neck), U-Net's upsampling blocks."""
+        sites = encoder_sites(self.net.encoder.model, "net.encoder.model")
+        decoder = self.net.decoder
+        if self.architecture == "DeepLabV3Plus":
+            blocks = {"block1": decoder.block1[1].num_features,
+                      "block2": decoder.block2[1].num_features}
+        elif self.architecture == "Unet":
+            blocks = {f"blocks.{i}": block.conv2[0].out_channels
+                      for i, block in enumerate(decoder.blocks)}
+        else:
+            blocks = {}
+        for i, (path, channels) in enumerate(blocks.items(), start=1):
+            sites[f"decoder{i}"] = PluginSite(f"net.decoder.{path}", channels)
+        return sites
 
 
 def _check_options(cls: type, options: dict[str, Any]) -> None:

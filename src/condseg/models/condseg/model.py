@@ -8,12 +8,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from condseg.models.base import ModelError, ModelOutput, SegmentationModel
+from condseg.models.base import ModelError, ModelOutput, PluginSite, SegmentationModel
 from condseg.models.blocks import FEM, resize
 from condseg.models.condseg.cdfa import CDFA, CDFAMode
 from condseg.models.condseg.decoder import OutputHead, SizeAwareDecoder
 from condseg.models.condseg.sid import SID, aux_head, guidance
-from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
+from condseg.models.encoders import (
+    create_encoder,
+    encoder_channels,
+    encoder_reductions,
+    encoder_sites,
+)
 from condseg.models.registry import register_model
 
 #: Paper Table 4: ``baseline`` has no SID/guidance/attention and only the small decoder;
@@ -66,6 +71,10 @@ class ConDSeg(SegmentationModel):
         size_aware = variant == "full"
         self.decoder = SizeAwareDecoder(width, size_aware)
         self.head = OutputHead(width, inputs=3 if size_aware else 1, factor=strides[0])
+
+    def plugin_sites(self) -> dict[str, PluginSite]:
+        """The encoder's four levels only (plug-ins on ConDSeg's encoder, DESIGN §8)."""
+        return encoder_sites(self.encoder, "encoder")
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         feats = self.encoder(x)
