@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,15 +102,44 @@ def test_fast_cdfa_under_bf16_autocast(mode: str) -> None:
     _assert_each_close(ours, reference, 3e-2)
 
 
-def test_condseg_fast_path_equals_plain_path() -> None:
+@pytest.fixture(scope="module")
+def fast_and_plain() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A narrow ConDSeg on the default path and a copy switched to the plain path."""
     torch.manual_seed(0)
-    net = create_model("condseg", encoder="resnet18", width=32).eval()
+    fast = create_model("condseg", encoder="resnet18", width=16)
+    plain = copy.deepcopy(fast)
+    use_plain_kernels(plain, True)
+    assert plain.plain_kernels and all(m.plain_kernels for m in plain.cdfas)
+    return fast, plain
+
+
+def test_condseg_fast_path_equals_plain_path(fast_and_plain) -> None:
+    fast_net, plain_net = (copy.deepcopy(net).eval() for net in fast_and_plain)
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        fast = net(x)
-        use_plain_kernels(net, True)
-        assert all(m.plain_kernels for m in net.cdfas)
-        plain = net(x)
+        fast, plain = fast_net(x), plain_net(x)
     for ours, ref in zip([fast.mask, *fast.aux.values()], [plain.mask, *plain.aux.values()],
                          strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def _training_step(net: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    out = net(x)
+    loss = out.mask.square().mean() + sum(m.sigmoid().mean() for m in out.aux.values())
+    loss.backward()
+    return [out.mask.detach()] + [p.grad for p in net.parameters()], dict(net.named_buffers())
+
+
+def test_recomputation_changes_nothing(fast_and_plain) -> None:
+    """The default training step recomputes activations in backward: outputs, gradients and
+    BatchNorm statistics (updated once, not again on the rerun) equal those of a step that
+    keeps them, with the same CDFA kernels."""
+    recomputing, keeping = (copy.deepcopy(fast_and_plain[0]).train() for _ in range(2))
+    use_plain_kernels(keeping, True)
+    use_plain_kernels(keeping.cdfas, False)
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    ours, our_buffers = _training_step(recomputing, x)
+    ref, ref_buffers = _training_step(keeping, x)
+    _assert_each_close(ours, ref, 1e-6)
+    for name, buffer in ref_buffers.items():
+        torch.testing.assert_close(our_buffers[name], buffer, rtol=0, atol=1e-6, msg=name)
