@@ -25,7 +25,7 @@ from torch import nn
 
 from condseg.models.base import ModelError
 from condseg.models.blocks import CBR
-from condseg.models.condseg.window_aggregate import window_aggregate
+from condseg.models.condseg.window_aggregate import compose_attention, window_aggregate
 
 CDFAMode = Literal["official", "paper"]
 
@@ -76,8 +76,7 @@ class CDFA(nn.Module):
         if self.mode == "official":
             y = _pixelwise_fast(self.proj, window_aggregate(v, a_fg, k))
             return _pixelwise_fast(self.proj, window_aggregate(y, a_bg, k))
-        a = torch.einsum("bhikyx,bhkjyx->bhijyx", a_fg, a_bg)  # A_fg @ A_bg per pixel
-        return _pixelwise_fast(self.proj, window_aggregate(v, a, k))
+        return _pixelwise_fast(self.proj, window_aggregate(v, compose_attention(a_fg, a_bg), k))
 
     def attention_maps(self, linear: nn.Linear, guide: torch.Tensor) -> torch.Tensor:
         """:meth:`attention` laid out as maps: (B, heads, K², K², H, W), softmax over dim 3."""
