@@ -8,6 +8,11 @@ the re-weighted windows are folded back (overlaps summed, Eq. 14).
 on the result with bg and the same proj); ``mode="paper"`` is Eq. 13 as written (bg then fg
 inside one window, one fold, one proj). ``guided=False`` keeps only the input/output CBR pairs
 (the Table-4 baseline).
+
+By default the aggregation runs in the form of :mod:`.window_aggregate` (no K×K window tensor,
+attention computed in the maps' own layout); ``plain_kernels = True`` (see
+:func:`condseg.models.base.use_plain_kernels`) runs the unfold/fold form below, the oracle the
+tests compare against. Both use the same parameters.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from torch import nn
 
 from condseg.models.base import ModelError
 from condseg.models.blocks import CBR
+from condseg.models.condseg.window_aggregate import compose_attention, window_aggregate
 
 CDFAMode = Literal["official", "paper"]
 
 
 class CDFA(nn.Module):
+    plain_kernels: bool = False
+
     def __init__(
         self,
         cin: int,
@@ -59,6 +67,27 @@ class CDFA(nn.Module):
         return self.out(x)
 
     def _aggregate(self, x: torch.Tensor, g_fg: torch.Tensor, g_bg: torch.Tensor) -> torch.Tensor:
+        if self.plain_kernels:
+            return self._aggregate_plain(x, g_fg, g_bg)
+        k = self.kernel
+        a_fg = self.attention_maps(self.attn_fg, g_fg)
+        a_bg = self.attention_maps(self.attn_bg, g_bg)
+        v = _pixelwise_fast(self.value, x)
+        if self.mode == "official":
+            y = _pixelwise_fast(self.proj, window_aggregate(v, a_fg, k))
+            return _pixelwise_fast(self.proj, window_aggregate(y, a_bg, k))
+        return _pixelwise_fast(self.proj, window_aggregate(v, compose_attention(a_fg, a_bg), k))
+
+    def attention_maps(self, linear: nn.Linear, guide: torch.Tensor) -> torch.Tensor:
+        """:meth:`attention` laid out as maps: (B, heads, K², K², H, W), softmax over dim 3."""
+        b, _, h, w = guide.shape
+        window = self.kernel * self.kernel
+        logits = _pixelwise_fast(linear, guide, self.scale)
+        return logits.view(b, self.heads, window, window, h, w).softmax(dim=3)
+
+    def _aggregate_plain(
+        self, x: torch.Tensor, g_fg: torch.Tensor, g_bg: torch.Tensor
+    ) -> torch.Tensor:
         a_fg, a_bg = self.attention(self.attn_fg, g_fg), self.attention(self.attn_bg, g_bg)
         v = _pixelwise(self.value, x)
         if self.mode == "official":
@@ -87,6 +116,18 @@ class CDFA(nn.Module):
         b, c, h, w = shape
         cols = windows.permute(0, 1, 4, 3, 2).reshape(b, c * self.kernel**2, h * w)
         return F.fold(cols, (h, w), self.kernel, padding=self.kernel // 2)
+
+
+def _pixelwise_fast(linear: nn.Linear, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale · linear`` on every pixel of a (B, C, H, W) map as one matrix product in the
+    map's own memory format (no permuted copy); the result has that format too."""
+    weight, bias = linear.weight * scale, linear.bias * scale
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    b, c, h, w = x.shape
+    out = torch.baddbmm(bias[None, :, None].expand(b, -1, h * w), weight.expand(b, -1, -1),
+                        x.reshape(b, c, h * w))
+    return out.view(b, -1, h, w)
 
 
 def _pixelwise(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:

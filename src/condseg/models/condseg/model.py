@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from condseg.models.encoders import (
     encoder_reductions,
     encoder_sites,
 )
+from condseg.models.recompute import checkpointed
 from condseg.models.registry import register_model
 
 #: Paper Table 4: ``baseline`` has no SID/guidance/attention and only the small decoder;
@@ -33,7 +36,12 @@ Variant = Literal["full", "sid_cdfa", "baseline"]
 class ConDSeg(SegmentationModel):
     """ConDSeg on a timm encoder; takes a normalised (B, 3, H, W) tensor (H, W multiples of
     ``input_divisor``) and returns the mask logits and, unless ``variant="baseline"``, the SID
-    logit maps ``fg``, ``bg``, ``uc`` (all at the input size)."""
+    logit maps ``fg``, ``bg``, ``uc`` (all at the input size).
+
+    In training each stage recomputes its activations in backward unless ``plain_kernels``
+    (:func:`condseg.models.base.use_plain_kernels`) is set."""
+
+    plain_kernels: bool = False
 
     def __init__(
         self,
@@ -77,22 +85,41 @@ class ConDSeg(SegmentationModel):
         return encoder_sites(self.encoder, "encoder")
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        feats = self.encoder(x)
-        d = [fem(f) for fem, f in zip(self.fems, feats, strict=True)]
+        run = checkpointed if self._recompute() else _call
+        feats = run(self.encoder, x)
+        d = [run(fem, f) for fem, f in zip(self.fems, feats, strict=True)]
         g_fg = g_bg = [None] * 4
         sid_logits: dict[str, torch.Tensor] = {}
         if self.decoupled:
-            f_fg, f_bg, f_uc = self.sid(feats[-1])
+            f_fg, f_bg, f_uc = run(self.sid, feats[-1])
             sid_logits = {
-                b: head(f) for (b, head), f in zip(self.aux_heads.items(), (f_fg, f_bg, f_uc),
-                                                   strict=True)
+                b: run(head, f) for (b, head), f in zip(self.aux_heads.items(),
+                                                        (f_fg, f_bg, f_uc), strict=True)
             }
-            g_fg = [g(f_fg) for g in self.guides_fg]
-            g_bg = [g(f_bg) for g in self.guides_bg]
+            g_fg = [run(g, f_fg) for g in self.guides_fg]
+            g_bg = [run(g, f_bg) for g in self.guides_bg]
         f: list[torch.Tensor] = [None] * 4  # type: ignore[list-item]
-        f[3] = self.cdfas[3](d[3], g_fg[3], g_bg[3])
+        f[3] = run(self.cdfas[3], d[3], g_fg[3], g_bg[3])
         for level in (2, 1, 0):
-            fused = torch.cat([d[level], resize(f[level + 1], d[level].shape[-2:])], dim=1)
-            f[level] = self.cdfas[level](fused, g_fg[level], g_bg[level])
-        mask = self.head(self.decoder(f))
+            cdfa = self.cdfas[level]
+            f[level] = run(cdfa, d[level], f[level + 1], g_fg[level], g_bg[level],
+                           call=functools.partial(_fuse_and_aggregate, cdfa))
+        mask = run(self.head, run(self.decoder, f))
         return ModelOutput(mask, sid_logits)
+
+    def _recompute(self) -> bool:
+        """Recompute activations in backward (:mod:`condseg.models.recompute`) when training on
+        the default path; the plain path keeps them, as the network is written."""
+        return self.training and torch.is_grad_enabled() and not self.plain_kernels
+
+
+def _call(module: nn.Module, *args: Any, call: Callable[..., Any] | None = None) -> Any:
+    return (call or module)(*args)
+
+
+def _fuse_and_aggregate(
+    cdfa: CDFA, d: torch.Tensor, deeper: torch.Tensor, g_fg: torch.Tensor | None,
+    g_bg: torch.Tensor | None,
+) -> torch.Tensor:
+    """One CDFA level of the chain: its FEM map beside the deeper level's output, upsampled."""
+    return cdfa(torch.cat([d, resize(deeper, d.shape[-2:])], dim=1), g_fg, g_bg)
