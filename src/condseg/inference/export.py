@@ -22,7 +22,13 @@ from torch import nn
 from torch.onnx import symbolic_helper
 
 from condseg.errors import CondsegError, refuse_existing
-from condseg.models.base import SegmentationModel, eval_mode, input_size, require_model
+from condseg.models.base import (
+    SegmentationModel,
+    eval_mode,
+    input_size,
+    plain_kernels,
+    require_model,
+)
 
 DEFAULT_OPSET = 18
 
@@ -89,7 +95,8 @@ def export_onnx(
     if opset >= 18:  # below 18 torch's own error (Col2Im needs opset 18) is the right message
         torch.onnx.register_custom_op_symbolic("aten::col2im", _col2im, opset)
     try:
-        with eval_mode(wrapper, inference=False), warnings.catch_warnings():
+        with (eval_mode(wrapper, inference=False), plain_kernels(wrapper),
+              warnings.catch_warnings()):
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # H, W are fixed anyway
             torch.onnx.export(

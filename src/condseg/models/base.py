@@ -186,3 +186,18 @@ def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:
     for module in model.modules():
         if hasattr(module, "plain_kernels"):
             module.plain_kernels = plain
+
+
+@contextmanager
+def plain_kernels(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` on its plain kernels inside the block, then restore each module's choice
+    (ONNX export: the fast kernels are torch-side loops and custom autograd functions)."""
+    modules = [m for m in model.modules() if hasattr(m, "plain_kernels")]
+    before = [m.plain_kernels for m in modules]
+    use_plain_kernels(model, True)
+    try:
+        yield
+    finally:
+        for module, plain in zip(modules, before, strict=True):
+            module.plain_kernels = plain
+
