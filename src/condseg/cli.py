@@ -529,7 +529,8 @@ def export(
 
 @app.command("benchmark")
 def benchmark(
-    model: Annotated[str, typer.Option(help="Model name (see `condseg models`).")] = "condseg",
+    model: Annotated[str, typer.Option(
+        help="Model name (see `condseg models`), or all: every registered model.")] = "condseg",
     size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 256,
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 4,
     train: Annotated[bool, typer.Option("--train", help="Also time a full training step.")]
@@ -538,14 +539,19 @@ def benchmark(
     warmup: Annotated[int, typer.Option(help="Untimed warm-up repeats.")] = 2,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: usable cores).")]
     = None,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", metavar="FILE", help="Also write every figure to this JSON file.")] = None,
 ) -> None:
-    """Throughput and peak memory of the default path next to the plain float32 NCHW path."""
-    from condseg.bench import print_results, run_benchmark
+    """Speed, peak memory and FLOPs of the default, float32-fast and plain paths, and their
+    ratios to the plain path."""
+    from condseg.bench import benchmark_models, print_report, write_json
 
     with user_errors():
-        results = run_benchmark(model, size=size, batch=batch, train=train, repeats=repeats,
-                                warmup=warmup, threads=threads)
-    print_results(results, console)
+        report = benchmark_models(model, size=size, batch=batch, train=train, repeats=repeats,
+                                  warmup=warmup, threads=threads)
+    print_report(report, console)
+    if json_file is not None:
+        console.print(f"wrote {write_json(report, json_file)}", highlight=False)
 
 
 @app.command("convert-official")
