@@ -373,7 +373,7 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     """All figures (each result with its phases, images/s and ratios to plain), the models
     skipped with the reason, and the machine they were measured on."""
     machine = {
-        "platform": platform.platform(), "processor": platform.processor(),
+        "platform": platform.platform(), "processor": _processor(),
         "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "usable_cores": default_threads(),
@@ -384,6 +384,16 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def _processor() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def _span(phase: Phase) -> str:

@@ -76,7 +76,7 @@ PrecisionOption = Annotated[Precision, typer.Option(
 PlainOption = Annotated[bool, typer.Option(
     "--plain", help="The float32 NCHW reference path: no BatchNorm folding, plain kernels.")]
 CompileOption = Annotated[bool, typer.Option(
-    "--compile", help="torch.compile the network (pays off only over many images).")]
+    "--compile", help="torch.compile the network (slow to start; measure before relying on it).")]
 BatchSizeOption = Annotated[int, typer.Option(help="Images per forward pass.")]
 WorkersOption = Annotated[int | None, typer.Option(
     help="Processes decoding images ahead of the model (default: spare cores, at most 4; "
