@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from condseg.cli import app
 from condseg.errors import CondsegError
 from condseg.evaluation.evaluate import evaluate
+from condseg.inference.engine import prepare
 from condseg.inference.options import InferenceOptions
 from condseg.inference.predict import predict, predict_arrays, predict_files
 from condseg.inference.sliding import SlidingWindow
@@ -137,13 +138,13 @@ def test_sliding_window_runs_windows_of_the_input_size_on_large_images_only() ->
     rng = np.random.default_rng(2)
     large, small = (rng.integers(0, 255, shape, dtype=np.uint8) for shape in
                     ((70, 100, 3), (40, 40, 3)))
-    model = _with_meta(Skewed())
+    model = prepare(_with_meta(Skewed()))  # the engine's copy is what runs and records calls
     options = InferenceOptions(sliding_window=48, overlap=0.5)
-    model.calls.clear()
+    model.model.calls.clear()
     slid, resized = predict_arrays(model, [large, small], options=options)
     assert slid.prob.shape == (70, 100) and resized.prob.shape == (40, 40)
-    assert all(shape[-2:] == (SIZE, SIZE) for shape in model.calls)
-    assert len(model.calls) > 2  # several windows for the large image, one batch for the small
+    assert all(shape[-2:] == (SIZE, SIZE) for shape in model.model.calls)
+    assert len(model.model.calls) > 2  # several windows for the large image, one for the small
     np.testing.assert_allclose(resized.prob, predict(model, small).prob, atol=1e-6)
     # At its own resolution, a pointwise model gives the pixel's own probability exactly.
     pointwise = _with_meta(Pointwise())

@@ -1,7 +1,8 @@
 """condseg: ConDSeg and related 2-D binary medical image segmentation methods.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`save_model`,
-:func:`predict` (with :class:`InferenceOptions`), :func:`load_config`, :func:`train`,
+:func:`predict` (with :class:`InferenceOptions`; :func:`prepare` and :class:`Execution`: the
+inference engine's fast or plain path on a device), :func:`load_config`, :func:`train`,
 :func:`cross_validate`, and the seams a new method plugs into:
 :class:`SegmentationModel` / :class:`ModelOutput` with :func:`register_model`, :class:`Loss` with
 :func:`register_loss`, and :func:`register_method` (docs/architecture.md, "Adding a method").
@@ -25,6 +26,8 @@ _API = {
     "save_model": "condseg.models.model_file",
     "predict": "condseg.inference.predict",
     "InferenceOptions": "condseg.inference.options",
+    "prepare": "condseg.inference.engine",
+    "Execution": "condseg.inference.engine",
     "Loss": "condseg.losses.base",
     "register_loss": "condseg.losses.base",
     "register_method": "condseg.methods",

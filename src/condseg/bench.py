@@ -1,36 +1,52 @@
-"""``condseg benchmark``: speed and peak memory of the default execution path next to the plain one.
+"""``condseg benchmark``: speed, peak memory and arithmetic of each execution path of a model.
 
 Each path runs in its own freshly spawned process, so that its peak RSS (``ru_maxrss``, which only
-ever grows) is its own and not that of a path measured before it in the same process. The
-"plain" path is the reference (float32, NCHW, the model as the registry builds it); "default" is
-what we would run here: channels_last, plus bf16 autocast where the hardware runs bf16 natively.
-Both children seed the same generator before building the model, so their weights and inputs are
-identical and the parent can report how far the default path's mask probabilities drift from the
-plain path's. Only measured figures are printed — timing on a shared machine is not a test.
+ever grows) is its own and not that of a path measured before it in the same process. Inference
+runs the inference engine's own paths (:mod:`condseg.inference.engine`), exactly what
+``predict`` and ``evaluate`` run:
+
+- ``plain``: the reference — float32, NCHW, every module's plain kernels, no folding;
+- ``float32-fast``: the fast kernels, BatchNorm folded into the convolutions, channels_last,
+  float32;
+- ``default``: ``float32-fast`` plus autocast where the hardware runs it natively (bf16 on a CPU
+  with AVX512-BF16/AMX, bf16 or fp16 on CUDA).
+
+A training step (``train=True``) runs the model itself (nothing folds in training): ``plain`` in
+float32 NCHW with the plain kernels, the others channels_last with the fast kernels and their
+autocast. All children seed the same generator before building the model, so their weights and
+inputs are identical and the parent reports how far each path's mask probabilities drift from
+the plain path's, and each path's speed and memory relative to plain. FLOPs come from torch's
+own counter (``torch.utils.flop_counter``: convolutions and matrix products). Only measured
+figures are printed — timing on a shared machine is not a test.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, first_line
+from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.losses.base import Loss, create_loss
 
-PATHS = ("default", "plain")
+PATHS = ("default", "float32-fast", "plain")
 SEED = 0
 
 
@@ -57,13 +73,28 @@ class BenchResult:
     batch: int
     load_avg: float  # 1-minute load average just before the child started: others' work skews us
     baseline_rss_mb: float  # peak RSS once torch is imported and the model built
+    parameters: int
+    gflops_per_image: float  # torch's flop counter, one forward pass of one image on this path
+    batchnorm_folded: int
     inference: Phase
     train: Phase | None
-    max_abs_diff: float | None  # max |p_default − p_plain| of the mask probabilities; plain: None
+    max_abs_diff: float | None = None  # max |p_path − p_plain| of the mask probabilities
+    # relative to the plain path of the same model (None for plain itself or without it):
+    inference_speedup: float | None = None  # plain time / this path's time
+    train_speedup: float | None = None
+    train_memory_ratio: float | None = None  # this path's training peak RSS / plain's
 
     @property
     def images_per_s(self) -> float:
         return self.batch * 1000 / self.inference.median_ms
+
+
+@dataclass
+class BenchReport:
+    """Every path of every model measured, and the models that could not be, with the reason."""
+
+    results: list[BenchResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,9 +116,25 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 instructions; without them bf16 is emulated and slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+def benchmark_models(
+    models: str | Sequence[str] = "condseg", **settings: object
+) -> BenchReport:
+    """:func:`run_benchmark` for each model (``"all"``: every registered one). With ``"all"`` or
+    a list, a model that cannot be built with its default options or fails is skipped with the
+    reason (reported, never silently); one model named alone raises its error."""
+    from condseg.models.registry import list_models
+
+    single = isinstance(models, str) and models != "all"
+    names = list_models() if models == "all" else [models] if single else list(models)
+    report = BenchReport()
+    for name in names:
+        try:
+            report.results.extend(run_benchmark(name, **settings))  # type: ignore[arg-type]
+        except Exception as error:  # reported in the report, not swallowed
+            if single:
+                raise
+            report.skipped[name] = f"{type(error).__name__}: {first_line(error)}"
+    return report
 
 
 def run_benchmark(
@@ -101,7 +148,8 @@ def run_benchmark(
     paths: Sequence[str] = PATHS,
     threads: int | None = None,
 ) -> list[BenchResult]:
-    """Measure each path in its own spawned process; fill in the drift of "default" vs "plain"."""
+    """Measure each path in its own spawned process; fill in each path's drift, speed-up and
+    memory relative to "plain"."""
     for name, value, least in (("size", size, 1), ("batch", batch, 1), ("repeats", repeats, 1),
                                ("warmup", warmup, 0),
                                ("threads", 1 if threads is None else threads, 1)):
@@ -110,6 +158,7 @@ def run_benchmark(
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
         raise CondsegError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
+    _check_buildable(model, dict(model_options or {}), size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     measured: dict[str, tuple[BenchResult, np.ndarray]] = {}
     for path in paths:
@@ -118,60 +167,92 @@ def run_benchmark(
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             measured[path] = pool.submit(_measure, job, os.getloadavg()[0]).result()
     plain = measured.get("plain")
-    results = []
-    for path, (result, probs) in measured.items():
-        diff = None if plain is None or path == "plain" else float(np.abs(probs - plain[1]).max())
-        results.append(replace(result, max_abs_diff=diff))
-    return results
+    return [result if plain is None or path == "plain" else _relative(result, probs, *plain)
+            for path, (result, probs) in measured.items()]
+
+
+def _check_buildable(model: str, options: dict, size: int) -> None:
+    """Build the model on the meta device (no memory, no time): a model that needs options it
+    was not given, or a size it cannot take, is refused before any process starts."""
+    from condseg.models.base import check_input_size
+    from condseg.models.registry import create_model
+
+    with torch.device("meta"):
+        net = create_model(model, pretrained=False, **options)
+    check_input_size(net, size, size)
+
+
+def _relative(
+    result: BenchResult, probs: np.ndarray, plain: BenchResult, plain_probs: np.ndarray
+) -> BenchResult:
+    train = result.train is not None and plain.train is not None
+    return replace(
+        result,
+        max_abs_diff=float(np.abs(probs - plain_probs).max()),
+        inference_speedup=plain.inference.median_ms / result.inference.median_ms,
+        train_speedup=plain.train.median_ms / result.train.median_ms if train else None,
+        train_memory_ratio=result.train.peak_rss_mb / plain.train.peak_rss_mb if train else None,
+    )
+
+
+def _execution(path: str, device: str) -> Execution:
+    if path == "plain":
+        return Execution(device=device, plain=True)
+    return Execution(device=device, precision="float32" if path == "float32-fast" else "auto")
 
 
 def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     """Child process: build the model, time inference (and a training step), record peaks."""
-    from condseg.models.base import check_input_size
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from condseg.inference.engine import prepare
+    from condseg.models.base import use_plain_kernels
     from condseg.models.registry import create_model
 
     torch.set_num_threads(job.threads)
     device = torch.device(job.device)
     torch.manual_seed(SEED)
-    net = create_model(job.model, pretrained=False, **job.options).to(device)
-    check_input_size(net, job.size, job.size)
+    net = create_model(job.model, pretrained=False, **job.options).to(device).eval()
+    parameters = sum(p.numel() for p in net.parameters())
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(job.batch, 3, job.size, job.size, generator=generator)
-    views = [x, torch.randn(x.shape, generator=generator)]  # a loss may need a second view
+    second = torch.randn(x.shape, generator=generator)  # a loss may need a second view
     target = (x.mean(1, keepdim=True) > 0).float().to(device)
-    default = job.path == "default"
-    fmt = torch.channels_last if default else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    views = [v.to(device, memory_format=fmt) for v in views]
-    autocast_dtype = _autocast_dtype(job.device) if default else None
+    execution = _execution(job.path, job.device)
+    prepared = prepare(net, execution)
+    fmt = prepared.memory_format
+    views = [v.to(device, memory_format=fmt) for v in (x, second)]
     baseline = _peak_rss_mb()
 
-    def amp() -> AbstractContextManager:
-        if autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(job.device, dtype=autocast_dtype)
-
-    net.eval()
-    with torch.inference_mode(), amp():
-        probs = torch.sigmoid(net(views[0]).mask.float()).cpu().numpy()
-        inference = _timed(lambda: net(views[0]), job, device)
+    with torch.inference_mode():
+        probs = torch.sigmoid(prepared(views[0]).mask.float()).cpu().numpy()  # folds, compiles
+        counter = FlopCounterMode(display=False)
+        with counter:
+            prepared(views[0][:1])
+        inference = _timed(lambda: prepared(views[0]), job, device)
+    folded = int(prepared.folded or 0)
+    prepared = None  # the copy's memory is free before training
     train = None
     if job.train:
+        use_plain_kernels(net, execution.plain)
+        net = net.to(memory_format=fmt)
+
+        def amp() -> AbstractContextManager:
+            dtype = execution.autocast_dtype()
+            return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
         train = _timed(_train_step(net, views, target, amp), job, device)
+    dtype = execution.autocast_dtype() or torch.float32
     result = BenchResult(
         path=job.path, model=job.model, device=job.device,
-        dtype=str(autocast_dtype or torch.float32).removeprefix("torch."),
-        memory_format="channels_last" if default else "NCHW", threads=job.threads,
+        dtype=str(dtype).removeprefix("torch."),
+        memory_format="NCHW" if execution.plain else "channels_last", threads=job.threads,
         size=job.size, batch=job.batch, load_avg=load_avg, baseline_rss_mb=baseline,
-        inference=inference, train=train, max_abs_diff=None,
+        parameters=parameters, gflops_per_image=counter.get_total_flops() / 1e9,
+        batchnorm_folded=folded,
+        inference=inference, train=train,
     )
     return result, probs
-
-
-def _autocast_dtype(device: str) -> torch.dtype | None:
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else None
 
 
 def _train_step(
@@ -241,23 +322,43 @@ def _peak_rss_mb() -> float:
 
 
 def print_results(results: Sequence[BenchResult], console: Console | None = None) -> None:
-    """One column per path (so that it fits a terminal); times are per batch, memory is the
-    child process's peak RSS."""
+    """One table per model, one column per path (so that it fits a terminal); times are per
+    batch, memory is the child process's peak RSS, ratios are relative to the plain path."""
     console = console or Console()
+    for model in dict.fromkeys(r.model for r in results):
+        _print_model([r for r in results if r.model == model], console)
+
+
+def print_report(report: BenchReport, console: Console | None = None) -> None:
+    """The tables of :func:`print_results`, then each model not benchmarked and why."""
+    console = console or Console()
+    print_results(report.results, console)
+    for model, reason in report.skipped.items():
+        console.print(f"[yellow]{escape(model)} not benchmarked:[/] {escape(reason)}",
+                      highlight=False, soft_wrap=True)
+
+
+def _print_model(results: Sequence[BenchResult], console: Console) -> None:
     first = results[0]
-    table = Table(title=f"condseg benchmark: {first.model}, {first.size}×{first.size}, "
-                        f"batch {first.batch}, {first.device}, {first.threads} threads")
+    table = Table(title=f"condseg benchmark: {first.model} ({first.parameters / 1e6:.1f} M "
+                        f"parameters), {first.size}×{first.size}, batch {first.batch}, "
+                        f"{first.device}, {first.threads} threads")
     table.add_column("")
     for r in results:
         table.add_column(r.path, justify="right")
     rows = {
         "dtype": [r.dtype for r in results],
         "memory format": [r.memory_format for r in results],
+        "BatchNorms folded": [str(r.batchnorm_folded) for r in results],
+        "GFLOP per image (torch counter)": [f"{r.gflops_per_image:.1f}" for r in results],
         "inference images/s": [f"{r.images_per_s:.2f}" for r in results],
         "inference ms median (min–max)": [_span(r.inference) for r in results],
+        "inference × plain (speed)": [_ratio(r.inference_speedup) for r in results],
         "inference peak RSS MB": [_memory(r.inference) for r in results],
         "train step ms median (min–max)": [_span(r.train) if r.train else "—" for r in results],
+        "train × plain (speed)": [_ratio(r.train_speedup) for r in results],
         "train peak RSS MB": [_memory(r.train) if r.train else "—" for r in results],
+        "train peak RSS ÷ plain": [_ratio(r.train_memory_ratio) for r in results],
         "max |Δp| vs plain": ["—" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
                               for r in results],
         "baseline RSS MB (model built)": [f"{r.baseline_rss_mb:.0f}" for r in results],
@@ -268,8 +369,39 @@ def print_results(results: Sequence[BenchResult], console: Console | None = None
     console.print(table)
 
 
+def write_json(report: BenchReport, path: str | Path) -> Path:
+    """All figures (each result with its phases, images/s and ratios to plain), the models
+    skipped with the reason, and the machine they were measured on."""
+    machine = {
+        "platform": platform.platform(), "processor": _processor(),
+        "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "usable_cores": default_threads(),
+    }
+    results = [{**asdict(r), "images_per_s": r.images_per_s} for r in report.results]
+    document = {"machine": machine, "results": results, "skipped": report.skipped}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _processor() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def _span(phase: Phase) -> str:
     return f"{phase.median_ms:.1f} [{phase.min_ms:.1f}–{phase.max_ms:.1f}]"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def _memory(phase: Phase) -> str:

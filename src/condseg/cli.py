@@ -21,6 +21,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from condseg.config import RunConfig
+    from condseg.inference.engine import Execution
     from condseg.inference.options import InferenceOptions
 
 app = typer.Typer(
@@ -47,6 +48,13 @@ class ProbabilityFormat(str, Enum):
     npy = "npy"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 # Inference options shared by evaluate and predict (InferenceOptions).
 TTAOption = Annotated[bool, typer.Option(
     "--tta", help="Test-time augmentation: average the probabilities over the four flips.")]
@@ -60,6 +68,19 @@ SlidingOption = Annotated[int | None, typer.Option(
 OverlapOption = Annotated[float, typer.Option(
     help="Overlap of neighbouring sliding windows, a fraction of the window.")]
 ThresholdOption = Annotated[float, typer.Option(help="Mask = probability >= this.")]
+# How the network runs (inference.engine.Execution), shared by evaluate and predict.
+DeviceOption = Annotated[str, typer.Option(
+    help="auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    help="auto: bf16/fp16 autocast where the hardware runs it natively, else float32.")]
+PlainOption = Annotated[bool, typer.Option(
+    "--plain", help="The float32 NCHW reference path: no BatchNorm folding, plain kernels.")]
+CompileOption = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the network (slow to start; measure before relying on it).")]
+BatchSizeOption = Annotated[int, typer.Option(help="Images per forward pass.")]
+WorkersOption = Annotated[int | None, typer.Option(
+    help="Processes decoding images ahead of the model (default: spare cores, at most 4; "
+         "0: none).")]
 
 
 def _inference_options(
@@ -69,6 +90,12 @@ def _inference_options(
 
     return InferenceOptions(tta=tta or rotations, rotations=rotations,
                             sliding_window=sliding_window, overlap=overlap)
+
+
+def _execution(device: str, precision: Precision, plain: bool, compile: bool) -> Execution:
+    from condseg.inference.engine import Execution
+
+    return Execution(device=device, precision=precision.value, plain=plain, compile=compile)
 
 
 def quiet_lightning() -> None:
@@ -393,7 +420,12 @@ def evaluate(
     tta_rotations: RotationsOption = False,
     sliding_window: SlidingOption = None,
     overlap: OverlapOption = 0.25,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
+    plain: PlainOption = False,
+    compile: CompileOption = False,
+    batch_size: BatchSizeOption = 4,
+    workers: WorkersOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
@@ -404,11 +436,13 @@ def evaluate(
 
     with user_errors():
         options = _inference_options(tta, tta_rotations, sliding_window, overlap)
+        execution = _execution(device, precision, plain, compile)
         net = load_model(checkpoint)
         result = run_evaluation(
             net, data, split=split, resolution=resolution.value, out_dir=out,
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
-            threshold=threshold, options=options, save_probabilities=save_probabilities,
+            threshold=threshold, options=options, execution=execution, num_workers=workers,
+            save_probabilities=save_probabilities,
             probability_format=probability_format.value, max_pixels=max_pixels,
             console=console,
         )
@@ -435,8 +469,13 @@ def predict(
     tta_rotations: RotationsOption = False,
     sliding_window: SlidingOption = None,
     overlap: OverlapOption = 0.25,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
+    plain: PlainOption = False,
+    compile: CompileOption = False,
+    batch_size: BatchSizeOption = 4,
+    workers: WorkersOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Predict masks at each image's original resolution; exit 1 if an input failed."""
@@ -445,10 +484,12 @@ def predict(
 
     with user_errors():
         options = _inference_options(tta, tta_rotations, sliding_window, overlap)
+        execution = _execution(device, precision, plain, compile)
         net = load_model(checkpoint)
         report = predict_files(
             net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
-            batch_size=batch_size, threshold=threshold, options=options,
+            batch_size=batch_size, threshold=threshold, options=options, execution=execution,
+            workers=workers,
             save_probabilities=save_probabilities.value if save_probabilities else None,
             max_pixels=max_pixels, console=console,
         )
@@ -488,7 +529,8 @@ def export(
 
 @app.command("benchmark")
 def benchmark(
-    model: Annotated[str, typer.Option(help="Model name (see `condseg models`).")] = "condseg",
+    model: Annotated[str, typer.Option(
+        help="Model name (see `condseg models`), or all: every registered model.")] = "condseg",
     size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 256,
     batch: Annotated[int, typer.Option(help="Images per batch.")] = 4,
     train: Annotated[bool, typer.Option("--train", help="Also time a full training step.")]
@@ -497,14 +539,19 @@ def benchmark(
     warmup: Annotated[int, typer.Option(help="Untimed warm-up repeats.")] = 2,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: usable cores).")]
     = None,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", metavar="FILE", help="Also write every figure to this JSON file.")] = None,
 ) -> None:
-    """Throughput and peak memory of the default path next to the plain float32 NCHW path."""
-    from condseg.bench import print_results, run_benchmark
+    """Speed, peak memory and FLOPs of the default, float32-fast and plain paths, and their
+    ratios to the plain path."""
+    from condseg.bench import benchmark_models, print_report, write_json
 
     with user_errors():
-        results = run_benchmark(model, size=size, batch=batch, train=train, repeats=repeats,
-                                warmup=warmup, threads=threads)
-    print_results(results, console)
+        report = benchmark_models(model, size=size, batch=batch, train=train, repeats=repeats,
+                                  warmup=warmup, threads=threads)
+    print_report(report, console)
+    if json_file is not None:
+        console.print(f"wrote {write_json(report, json_file)}", highlight=False)
 
 
 @app.command("convert-official")

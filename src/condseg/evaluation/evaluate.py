@@ -4,7 +4,8 @@
 size, the mask resized exactly like a training target (area interpolation, threshold 0.5).
 ``original`` resizes the probabilities (bilinear) to each image's own size and compares with
 the original mask — what a user of the predicted masks experiences: it runs the very code of
-``predict`` (with the same inference options).
+``predict`` (with the same inference options). Both run the model prepared by the inference
+engine (the fast path by default) while DataLoader workers load the next batches.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
 
 from condseg.data.check import check_dataset
-from condseg.data.dataset import DataError, SegmentationDataset, read_image, read_mask
+from condseg.data.dataset import DataError, SegmentationDataset
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.inference.engine import Execution
+from condseg.inference.loading import ImageFiles, batches
 from condseg.inference.options import InferenceOptions
 from condseg.inference.predict import (
+    Predictor,
     check_probability_format,
-    predict_arrays,
     probability_path,
     save_probability,
 )
@@ -88,8 +91,9 @@ def evaluate(
     size: int | tuple[int, int] | None = None,
     threshold: float = 0.5,
     overwrite: bool = False,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     options: InferenceOptions | None = None,
+    execution: Execution | None = None,
     save_probabilities: str | Path | None = None,
     probability_format: str = "png",
     max_pixels: int | None = None,
@@ -103,7 +107,9 @@ def evaluate(
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
     PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
     float32), both at the protocol's resolution. Existing outputs are refused unless
-    ``overwrite``. ``num_workers`` load the network protocol's batches. The split is checked
+    ``overwrite``. The model runs on ``execution`` (default: the fast path) while
+    ``num_workers`` processes (default: one per spare core, at most 4; 0: none) load the
+    batches. The split is checked
     first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit). With a
     ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
@@ -132,10 +138,11 @@ def evaluate(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
+    predictor = Predictor(model, options, execution, size=size)
     if resolution == "network":
-        pairs = _network_pairs(options.wrap(model), dataset, batch_size, num_workers)
+        pairs = _network_pairs(predictor, dataset, batch_size, num_workers)
     else:
-        pairs = _original_pairs(model, dataset, batch_size, size, options)
+        pairs = _original_pairs(predictor, dataset, batch_size, num_workers)
     rows: list[dict[str, Any]] = []
     with WorkProgress(console, len(dataset), f"evaluate {split}") as progress:
         for name, prob, gt in pairs:
@@ -155,6 +162,7 @@ def evaluate(
         "input_size": list(size),
         "threshold": threshold,
         "inference": options.record(),
+        "execution": predictor.prepared.record(),
         "n_images": len(rows),
         "ground_truth": (
             "mask resized to input_size (area interpolation, threshold 0.5)"
@@ -185,37 +193,34 @@ def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) ->
 
 
 def _network_pairs(
-    net: SegmentationModel, dataset: SegmentationDataset, batch_size: int, num_workers: int
+    predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, probability, ground truth) at the network input size."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with eval_mode(net):
-        for batch in loader:
-            probs = probabilities(net, batch["image"])["mask"]
-            for j, name in enumerate(batch["name"]):
-                yield name, probs[j].numpy(), batch["mask"][j, 0].numpy() >= 0.5
+    pin = predictor.prepared.device.type == "cuda"
+    with eval_mode(predictor.net):
+        for batch in batches(dataset, batch_size, workers, pin):
+            images = torch.stack([item["image"] for item in batch])
+            probs = probabilities(predictor.net, images)["mask"]
+            for j, item in enumerate(batch):
+                yield item["name"], probs[j].numpy(), item["mask"][0].numpy() >= 0.5
 
 
 def _original_pairs(
-    model: SegmentationModel,
-    dataset: SegmentationDataset,
-    batch_size: int,
-    size: tuple[int, int],
-    options: InferenceOptions,
+    predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, probability, ground truth) at each image's own size: exactly what ``predict``
     gives for the image, against the original mask."""
-    for start in range(0, len(dataset), batch_size):
-        chunk = range(start, min(start + batch_size, len(dataset)))
-        images = [read_image(dataset.pairs[i][0], dataset.max_pixels) for i in chunk]
-        masks = [read_mask(dataset.pairs[i][1], dataset.max_pixels) for i in chunk]
-        for i, image, mask in zip(chunk, images, masks, strict=True):
-            if image.shape[:2] != mask.shape:
-                raise DataError(f"image {dataset.pairs[i][0]} and mask {dataset.pairs[i][1]} "
-                                "differ in size; fix the pair or leave it out")
-        predictions = predict_arrays(model, images, options=options, size=size)
-        for i, pred, mask in zip(chunk, predictions, masks, strict=True):
-            yield dataset.names[i], pred.prob, mask
+    files = ImageFiles([image for image, _ in dataset.pairs], predictor.plan,
+                       masks=[mask for _, mask in dataset.pairs], max_pixels=dataset.max_pixels)
+    pin = predictor.prepared.device.type == "cuda"
+    for batch in batches(files, batch_size, workers, pin):
+        for item in batch:
+            if "error" in item:
+                raise DataError(item["error"])
+        predictions = predictor.run([item["input"] for item in batch],
+                                    [item["shape"] for item in batch])
+        for item, pred in zip(batch, predictions, strict=True):
+            yield dataset.names[item["index"]], pred.prob, item["mask"]
 
 
 def write_results(

@@ -8,7 +8,6 @@ call as a plain one: there is one inference path, whatever the options.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from condseg.errors import CondsegError
@@ -38,10 +37,6 @@ class InferenceOptions:
                                f"got {self.sliding_window}")
         if not 0 <= self.overlap < 1:
             raise CondsegError(f"the window overlap must be in [0, 1), got {self.overlap}")
-
-    def slides(self, shape: Sequence[int]) -> bool:
-        """Whether an image of ``shape`` (H, W, ...) is predicted by sliding windows."""
-        return self.sliding_window is not None and max(shape[:2]) > self.sliding_window
 
     def wrap(self, model: SegmentationModel) -> SegmentationModel:
         """``model`` with these options applied (itself when there are none)."""

@@ -4,7 +4,10 @@ The network sees the image resized to its training size and normalised as in tra
 read from the model file's header); its probabilities are resized back to the image's own size,
 so masks line up with the input pixel for pixel. :class:`InferenceOptions` add test-time
 augmentation and sliding windows (an image larger than a chosen size is then predicted at its
-own resolution, window by window) by wrapping the model, never by another code path.
+own resolution, window by window) by wrapping the model, never by another code path. The
+model runs on the inference engine's fast path unless told otherwise
+(:mod:`condseg.inference.engine`), batched, while DataLoader workers decode the next images
+(:mod:`condseg.inference.loading`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import torch
 from rich.console import Console
 
 from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
-from condseg.data.transforms import resize_image, resize_probabilities, to_tensor
+from condseg.data.transforms import resize_probabilities
 from condseg.errors import CondsegError, refuse_existing
+from condseg.inference.engine import Execution, prepare
+from condseg.inference.loading import ImageFiles, InputPlan, batches
 from condseg.inference.options import InferenceOptions
 from condseg.models.base import (
     ModelError,
@@ -56,14 +61,51 @@ class PredictReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def network_size(model: SegmentationModel, shape: Sequence[int]) -> tuple[int, int]:
-    """The (H, W) the network sees for an image of ``shape``: the trained input size, else the
-    image size rounded to the nearest multiple of the model's ``input_divisor``."""
-    if model.meta is not None:
-        return input_size(model)
-    divisor = model.input_divisor
-    height, width = (max(divisor, round(int(n) / divisor) * divisor) for n in shape[:2])
-    return height, width
+class Predictor:
+    """A model prepared once for inference (:func:`~condseg.inference.engine.prepare`, then the
+    inference options) and the rule of its inputs: what :func:`predict`, :func:`predict_files`
+    and the original-resolution evaluation share. ``size`` overrides the network input size
+    (default: the model file's; a model without a file rounds each image to its divisor)."""
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        options: InferenceOptions | None = None,
+        execution: Execution | None = None,
+        *,
+        size: int | tuple[int, int] | None = None,
+    ) -> None:
+        model = require_model(model)
+        options = options or InferenceOptions()
+        self.prepared = prepare(model, execution)
+        self.net = options.wrap(self.prepared)
+        mean, std = normalization(model)
+        fixed = input_size(model, size) if size is not None or model.meta is not None else None
+        self.plan = InputPlan(mean, std, fixed, model.input_divisor, options.sliding_window)
+
+    def run(
+        self, inputs: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
+        threshold: float = 0.5,
+    ) -> list[Prediction]:
+        """Predictions at the images' own ``shapes`` from their network ``inputs``
+        (:meth:`InputPlan.tensor`): one forward pass per distinct input size."""
+        results: dict[int, Prediction] = {}
+        sizes = [tuple(x.shape[-2:]) for x in inputs]
+        with eval_mode(self.net):
+            for size in dict.fromkeys(sizes):
+                indices = [i for i, s in enumerate(sizes) if s == size]
+                probs = probabilities(self.net, torch.stack([inputs[i] for i in indices]))
+                for j, i in enumerate(indices):
+                    results[i] = to_original_size(
+                        {key: p[j] for key, p in probs.items()}, shapes[i], threshold
+                    )
+        return [results[i] for i in range(len(inputs))]
+
+    def arrays(self, images: Sequence[np.ndarray], threshold: float = 0.5) -> list[Prediction]:
+        """Predictions of uint8 RGB arrays (H, W, 3), prepared in this process."""
+        images = [_check_rgb(image) for image in images]
+        return self.run([self.plan.tensor(image) for image in images],
+                        [image.shape[:2] for image in images], threshold)
 
 
 def predict(
@@ -71,10 +113,15 @@ def predict(
     image: np.ndarray | str | Path,
     threshold: float = 0.5,
     options: InferenceOptions | None = None,
+    execution: Execution | None = None,
 ) -> Prediction:
-    """Predict one image (a path, or a uint8 RGB array (H, W, 3)) at its original size."""
+    """Predict one image (a path, or a uint8 RGB array (H, W, 3)) at its original size.
+
+    The model is prepared for ``execution`` (default: the fast path) at each call; to predict
+    many images, prepare it once (``condseg.prepare``) and pass the prepared model, or use
+    :func:`predict_files`."""
     array = read_image(image) if isinstance(image, (str, Path)) else image
-    return predict_arrays(model, [array], threshold, options)[0]
+    return predict_arrays(model, [array], threshold, options, execution)[0]
 
 
 def predict_arrays(
@@ -82,32 +129,13 @@ def predict_arrays(
     images: Sequence[np.ndarray],
     threshold: float = 0.5,
     options: InferenceOptions | None = None,
+    execution: Execution | None = None,
     *,
     size: tuple[int, int] | None = None,
 ) -> list[Prediction]:
     """Predict several RGB images in one forward pass per distinct network size (``size``, by
-    default :func:`network_size`; an image that slides keeps its own)."""
-    options = options or InferenceOptions()
-    mean, std = normalization(require_model(model))
-    net = options.wrap(model)
-    sizes = [
-        tuple(image.shape[:2]) if options.slides(image.shape)
-        else size or network_size(model, image.shape)
-        for image in map(_check_rgb, images)
-    ]
-    results: dict[int, Prediction] = {}
-    with eval_mode(net):
-        for shape in dict.fromkeys(sizes):
-            indices = [i for i, s in enumerate(sizes) if s == shape]
-            batch = torch.stack(
-                [to_tensor(resize_image(images[i], shape), mean, std) for i in indices]
-            )
-            probs = probabilities(net, batch)
-            for j, i in enumerate(indices):
-                results[i] = to_original_size(
-                    {key: p[j] for key, p in probs.items()}, images[i].shape[:2], threshold
-                )
-    return [results[i] for i in range(len(images))]
+    default the model file's; an image that slides keeps its own)."""
+    return Predictor(model, options, execution, size=size).arrays(images, threshold)
 
 
 def predict_files(
@@ -121,6 +149,8 @@ def predict_files(
     threshold: float = 0.5,
     overwrite: bool = False,
     options: InferenceOptions | None = None,
+    execution: Execution | None = None,
+    workers: int | None = None,
     save_probabilities: str | None = None,
     max_pixels: int | None = None,
     console: Console | None = None,
@@ -135,8 +165,10 @@ def predict_files(
     ``report.failed`` and the others are still written; every entry of a folder with an image
     extension is tried (a looping link is reported, not skipped). ``max_pixels`` is the
     readers' pixel limit. If any output file exists already, nothing is written and
-    FileExistsError is raised, unless ``overwrite`` is set. With a ``console``, progress is
-    shown (a bar on a terminal, plain lines elsewhere).
+    FileExistsError is raised, unless ``overwrite`` is set. The model runs on ``execution``
+    (default: the fast path) ``batch_size`` images at a time while ``workers`` processes
+    (default: :func:`~condseg.inference.loading.default_workers`) decode the next ones. With a
+    ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     model = require_model(model)
     if maps and not model.map_names:
@@ -150,24 +182,25 @@ def predict_files(
     outputs = {name: _output_paths(out_dir, name, overlay, map_names, save_probabilities)
                for name in jobs}
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(model, options, execution)
     names = list(jobs)
+    files = ImageFiles([jobs[n] for n in names], predictor.plan, keep_images=overlay,
+                       max_pixels=max_pixels)
+    loader = batches(files, batch_size, workers, predictor.prepared.device.type == "cuda")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with WorkProgress(console, len(names), "predict") as progress:
-        for start in range(0, len(names), batch_size):
-            batch = names[start : start + batch_size]
-            loaded: list[tuple[str, np.ndarray]] = []
-            for name in batch:
-                try:
-                    loaded.append((name, read_image(jobs[name], max_pixels)))
-                except (DataError, OSError) as exc:
-                    report.failed.append((jobs[name], str(exc)))
-            images = [image for _, image in loaded]
-            predictions = predict_arrays(model, images, threshold, options)
-            for (name, image), pred in zip(loaded, predictions, strict=True):
+        for batch in loader:
+            loaded = [item for item in batch if "error" not in item]
+            report.failed.extend((files.files[item["index"]], item["error"])
+                                 for item in batch if "error" in item)
+            predictions = predictor.run([item["input"] for item in loaded],
+                                        [item["shape"] for item in loaded], threshold)
+            for item, pred in zip(loaded, predictions, strict=True):
+                name = names[item["index"]]
                 mask = pred.mask.astype(np.uint8) * 255
                 report.written.append(save_png(outputs[name][0], mask))
                 if overlay:
-                    overlaid = make_overlay(image, pred.mask)
+                    overlaid = make_overlay(item["image"], pred.mask)
                     report.written.append(save_png(outputs[name][1], overlaid))
                 if maps:
                     report.written.extend(save_maps(pred.maps, out_dir, name))

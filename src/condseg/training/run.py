@@ -421,7 +421,8 @@ def _evaluate_test(
     if _is_main_process() and (again or not (out / "summary.json").is_file()):
         evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
                               out_dir=out, batch_size=data.batch_size, overwrite=True,
-                              max_pixels=data.max_pixels, console=console)
+                              num_workers=data.num_workers, max_pixels=data.max_pixels,
+                              console=console)
         print_table(evaluation, console)
         console.print(f"test-split evaluation of {result.model_file}: {out}")
     return out
