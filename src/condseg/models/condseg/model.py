@@ -85,7 +85,7 @@ class ConDSeg(SegmentationModel):
         return encoder_sites(self.encoder, "encoder")
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        run = checkpointed if self._recompute() else _call
+        run = checkpointed if self._recompute(x) else _call
         feats = run(self.encoder, x)
         d = [run(fem, f) for fem, f in zip(self.fems, feats, strict=True)]
         g_fg = g_bg = [None] * 4
@@ -107,10 +107,13 @@ class ConDSeg(SegmentationModel):
         mask = run(self.head, run(self.decoder, f))
         return ModelOutput(mask, sid_logits)
 
-    def _recompute(self) -> bool:
+    def _recompute(self, x: torch.Tensor) -> bool:
         """Recompute activations in backward (:mod:`condseg.models.recompute`) when training on
-        the default path; the plain path keeps them, as the network is written."""
-        return self.training and torch.is_grad_enabled() and not self.plain_kernels
+        the default path on a CPU; the plain path keeps them, as the network is written, and so
+        does a GPU, where the rerun costs more time than the memory is worth
+        (docs/performance.md)."""
+        return (self.training and torch.is_grad_enabled() and not self.plain_kernels
+                and x.device.type == "cpu")
 
 
 def _call(module: nn.Module, *args: Any, call: Callable[..., Any] | None = None) -> Any:
