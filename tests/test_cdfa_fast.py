@@ -130,6 +130,7 @@ def _training_step(net: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
     return [out.mask.detach()] + [p.grad for p in net.parameters()], dict(net.named_buffers())
 
 
+@pytest.mark.slow
 def test_recomputation_changes_nothing(fast_and_plain) -> None:
     """The default training step recomputes activations in backward: outputs, gradients and
     BatchNorm statistics (updated once, not again on the rerun) equal those of a step that
