@@ -64,7 +64,9 @@ def test_demo_extends_default_with_a_deep_merge() -> None:
     assert demo.model.pretrained is False
     assert demo.model.options["width"] < base.model.options["width"]
     assert demo.model.options["cdfa_mode"] == base.model.options["cdfa_mode"]  # kept by merge
-    assert demo.stages["stage2"].augmentation == base.stages["stage2"].augmentation
+    demo_aug, base_aug = demo.stages["stage2"].augmentation, base.stages["stage2"].augmentation
+    assert (demo_aug.p_flip, demo_aug.rotate, demo_aug.p_rotate) == (
+        0.5, base_aug.rotate, base_aug.p_rotate)  # only the flips changed, the rest merged
 
 
 def test_user_file_extends_preset_and_relative_file(tmp_path: Path) -> None:
