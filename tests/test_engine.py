@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from condseg.cli import app
 from condseg.data.synthetic import synthesize
 from condseg.evaluation.evaluate import evaluate
-from condseg.inference.engine import Execution, ExecutionError, cpu_supports_bf16, prepare
+from condseg.inference.engine import (
+    Execution,
+    ExecutionError,
+    cpu_supports_bf16,
+    prepare,
+    training_memory_format,
+)
 from condseg.inference.predict import predict, predict_files
 from condseg.models.base import ModelError
 from condseg.models.fusion import fold_batchnorm, foldable_pairs
@@ -150,6 +156,28 @@ def test_the_fast_path_equals_the_plain_path_and_leaves_the_model_alone(
     assert prepare(fast) is fast
 
 
+def test_a_copy_without_maps_skips_their_heads_and_keeps_the_mask(model_file: Path) -> None:
+    model = load_model(model_file)
+    execution = Execution(device="cpu", precision="float32")
+    full, bare = prepare(model, execution), prepare(model, execution, maps=False)
+    heads = {name: 0 for name in model.map_names}
+    for name in heads:
+        bare.model.aux_heads[name].register_forward_hook(
+            lambda *_, name=name: heads.__setitem__(name, heads[name] + 1))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected, got = full(x), bare(x)
+    torch.testing.assert_close(got.mask, expected.mask)
+    assert set(expected.aux) == {"fg", "bg", "uc"} and not got.aux and bare.map_names == ()
+    assert heads == {"fg": 0, "bg": 0, "uc": 0}
+    assert model.map_names == ("fg", "bg", "uc")  # the original keeps its maps
+    assert prepare(bare, maps=False) is bare
+    with pytest.raises(ModelError, match="without its maps"):
+        prepare(bare)
+    plain = prepare(model, Execution(device="cpu", plain=True), maps=False)
+    assert plain.map_names == model.map_names  # the reference runs the network as written
+
+
 def test_batches_and_loading_workers_do_not_change_the_results(
     model_file: Path, images: Path, tmp_path: Path
 ) -> None:
@@ -177,7 +205,7 @@ def test_evaluate_records_and_runs_the_chosen_path(model_file: Path, tmp_path: P
         for path, execution in (("plain", Execution(device="cpu", plain=True)),
                                 ("fast", Execution(device="cpu", precision="float32"))):
             result = evaluate(model, data, resolution=resolution, execution=execution,
-                              batch_size=2, num_workers=2 if path == "fast" else 0)
+                              batch_size=2, workers=2 if path == "fast" else 0)
             assert result.protocol["execution"]["path"] == path
             results[resolution, path] = result
         for plain, fast in zip(results[resolution, "plain"].rows,
@@ -202,3 +230,11 @@ def test_cli_names_a_device_or_precision_it_cannot_use(model_file: Path, images:
                                  "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "img1.png").is_file()
+
+
+def test_training_layout_is_channels_last_on_a_gpu_and_nchw_on_the_cpu() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert training_memory_format(cpu) == torch.contiguous_format
+    assert training_memory_format(gpu) == torch.channels_last
+    assert training_memory_format(cpu, "channels_last") == torch.channels_last
+    assert training_memory_format(gpu, "contiguous") == torch.contiguous_format

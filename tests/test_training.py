@@ -210,10 +210,27 @@ def test_dataset_errors_block_training_unless_skipped(data_root: Path, tmp_path:
     assert result.model_files["stage1"].is_file()
 
 
-def test_bf16_mixed_precision_trains_on_cpu(data_root: Path, tmp_path: Path) -> None:
-    """bf16 autocast (the CPU's mixed precision) through both stages; losses stay finite."""
-    result = train(tiny_config("precision=bf16-mixed", "stages.stage1.max_epochs=1"), data_root,
-                   tmp_path / "run")
+def test_bf16_channels_last_on_the_plain_kernels_trains_on_cpu(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 autocast and channels_last (a GPU's training layout) on the plain kernels, through
+    both stages; losses stay finite."""
+    seen = []
+    step = SegmentationModule.training_step
+
+    def spy(self, batch, batch_idx):
+        conv = next(m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d))
+        seen.append((batch["image"].is_contiguous(memory_format=torch.channels_last),
+                     conv.weight.is_contiguous(memory_format=torch.channels_last),
+                     all(m.plain_kernels for m in self.model.modules()
+                         if hasattr(m, "plain_kernels"))))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", spy)
+    config = tiny_config("precision=bf16-mixed", "stages.stage1.max_epochs=1",
+                         "memory_format=channels_last", "plain_kernels=true")
+    result = train(config, data_root, tmp_path / "run")
+    assert seen and all(all(flags) for flags in seen)
     for n in ("stage1", "stage2"):
         metrics = result.best_metrics[n]
         assert 0.0 <= metrics["mdsc"] <= 1.0

@@ -5,16 +5,18 @@ ever grows) is its own and not that of a path measured before it in the same pro
 runs the inference engine's own paths (:mod:`condseg.inference.engine`), exactly what
 ``predict`` and ``evaluate`` run:
 
-- ``plain``: the reference — float32, NCHW, every module's plain kernels, no folding;
+- ``plain``: the reference — float32, NCHW, every module's plain kernels, no folding, every
+  output of the network as written;
 - ``float32-fast``: the fast kernels, BatchNorm folded into the convolutions, channels_last,
-  float32;
+  float32, the mask alone (``prepare(maps=False)``: ``predict`` without ``--maps``);
 - ``default``: ``float32-fast`` plus autocast where the hardware runs it natively (bf16 on a CPU
   with AVX512-BF16/AMX, bf16 or fp16 on CUDA).
 
 A training step (``train=True``) runs the model itself (nothing folds in training): ``plain`` in
-float32 NCHW with the plain kernels, the others channels_last with the fast kernels and their
-autocast. All children seed the same generator before building the model, so their weights and
-inputs are identical and the parent reports how far each path's mask probabilities drift from
+float32 NCHW with the plain kernels, the others with the fast kernels and their autocast in
+the layout ``condseg train`` uses (:func:`~condseg.inference.engine.training_memory_format`). All
+children seed the same generator before building the model, so their weights and inputs are
+identical and the parent reports how far each path's mask probabilities drift from
 the plain path's, and each path's speed and memory relative to plain. FLOPs come from torch's
 own counter (``torch.utils.flop_counter``: convolutions and matrix products). Only measured
 figures are printed — timing on a shared machine is not a test.
@@ -43,7 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from condseg.errors import CondsegError, first_line
-from condseg.inference.engine import Execution, cpu_supports_bf16
+from condseg.inference.engine import Execution, cpu_supports_bf16, training_memory_format
 from condseg.losses.base import Loss, create_loss
 
 PATHS = ("default", "float32-fast", "plain")
@@ -78,6 +80,7 @@ class BenchResult:
     batchnorm_folded: int
     inference: Phase
     train: Phase | None
+    train_memory_format: str | None = None  # the training step's layout (None: not trained)
     max_abs_diff: float | None = None  # max |p_path − p_plain| of the mask probabilities
     # relative to the plain path of the same model (None for plain itself or without it):
     inference_speedup: float | None = None  # plain time / this path's time
@@ -219,7 +222,7 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     second = torch.randn(x.shape, generator=generator)  # a loss may need a second view
     target = (x.mean(1, keepdim=True) > 0).float().to(device)
     execution = _execution(job.path, job.device)
-    prepared = prepare(net, execution)
+    prepared = prepare(net, execution, maps=False)  # what predict runs
     fmt = prepared.memory_format
     views = [v.to(device, memory_format=fmt) for v in (x, second)]
     baseline = _peak_rss_mb()
@@ -232,25 +235,29 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
         inference = _timed(lambda: prepared(views[0]), job, device)
     folded = int(prepared.folded or 0)
     prepared = None  # the copy's memory is free before training
-    train = None
+    train = train_format = None
     if job.train:
         use_plain_kernels(net, execution.plain)
-        net = net.to(memory_format=fmt)
+        layout = (torch.contiguous_format if execution.plain
+                  else training_memory_format(device))  # what `condseg train` runs
+        net = net.to(memory_format=layout)
+        train_views = [v.contiguous(memory_format=layout) for v in views]
+        train_format = _layout_name(layout)
 
         def amp() -> AbstractContextManager:
             dtype = execution.autocast_dtype()
             return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-        train = _timed(_train_step(net, views, target, amp), job, device)
+        train = _timed(_train_step(net, train_views, target, amp), job, device)
     dtype = execution.autocast_dtype() or torch.float32
     result = BenchResult(
         path=job.path, model=job.model, device=job.device,
         dtype=str(dtype).removeprefix("torch."),
-        memory_format="NCHW" if execution.plain else "channels_last", threads=job.threads,
+        memory_format=_layout_name(fmt), threads=job.threads,
         size=job.size, batch=job.batch, load_avg=load_avg, baseline_rss_mb=baseline,
         parameters=parameters, gflops_per_image=counter.get_total_flops() / 1e9,
         batchnorm_folded=folded,
-        inference=inference, train=train,
+        inference=inference, train=train, train_memory_format=train_format,
     )
     return result, probs
 
@@ -315,6 +322,10 @@ def _timed(fn: Callable[[], object], job: _Job, device: torch.device) -> Phase:
     )
 
 
+def _layout_name(layout: torch.memory_format) -> str:
+    return "channels_last" if layout == torch.channels_last else "NCHW"
+
+
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -355,6 +366,7 @@ def _print_model(results: Sequence[BenchResult], console: Console) -> None:
         "inference ms median (min–max)": [_span(r.inference) for r in results],
         "inference × plain (speed)": [_ratio(r.inference_speedup) for r in results],
         "inference peak RSS MB": [_memory(r.inference) for r in results],
+        "train memory format": [r.train_memory_format or "—" for r in results],
         "train step ms median (min–max)": [_span(r.train) if r.train else "—" for r in results],
         "train × plain (speed)": [_ratio(r.train_speedup) for r in results],
         "train peak RSS MB": [_memory(r.train) if r.train else "—" for r in results],

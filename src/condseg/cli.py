@@ -441,7 +441,7 @@ def evaluate(
         result = run_evaluation(
             net, data, split=split, resolution=resolution.value, out_dir=out,
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
-            threshold=threshold, options=options, execution=execution, num_workers=workers,
+            threshold=threshold, options=options, execution=execution, workers=workers,
             save_probabilities=save_probabilities,
             probability_format=probability_format.value, max_pixels=max_pixels,
             console=console,

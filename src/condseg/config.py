@@ -166,6 +166,10 @@ class RunConfig(_Section):
     train_stages: list[str] | None = Field(None, min_length=1)  # what `train` runs; None: all
     seed: int = 42
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    # The training path (docs/performance.md): the fast kernels with recomputation on the CPU,
+    # or the plain reference kernels as the network is written; auto: channels_last on a GPU.
+    plain_kernels: bool = False
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"

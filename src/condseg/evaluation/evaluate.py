@@ -91,7 +91,7 @@ def evaluate(
     size: int | tuple[int, int] | None = None,
     threshold: float = 0.5,
     overwrite: bool = False,
-    num_workers: int | None = None,
+    workers: int | None = None,
     options: InferenceOptions | None = None,
     execution: Execution | None = None,
     save_probabilities: str | Path | None = None,
@@ -108,7 +108,7 @@ def evaluate(
     PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
     float32), both at the protocol's resolution. Existing outputs are refused unless
     ``overwrite``. The model runs on ``execution`` (default: the fast path) while
-    ``num_workers`` processes (default: one per spare core, at most 4; 0: none) load the
+    ``workers`` processes (default: one per spare core, at most 4; 0: none) load the
     batches. The split is checked
     first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit). With a
     ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
@@ -138,11 +138,11 @@ def evaluate(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
-    predictor = Predictor(model, options, execution, size=size)
+    predictor = Predictor(model, options, execution, size=size, maps=False)
     if resolution == "network":
-        pairs = _network_pairs(predictor, dataset, batch_size, num_workers)
+        pairs = _network_pairs(predictor, dataset, batch_size, workers)
     else:
-        pairs = _original_pairs(predictor, dataset, batch_size, num_workers)
+        pairs = _original_pairs(predictor, dataset, batch_size, workers)
     rows: list[dict[str, Any]] = []
     with WorkProgress(console, len(dataset), f"evaluate {split}") as progress:
         for name, prob, gt in pairs:

@@ -65,7 +65,8 @@ class Predictor:
     """A model prepared once for inference (:func:`~condseg.inference.engine.prepare`, then the
     inference options) and the rule of its inputs: what :func:`predict`, :func:`predict_files`
     and the original-resolution evaluation share. ``size`` overrides the network input size
-    (default: the model file's; a model without a file rounds each image to its divisor)."""
+    (default: the model file's; a model without a file rounds each image to its divisor);
+    ``maps=False``: the mask alone (:func:`~condseg.inference.engine.prepare`)."""
 
     def __init__(
         self,
@@ -74,10 +75,11 @@ class Predictor:
         execution: Execution | None = None,
         *,
         size: int | tuple[int, int] | None = None,
+        maps: bool = True,
     ) -> None:
         model = require_model(model)
         options = options or InferenceOptions()
-        self.prepared = prepare(model, execution)
+        self.prepared = prepare(model, execution, maps=maps)
         self.net = options.wrap(self.prepared)
         mean, std = normalization(model)
         fixed = input_size(model, size) if size is not None or model.meta is not None else None
@@ -182,7 +184,7 @@ def predict_files(
     outputs = {name: _output_paths(out_dir, name, overlay, map_names, save_probabilities)
                for name in jobs}
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
-    predictor = Predictor(model, options, execution)
+    predictor = Predictor(model, options, execution, maps=maps)
     names = list(jobs)
     files = ImageFiles([jobs[n] for n in names], predictor.plan, keep_images=overlay,
                        max_pixels=max_pixels)

@@ -50,7 +50,8 @@ class SegmentationModel(nn.Module):
 
     #: Input height and width must be multiples of this.
     input_divisor: int = 1
-    #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size.
+    #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size. An inference copy
+    #: that needs none sets it to () (``prepare(..., maps=False)``); a model may then skip them.
     map_names: tuple[str, ...] = ()
     #: Submodule path of the encoder: its own learning rate, and what a stage can hand on.
     encoder_path: str | None = "encoder"

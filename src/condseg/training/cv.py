@@ -136,7 +136,7 @@ def cross_validate(
     if (root / f"{test_split}.txt").is_file():
         evaluation = evaluate(load_model(result.ensemble_file), root, split=test_split,
                               out_dir=test_dir, batch_size=config.data.batch_size,
-                              num_workers=config.data.num_workers, overwrite=True)
+                              workers=config.data.num_workers, overwrite=True)
         print_table(evaluation, console)
         result.test_dir = test_dir
     return result
@@ -199,7 +199,7 @@ def _run(
     out = run_dir / "evaluation" / "val"
     if not (out / SUMMARY_JSON).is_file():
         evaluate(load_model(training.model_file), root, split=data.val_split, out_dir=out,
-                 batch_size=data.batch_size, num_workers=data.num_workers, overwrite=True)
+                 batch_size=data.batch_size, workers=data.num_workers, overwrite=True)
     summary = json.loads((out / SUMMARY_JSON).read_text())["metrics"]
     return CVRun(name, fold, seed, training, {m: summary[m]["mean"] for m in METRIC_NAMES})
 

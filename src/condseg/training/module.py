@@ -17,6 +17,7 @@ from torch import Tensor
 from condseg.config import StageConfig
 from condseg.errors import CondsegError
 from condseg.evaluation.overlap import overlap_scores
+from condseg.inference.engine import training_memory_format
 from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
 from condseg.models.base import SegmentationModel
@@ -41,6 +42,7 @@ class SegmentationModule(L.LightningModule):
         cfg: StageConfig,
         stage: str = "train",
         batch_hook: BatchHook | None = None,
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         self.model = model
@@ -48,9 +50,21 @@ class SegmentationModule(L.LightningModule):
         self.cfg = cfg
         self.stage = stage
         self.batch_hook = batch_hook
+        self.memory_format = memory_format
+        self._layout = torch.contiguous_format  # resolved on the training device
 
     def forward(self, x: Tensor) -> object:
         return self.model(x)
+
+    def on_fit_start(self) -> None:
+        self._layout = training_memory_format(self.device, self.memory_format)
+        self.model.to(memory_format=self._layout)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Images (and their views) in the layout the model's weights are in."""
+        return {key: value.contiguous(memory_format=self._layout)
+                if isinstance(value, Tensor) and value.ndim == 4 and key != "mask" else value
+                for key, value in batch.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         if self.batch_hook is not None:

@@ -44,7 +44,7 @@ from condseg.data.transforms import VIEWS, geometric_augmentation
 from condseg.errors import CondsegError
 from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.losses.base import Loss, create_loss
-from condseg.models.base import SegmentationModel, check_input_size
+from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
@@ -336,8 +336,10 @@ def _run_stage(
     L.seed_everything(config.seed + list(config.stages).index(name) + 1, workers=True,
                       verbose=False)
     model = _build_model(name, config, result, console)
+    use_plain_kernels(model, config.plain_kernels)
     loss, hook = parts
-    module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook)
+    module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook,
+                                memory_format=config.memory_format)
     mean, std = _normalization(config, model)
     train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
     checkpoint = ModelCheckpoint(
@@ -421,7 +423,7 @@ def _evaluate_test(
     if _is_main_process() and (again or not (out / "summary.json").is_file()):
         evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
                               out_dir=out, batch_size=data.batch_size, overwrite=True,
-                              num_workers=data.num_workers, max_pixels=data.max_pixels,
+                              workers=data.num_workers, max_pixels=data.max_pixels,
                               console=console)
         print_table(evaluation, console)
         console.print(f"test-split evaluation of {result.model_file}: {out}")

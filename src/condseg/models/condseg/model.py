@@ -92,9 +92,10 @@ class ConDSeg(SegmentationModel):
         sid_logits: dict[str, torch.Tensor] = {}
         if self.decoupled:
             f_fg, f_bg, f_uc = run(self.sid, feats[-1])
-            sid_logits = {
-                b: run(head, f) for (b, head), f in zip(self.aux_heads.items(),
-                                                        (f_fg, f_bg, f_uc), strict=True)
+            sid_logits = {  # only the maps asked for (an inference copy may want none)
+                b: run(self.aux_heads[b], f)
+                for b, f in zip(SID.BRANCHES, (f_fg, f_bg, f_uc), strict=True)
+                if b in self.map_names
             }
             g_fg = [run(g, f_fg) for g in self.guides_fg]
             g_bg = [run(g, f_bg) for g in self.guides_bg]
