@@ -24,7 +24,7 @@ TINY = {"encoder": "resnet18", "width": 16}
 @pytest.fixture(scope="module")
 def results():
     return run_benchmark(size=64, batch=2, train=True, repeats=2, warmup=1, model_options=TINY,
-                         threads=1)
+                         threads=1, rounds=2)
 
 
 def test_every_path_measured_with_positive_figures(results) -> None:
@@ -33,6 +33,7 @@ def test_every_path_measured_with_positive_figures(results) -> None:
         assert r.images_per_s > 0
         assert 0 < r.inference.min_ms <= r.inference.median_ms <= r.inference.max_ms
         assert r.train is not None and r.train.median_ms > 0
+        assert len(r.inference.times_ms) == len(r.train.times_ms) == 2 * 2  # repeats × rounds
         # ru_maxrss only grows: the training peak includes the inference one
         assert 0 < r.baseline_rss_mb <= r.inference.peak_rss_mb <= r.train.peak_rss_mb
         assert (r.threads, r.size, r.batch) == (1, 64, 2)
@@ -43,6 +44,7 @@ def test_every_path_measured_with_positive_figures(results) -> None:
     assert plain.inference_speedup is None and plain.train_memory_ratio is None
     assert fast.dtype == "float32" and fast.memory_format == "channels_last"
     assert default.memory_format == "channels_last"
+    assert plain.train_memory_format == default.train_memory_format == "NCHW"  # on the CPU
     assert fast.batchnorm_folded == default.batchnorm_folded > 50
     assert fast.max_abs_diff is not None and fast.max_abs_diff < 1e-4  # float32: the same
     assert default.max_abs_diff is not None and math.isfinite(default.max_abs_diff)

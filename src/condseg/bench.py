@@ -61,6 +61,7 @@ class Phase:
     max_ms: float
     peak_rss_mb: float
     peak_cuda_mb: float | None  # torch's peak allocation on the GPU; None on CPU
+    times_ms: tuple[float, ...] = ()  # every timed repeat
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,14 @@ def run_benchmark(
     model_options: dict | None = None,
     paths: Sequence[str] = PATHS,
     threads: int | None = None,
+    rounds: int = 1,
 ) -> list[BenchResult]:
-    """Measure each path in its own spawned process; fill in each path's drift, speed-up and
-    memory relative to "plain"."""
+    """Measure each path in its own spawned process, ``rounds`` times in turn (default, fast,
+    plain, default, ...: a slow spell of a shared machine then hits every path alike; the times
+    of all rounds are pooled, the peaks are the highest); fill in each path's drift, speed-up
+    and memory relative to "plain"."""
     for name, value, least in (("size", size, 1), ("batch", batch, 1), ("repeats", repeats, 1),
-                               ("warmup", warmup, 0),
+                               ("warmup", warmup, 0), ("rounds", rounds, 1),
                                ("threads", 1 if threads is None else threads, 1)):
         if value < least:
             raise CondsegError(f"{name} must be >= {least}; got {value}")
@@ -163,15 +167,34 @@ def run_benchmark(
         raise CondsegError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     _check_buildable(model, dict(model_options or {}), size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    measured: dict[str, tuple[BenchResult, np.ndarray]] = {}
-    for path in paths:
-        job = _Job(path, model, dict(model_options or {}), size, batch, train, repeats, warmup,
-                   threads or default_threads(), device)
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            measured[path] = pool.submit(_measure, job, os.getloadavg()[0]).result()
+    runs: dict[str, list[tuple[BenchResult, np.ndarray]]] = {path: [] for path in paths}
+    for _ in range(rounds):
+        for path in paths:
+            job = _Job(path, model, dict(model_options or {}), size, batch, train, repeats,
+                       warmup, threads or default_threads(), device)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs[path].append(pool.submit(_measure, job, os.getloadavg()[0]).result())
+    measured = {path: (_pooled([r for r, _ in done]), done[0][1]) for path, done in runs.items()}
     plain = measured.get("plain")
     return [result if plain is None or path == "plain" else _relative(result, probs, *plain)
             for path, (result, probs) in measured.items()]
+
+
+def _pooled(results: list[BenchResult]) -> BenchResult:
+    """One result from the rounds of a path: times pooled, the highest peaks and load."""
+
+    def phase(phases: list[Phase]) -> Phase:
+        times = [t for p in phases for t in p.times_ms]
+        cuda = [p.peak_cuda_mb for p in phases if p.peak_cuda_mb is not None]
+        return Phase(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times),
+                     peak_rss_mb=max(p.peak_rss_mb for p in phases),
+                     peak_cuda_mb=max(cuda) if cuda else None, times_ms=tuple(times))
+
+    first = results[0]
+    return replace(first, load_avg=max(r.load_avg for r in results),
+                   baseline_rss_mb=max(r.baseline_rss_mb for r in results),
+                   inference=phase([r.inference for r in results]),
+                   train=phase([r.train for r in results]) if first.train else None)
 
 
 def _check_buildable(model: str, options: dict, size: int) -> None:
@@ -319,6 +342,7 @@ def _timed(fn: Callable[[], object], job: _Job, device: torch.device) -> Phase:
         median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times),
         peak_rss_mb=_peak_rss_mb(),
         peak_cuda_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        times_ms=tuple(times),
     )
 
 

@@ -537,6 +537,9 @@ def benchmark(
     = False,
     repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up repeats.")] = 2,
+    rounds: Annotated[int, typer.Option(
+        help="Measure the paths this many times in turn and pool their times (a shared "
+             "machine's slow spells then hit every path alike).")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: usable cores).")]
     = None,
     json_file: Annotated[Path | None, typer.Option(
@@ -548,7 +551,7 @@ def benchmark(
 
     with user_errors():
         report = benchmark_models(model, size=size, batch=batch, train=train, repeats=repeats,
-                                  warmup=warmup, threads=threads)
+                                  warmup=warmup, threads=threads, rounds=rounds)
     print_report(report, console)
     if json_file is not None:
         console.print(f"wrote {write_json(report, json_file)}", highlight=False)
