@@ -23,10 +23,9 @@ from condseg.inference.engine import (
     ExecutionError,
     cpu_supports_bf16,
     prepare,
-    training_memory_format,
 )
 from condseg.inference.predict import predict, predict_files
-from condseg.models.base import ModelError
+from condseg.models.base import ModelError, training_memory_format
 from condseg.models.fusion import fold_batchnorm, foldable_pairs
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model
@@ -156,7 +155,9 @@ def test_the_fast_path_equals_the_plain_path_and_leaves_the_model_alone(
     assert prepare(fast) is fast
 
 
-def test_a_copy_without_maps_skips_their_heads_and_keeps_the_mask(model_file: Path) -> None:
+def test_a_copy_without_maps_skips_their_heads_and_keeps_the_mask(
+    model_file: Path, tmp_path: Path
+) -> None:
     model = load_model(model_file)
     execution = Execution(device="cpu", precision="float32")
     full, bare = prepare(model, execution), prepare(model, execution, maps=False)
@@ -171,9 +172,13 @@ def test_a_copy_without_maps_skips_their_heads_and_keeps_the_mask(model_file: Pa
     assert set(expected.aux) == {"fg", "bg", "uc"} and not got.aux and bare.map_names == ()
     assert heads == {"fg": 0, "bg": 0, "uc": 0}
     assert model.map_names == ("fg", "bg", "uc")  # the original keeps its maps
-    assert prepare(bare, maps=False) is bare
+    assert prepare(bare, maps=False) is bare and prepare(bare) is bare
     with pytest.raises(ModelError, match="without its maps"):
-        prepare(bare)
+        prepare(bare, maps=True)
+    image = np.zeros((40, 50, 3), np.uint8)
+    assert predict(bare, image).maps == {} and set(predict(full, image).maps) == set(heads)
+    with pytest.raises(ModelError, match="without its maps"):
+        predict_files(bare, [], tmp_path, maps=True)
     plain = prepare(model, Execution(device="cpu", plain=True), maps=False)
     assert plain.map_names == model.map_names  # the reference runs the network as written
 
@@ -238,3 +243,6 @@ def test_training_layout_is_channels_last_on_a_gpu_and_nchw_on_the_cpu() -> None
     assert training_memory_format(gpu) == torch.channels_last
     assert training_memory_format(cpu, "channels_last") == torch.channels_last
     assert training_memory_format(gpu, "contiguous") == torch.contiguous_format
+    assert training_memory_format(gpu, plain=True) == torch.contiguous_format  # the reference
+    with pytest.raises(ModelError, match="'NCHW'"):
+        training_memory_format(cpu, "NCHW")

@@ -14,7 +14,7 @@ runs the inference engine's own paths (:mod:`condseg.inference.engine`), exactly
 
 A training step (``train=True``) runs the model itself (nothing folds in training): ``plain`` in
 float32 NCHW with the plain kernels, the others with the fast kernels and their autocast in
-the layout ``condseg train`` uses (:func:`~condseg.inference.engine.training_memory_format`). All
+the layout ``condseg train`` uses (:func:`~condseg.models.base.training_memory_format`). All
 children seed the same generator before building the model, so their weights and inputs are
 identical and the parent reports how far each path's mask probabilities drift from
 the plain path's, and each path's speed and memory relative to plain. FLOPs come from torch's
@@ -45,8 +45,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from condseg.errors import CondsegError, first_line
-from condseg.inference.engine import Execution, cpu_supports_bf16, training_memory_format
+from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.losses.base import Loss, create_loss
+from condseg.models.base import training_memory_format
 
 PATHS = ("default", "float32-fast", "plain")
 SEED = 0
@@ -261,8 +262,7 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     train = train_format = None
     if job.train:
         use_plain_kernels(net, execution.plain)
-        layout = (torch.contiguous_format if execution.plain
-                  else training_memory_format(device))  # what `condseg train` runs
+        layout = training_memory_format(device, plain=execution.plain)  # as `condseg train`
         net = net.to(memory_format=layout)
         train_views = [v.contiguous(memory_format=layout) for v in views]
         train_format = _layout_name(layout)

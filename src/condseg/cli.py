@@ -538,7 +538,7 @@ def benchmark(
     repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up repeats.")] = 2,
     rounds: Annotated[int, typer.Option(
-        help="Measure the paths this many times in turn and pool their times (a shared "
+        min=1, help="Measure the paths this many times in turn and pool their times (a shared "
              "machine's slow spells then hit every path alike).")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: usable cores).")]
     = None,

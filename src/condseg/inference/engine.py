@@ -48,15 +48,6 @@ def cpu_supports_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def training_memory_format(device: torch.device, choice: str = "auto") -> torch.memory_format:
-    """The layout a training step runs in: ``auto`` is channels_last on a GPU (tensor cores
-    want it) and NCHW on a CPU, where oneDNN's channels_last convolution backward measured
-    2.7× slower than NCHW (docs/performance.md)."""
-    if choice == "auto":
-        choice = "contiguous" if device.type == "cpu" else "channels_last"
-    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
-
-
 @dataclass(frozen=True)
 class Execution:
     """Where and how the network runs: ``device`` (auto = the first CUDA GPU if torch sees
@@ -173,12 +164,14 @@ class PreparedModel(WrappedModel):
 
 
 def prepare(
-    model: SegmentationModel, execution: Execution | None = None, *, maps: bool = True
+    model: SegmentationModel, execution: Execution | None = None, *, maps: bool | None = None
 ) -> PreparedModel:
     """A copy of ``model`` prepared for ``execution`` (default: the fast path on the default
     device); a model prepared already is returned as it is. With ``maps=False`` the fast path
-    returns the mask alone and the model skips the heads of its ``map_names`` (ConDSeg's three
-    SID heads are 16 % of its arithmetic); the plain path always runs the network as written."""
+    returns the mask alone and every model inside skips the heads of its ``map_names``
+    (ConDSeg's three SID heads are 16 % of its arithmetic); ``None`` keeps the maps of a new
+    copy and takes a prepared one as it is; ``True`` requires them. The plain path always runs
+    the network as written."""
     if isinstance(model, PreparedModel):
         if execution not in (None, model.execution):
             raise ModelError(f"the model is prepared for {model.execution} already; prepare "
@@ -190,8 +183,10 @@ def prepare(
     execution = execution or Execution()
     net = copy.deepcopy(require_model(model)).eval()
     use_plain_kernels(net, execution.plain)
-    dropped = () if maps or execution.plain else net.map_names
+    dropped = () if maps is not False or execution.plain else net.map_names
     if dropped:
-        net.map_names = ()
+        for inner in net.modules():  # ensemble members and wrapped models too
+            if isinstance(inner, SegmentationModel):
+                inner.map_names = ()
     net.to(execution.torch_device())
     return PreparedModel(net, execution, dropped)

@@ -66,7 +66,7 @@ class Predictor:
     inference options) and the rule of its inputs: what :func:`predict`, :func:`predict_files`
     and the original-resolution evaluation share. ``size`` overrides the network input size
     (default: the model file's; a model without a file rounds each image to its divisor);
-    ``maps=False``: the mask alone (:func:`~condseg.inference.engine.prepare`)."""
+    ``maps``: as :func:`~condseg.inference.engine.prepare` (False: the mask alone)."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class Predictor:
         execution: Execution | None = None,
         *,
         size: int | tuple[int, int] | None = None,
-        maps: bool = True,
+        maps: bool | None = None,
     ) -> None:
         model = require_model(model)
         options = options or InferenceOptions()
@@ -173,7 +173,7 @@ def predict_files(
     ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     model = require_model(model)
-    if maps and not model.map_names:
+    if maps and not (model.map_names or getattr(model, "dropped_maps", ())):
         raise ModelError(f"the model {model.name} produces no probability maps; drop the maps "
                          "option (--maps)")
     check_probability_format(save_probabilities)

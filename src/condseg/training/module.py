@@ -17,10 +17,9 @@ from torch import Tensor
 from condseg.config import StageConfig
 from condseg.errors import CondsegError
 from condseg.evaluation.overlap import overlap_scores
-from condseg.inference.engine import training_memory_format
 from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
-from condseg.models.base import SegmentationModel
+from condseg.models.base import SegmentationModel, training_memory_format
 from condseg.training.hooks import BatchHook
 from condseg.training.optim import build_optimizer, build_scheduler
 
@@ -56,8 +55,12 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: Tensor) -> object:
         return self.model(x)
 
-    def on_fit_start(self) -> None:
-        self._layout = training_memory_format(self.device, self.memory_format)
+    def setup(self, stage: str) -> None:
+        """The layout is set before the strategy wraps the model (DDP's gradient buckets take
+        the parameters' strides as they are then)."""
+        device = self.trainer.strategy.root_device
+        plain = any(getattr(m, "plain_kernels", False) for m in self.model.modules())
+        self._layout = training_memory_format(device, self.memory_format, plain)
         self.model.to(memory_format=self._layout)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
