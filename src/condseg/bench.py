@@ -46,6 +46,7 @@ from rich.table import Table
 
 from condseg.errors import CondsegError, first_line
 from condseg.inference.engine import Execution, cpu_supports_bf16
+from condseg.inference.loading import usable_cores
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import training_memory_format
 
@@ -116,11 +117,6 @@ class _Job:
     device: str
 
 
-def default_threads() -> int:
-    """The cores this process may run on (not the machine's: containers and taskset limit it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def benchmark_models(
     models: str | Sequence[str] = "condseg", **settings: object
 ) -> BenchReport:
@@ -172,7 +168,7 @@ def run_benchmark(
     for _ in range(rounds):
         for path in paths:
             job = _Job(path, model, dict(model_options or {}), size, batch, train, repeats,
-                       warmup, threads or default_threads(), device)
+                       warmup, threads or usable_cores(), device)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 runs[path].append(pool.submit(_measure, job, os.getloadavg()[0]).result())
     measured = {path: (_pooled([r for r, _ in done]), done[0][1]) for path, done in runs.items()}
@@ -412,7 +408,7 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
         "platform": platform.platform(), "processor": _processor(),
         "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "usable_cores": default_threads(),
+        "usable_cores": usable_cores(),
     }
     results = [{**asdict(r), "images_per_s": r.images_per_s} for r in report.results]
     document = {"machine": machine, "results": results, "skipped": report.skipped}

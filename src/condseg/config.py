@@ -167,7 +167,8 @@ class RunConfig(_Section):
     seed: int = 42
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     # The training path (docs/performance.md): the fast kernels with recomputation on the CPU,
-    # or the plain reference kernels as the network is written; auto: channels_last on a GPU.
+    # or the plain reference kernels as the network is written; memory_format auto:
+    # channels_last on a GPU, NCHW on the CPU and on the plain kernels.
     plain_kernels: bool = False
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     accelerator: str = "auto"

@@ -27,7 +27,7 @@ from condseg.data.dataset import DataError, SegmentationDataset
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.inference.engine import Execution
-from condseg.inference.loading import ImageFiles, batches
+from condseg.inference.loading import ImageFiles
 from condseg.inference.options import InferenceOptions
 from condseg.inference.predict import (
     Predictor,
@@ -196,9 +196,8 @@ def _network_pairs(
     predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, probability, ground truth) at the network input size."""
-    pin = predictor.prepared.device.type == "cuda"
     with eval_mode(predictor.net):
-        for batch in batches(dataset, batch_size, workers, pin):
+        for batch in predictor.batches(dataset, batch_size, workers):
             images = torch.stack([item["image"] for item in batch])
             probs = probabilities(predictor.net, images)["mask"]
             for j, item in enumerate(batch):
@@ -212,8 +211,7 @@ def _original_pairs(
     gives for the image, against the original mask."""
     files = ImageFiles([image for image, _ in dataset.pairs], predictor.plan,
                        masks=[mask for _, mask in dataset.pairs], max_pixels=dataset.max_pixels)
-    pin = predictor.prepared.device.type == "cuda"
-    for batch in batches(files, batch_size, workers, pin):
+    for batch in predictor.batches(files, batch_size, workers):
         for item in batch:
             if "error" in item:
                 raise DataError(item["error"])

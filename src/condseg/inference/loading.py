@@ -27,11 +27,15 @@ from condseg.data.transforms import resize_image, to_tensor
 MAX_DEFAULT_WORKERS = 4
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (not the machine's: containers and taskset limit it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One worker per core this process may use, less the one the model's main thread needs,
     at most :data:`MAX_DEFAULT_WORKERS`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(MAX_DEFAULT_WORKERS, (cores or 1) - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from torch.utils.data import DataLoader, Dataset
 
 from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
 from condseg.data.transforms import resize_probabilities
@@ -84,6 +85,11 @@ class Predictor:
         mean, std = normalization(model)
         fixed = input_size(model, size) if size is not None or model.meta is not None else None
         self.plan = InputPlan(mean, std, fixed, model.input_divisor, options.sliding_window)
+
+    def batches(self, dataset: Dataset, batch_size: int, workers: int | None) -> DataLoader:
+        """:func:`~condseg.inference.loading.batches` of ``dataset`` for this model's device
+        (pinned memory for a GPU)."""
+        return batches(dataset, batch_size, workers, self.prepared.device.type == "cuda")
 
     def run(
         self, inputs: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
@@ -172,23 +178,22 @@ def predict_files(
     (default: :func:`~condseg.inference.loading.default_workers`) decode the next ones. With a
     ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
-    model = require_model(model)
-    if maps and not (model.map_names or getattr(model, "dropped_maps", ())):
-        raise ModelError(f"the model {model.name} produces no probability maps; drop the maps "
-                         "option (--maps)")
     check_probability_format(save_probabilities)
+    predictor = Predictor(model, options, execution, maps=maps)
+    if maps and not predictor.prepared.map_names:
+        raise ModelError(f"the model {predictor.prepared.name} produces no probability maps; "
+                         "drop the maps option (--maps)")
     report = PredictReport()
     jobs = _plan(inputs, report)
     out_dir = Path(out_dir)
-    map_names = model.map_names if maps else ()
+    map_names = predictor.prepared.map_names if maps else ()
     outputs = {name: _output_paths(out_dir, name, overlay, map_names, save_probabilities)
                for name in jobs}
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
-    predictor = Predictor(model, options, execution, maps=maps)
     names = list(jobs)
     files = ImageFiles([jobs[n] for n in names], predictor.plan, keep_images=overlay,
                        max_pixels=max_pixels)
-    loader = batches(files, batch_size, workers, predictor.prepared.device.type == "cuda")
+    loader = predictor.batches(files, batch_size, workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     with WorkProgress(console, len(names), "predict") as progress:
         for batch in loader:

@@ -65,15 +65,6 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, heads, c // heads, h, w)
 
 
-def _zeros(x: torch.Tensor, dtype: torch.dtype, pad: int = 0) -> torch.Tensor:
-    """Zeros shaped like the (B, C, H, W) map ``x`` padded by ``pad``, in its memory format."""
-    b, c, h, w = x.shape
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(b, c, h + 2 * pad, w + 2 * pad, dtype=dtype, device=x.device,
-                       memory_format=fmt).zero_()
-
-
 def _row_tiles(x: torch.Tensor) -> Iterator[slice]:
     """Blocks of rows of the (B, C, H, W) map ``x`` of about :data:`_TILE` elements each."""
     b, c, h, w = x.shape
@@ -101,7 +92,7 @@ def _shifted_sum(v: torch.Tensor, w: torch.Tensor, radius: int) -> torch.Tensor:
     H, W). Accumulated in ``w``'s dtype, in the memory format of ``v``."""
     heads, width = w.shape[1], v.shape[-1]
     vp = _split_heads(F.pad(v, (radius,) * 4), heads)
-    out = _zeros(v, w.dtype)
+    out = torch.zeros_like(v, dtype=w.dtype)  # in v's memory format
     acc = _split_heads(out, heads)
     for rows in _row_tiles(v):
         for e, dy, dx in _offsets(radius):
@@ -115,7 +106,7 @@ def _shifted_sum_transposed(g: torch.Tensor, w: torch.Tensor, radius: int) -> to
     heads, width, n = w.shape[1], g.shape[-1], 2 * radius + 1
     gp = _split_heads(F.pad(g, (radius,) * 4), heads)
     wp = F.pad(w, (radius,) * 4)
-    out = _zeros(g, w.dtype)
+    out = torch.zeros_like(g, dtype=w.dtype)
     acc = _split_heads(out, heads)
     for rows in _row_tiles(g):
         for e, dy, dx in _offsets(radius):
