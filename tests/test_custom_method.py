@@ -88,8 +88,8 @@ def test_a_method_from_outside_trains_with_its_own_recipe(data: Path, tmp_path: 
         lrs = [float(r[f"lr-SGD/{group}"]) for r in rows if r.get(f"lr-SGD/{group}")]
         assert lrs == pytest.approx([0.05 * (1 - e / 3) ** 0.9 for e in range(3)])
     # Validation selects the model; the test split is evaluated once, at the end.
-    summary = json.loads((result.test_dir / "summary.json").read_text())
-    assert result.test_dir == tmp_path / "run" / "evaluation" / "test"
+    summary = json.loads((result.evaluation_dir / "summary.json").read_text())
+    assert result.evaluation_dir == tmp_path / "run" / "evaluation" / "test"
     assert summary["protocol"]["split"] == "test" and summary["protocol"]["n_images"] == 2
     assert summary["protocol"]["method"] == "tiny"
     assert 0 <= summary["metrics"]["dice"]["mean"] <= 1

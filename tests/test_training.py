@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from condseg.config import RunConfig, load_config
 from condseg.data.synthetic import synthesize
@@ -19,6 +20,7 @@ from condseg.models.registry import create_model
 from condseg.training import TrainingError, TrainResult, train
 from condseg.training import run as run_module
 from condseg.training.module import SegmentationModule
+from condseg.training.recipe import resolve_precision
 
 
 def tiny_config(*overrides: str) -> RunConfig:
@@ -49,11 +51,13 @@ def two_stage(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         return model
 
     run_module._build_model = spy
+    console = Console(record=True, width=400)
     try:
-        result = train(tiny_config(), data_root, tmp_path_factory.mktemp("runs") / "run")
+        result = train(tiny_config(), data_root, tmp_path_factory.mktemp("runs") / "run",
+                       console=console)
     finally:
         run_module._build_model = original
-    return {"result": result, "built": built}
+    return {"result": result, "built": built, "text": console.export_text()}
 
 
 def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
@@ -61,7 +65,10 @@ def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
 ) -> None:
     result: TrainResult = two_stage["result"]
     run = result.run_dir
-    assert load_config(run / "config.yaml") == tiny_config(f"data.root={data_root}")
+    # precision: auto is recorded as what it resolved to on this machine.
+    recorded = load_config(run / "config.yaml")
+    assert recorded == resolve_precision(tiny_config(f"data.root={data_root}"))
+    assert recorded.precision in ("32", "bf16-mixed")
     for n in ("stage1", "stage2"):
         stage = run / n
         for f in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv",
@@ -77,7 +84,52 @@ def test_run_dir_holds_config_checkpoints_logs_curves_and_model_files(
         assert header["config"]["model"]["options"]["width"] == 16
     assert read_header(result.model_files["stage1"])["arch"]["name"] == "condseg-net0"
     assert read_header(result.model_file)["arch"]["name"] == "condseg"
-    assert result.test_dir is None  # the synthetic data has no test split
+    # No test split in the synthetic data: the final model on val, where compare looks.
+    assert result.evaluation_dir == run / "evaluation" / "val"
+    protocol = json.loads((run / "evaluation" / "val" / "summary.json").read_text())["protocol"]
+    assert (protocol["split"], protocol["n_images"], protocol["model"]) == ("val", 4, "condseg")
+    assert protocol["execution"]["precision"] == "float32"  # evaluation numbers: float32
+    assert "no test.txt: the validation split, which selected the model" in two_stage["text"]
+
+
+def test_run_header_states_device_precision_sizes_and_each_stage_recipe(
+    two_stage: dict, data_root: Path
+) -> None:
+    lines = two_stage["text"].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("method condseg:"))
+    result: TrainResult = two_stage["result"]
+    precision = load_config(result.run_dir / "config.yaml").precision
+    params = {n: sum(p.numel() for p in load_model(f).parameters())
+              for n, f in result.model_files.items()}
+    assert lines[start:start + 4] == [
+        f"method condseg: device cpu (devices auto), precision {precision}, seed 42",
+        f"data {data_root}: train 8, val 4",
+        f"stage1: condseg-net0 ({params['stage1']:,} parameters), loss condseg-cr, adam lr "
+        "0.001 (encoder 0.001), schedule plateau, epochs 2, size 64, batch 4",
+        f"stage2: condseg ({params['stage2']:,} parameters), loss condseg-sid, adam lr "
+        "0.001 (encoder 0.0003), schedule plateau, epochs 1, size 64, batch 4",
+    ]
+    finished = next(i for i, line in enumerate(lines) if "stage1: best val mIoU" in line)
+    assert start < finished  # printed before training starts
+
+
+@pytest.mark.parametrize(("cuda", "cuda_bf16", "cpu_bf16", "expected"), [
+    (False, False, True, "bf16-mixed"),   # a CPU with AVX512-BF16 or AMX
+    (False, False, False, "32"),          # this kind of CPU: bf16 would be emulated
+    (True, True, False, "bf16-mixed"),    # a GPU with bf16
+    (True, False, True, "32"),            # a GPU without (not fp16: not asked for)
+])
+def test_precision_auto_is_bf16_mixed_only_where_the_hardware_runs_bf16(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, cuda_bf16: bool, cpu_bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr("condseg.training.recipe.cpu_supports_bf16", lambda: cpu_bf16)
+    assert load_config("demo").precision == "auto"  # the default
+    assert resolve_precision(load_config("demo")).precision == expected
+    assert resolve_precision(load_config("demo", ["accelerator=cpu"])).precision == (
+        "bf16-mixed" if cpu_bf16 else "32")
+    assert resolve_precision(load_config("demo", ["precision=32"])).precision == "32"
 
 
 def test_model_file_holds_the_best_checkpoint(two_stage: dict) -> None:

@@ -28,6 +28,7 @@ app = typer.Typer(
     help="ConDSeg and related methods for 2-D binary medical image segmentation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 data_app = typer.Typer(help="Prepare, check and synthesise datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -120,6 +121,23 @@ def user_errors() -> Iterator[None]:
     except CondsegError as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from error
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from condseg import __version__
+
+        console.print(f"condseg {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """ConDSeg and related methods for 2-D binary medical image segmentation."""
 
 
 @app.command("models")
@@ -289,7 +307,11 @@ def train(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder, with its own config.yaml.")] = None,
     precision: Annotated[str | None, typer.Option(
-        help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
+        help="auto (bf16-mixed where the hardware runs bf16 natively, else 32), 32, bf16-mixed "
+             "or 16-mixed (same as precision=...).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="max_epochs of every stage trained (all, or the one --stage names); "
+                    "same as stages.NAME.max_epochs=N for each.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as seed=...).")] = None,
     fold: Annotated[int | None, typer.Option(
         help="Train on fold K of a dataset prepared with folds (DATA/folds/K/train.txt, "
@@ -301,6 +323,7 @@ def train(
     from condseg.errors import CondsegError
     from condseg.training import train as run_training
     from condseg.training.cv import fold_overrides
+    from condseg.training.run import select_stages
 
     quiet_lightning()
     with user_errors():
@@ -315,6 +338,10 @@ def train(
         extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
         cfg = _run_config(config, run_dir, resume is not None, extra, method=method,
                           model=model, precision=precision, seed=seed)
+        if epochs is not None:  # on the stages this call trains; key=value options still refine
+            scaled = [f"stages.{name}.max_epochs={epochs}" for name in select_stages(cfg, stage)]
+            cfg = _run_config(config, run_dir, resume is not None, scaled + extra,
+                              method=method, model=model, precision=precision, seed=seed)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
@@ -357,7 +384,8 @@ def cv(
     overwrite: Annotated[bool, typer.Option(
         help="Replace the aggregate, the ensemble and its test evaluation.")] = False,
     precision: Annotated[str | None, typer.Option(
-        help="32, bf16-mixed or 16-mixed (same as precision=...).")] = None,
+        help="auto (bf16-mixed where the hardware runs bf16 natively, else 32), 32, bf16-mixed "
+             "or 16-mixed (same as precision=...).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value config overrides, e.g. stages.stage2.max_epochs=100.")] = None,
 ) -> None:
@@ -421,7 +449,7 @@ def evaluate(
     sliding_window: SlidingOption = None,
     overlap: OverlapOption = 0.25,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOption = Precision.float32,  # evaluation numbers are the product
     plain: PlainOption = False,
     compile: CompileOption = False,
     batch_size: BatchSizeOption = 4,

@@ -165,7 +165,9 @@ class RunConfig(_Section):
     stages: dict[str, StageConfig] = Field(min_length=1)  # in training order
     train_stages: list[str] | None = Field(None, min_length=1)  # what `train` runs; None: all
     seed: int = 42
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    # auto: bf16-mixed where the training device runs bf16 natively, else 32; resolved when a
+    # run starts (training.recipe.resolve_precision) and recorded resolved in config.yaml.
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     # The training path (docs/performance.md): the fast kernels with recomputation on the CPU,
     # or the plain reference kernels as the network is written; memory_format auto:
     # channels_last on a GPU, NCHW on the CPU and on the plain kernels.

@@ -1,6 +1,7 @@
 """``condseg compare``: several methods side by side, in the layout of the ConDSeg paper's Table 1.
 
-Inputs are training run folders (``config.yaml``; their evaluations are ``RUN/evaluation/*/``)
+Inputs are training run folders (``config.yaml``; their evaluations are ``RUN/evaluation/*/``:
+training writes the test split's, or the validation split's when the dataset has no test split)
 or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evaluate --out``).
 Each input is a row; each dataset (data root name / split) contributes mIoU, mDSC, recall and
 precision in percent. The first input is the reference: every later input evaluated on the
@@ -242,7 +243,8 @@ def read_input(path: Path) -> Entry:
             stage = run.final_stage or "<stage>"
             data = (run.config.get("data") or {}).get("root") or "DIR"
             raise CompareError(
-                f"{path} has no evaluation yet; run `condseg evaluate {path / stage}/"
+                f"{path} has no evaluation yet (a run evaluates its final model when all its "
+                f"stages have finished); run `condseg evaluate {path / stage}/"
                 f"model.safetensors --data {data} --split SPLIT --out {path}/evaluation/SPLIT`"
             )
         return Entry(source=path, label="", evaluations=[read_evaluation(p) for p in folders],
@@ -319,6 +321,22 @@ def column_name(protocol: Mapping[str, Any], with_resolution: bool) -> str:
     root = str(protocol.get("data_root") or "").rstrip("/\\")
     name = f"{Path(root).name or 'data'}/{protocol.get('split', '?')}"
     return f"{name} ({protocol.get('resolution', '?')})" if with_resolution else name
+
+
+def validation_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
+    """Say which columns are validation splits: the images that selected each model (best val
+    mIoU), so their figures are optimistic next to a test split's."""
+    validation = {e.column for entry in entries for e in entry.evaluations
+                  if _is_validation(e, entry.run)}
+    return [f"{column}: the validation split, which selected each model (no test split); "
+            "its figures are optimistic — report a held-out test split in a paper"
+            for column in columns if column in validation]
+
+
+def _is_validation(evaluation: Evaluation, run: RunInfo | None) -> bool:
+    split = str(evaluation.protocol.get("split", ""))
+    data = (run.config.get("data") or {}) if run is not None else {}
+    return split == data.get("val_split", "val") or split.rsplit("/", 1)[-1] == "val"
 
 
 def protocol_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
@@ -401,7 +419,8 @@ def compare(
     columns = assign_columns(entries)
     stats, notes = paired_statistics(entries)
     result = Comparison(entries=entries, columns=columns, stats=stats,
-                        notes=protocol_notes(entries, columns) + notes)
+                        notes=[*validation_notes(entries, columns),
+                               *protocol_notes(entries, columns), *notes])
     if out_dir is not None:
         result.written += write_tables(result, Path(out_dir))
     if console is not None:  # before the figures, which load and run every model

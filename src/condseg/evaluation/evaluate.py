@@ -107,7 +107,8 @@ def evaluate(
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
     PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
     float32), both at the protocol's resolution. Existing outputs are refused unless
-    ``overwrite``. The model runs on ``execution`` (default: the fast path) while
+    ``overwrite``. The model runs on ``execution`` (default: the fast path in float32 —
+    evaluation numbers are the product, so reduced precision is asked for, not implied) while
     ``workers`` processes (default: one per spare core, at most 4; 0: none) load the
     batches. The split is checked
     first, as ``condseg data check`` does (``max_pixels``: the readers' pixel limit). With a
@@ -138,6 +139,7 @@ def evaluate(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
+    execution = execution or Execution(precision="float32")
     predictor = Predictor(model, options, execution, size=size, maps=False)
     if resolution == "network":
         pairs = _network_pairs(predictor, dataset, batch_size, workers)
@@ -240,12 +242,15 @@ def write_results(
 
 
 def print_table(result: EvaluationResult, console: Console | None = None) -> None:
-    """Print the summary: overlap metrics as percentages like the paper, mean ± std."""
+    """Print the summary: overlap metrics as percentages like the paper, mean ± std; the title
+    says what was evaluated and how (images, resolution, device and precision)."""
     protocol = result.protocol
+    execution = protocol.get("execution") or {}
     title = (
         f"{protocol.get('model', 'model')} on {protocol.get('split', '?')} "
         f"({protocol.get('n_images', len(result.rows))} images, "
-        f"{protocol.get('resolution', '?')} resolution)"
+        f"{protocol.get('resolution', '?')} resolution, {execution.get('device', '?')} "
+        f"{execution.get('precision', '?')})"
     )
     conventional = _scored_by_convention(result.rows)
     caption = None

@@ -59,7 +59,7 @@ class CVRun:
 @dataclass
 class CVResult:
     cv_dir: Path
-    runs: list[CVRun]
+    runs: list[CVRun]  # trained or reused in this call (none when it was finished already)
     summary: dict[str, dict[str, Any]] | None = None  # None when only some folds were run
     ensemble_file: Path | None = None
     test_dir: Path | None = None
@@ -102,7 +102,8 @@ def cross_validate(
     A dataset without folds needs ``seeds`` (a multi-seed run on its train/val split). Finished
     runs are kept and reused; an unfinished one continues only with ``resume``. When every fold
     is asked for (``folds`` None), the runs are aggregated and ensembled; those outputs are not
-    replaced without ``overwrite``.
+    replaced without ``overwrite``. A finished cross-validation asked again (every run, the
+    aggregate and the ensemble written) is said to be finished and returned as it is.
     """
     console = console or Console()
     root = Path(data_root) if data_root is not None else config.data.root
@@ -115,6 +116,14 @@ def cross_validate(
     complete = folds is None
     test_split = config.data.test_split
     test_dir = cv_dir / "evaluation" / test_split
+    has_test = (root / f"{test_split}.txt").is_file()
+    finished = _finished(cv_dir, config, plan, test_dir if has_test else None)
+    if complete and finished and not overwrite:
+        _write_config(cv_dir, config)  # refuses a folder of another configuration
+        console.print(f"{cv_dir} is finished: {cv_dir / SUMMARY}, {cv_dir / ENSEMBLE}; "
+                      "--overwrite aggregates the runs again", highlight=False)
+        summary = json.loads((cv_dir / SUMMARY).read_text())["metrics"]
+        return CVResult(cv_dir, [], summary, cv_dir / ENSEMBLE, test_dir if has_test else None)
     if complete:
         refuse_existing([cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE,
                          test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
@@ -133,13 +142,27 @@ def cross_validate(
     result.ensemble_file = save_ensemble(cv_dir / ENSEMBLE, members, metrics=metrics,
                                          config=config, overwrite=True)
     console.print(f"ensemble of {len(members)} models: {result.ensemble_file}", highlight=False)
-    if (root / f"{test_split}.txt").is_file():
+    if has_test:
         evaluation = evaluate(load_model(result.ensemble_file), root, split=test_split,
                               out_dir=test_dir, batch_size=config.data.batch_size,
                               workers=config.data.num_workers, overwrite=True)
         print_table(evaluation, console)
         result.test_dir = test_dir
     return result
+
+
+def _finished(
+    cv_dir: Path, config: RunConfig, plan: list[tuple[str, int | None, int]],
+    test_dir: Path | None,
+) -> bool:
+    """Whether every planned run has finished its stages and the aggregate, the ensemble and
+    (with a test split) its test evaluation are written."""
+    outputs = [cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE]
+    if test_dir is not None:
+        outputs.append(test_dir / SUMMARY_JSON)
+    runs = [cv_dir / name / stage / "result.json"
+            for name, _, _ in plan for stage in config.stages_to_train()]
+    return all(path.is_file() for path in [*outputs, *runs])
 
 
 def _plan(

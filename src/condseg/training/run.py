@@ -1,5 +1,5 @@
-"""Training orchestration for any method: run directory, data check, one Lightning fit per
-stage of the recipe, export, and the final evaluation on the test split.
+"""Training orchestration for any method: run directory, data check, run header, one Lightning
+fit per stage of the recipe, export, and the final evaluation (test split, else validation).
 
 Run directory layout::
 
@@ -10,8 +10,9 @@ Run directory layout::
     RUN/<stage>/curves.png              loss and validation curves
     RUN/<stage>/model.safetensors       the best weights as a shareable model file
     RUN/<stage>/result.json             written last: marks the stage as finished
-    RUN/evaluation/test/                per_image.csv and summary.json of the final model on the
-                                        test split (when the dataset has one)
+    RUN/evaluation/<split>/             per_image.csv and summary.json of the final model on the
+                                        test split, or on the validation split (evaluation/val/)
+                                        when the dataset has no test split
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
 from condseg.models.model_file import load_model, save_model
-from condseg.models.registry import create_model, model_options
+from condseg.models.registry import create_model
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
 from condseg.training.hooks import BatchHook, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
+from condseg.training.recipe import print_header, resolve_precision, stage_model
 from condseg.viz import plot_curves
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
@@ -70,7 +72,7 @@ class TrainResult:
     run_dir: Path
     model_files: dict[str, Path] = field(default_factory=dict)  # stage name -> model file
     best_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    test_dir: Path | None = None  # the final model's evaluation on the test split
+    evaluation_dir: Path | None = None  # the final model's evaluation (test split, else val)
 
     @property
     def model_file(self) -> Path:
@@ -96,15 +98,15 @@ def train(
     ``train_stages``, default every stage of the method) or one stage by name or 1-based number.
 
     A non-empty ``out_dir`` is only used with ``resume=True``: finished stages are skipped, an
-    unfinished one continues from its ``last.ckpt``. When the dataset has a test split, the final
-    model is evaluated on it (validation alone selects the model).
+    unfinished one continues from its ``last.ckpt``. With ``stage="all"`` the final model is
+    evaluated on the test split, or on the validation split when the dataset has none.
     """
     console = console or Console()
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
-    config = _resolved_paths(config, root)
-    stages = _select_stages(config, stage)
+    config = resolve_precision(_resolved_paths(config, root))
+    stages = select_stages(config, stage)
     # Built and checked before the run directory exists: a refused start leaves none.
     parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
@@ -113,6 +115,7 @@ def train(
         if _is_main_process():
             _check_data(config.data.root, config, console)
             _prepare_run_dir(run_dir, config, resume)
+            print_header(config, stages, console)
         result = TrainResult(run_dir)
         trained = False
         for name in stages:
@@ -131,7 +134,7 @@ def train(
             shutil.rmtree(run_dir)  # a failed start leaves nothing behind
         raise
     if stage == "all":
-        result.test_dir = _evaluate_test(config, result, console, again=trained)
+        result.evaluation_dir = _evaluate_final(config, result, console, again=trained)
     return result
 
 
@@ -157,7 +160,9 @@ def _has_progress(run_dir: Path) -> bool:
     return any(run_dir.glob("*/checkpoints/*.ckpt")) or any(run_dir.glob("*/result.json"))
 
 
-def _select_stages(config: RunConfig, stage: str | int) -> list[str]:
+def select_stages(config: RunConfig, stage: str | int) -> list[str]:
+    """The stages ``train`` runs for ``stage``: "all" (the config's train_stages) or one stage
+    by name or 1-based number."""
     names = list(config.stages)
     if stage == "all":
         return config.stages_to_train()
@@ -260,12 +265,7 @@ def _build_model(
     models (parameters and BatchNorm buffers). ImageNet weights are not fetched for an encoder
     that an earlier stage provides."""
     cfg, run_model = config.stages[name], config.model
-    if cfg.model is None:
-        model_name, options = run_model.name, dict(run_model.options)
-    else:
-        resolved = model_options(run_model.name, run_model.options)
-        inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
-        model_name, options = cfg.model.name, {**inherited, **cfg.model.options}
+    model_name, options = stage_model(config, name)
     sources = {part: source for part, source in cfg.init.items() if source is not None}
     model = None
     if sources:  # ImageNet weights are fetched only when no earlier stage provides the encoder
@@ -410,23 +410,30 @@ def _export(
     return metrics
 
 
-def _evaluate_test(
+def _evaluate_final(
     config: RunConfig, result: TrainResult, console: Console, again: bool
 ) -> Path | None:
-    """The final model on the test split (network resolution, the paper's protocol), written to
-    RUN/evaluation/<test split>/ and printed; None when the dataset has no test split. An
-    existing evaluation is kept unless a stage was trained in this call (``again``)."""
+    """The final model on the test split, or on the validation split when the dataset has no
+    test split (network resolution, the paper's protocol; float32), written to
+    RUN/evaluation/<test split>/ or RUN/evaluation/val/ — where ``condseg compare RUN`` looks — and
+    printed. An existing evaluation is kept unless a stage was trained in this call
+    (``again``)."""
     data = config.data
-    if not result.model_files or not (data.root / f"{data.test_split}.txt").is_file():
+    if not result.model_files:
         return None
-    out = result.run_dir / "evaluation" / data.test_split
+    has_test = (data.root / f"{data.test_split}.txt").is_file()
+    split, folder = (data.test_split,) * 2 if has_test else (data.val_split, "val")
+    out = result.run_dir / "evaluation" / folder
     if _is_main_process() and (again or not (out / "summary.json").is_file()):
-        evaluation = evaluate(load_model(result.model_file), data.root, split=data.test_split,
+        evaluation = evaluate(load_model(result.model_file), data.root, split=split,
                               out_dir=out, batch_size=data.batch_size, overwrite=True,
                               workers=data.num_workers, max_pixels=data.max_pixels,
                               console=console)
         print_table(evaluation, console)
-        console.print(f"test-split evaluation of {result.model_file}: {out}")
+        why = "" if has_test else (
+            f" (no {data.test_split}.txt: the validation split, which selected the model)")
+        console.print(f"{folder} evaluation of {result.model_file}{why}: {out}",
+                      highlight=False)
     return out
 
 

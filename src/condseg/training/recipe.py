@@ -1,0 +1,94 @@
+"""The run as it will really execute: the stage networks, the training precision resolved for
+this machine, and the run header that ``train`` prints before the first step, so that what a
+log says was run is what ran (nothing left to a default the reader cannot see)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from condseg.config import RunConfig
+from condseg.data.dataset import read_split
+from condseg.inference.engine import cpu_supports_bf16
+from condseg.models.registry import create_model, model_options
+
+
+def stage_model(config: RunConfig, name: str) -> tuple[str, dict[str, Any]]:
+    """The model name and options stage ``name`` trains: its own network (with the options it
+    inherits from the run's model), else the run's model."""
+    cfg, run_model = config.stages[name], config.model
+    if cfg.model is None:
+        return run_model.name, dict(run_model.options)
+    resolved = model_options(run_model.name, run_model.options)
+    inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
+    return cfg.model.name, {**inherited, **cfg.model.options}
+
+
+def training_device(config: RunConfig) -> str:
+    """The device type Lightning will train on: a CUDA GPU when asked for or (accelerator
+    auto) when torch sees one, else what the accelerator names."""
+    accelerator = config.accelerator.lower()
+    if accelerator in ("auto", "gpu", "cuda"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def resolve_precision(config: RunConfig) -> RunConfig:
+    """``precision: auto`` made concrete: bf16-mixed where the training device runs bf16
+    natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX), else 32 (emulated bf16 is
+    slower than float32). The resolved value is what config.yaml records."""
+    if config.precision != "auto":
+        return config
+    device = training_device(config)
+    native = (torch.cuda.is_bf16_supported() if device == "cuda"
+              else cpu_supports_bf16() if device == "cpu" else False)
+    return config.model_copy(update={"precision": "bf16-mixed" if native else "32"})
+
+
+def count_parameters(model_name: str, options: dict[str, Any]) -> int:
+    """Parameters of the network, built on the meta device (no memory, no weights fetched)."""
+    with torch.device("meta"):
+        net = create_model(model_name, pretrained=False, **options)
+    return sum(p.numel() for p in net.parameters())
+
+
+def split_counts(root: Path, config: RunConfig) -> dict[str, int]:
+    """Names listed per split: train, val, and test when the dataset has one."""
+    data = config.data
+    splits = {"train": data.train_split, "val": data.val_split}
+    if (root / f"{data.test_split}.txt").is_file():
+        splits["test"] = data.test_split
+    return {label: len(read_split(root, split)) for label, split in splits.items()}
+
+
+def header_lines(config: RunConfig, stages: list[str]) -> list[str]:
+    """The run header: device and precision, dataset sizes, and per stage the resolved recipe
+    (model and parameters, loss, optimiser and learning rates, schedule, epochs, size, batch)."""
+    data = config.data
+    counts = ", ".join(f"{label} {n}" for label, n in split_counts(data.root, config).items())
+    skipped = f"; {len(data.skip)} excluded by data.skip" if data.skip else ""
+    lines = [
+        f"method {config.method}: device {training_device(config)} (devices {config.devices}), "
+        f"precision {config.precision}, seed {config.seed}",
+        f"data {data.root}: {counts}{skipped}",
+    ]
+    for name in stages:
+        cfg = config.stages[name]
+        model, options = stage_model(config, name)
+        opt = cfg.optimizer
+        encoder = f" (encoder {opt.encoder_lr:g})" if opt.encoder_lr is not None else ""
+        hook = f", batch hook {cfg.batch_hook.name}" if cfg.batch_hook is not None else ""
+        lines.append(
+            f"{name}: {model} ({count_parameters(model, options):,} parameters), loss "
+            f"{cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule {cfg.schedule.name}, "
+            f"epochs {cfg.max_epochs}, size {data.size}, batch {data.batch_size}{hook}"
+        )
+    return lines
+
+
+def print_header(config: RunConfig, stages: list[str], console: Console) -> None:
+    for line in header_lines(config, stages):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
