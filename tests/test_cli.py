@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from condseg import cli
@@ -115,3 +117,43 @@ def test_models_and_synth(tmp_path: Path) -> None:
     again = runner.invoke(app, ["data", "synth", str(out)])
     assert again.exit_code == 2
     assert "--overwrite" in again.output
+
+
+def test_version_and_short_help_on_every_command() -> None:
+    from condseg import __version__
+
+    for flag in ("--version", "-V"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0 and result.output == f"condseg {__version__}\n"
+    group = typer.main.get_command(app)
+    commands = [[name] for name in group.commands]
+    commands += [["data", name] for name in group.commands["data"].commands]
+    assert len(commands) > 12
+    for command in [[], *commands]:
+        short, long = (runner.invoke(app, [*command, flag]) for flag in ("-h", "--help"))
+        assert short.exit_code == 0 == long.exit_code, (command, short.output)
+        assert short.output == long.output and "Usage:" in short.output, command
+
+
+def test_train_epochs_sets_max_epochs_of_every_stage_it_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+
+    def spy(cfg, data, run_dir, stage, resume):
+        seen.append((stage, {name: s.max_epochs for name, s in cfg.stages.items()}))
+        return SimpleNamespace(run_dir=run_dir, model_file=run_dir / "model.safetensors")
+
+    monkeypatch.setattr("condseg.training.train", spy)
+    base = ["train", "--config", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    for extra, expected in (
+        (["--epochs", "3"], ("all", {"stage1": 3, "stage2": 3})),
+        (["--epochs", "3", "--stage", "2"], ("2", {"stage1": 2, "stage2": 3})),
+        (["--epochs", "3", "--stage", "stage1"], ("stage1", {"stage1": 3, "stage2": 10})),
+        (["--epochs", "3", "stages.stage1.max_epochs=5"], ("all", {"stage1": 5, "stage2": 3})),
+    ):
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 0, result.output
+        assert seen.pop() == expected, extra
+    result = runner.invoke(app, [*base, "--epochs", "0"])
+    assert result.exit_code == 2 and "--epochs" in result.output and not seen

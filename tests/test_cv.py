@@ -98,6 +98,7 @@ def test_kfold_run_gives_per_fold_results_an_aggregate_and_an_ensemble(
     assert summary["metrics"]["dice"]["n"] == K
     assert [r["name"] for r in summary["runs"]] == ["fold0", "fold1", "fold2"]
     assert "mean ± std" in cv["text"]
+    assert "validation results of 3 runs (percent; cpu float32)" in cv["text"]
 
     ensemble = load_model(result.ensemble_file)
     assert result.ensemble_file == out / "ensemble.safetensors"

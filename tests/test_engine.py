@@ -5,6 +5,7 @@ flow proves it), the device/precision options, and the fast path through predict
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ from condseg.inference.engine import (
     cpu_supports_bf16,
     prepare,
 )
-from condseg.inference.predict import predict, predict_files
+from condseg.inference.predict import Predictor, predict, predict_files
 from condseg.models.base import ModelError, training_memory_format
 from condseg.models.fusion import fold_batchnorm, foldable_pairs
 from condseg.models.model_file import load_model, save_model
@@ -246,3 +247,26 @@ def test_training_layout_is_channels_last_on_a_gpu_and_nchw_on_the_cpu() -> None
     assert training_memory_format(gpu, plain=True) == torch.contiguous_format  # the reference
     with pytest.raises(ModelError, match="'NCHW'"):
         training_memory_format(cpu, "NCHW")
+
+
+def test_evaluation_is_float32_unless_asked_and_says_so(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation numbers are the product: float32 by default even on a CPU with native bf16
+    (the probe says so here), while predict keeps the fast default; the printed table and
+    summary.json state the device and the precision."""
+    monkeypatch.setattr("condseg.inference.engine.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("condseg.cli.console.width", 250)
+    data = synthesize(tmp_path / "data", n_train=1, n_val=2, size=48, seed=0)
+    runner = CliRunner()
+    for asked, precision in ((), "float32"), (("--precision", "auto"), "bfloat16"):
+        out = tmp_path / f"eval-{precision}"
+        result = runner.invoke(app, ["evaluate", str(model_file), "--data", str(data),
+                                     "--device", "cpu", "--workers", "0", "--out", str(out),
+                                     *asked])
+        assert result.exit_code == 0, result.output
+        execution = json.loads((out / "summary.json").read_text())["protocol"]["execution"]
+        assert (execution["device"], execution["precision"]) == ("cpu", precision)
+        assert f"(2 images, network resolution, cpu {precision})" in result.output
+    assert evaluate(load_model(model_file), data).protocol["execution"]["precision"] == "float32"
+    assert Predictor(load_model(model_file)).prepared.dtype == torch.bfloat16  # predict: auto

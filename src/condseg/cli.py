@@ -424,7 +424,7 @@ def presets() -> None:
     for name in list_presets():
         cfg = load_config(name)
         console.print(f"[bold]{name}[/]  {cfg.description} (method {cfg.method}, stages "
-                      f"{', '.join(cfg.stages_to_train())})")
+                      f"{', '.join(cfg.stages_to_train())})", highlight=False, soft_wrap=True)
 
 
 @app.command("evaluate")

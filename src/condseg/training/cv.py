@@ -54,6 +54,7 @@ class CVRun:
     seed: int
     training: TrainResult
     metrics: dict[str, float | None] = field(default_factory=dict)
+    execution: str = ""  # device and precision of its validation evaluation, e.g. "cpu float32"
 
 
 @dataclass
@@ -223,8 +224,11 @@ def _run(
     if not (out / SUMMARY_JSON).is_file():
         evaluate(load_model(training.model_file), root, split=data.val_split, out_dir=out,
                  batch_size=data.batch_size, workers=data.num_workers, overwrite=True)
-    summary = json.loads((out / SUMMARY_JSON).read_text())["metrics"]
-    return CVRun(name, fold, seed, training, {m: summary[m]["mean"] for m in METRIC_NAMES})
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    execution = summary["protocol"].get("execution") or {}
+    return CVRun(name, fold, seed, training,
+                 {m: summary["metrics"][m]["mean"] for m in METRIC_NAMES},
+                 f"{execution.get('device', '?')} {execution.get('precision', '?')}")
 
 
 def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, dict[str, Any]]:
@@ -244,7 +248,8 @@ def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, d
         "ensemble": ENSEMBLE,
     }
     (cv_dir / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
-    table = Table(title=f"validation results of {len(runs)} runs (percent)")
+    executions = ", ".join(sorted({r.execution for r in runs}))
+    table = Table(title=f"validation results of {len(runs)} runs (percent; {executions})")
     table.add_column("run")
     for metric in _SHOWN:
         table.add_column(metric, justify="right")
