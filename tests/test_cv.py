@@ -115,15 +115,14 @@ def test_a_finished_cross_validation_is_reused_not_retrained_or_overwritten(
     cv: dict, folded: Path
 ) -> None:
     out = cv["out"]
-    stamps = {p: p.stat().st_mtime_ns
-              for p in [*out.glob("fold*/stage2/model.safetensors"), out / "cv_runs.csv",
-                        out / "ensemble.safetensors"]}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold*/stage2/model.safetensors")}
+    outputs = {p: p.stat().st_mtime_ns for p in (out / "cv_runs.csv", out / "ensemble.safetensors")}
     # Asked again, a finished cross-validation says so and exits 0, as `train --resume` does.
     result = CliRunner().invoke(app, ["cv", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"{out} is finished" in " ".join(result.output.split())
     assert f"ensemble: {out / 'ensemble.safetensors'}" in " ".join(result.output.split())
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert {p: p.stat().st_mtime_ns for p in [*stamps, *outputs]} == {**stamps, **outputs}
     # Not finished (a run lacks its result): the aggregate is not replaced without asking.
     done = out / "fold0" / "stage2" / "result.json"
     done.rename(done.with_suffix(".moved"))

@@ -430,10 +430,10 @@ def _evaluate_final(
                               workers=data.num_workers, max_pixels=data.max_pixels,
                               console=console)
         print_table(evaluation, console)
-        why = "" if has_test else (
-            f" (no {data.test_split}.txt: the validation split, which selected the model)")
-        console.print(f"{folder} evaluation of {result.model_file}{why}: {out}",
-                      highlight=False)
+        what = "test-split" if has_test else (
+            f"validation-split (no {data.test_split}.txt: the validation split, which "
+            "selected the model)")
+        console.print(f"{what} evaluation of {result.model_file}: {out}", highlight=False)
     return out
 
 
