@@ -65,10 +65,10 @@ def test_quick_start_shows_every_step_through_compare() -> None:
 
 
 # Tiny settings appended to each `condseg train` line of the Quick start (not to --resume,
-# which continues with the run's own config): 64 px, one epoch per stage, narrow networks,
+# which continues with the run's own config): 32 px, one epoch per stage, narrow networks,
 # no ImageNet download.
 TINY = ["--epochs", "1", "model.pretrained=false", "model.options.encoder=resnet18",
-        "data.size=64", "data.batch_size=4", "data.num_workers=0", "progress_bar=false"]
+        "data.size=32", "data.batch_size=4", "data.num_workers=0", "progress_bar=false"]
 TINY_BY_METHOD = {None: ["model.options.width=16"],
                   "unet": ["model.options.decoder_channels=[32,16,16,8,8]"]}
 RAW = "~/Downloads/Kvasir-SEG"
