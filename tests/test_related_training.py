@@ -73,7 +73,7 @@ def test_train_evaluate_predict_export(method: str, tmp_path: Path, vgg_file: Pa
 def test_multiscale_sizes_follow_data_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe's multi-scale hook at data.size=64 draws 0.64-1.0 x 64 in multiples of 32:
     only 64, never the authors' 224..352 (the 8 GB peak of issue 16); printed and recorded."""
-    data = synthesize(tmp_path / "data", n_train=4, n_val=2, size=64)
+    data = synthesize(tmp_path / "data", n_train=2, n_val=2, size=64)
     seen: list[tuple[int, ...]] = []
     call = MultiScale.__call__
 
@@ -86,13 +86,13 @@ def test_multiscale_sizes_follow_data_size(tmp_path: Path, monkeypatch: pytest.M
     cfg = load_config("default", [
         "method=msnet", "model.options.encoder=resnet18", "model.pretrained=false",
         "stages.train.loss.options.lossnet=false", "data.size=64", "data.batch_size=2",
-        "data.num_workers=0", "stages.train.max_epochs=1", "stages.train.limit_train_batches=2",
+        "data.num_workers=0", "stages.train.max_epochs=1", "stages.train.limit_train_batches=1",
         "stages.train.limit_val_batches=1", "progress_bar=false",
     ])
     console = Console(file=io.StringIO(), width=200)
     result = train(cfg, data, tmp_path / "run", console=console)
 
-    assert seen == [(64, 64)] * 2
+    assert seen == [(64, 64)]  # today's main drew one of 224..352
     assert "train: multi-scale batches of 64 px (batch_hook, data.size 64)" in (
         console.file.getvalue())
     recorded = json.loads((tmp_path / "run" / "train" / "result.json").read_text())

@@ -116,12 +116,15 @@ class Comparison:
     def reference(self) -> str:
         return self.entries[0].label
 
-    def value(self, label: str, column: str, metric: str) -> float | None:
-        """Mean of ``metric`` in percent, or None when that input has no such figure."""
+    def entry(self, label: str) -> Entry:
         entry = next((e for e in self.entries if e.label == label), None)
         if entry is None:
             raise KeyError(f"no method labelled {label!r}; the labels are {self.labels}")
-        evaluation = entry.evaluation(column)
+        return entry
+
+    def value(self, label: str, column: str, metric: str) -> float | None:
+        """Mean of ``metric`` in percent, or None when that input has no such figure."""
+        evaluation = self.entry(label).evaluation(column)
         if evaluation is None:
             return None
         mean = evaluation.metrics.get(metric, {}).get("mean")
@@ -130,8 +133,7 @@ class Comparison:
     def empty_predictions(self, label: str, column: str) -> int:
         """Images of ``label`` on ``column`` whose prediction was empty on a non-empty mask:
         precision 1 by 0/0 with recall 0 (a prediction with any true pixel has recall > 0)."""
-        entry = next(e for e in self.entries if e.label == label)
-        evaluation = entry.evaluation(column)
+        evaluation = self.entry(label).evaluation(column)
         scores = evaluation.per_image.values() if evaluation is not None else ()
         return sum(s.get("precision") == 1 and s.get("recall") == 0 for s in scores)
 

@@ -25,9 +25,10 @@ class BatchHook:
         of ``divisor``: what it draws follows the run's size unless the user fixed it."""
         return self
 
-    def record(self) -> dict[str, Any]:
-        """The options as trained (written to the stage's ``result.json`` and model file)."""
-        return {}
+    def record(self) -> dict[str, Any] | None:
+        """The options as trained, when they differ from those configured (written to the
+        stage's ``result.json`` and model file); None: as configured."""
+        return None
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError

@@ -382,7 +382,7 @@ def _run_stage(
     summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
                "max_epochs": cfg.max_epochs,
                "stopped_early": trainer.current_epoch < cfg.max_epochs}
-    if hook is not None:
+    if hook is not None and hook.record() is not None:
         summary["batch_hook"] = hook.record()
     if trainer.is_global_zero:
         summary["metrics"] = _export(module, best, _as_trained(config, name, hook), stage_dir,
@@ -419,7 +419,7 @@ def _resolved_hook(
 def _as_trained(config: RunConfig, name: str, hook: BatchHook | None) -> RunConfig:
     """The config with the stage's batch hook options as trained (for the model file)."""
     stage = config.stages[name]
-    if hook is None or stage.batch_hook is None:
+    if hook is None or stage.batch_hook is None or hook.record() is None:
         return config
     stage = stage.model_copy(update={
         "batch_hook": stage.batch_hook.model_copy(update={"options": hook.record()})})
