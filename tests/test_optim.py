@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condseg.config import ConfigError, OptimizerConfig, ScheduleConfig
+from condseg.config import ConfigError, OptimizerConfig, ScheduleConfig, load_config
 from condseg.models.registry import create_model
-from condseg.training.hooks import MultiScale
+from condseg.training.hooks import BatchHook, MultiScale, as_trained
 from condseg.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -142,3 +142,11 @@ def test_multiscale_explicit_sizes_and_scales() -> None:
     with pytest.raises(ConfigError, match=r"no multiple of the model's input divisor 32 lies "
                                           r"between 0\.9 and 0\.95 x data\.size 64"):
         MultiScale(scales=[0.9, 0.95]).resolved(64, 32)
+
+
+def test_the_model_file_config_shows_the_sizes_trained_at() -> None:
+    config = load_config("default", ["method=msnet", "data.size=64"])
+    trained = as_trained(config, "train", MultiScale().resolved(64, 32))
+    assert trained.stages["train"].batch_hook.options == {"sizes": [64]}
+    assert config.stages["train"].batch_hook.options == {}  # what was asked stays as asked
+    assert as_trained(config, "train", BatchHook()) is config  # a hook with nothing to add

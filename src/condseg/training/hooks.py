@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from condseg.config import ConfigError
+from condseg.config import ConfigError, RunConfig
 from condseg.registry import Registry
 
 
@@ -102,3 +102,14 @@ def create_batch_hook(name: str, **options: Any) -> BatchHook:
         return BATCH_HOOKS.get(name)(**options)
     except TypeError as error:
         raise ConfigError(f"bad option for batch hook {name!r}: {error}") from error
+
+
+def as_trained(config: RunConfig, stage: str, hook: BatchHook | None) -> RunConfig:
+    """``config`` with the options of ``stage``'s batch hook as trained (for the model file's
+    header; the run's config.yaml keeps what was asked)."""
+    cfg = config.stages[stage]
+    if hook is None or cfg.batch_hook is None or hook.record() is None:
+        return config
+    cfg = cfg.model_copy(update={
+        "batch_hook": cfg.batch_hook.model_copy(update={"options": hook.record()})})
+    return config.model_copy(update={"stages": {**config.stages, stage: cfg}})

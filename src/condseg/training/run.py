@@ -48,7 +48,7 @@ from condseg.models.base import SegmentationModel, check_input_size, use_plain_k
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
-from condseg.training.hooks import BatchHook, create_batch_hook
+from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.viz import plot_curves
@@ -385,7 +385,7 @@ def _run_stage(
     if hook is not None and hook.record() is not None:
         summary["batch_hook"] = hook.record()
     if trainer.is_global_zero:
-        summary["metrics"] = _export(module, best, _as_trained(config, name, hook), stage_dir,
+        summary["metrics"] = _export(module, best, as_trained(config, name, hook), stage_dir,
                                      (mean, std))
         for stale in last.parent.glob(f"*{PREVIOUS_SUFFIX}"):
             stale.unlink()  # the stage is finished: no kill left to survive
@@ -410,20 +410,10 @@ def _resolved_hook(
         hook = hook.resolved(config.data.size, model.input_divisor)
     except CondsegError as error:
         raise type(error)(f"stages.{name}: {error}") from error
-    if _is_main_process():
+    if _is_main_process() and hook.record() is not None:
         console.print(f"{name}: {hook} (batch_hook, data.size {config.data.size})",
                       highlight=False)
     return hook
-
-
-def _as_trained(config: RunConfig, name: str, hook: BatchHook | None) -> RunConfig:
-    """The config with the stage's batch hook options as trained (for the model file)."""
-    stage = config.stages[name]
-    if hook is None or stage.batch_hook is None or hook.record() is None:
-        return config
-    stage = stage.model_copy(update={
-        "batch_hook": stage.batch_hook.model_copy(update={"options": hook.record()})})
-    return config.model_copy(update={"stages": {**config.stages, name: stage}})
 
 
 def _export(
