@@ -435,8 +435,7 @@ def compare(
         result.written += write_tables(result, Path(out_dir))
     if console is not None:  # before the figures, which load and run every model
         print_tables(result, console)
-    if figure_dir is not None:
-        assert chosen is not None
+    if figure_dir is not None and chosen is not None:
         written, figure_notes = write_figures(result, Path(figure_dir), chosen)
         result.written += written
         result.notes += figure_notes
@@ -459,8 +458,8 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 
 def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
     """Labels with the highest value (as printed) in a column; none when fewer than two
-    methods have a rankable value, as a single figure is best of nothing. Degenerate values
-    (:meth:`Comparison.degenerate`) are not ranked."""
+    methods have a value, as a single figure is best of nothing. Degenerate values
+    (:meth:`Comparison.degenerate`) are shown but not ranked."""
     shown = {label: round(v, 2) for label in result.labels
              if (v := result.value(label, column, metric)) is not None}
     ranked = {label: v for label, v in shown.items()
