@@ -600,16 +600,19 @@ def compare(
         help="Folder for compare.md, compare.csv, compare.tex and stats.csv."
     )] = None,
     figure: Annotated[Path | None, typer.Option(
-        help="Folder for predictions.png (loads each model) and curves.png."
+        help="Folder for predictions.png/.pdf (loads each model) and curves.png/.pdf."
     )] = None,
-    images: Annotated[int, typer.Option(help="Images (rows) in predictions.png.")] = 4,
+    images: Annotated[str, typer.Option(
+        help="Rows of predictions.png: N (evenly spaced), worst:K or best:K (by the first "
+             "input's Dice against the others'), or image names NAME,NAME."
+    )] = "4",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Methods side by side as in the paper's Table 1, with paired per-image Dice statistics."""
     from condseg.evaluation.compare import compare as run_compare
 
     with user_errors():
-        run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, n_images=images,
+        run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, images=images,
                     overwrite=overwrite, console=console)
 
 

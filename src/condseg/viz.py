@@ -10,9 +10,14 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 OVERLAY_COLOR = (255, 214, 0)
 CONTOUR_COLOR = (0, 255, 64)
@@ -151,9 +156,25 @@ def prediction_grid(
     predictions: Mapping[str, Sequence[np.ndarray]],
     out_png: str | Path,
     captions: Mapping[str, Sequence[str]] | None = None,
+    *,
+    pdf: bool = False,
 ) -> Path:
-    """One row per image: the image, its ground truth (white on black) and each method's
-    predicted mask over the image, as in the ConDSeg paper's Fig. 2.
+    """Write :func:`draw_prediction_grid` to ``out_png`` (and, with ``pdf``, as vector PDF
+    beside it)."""
+    return save_figure(draw_prediction_grid(names, images, truths, predictions, captions),
+                       out_png, pdf=pdf)
+
+
+def draw_prediction_grid(
+    names: Sequence[str],
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Mapping[str, Sequence[np.ndarray]],
+    captions: Mapping[str, Sequence[str]] | None = None,
+) -> Figure:
+    """One row per image, labelled with its name: the image, then its ground truth and each
+    method's predicted mask drawn alike over the image (tint and outline), as in the ConDSeg
+    paper's Fig. 2. Outlines are vector paths, so they stay sharp in a PDF.
 
     Every cell is its own axes, so images of different sizes keep their aspect ratio.
     """
@@ -167,30 +188,50 @@ def prediction_grid(
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     headers = ["image", "ground truth", *methods]
     for r, (name, image, truth) in enumerate(zip(names, images, truths, strict=True)):
-        cells = [(image, name), (truth, "")]
-        for method in methods:
-            caption = captions[method][r] if captions and method in captions else ""
-            cells.append((overlay(image, predictions[method][r]), caption))
-        for c, (ax, (pixels, caption)) in enumerate(zip(axes[r], cells, strict=True)):
-            if pixels.ndim == 2:  # the ground truth, a boolean mask
-                ax.imshow(pixels.astype(np.uint8), cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
-            else:
-                ax.imshow(pixels, interpolation="nearest")
+        masks = [truth, *(predictions[method][r] for method in methods)]
+        notes = ["", *(captions[m][r] if captions and m in captions else "" for m in methods)]
+        axes[r][0].imshow(image, interpolation="nearest")
+        axes[r][0].set_ylabel(_plain(name), fontsize="small")
+        for ax, mask, caption in zip(axes[r][1:], masks, notes, strict=True):
+            draw_mask(ax, image, mask)
+            ax.set_xlabel(_plain(caption), fontsize="small")
+        for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(_plain(headers[c]), fontsize="medium")
-            ax.set_xlabel(_plain(caption), fontsize="small")
+    return fig
+
+
+def draw_mask(ax: Axes, image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> None:
+    """``image`` with ``mask`` tinted (raster) and outlined (a vector contour), in the colours
+    of :func:`overlay`; the one way every mask of a figure is drawn."""
+    _check_same_size(image, mask, "mask")
+    mask = np.asarray(mask, bool)
+    tint = np.zeros((*mask.shape, 4), np.float32)
+    tint[..., :3] = np.float32(OVERLAY_COLOR) / 255
+    tint[..., 3] = alpha * mask
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(tint, interpolation="nearest")
+    if mask.any() and not mask.all():  # a constant mask has no outline to draw
+        ax.contour(mask.astype(np.float32), levels=[0.5], linewidths=1.0,
+                   colors=[tuple(np.float32(CONTOUR_COLOR) / 255)])
+
+
+def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
+    """Write ``fig`` as PNG (100 dpi) and, with ``pdf``, as vector PDF with the same name;
+    returns the PNG's path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
+    if pdf:
+        fig.savefig(out_png.with_suffix(".pdf"))
     return out_png
 
 
 def plot_validation_curves(
-    logs: Mapping[str, str | Path], out_png: str | Path, keys: Sequence[str] = ("val/mdsc",
-                                                                            "val/loss")
+    logs: Mapping[str, str | Path], out_png: str | Path,
+    keys: Sequence[str] = ("val/mdsc", "val/loss"), *, pdf: bool = False,
 ) -> list[str]:
     """Validation mDSC and loss per epoch, one line per run, one panel per metric (the
     ConDSeg paper's Fig. 5) from each run's Lightning ``metrics.csv``.
@@ -225,9 +266,7 @@ def plot_validation_curves(
         ax.set_title(_CURVE_TITLES.get(key, key))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    save_figure(fig, out_png, pdf=pdf)
     return list(values)
 
 

@@ -48,7 +48,7 @@ from condseg.models.base import SegmentationModel, check_input_size, use_plain_k
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
-from condseg.training.hooks import BatchHook, create_batch_hook
+from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.viz import plot_curves
@@ -338,6 +338,7 @@ def _run_stage(
     model = _build_model(name, config, result, console)
     use_plain_kernels(model, config.plain_kernels)
     loss, hook = parts
+    hook = _resolved_hook(name, hook, config, model, console)
     module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook,
                                 memory_format=config.memory_format)
     mean, std = _normalization(config, model)
@@ -381,8 +382,11 @@ def _run_stage(
     summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
                "max_epochs": cfg.max_epochs,
                "stopped_early": trainer.current_epoch < cfg.max_epochs}
+    if hook is not None and hook.record() is not None:
+        summary["batch_hook"] = hook.record()
     if trainer.is_global_zero:
-        summary["metrics"] = _export(module, best, config, stage_dir, (mean, std))
+        summary["metrics"] = _export(module, best, as_trained(config, name, hook), stage_dir,
+                                     (mean, std))
         for stale in last.parent.glob(f"*{PREVIOUS_SUFFIX}"):
             stale.unlink()  # the stage is finished: no kill left to survive
         (stage_dir / "result.json").write_text(json.dumps(summary, indent=2))
@@ -392,6 +396,24 @@ def _run_stage(
                       f"{summary['model_file']}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
+
+
+def _resolved_hook(
+    name: str, hook: BatchHook | None, config: RunConfig, model: SegmentationModel,
+    console: Console,
+) -> BatchHook | None:
+    """The stage's hook at the run's input size, printed: the sizes a model trains at are
+    never a silent default of the recipe."""
+    if hook is None:
+        return None
+    try:
+        hook = hook.resolved(config.data.size, model.input_divisor)
+    except CondsegError as error:
+        raise type(error)(f"stages.{name}: {error}") from error
+    if _is_main_process() and hook.record() is not None:
+        console.print(f"{name}: {hook} (batch_hook, data.size {config.data.size})",
+                      highlight=False)
+    return hook
 
 
 def _export(
