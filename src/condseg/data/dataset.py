@@ -87,7 +87,7 @@ def write_split(path: str | Path, names: Iterable[str]) -> None:
     names = list(names)
     for name in names:
         why = unlistable(name)
-        if why is not None or name != name_key(name):
+        if why is not None or name != name.strip():
             raise DataError(f"cannot list {name!r} in split file {path}: "
                             f"{why or 'its name has surrounding whitespace'}; rename the file")
     Path(path).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
@@ -270,6 +270,8 @@ def _full_scale(im: Image.Image, path: str | Path, kind: str) -> tuple[np.ndarra
         values = np.asarray(im)
         if values.min() < 0 or values.max() > 65535:
             raise DataError(f"{kind} {path} has 32-bit values; save it as 8- or 16-bit")
+        if im.format == "TIFF" and im.tag_v2.get(262) == 0:  # WhiteIsZero, which Pillow
+            return 65535 - values.astype(np.uint16), 65535  # inverts below 16 bit only
         return values.astype(np.uint16), 65535
     if im.mode in ("F", "I;32", "I;32B", "I;32L"):
         raise DataError(f"{kind} {path} is a {im.mode} image; save it as 8- or 16-bit")

@@ -237,8 +237,8 @@ def _find(
     """
     kinds = ("mask", "image")
     patterns = {
-        "image": (re.compile(spec.image_re, re.I), spec.image_dir),
-        "mask": (re.compile(spec.mask_re, re.I), spec.mask_dir),
+        "image": (re.compile(spec.image_re, re.I | re.S), spec.image_dir),
+        "mask": (re.compile(spec.mask_re, re.I | re.S), spec.mask_dir),
     }
     if roots is None:
         walks = [(raw, kinds)]
@@ -361,8 +361,8 @@ def _pair(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         checked = list(pool.map(lambda s: _validate(s, spec, decode, max_pixels), candidates))
     samples = [s for s in checked if isinstance(s, Sample)]
-    skipped += [(c.image, why) for c, why in zip(candidates, checked, strict=True)
-                if isinstance(why, str)]
+    skipped += [(c.image, f"{why} (not converted with it: {', '.join(map(str, c.masks))})")
+                for c, why in zip(candidates, checked, strict=True) if isinstance(why, str)]
     return samples, skipped
 
 
