@@ -258,17 +258,24 @@ def test_check_matches_names_and_reports_unlistable_images_and_orphan_masks(
         pil(PHOTO)(_make(tmp_path / "images" / f"{stem}.png"))
         pil(SQUARE)(_make(tmp_path / "masks" / f"{stem}.png"))
     pil(SQUARE)(tmp_path / "masks" / "orphan.gif")
+    (tmp_path / "images" / ".DS_Store").write_text("x")
+    (tmp_path / "images" / "scan.dcm").write_text("x")
+    (tmp_path / "masks" / "old").mkdir()
     (tmp_path / "train.txt").write_text("trailing space\ncafé\n", encoding="utf-8")
     write_split(tmp_path / "val.txt", ["sep\u2028arator", "tab\tname"])
     report = check_dataset(tmp_path)
     assert report.ok, report.problems
     assert report.split_sizes == {"train": 2, "val": 2}
     assert {(p.level, p.file) for p in report.problems} == {
-        ("warning", "images/new\nline.png"), ("warning", "masks/orphan.gif")}
+        ("warning", "images/new\nline.png"), ("warning", "masks/orphan.gif"),
+        ("info", "images/"), ("info", "masks/")}
     [unlisted] = [p for p in report.problems if p.file == "images/new\nline.png"]
     assert "line break" in unlisted.message and "rename the file" in unlisted.message
     [orphan] = [p for p in report.problems if p.file == "masks/orphan.gif"]
     assert "mask without an image (no images/orphan.* file)" in orphan.message
+    notes = {p.file: p.message for p in report.infos}
+    assert notes["images/"].endswith("not used: 2 (.DS_Store, scan.dcm)")
+    assert notes["masks/"].endswith("not used: 1 (old)")
 
 
 def _make(path: Path) -> Path:

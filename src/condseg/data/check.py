@@ -197,8 +197,16 @@ def _check_pair(
 
 def _unlistable_and_orphans(index: FolderIndex, listed: set[str]) -> list[Problem]:
     """A warning per image whose name no split file can list, and per mask without an image
-    (its name in no checked split: a listed one is already an error)."""
+    (its name in no checked split: a listed one is already an error); a note per folder on the
+    entries that are not image files."""
     found = []
+    for kind, skipped in index.skipped.items():
+        if skipped:
+            names = [path.name for path, _ in skipped]
+            examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            found.append(Problem("info", "entries that are not image files (hidden, subfolders, "
+                                 f"other types), not used: {len(names)} ({examples})",
+                                 file=f"{kind}/"))
     for name, paths in sorted(index.files["images"].items()):
         why = unlistable(name)
         found += [Problem("warning", f"{why}, so no split can use this image; rename the file",

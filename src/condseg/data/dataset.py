@@ -99,27 +99,31 @@ def image_files(folder: str | Path) -> list[Path]:
     return scan_folder(folder).images
 
 
-def _index_folder(folder: Path) -> dict[str, list[Path]]:
+def _index_folder(folder: Path) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
     """Map each name (:func:`~condseg.data.names.name_key` of the stem) to its image files in
-    ``folder`` (any case of extension)."""
+    ``folder`` (any case of extension); and the entries that are not image files, with why."""
     if not folder.is_dir():
         raise DataError(
             f"folder {folder} not found: the dataset layout is ROOT/images/<name>.<ext> and "
             "ROOT/masks/<name>.<ext>"
         )
     index: dict[str, list[Path]] = {}
-    for path in image_files(folder):
+    scan = scan_folder(folder)
+    for path in scan.images:
         index.setdefault(name_key(path.stem), []).append(path)
-    return index
+    return index, scan.skipped
 
 
 class FolderIndex:
     """Index of ``images/`` and ``masks/`` built with one directory scan each, so resolving the
-    names of a large dataset does not rescan the folders per name."""
+    names of a large dataset does not rescan the folders per name. ``skipped`` holds each
+    folder's entries that are not image files (:func:`~condseg.data.names.scan_folder`)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.files = {kind: _index_folder(self.root / kind) for kind in ("images", "masks")}
+        scans = {kind: _index_folder(self.root / kind) for kind in ("images", "masks")}
+        self.files = {kind: scan[0] for kind, scan in scans.items()}
+        self.skipped = {kind: scan[1] for kind, scan in scans.items()}
 
     def find(self, kind: str, name: str) -> Path:
         """The single file of ``kind`` ("images" or "masks") for ``name``; DataError otherwise."""
