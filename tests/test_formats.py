@@ -296,6 +296,9 @@ FOLDER_REPORTED = {  # file (relative to the root): reason in not_converted.tsv
     "images/.DS_Store": "hidden entry", "masks/._a_mask.GIF": "hidden entry",
     "images/notes.txt": "not an image file type (.txt)",
     "images/.ipynb_checkpoints": "hidden entry",
+    # one name once whitespace is ignored: which file is meant is the user's call
+    "images/dup.png": "several files for name 'dup'", "images/dup .png": "several files",
+    "masks/dup.png": "several files for name 'dup'",
 }
 
 
