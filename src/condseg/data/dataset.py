@@ -60,13 +60,12 @@ class DataError(CondsegError):
 def read_split(root: str | Path, split: str) -> list[str]:
     """Names listed in ``root/<split>.txt``, in file order.
 
-    Lines end at ``\n`` only (CRLF accepted), so a name may hold any other character, a Unicode
-    line separator (U+2028, U+0085) included. Every non-blank line is a name (surrounding
-    whitespace and a UTF-8 BOM are ignored; there are no comments, so a name starting with ``#``
-    is kept), matched as :func:`~condseg.data.names.name_key` matches file names. Duplicates are
-    kept:
-    :func:`condseg.data.check.check_dataset` reports them instead of this function silently
-    dropping them.
+    Lines end at ``\\n`` only (CRLF accepted), so a name may hold any other character, a
+    Unicode line separator (U+2028, U+0085) included. Every non-blank line is a name
+    (surrounding whitespace and a UTF-8 BOM are ignored; there are no comments, so a name
+    starting with ``#`` is kept), matched as :func:`~condseg.data.names.name_key` matches file
+    names. Duplicates are kept: :func:`condseg.data.check.check_dataset` reports them instead of
+    this function silently dropping them.
     """
     path = Path(root) / f"{split}.txt"
     if not path.is_file():

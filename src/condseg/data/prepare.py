@@ -250,7 +250,8 @@ def _find(
     others: list[tuple[Path, str]] = []
     for root, allowed in walks:
         for path in _walk(root):
-            for kind in allowed if not path.name.startswith(".") else ():
+            hidden = path.name.startswith(".")
+            for kind in () if hidden else allowed:
                 regex, folder = patterns[kind]
                 match = regex.fullmatch(path.name)
                 if not match or (
