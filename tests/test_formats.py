@@ -129,7 +129,7 @@ MASKS: dict[str, tuple[Writer, str | None]] = {  # file: (writer, None = reads a
     "red-on-clear-white.png": (pil(RED_ON_CLEAR_WHITE), None),
     "red-on-clear-white.webp": (pil(RED_ON_CLEAR_WHITE, lossless=True), None),
     "opaque-rgba.png": (pil(rgba(np.dstack([SQUARE] * 3), SQUARE * 0 + 255)), None),
-    "camera.mpo": (frames(np.dstack([SQUARE] * 3), np.dstack([255 - SQUARE] * 3),
+    "camera-mpo.jpg": (frames(np.dstack([SQUARE] * 3), np.dstack([255 - SQUARE] * 3),
                           format="MPO"), None),
     "animated.gif": (frames(SQUARE, 255 - SQUARE), "has 2 frames"),
     "animated.png": (frames(SQUARE, 255 - SQUARE), "has 2 frames"),
@@ -154,6 +154,20 @@ def test_mask_formats_read_right_or_refused_by_name(tmp_path: Path, file: str) -
     else:
         with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*{error}"):
             read_mask(path)
+
+
+def test_every_readable_mask_format_passes_data_check(tmp_path: Path) -> None:
+    """The reader's masks through `data check`'s distribution checks: no problem at all."""
+    readable = [file for file, (_, error) in MASKS.items() if error is None]
+    for i, file in enumerate(readable):
+        pil(PHOTO)(_make(tmp_path / "images" / f"case{i}.png"))
+        MASKS[file][0](_make(tmp_path / "masks" / f"case{i}{Path(file).suffix}"))
+    write_split(tmp_path / "train.txt", [f"case{i}" for i in range(len(readable))])
+    write_split(tmp_path / "val.txt", ["case0"])
+    problems = check_dataset(tmp_path).problems
+    voc = f"masks/case{readable.index('voc-palette.png')}.png"  # its colour (128, 0, 0) is grey
+    assert sorted((p.level, p.file, p.message[:16]) for p in problems) == [
+        ("error", None, "listed in train."), ("warning", voc, "25% of mask pixe")]
 
 
 IMAGES: dict[str, tuple[Writer, np.ndarray | str, float]] = {  # file: (writer, RGB | error, tol)

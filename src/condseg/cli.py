@@ -219,7 +219,7 @@ def data_prepare(
         lines.append(f"masks paired by name suffix: {escape(found)}")
     if info["not_converted"]:
         lines.append(f"[yellow]{info['not_converted']} files not converted[/] (unpaired, "
-                     "unreadable or of another size than their image): see "
+                     "unreadable, of another size than their image, or not images): see "
                      f"{escape(str(path / info['not_converted_list']))}")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

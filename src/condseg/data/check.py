@@ -145,7 +145,8 @@ def mask_problems(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
         found.append(("warning", "mask is empty (no foreground): fine for a negative example"))
     elif foreground == 1.0:
         found.append(("warning", "mask is entirely foreground: inverted or blank annotation?"))
-    mid = float(hist[round(full * 0.25) : round(full * 0.75) + 1].sum())
+    # The middle half of the range, never its ends: a 1-bit mask (0 and 1) has no mid-grey.
+    mid = float(hist[max(1, round(full * 0.25)) : min(full - 1, round(full * 0.75)) + 1].sum())
     if mid > MID_GREY_LIMIT:
         found.append(
             (
