@@ -77,6 +77,11 @@ def read_split(root: str | Path, split: str) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read split file {path} ({exc}); save it as UTF-8 text") from exc
+    return split_names(text)
+
+
+def split_names(text: str) -> list[str]:
+    """The names of a split file's ``text`` (see :func:`read_split`)."""
     return [name for name in map(name_key, text.split("\n")) if name]
 
 

@@ -47,6 +47,7 @@ from condseg.data.dataset import (
     mask_threshold,
     read_mask_values,
     read_values,
+    split_names,
     write_split,
 )
 from condseg.data.names import IMAGE_EXTENSIONS, name_key, skip_reason, unlistable
@@ -369,8 +370,8 @@ def _pair(
 
 def packaged_split(dataset: str, split: str) -> list[str]:
     """Names of a split list shipped with the package (``condseg/data/splits/<dataset>/``)."""
-    text = resources.files("condseg.data").joinpath("splits", dataset, f"{split}.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    listed = resources.files("condseg.data").joinpath("splits", dataset, f"{split}.txt")
+    return split_names(listed.read_text(encoding="utf-8"))
 
 
 def _scaled(sizes: Mapping[str, float], total: int) -> dict[str, int]:
