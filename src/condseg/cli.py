@@ -219,7 +219,7 @@ def data_prepare(
         lines.append(f"masks paired by name suffix: {escape(found)}")
     if info["not_converted"]:
         lines.append(f"[yellow]{info['not_converted']} files not converted[/] (unpaired, "
-                     "unreadable or of another size than their image): see "
+                     "unreadable, of another size than their image, or not images): see "
                      f"{escape(str(path / info['not_converted_list']))}")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
@@ -478,7 +478,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
-    """Predict masks at each image's original resolution; exit 1 if an input failed."""
+    """Predict masks at each image's original resolution; exit 1 if an input failed. Entries
+    of a folder that are not image files (hidden, subfolders, other types) are listed as
+    skipped."""
     from condseg.inference.predict import predict_files
     from condseg.models.model_file import load_model
 
@@ -496,8 +498,11 @@ def predict(
     console.print(f"wrote {len(report.written)} files to {out}")
     from rich.markup import escape
 
-    for path, reason in report.failed:
-        console.print(f"[bold red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+    from condseg.inference.predict import report_lines
+
+    for kind, line in report_lines(report):
+        style = "bold red" if kind == "failed" else "yellow"
+        console.print(f"[{style}]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
 

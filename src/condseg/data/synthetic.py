@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from condseg.data.dataset import DataError
+from condseg.data.dataset import DataError, write_split
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -121,8 +121,8 @@ def synthesize(
         image, mask = synthesize_pair(np.random.default_rng([seed, i]), size)
         cv2.imwrite(str(out / "images" / f"{name}.png"), image[:, :, ::-1])
         cv2.imwrite(str(out / "masks" / f"{name}.png"), mask)
-    (out / "train.txt").write_text("".join(f"{n}\n" for n in names[:n_train]))
-    (out / "val.txt").write_text("".join(f"{n}\n" for n in names[n_train:]))
+    write_split(out / "train.txt", names[:n_train])
+    write_split(out / "val.txt", names[n_train:])
     info = {
         "generator": "condseg.data.synthetic",
         "seed": seed,

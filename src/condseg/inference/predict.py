@@ -21,7 +21,8 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
+from condseg.data.dataset import DataError, read_image
+from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
 from condseg.errors import CondsegError, refuse_existing
 from condseg.inference.engine import Execution, prepare
@@ -56,10 +57,13 @@ class Prediction:
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_files` wrote, and each input it could not use with the reason."""
+    """What :func:`predict_files` wrote, each input it could not use with the reason
+    (``failed``), and each entry of a given folder it did not take, with the reason
+    (``skipped``: hidden entries, subfolders, files of other types)."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 class Predictor:
@@ -170,13 +174,14 @@ def predict_files(
     uc), with ``save_probabilities`` (``"png"`` or ``"npy"``) also the mask probability
     ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
-    ``report.failed`` and the others are still written; every entry of a folder with an image
-    extension is tried (a looping link is reported, not skipped). ``max_pixels`` is the
-    readers' pixel limit. If any output file exists already, nothing is written and
-    FileExistsError is raised, unless ``overwrite`` is set. The model runs on ``execution``
-    (default: the fast path) ``batch_size`` images at a time while ``workers`` processes
-    (default: :func:`~condseg.inference.loading.default_workers`) decode the next ones. With a
-    ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
+    ``report.failed`` and the others are still written. A file given by name is tried whatever
+    its name; of a folder, every entry with an image extension is tried (a looping link is
+    reported, not skipped) and every other entry is listed in ``report.skipped``.
+    ``max_pixels`` is the readers' pixel limit. If any output file exists already, nothing is
+    written and FileExistsError is raised, unless ``overwrite`` is set. The model runs on
+    ``execution`` (default: the fast path) ``batch_size`` images at a time while ``workers``
+    processes (default: :func:`~condseg.inference.loading.default_workers`) decode the next
+    ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     check_probability_format(save_probabilities)
     predictor = Predictor(model, options, execution, maps=maps)
@@ -217,6 +222,23 @@ def predict_files(
     return report
 
 
+def report_lines(report: PredictReport, limit: int = 5) -> list[tuple[str, str]]:
+    """``(kind, line)`` for the console, each on one line (:func:`~condseg.data.names.shown`):
+    a ``failed`` line per input that could not be used, and a ``skipped`` line per folder and
+    reason naming the first ``limit`` entries and counting the rest."""
+    groups: dict[tuple[Path, str], list[str]] = {}
+    for path, reason in report.skipped:
+        groups.setdefault((path.parent, reason), []).append(path.name)
+    skipped = [
+        f"{folder}: {len(names)} {'entry' if len(names) == 1 else 'entries'} ({reason}): "
+        + ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                      else "")
+        for (folder, reason), names in groups.items()
+    ]
+    return [("failed", shown(f"{path}: {reason}")) for path, reason in report.failed] + [
+        ("skipped", shown(line)) for line in skipped]
+
+
 def check_probability_format(fmt: str | None) -> None:
     if fmt is not None and fmt not in PROBABILITY_FORMATS:
         raise CondsegError(f"probabilities are saved as {' or '.join(PROBABILITY_FORMATS)}, "
@@ -239,11 +261,14 @@ def save_probability(path: Path, prob: np.ndarray) -> Path:
 
 
 def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path]:
-    """Output name → input file, expanding folders; unusable inputs go to ``report.failed``."""
+    """Output name → input file, expanding folders; unusable inputs go to ``report.failed``,
+    folder entries not taken to ``report.skipped``."""
     jobs: dict[str, Path] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            files = image_files(item)
+            scan = scan_folder(item)
+            files = scan.images
+            report.skipped.extend(scan.skipped)
             if not files:
                 report.failed.append(
                     (item, f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
