@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ from condseg.data.dataset import (
     read_mask_values,
     read_values,
 )
+from condseg.files import temporary_folder
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -504,7 +504,7 @@ def _new_folder(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out`` renamed to ``out`` when the block succeeds and removed
     when it fails, so that OUT is complete or absent and a rerun starts clean."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = temporary_folder(out)
     try:
         yield tmp
         if out.exists():
