@@ -263,8 +263,8 @@ def test_epoch_log_merges_attempts_one_row_per_epoch(tmp_path: Path) -> None:
     with table.open() as f:
         rows = list(csv.DictReader(f))
     assert rows == [
-        {"epoch": "1", "train_loss": "0.85", "val_mask_loss": "0.8", "val_miou": "25",
+        {"epoch": "1", "train_loss": "0.85", "val_mask_loss": "0.8", "val_miou": "25.0",
          "lr_encoder": "0.1"},
-        {"epoch": "2", "train_loss": "0.65", "val_mask_loss": "0.5", "val_miou": "50",
+        {"epoch": "2", "train_loss": "0.65", "val_mask_loss": "0.5", "val_miou": "50.0",
          "lr_encoder": "0.04"},
     ]

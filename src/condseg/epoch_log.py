@@ -91,5 +91,5 @@ def write_epoch_log(stage_dir: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for epoch in sorted(epochs):
-            writer.writerow({"epoch": epoch, **{k: f"{v:.6g}" for k, v in epochs[epoch].items()}})
+            writer.writerow({"epoch": epoch, **epochs[epoch]})
     return out
