@@ -4,7 +4,7 @@ no Lightning warnings a user cannot act on, metrics.csv with one row per epoch, 
 hyper-parameters and validation prediction grids.
 
 One tiny `condseg train` (ConDSeg stage 1, 64 px, 2 epochs of 2 steps) is shared by the
-assertions; one resume of it extends the stage by an epoch.
+assertions marked slow; one resume of it extends the stage by an epoch.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"home": home, "run": run_dir, "output": result.output, "warnings": caught}
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_default_out_is_unique_per_run_and_printed(run: dict) -> None:
     assert re.fullmatch(r"demo-\d{8}-\d{6}", run["run"].name)
     assert f"run directory (default --out): runs/{run['run'].name}\n" in run["output"]
@@ -98,6 +99,7 @@ def test_a_second_method_gets_its_own_default_folder(
         "deeplabv3plus", "unet", "unet"], names
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_run_files_follow_the_umask(run: dict) -> None:
     stage = run["run"] / "stage1"
     for path in (stage / "model.safetensors", stage / "metrics.csv", run["run"] / "train.log",
@@ -125,6 +127,7 @@ def test_model_files_and_prepared_datasets_follow_the_umask(
     assert not list(tmp_path.glob(".*"))  # no temporary file or folder left
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_a_finished_stage_keeps_model_file_and_last_checkpoint_only(run: dict) -> None:
     checkpoints = run["run"] / "stage1" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
@@ -133,6 +136,7 @@ def test_a_finished_stage_keeps_model_file_and_last_checkpoint_only(run: dict) -
     assert (run["run"] / "stage1" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_train_log_holds_the_console_output_in_whole_lines(run: dict) -> None:
     log = (run["run"] / "train.log").read_text()
     model_file = f"runs/{run['run'].name}/stage1/model.safetensors"
@@ -140,9 +144,12 @@ def test_train_log_holds_the_console_output_in_whole_lines(run: dict) -> None:
     assert any(line.endswith(f"-> {model_file}") for line in lines), log  # not wrapped
     assert "stage1 epoch 2/2: train loss" in log and "\x1b[" not in log
     printed = run["output"].splitlines()
-    assert lines == printed[1:-1]  # all but the CLI's own first and last line
+    start = printed.index(lines[0])
+    assert printed[start:start + len(lines)] == lines  # as printed, from the run folder on
+    assert printed[start + len(lines):] == [printed[-1]]  # but the CLI's own last line
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_progress_lines_show_an_eta(run: dict) -> None:
     output = run["output"]
     assert re.search(r"stage1 epoch 1/2 step 1/2 loss \d+\.\d{4} \(ETA \d+:\d\d:\d\d\)", output)
@@ -155,10 +162,12 @@ def _from_lightning(caught: list[warnings.WarningMessage]) -> list[str]:
             if "lightning" in w.filename or "LeafSpec" in str(w.message)]
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_lightning_warnings_a_user_cannot_act_on_are_not_shown(run: dict) -> None:
     assert _from_lightning(run["warnings"]) == []
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_metrics_csv_has_one_row_per_epoch_in_the_tables_units(run: dict) -> None:
     stage = run["run"] / "stage1"
     with (stage / "metrics.csv").open() as f:
@@ -183,6 +192,7 @@ def _events(folder: Path):
     return events
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_tensorboard_gets_hyperparameters_and_prediction_grids(run: dict) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -197,6 +207,7 @@ def test_tensorboard_gets_hyperparameters_and_prediction_grids(run: dict) -> Non
     assert events.Scalars("hp/best_val_miou")[-1].value >= 0
 
 
+@pytest.mark.slow  # the shared tiny run
 def test_a_finished_stage_extends_without_its_best_checkpoint(run: dict) -> None:
     """Resuming with more epochs continues from last.ckpt; the model file stays the best
     (best.ckpt is written again only by a better epoch); the log is appended to."""

@@ -33,6 +33,7 @@ UNACTIONABLE_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r"The '\w+' does not have many workers which may be a bottleneck",
     r"Checkpoint directory .* exists and is not empty",  # a resumed stage's own checkpoints
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # LossNet's frozen VGG
 )
 
 
