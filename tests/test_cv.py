@@ -110,6 +110,17 @@ def test_kfold_run_gives_per_fold_results_an_aggregate_and_an_ensemble(
     assert test["protocol"]["model"] == "ensemble" and test["protocol"]["n_images"] == 3
 
 
+def test_the_console_output_is_also_in_train_log(cv: dict) -> None:
+    """CV/train.log gets everything cv printed; each run's train.log its own part."""
+    out = cv["out"]
+    log = (out / "train.log").read_text()
+    assert "fold0: training" in log and "mean ± std" in log and "ensemble of 3 models" in log
+    for k in range(K):
+        run_log = (out / f"fold{k}" / "train.log").read_text()
+        assert f"-> {out / f'fold{k}' / 'stage2' / 'model.safetensors'}\n" in run_log
+        assert "mean ± std" not in run_log
+
+
 def test_a_finished_cross_validation_is_reused_not_retrained_or_overwritten(
     cv: dict, folded: Path
 ) -> None:

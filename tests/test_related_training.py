@@ -46,7 +46,7 @@ def test_train_evaluate_predict_export(method: str, tmp_path: Path, vgg_file: Pa
     result = train(cfg, data, tmp_path / "run")
 
     metrics = (tmp_path / "run" / "train" / "metrics.csv").read_text()
-    assert "train/wiou" in metrics and ("train/lossnet" in metrics) == (method != "chnet")
+    assert "train_wiou" in metrics and ("train_lossnet" in metrics) == (method != "chnet")
     model = load_model(result.model_file)
     assert model.name == method and model.meta["input_size"] == [64, 64]
     # explicit sizes are kept, and recorded where the stage and the model file say how they

@@ -97,9 +97,11 @@ def _kill_at(moment: str, data: Path, run: Path, tmp_path: Path) -> None:
     child.wait()
 
 
-def _steps(stage_dir: Path) -> list[int]:
+def _epochs(stage_dir: Path) -> list[int]:
+    """The epochs of the stage's table that have both a training and a validation loss."""
     with (stage_dir / "metrics.csv").open() as f:
-        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+        return [int(r["epoch"]) for r in csv.DictReader(f)
+                if r.get("train_loss") and r.get("val_mask_loss")]
 
 
 @pytest.mark.slow
@@ -114,9 +116,9 @@ def test_a_killed_run_resumes_and_finishes(moment: str, data: Path, tmp_path: Pa
 
     model = load_model(result.model_file)
     assert model.name == "condseg" and list(result.model_files) == ["stage1", "stage2"]
-    steps = _steps(run / "stage1")
-    # Two epochs of 4 steps, each logged once: nothing repeated, nothing lost from the log.
-    assert steps == list(range(8)), steps
+    epochs = _epochs(run / "stage1")
+    # Two epochs, each one row: nothing repeated, nothing lost from the log.
+    assert epochs == [1, 2], epochs
     versions = sorted((run / "stage1" / "csv").glob("version_*"))
     if moment == "between-stages":
         assert len(versions) == 1  # stage 1 had finished: it is not trained again
@@ -164,7 +166,7 @@ def test_resume_accepts_more_epochs_and_refuses_another_experiment(
     result = train(more, data, str(run) + "/", stage="stage1", resume=True)  # typed differently
     assert load_config(run / "config.yaml").stages["stage1"].max_epochs == 2
     with (run / "stage1" / "metrics.csv").open() as f:  # the finished stage went on
-        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val/miou")] == ["0", "1"]
+        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val_miou")] == ["1", "2"]
     assert result.best_metrics["stage1"]["epoch"] in (1, 2)
     with pytest.raises(Exception, match=r"different experiment \(changed: seed\)"):
         train(load_config("demo", [*OVERRIDES, "seed=1"]), data, run, resume=True)
@@ -186,14 +188,15 @@ def test_last_checkpoint_is_the_last_epoch_even_without_a_better_one(
     monkeypatch.setattr(SegmentationModule, "validation_step", falling)
     log = StringIO()
     config = load_config("demo", [*OVERRIDES, "stages.stage1.max_epochs=3",
-                                  "stages.stage1.limit_train_batches=1", "progress_bar=true"])
+                                  "stages.stage1.limit_train_batches=1", "progress_bar=true",
+                                  "keep_best_checkpoint=true"])
     train(config, data, tmp_path / "run", stage="stage1", console=Console(file=log, width=200))
     checkpoints = tmp_path / "run" / "stage1" / "checkpoints"
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
     text = log.getvalue()
     assert "stage1 epoch 1/3 step 1/1 loss" in text and "stage1 epoch 3/3: train loss" in text
-    assert "mIoU 0.3333" in text and "\x1b[" not in text  # plain lines, no live bar
+    assert "mIoU 33.33%" in text and "\x1b[" not in text  # plain lines, no live bar
 
 
 class _Payload:

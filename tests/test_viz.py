@@ -87,8 +87,9 @@ def test_plot_curves_from_a_lightning_log(tmp_path: Path) -> None:
     from condseg.viz import _read_epoch_values
 
     values = _read_epoch_values(log)
-    assert values["val/miou"] == {1: 0.30}  # nan dropped; epochs counted from 1
-    assert values["train/loss_epoch"] == {1: 0.85, 2: 0.65}
+    # Converted to the per-epoch table: nan dropped, epochs from 1, names, scores in percent.
+    assert values["val_miou"] == {1: 30.0}
+    assert values["train_loss"] == {1: 0.85, 2: 0.65} and "train_loss_step" not in values
     with pytest.raises(ValueError, match="no loss or val_"):
         bad = tmp_path / "bad.csv"
         bad.write_text("epoch,step,lr\n0,1,0.1\n")

@@ -8,10 +8,9 @@ are printed as one line and exit with status 2; anything else is a bug and keeps
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -31,7 +30,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare, check and synthesise datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # whole lines: a path in a log file is never broken
 
 
 class Resolution(str, Enum):
@@ -99,13 +98,26 @@ def _execution(device: str, precision: Precision, plain: bool, compile: bool) ->
 
 
 def quiet_lightning() -> None:
-    """Keep the terminal for our own output: Lightning's start-up notes (accelerator summary,
-    tips, batch-limit notes) are INFO records of the logger it sets up when imported, and one
-    of its modules warns about a deprecated call of its own."""
-    import lightning.pytorch  # noqa: F401  (sets up the logger we quieten)
+    from condseg.training.logs import quiet_lightning as quiet
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet()
+
+
+def _new_run_dir(name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``: a run started without --out never meets another
+    run's folder (and its resume advice)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / f"{name}-{stamp}", 2
+    while path.exists():  # started within the same second
+        path, n = Path("runs") / f"{name}-{stamp}-{n}", n + 1
+    console.print(f"run directory (default --out): {path}", highlight=False)
+    return path
+
+
+def _run_name(config: str | None, cfg: RunConfig) -> str:
+    """The preset or config file's name, or the method's when it is the default preset."""
+    stem = Path(config or "default").stem
+    return cfg.method if stem == "default" else stem
 
 
 @contextmanager
@@ -284,8 +296,8 @@ def train(
     = None,
     stage: Annotated[str, typer.Option(
         help="'all' (the config's train_stages), or one stage by name or number.")] = "all",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
-    = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory (default runs/<preset or method>-<date>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder, with its own config.yaml.")] = None,
     precision: Annotated[str | None, typer.Option(
@@ -310,11 +322,11 @@ def train(
         if resume is not None and not (resume / "config.yaml").is_file():
             raise CondsegError(f"{resume} is not a run folder (no config.yaml); pass the --out "
                                "folder of the run to continue")
-        name = Path(config or "default").stem + (f"-fold{fold}" if fold is not None else "")
-        run_dir = resume or out or Path("runs") / name
         extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
-        cfg = _run_config(config, run_dir, resume is not None, extra, method=method,
-                          model=model, precision=precision, seed=seed)
+        cfg = _run_config(config, resume or Path("runs"), resume is not None, extra,
+                          method=method, model=model, precision=precision, seed=seed)
+        suffix = f"-fold{fold}" if fold is not None else ""
+        run_dir = resume or out or _new_run_dir(_run_name(config, cfg) + suffix)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
@@ -347,7 +359,8 @@ def cv(
     model: Annotated[str | None, typer.Option(
         help="The run's model within the method (same as model.name=...).")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Cross-validation folder (default runs/<config>-cv).")] = None,
+        help="Cross-validation folder (default runs/<preset or method>-cv-<date>-<time>); "
+             "give it to continue or aggregate a cross-validation.")] = None,
     fold: Annotated[list[int] | None, typer.Option(
         help="Train only this fold (repeatable): one job's share. Without it every fold is "
              "trained (finished ones are reused), then aggregated and ensembled.")] = None,
@@ -367,10 +380,10 @@ def cv(
 
     quiet_lightning()
     with user_errors():
-        cv_dir = out or Path("runs") / f"{Path(config or 'default').stem}-cv"
         seed_list = _int_list(seeds, "--seeds") if seeds else None
-        cfg = _run_config(config, cv_dir, True, list(overrides or []), method=method,
-                          model=model, precision=precision)
+        cfg = _run_config(config, out or Path("runs"), out is not None, list(overrides or []),
+                          method=method, model=model, precision=precision)
+        cv_dir = out or _new_run_dir(f"{_run_name(config, cfg)}-cv")
         result = cross_validate(cfg, data, cv_dir, folds=fold or None, seeds=seed_list,
                                 resume=resume, overwrite=overwrite, console=console)
     if result.ensemble_file is not None:

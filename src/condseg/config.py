@@ -180,6 +180,10 @@ class RunConfig(_Section):
     # last.ckpt is also written within an epoch: every N steps when set, else every M minutes.
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(10.0, gt=0)
+    # A finished stage keeps last.ckpt (to extend it) and its model file; best.ckpt, the same
+    # weights with the optimiser's state, is removed unless kept.
+    keep_best_checkpoint: bool = False
+    log_images_every_n_epochs: int = Field(5, ge=0)  # TensorBoard prediction grid; 0: never
 
     @field_validator("precision", mode="before")
     @classmethod

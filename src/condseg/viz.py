@@ -6,8 +6,6 @@ matplotlib is used through its Agg canvas only, never through pyplot's global st
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,22 +82,16 @@ def save_maps(maps: Mapping[str, np.ndarray], out_dir: str | Path, name: str) ->
 
 
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Plot losses and validation metrics (``val*`` columns) per epoch from a Lightning
-    ``metrics.csv``; step-level columns are dropped when their epoch mean is logged.
-
-    Lightning's CSV logger writes one row per logging event with empty cells for the metrics
-    not logged at that moment; the last value logged in each epoch is the one plotted.
-    """
+    """Plot the losses and the validation scores per epoch of a stage's ``metrics.csv``
+    (:mod:`condseg.epoch_log`; a Lightning log of an older run folder is converted)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     per_epoch = _read_epoch_values(Path(metrics_csv))
-    for key in [k for k in per_epoch if k.endswith("_step")]:
-        if key.removesuffix("_step") + "_epoch" in per_epoch:  # the epoch mean says it better
-            del per_epoch[key]
     losses = sorted(k for k in per_epoch if "loss" in k)
     others = sorted(k for k in per_epoch if "loss" not in k and k.startswith("val"))
-    panels = [(title, keys) for title, keys in (("loss", losses), ("validation", others)) if keys]
+    panels = [(title, keys) for title, keys in (("loss", losses), ("validation (%)", others))
+              if keys]
     if not panels:
         raise ValueError(f"{metrics_csv} has no loss or val_* columns to plot")
     fig = Figure(figsize=(6 * len(panels), 4), constrained_layout=True)
@@ -120,25 +112,13 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
 
 
 def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:
-    """{column: {epoch: last finite value}} from a Lightning CSV log, epochs counted from 1
-    (Lightning logs them from 0)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"training log {path} not found")
+    """{column: {epoch from 1: value}} of a stage's ``metrics.csv``."""
+    from condseg.epoch_log import read_epochs
+
     values: dict[str, dict[int, float]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
-            raise ValueError(f"{path} is not a Lightning metrics.csv (no 'epoch' column)")
-        for row in reader:
-            if not row["epoch"]:
-                continue
-            epoch = int(float(row["epoch"])) + 1
-            for key, cell in row.items():
-                if key in ("epoch", "step") or not cell:
-                    continue
-                value = float(cell)
-                if math.isfinite(value):
-                    values.setdefault(key, {})[epoch] = value
+    for epoch, row in read_epochs(path).items():
+        for key, value in row.items():
+            values.setdefault(key, {})[epoch] = value
     return values
 
 
@@ -231,10 +211,10 @@ def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
 
 def plot_validation_curves(
     logs: Mapping[str, str | Path], out_png: str | Path,
-    keys: Sequence[str] = ("val/mdsc", "val/loss"), *, pdf: bool = False,
+    keys: Sequence[str] = ("val_mdsc", "val_mask_loss"), *, pdf: bool = False,
 ) -> list[str]:
     """Validation mDSC and loss per epoch, one line per run, one panel per metric (the
-    ConDSeg paper's Fig. 5) from each run's Lightning ``metrics.csv``.
+    ConDSeg paper's Fig. 5) from each run's ``metrics.csv``.
 
     Logs that cannot be read or hold no validation values are left out; the labels drawn are
     returned. Raises ValueError (and writes nothing) when no log has any.
@@ -270,8 +250,8 @@ def plot_validation_curves(
     return list(values)
 
 
-_CURVE_TITLES = {"val/mdsc": "validation mDSC", "val/loss": "validation loss",
-                 "val/miou": "validation mIoU"}
+_CURVE_TITLES = {"val_mdsc": "validation mDSC (%)", "val_mask_loss": "validation L_mask",
+                 "val_miou": "validation mIoU (%)"}
 
 
 def _plain(text: str) -> str:

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from condseg.data.dataset import (
     write_split,
 )
 from condseg.data.names import IMAGE_EXTENSIONS, name_key, skip_reason, unlistable
+from condseg.files import temporary_folder
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -520,7 +520,7 @@ def _new_folder(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out`` renamed to ``out`` when the block succeeds and removed
     when it fails, so that OUT is complete or absent and a rerun starts clean."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = temporary_folder(out)
     try:
         yield tmp
         if out.exists():

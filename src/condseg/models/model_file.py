@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
+from condseg.files import atomic_file
 from condseg.models.base import SegmentationModel, require_model
 
 META_KEY = "condseg"
@@ -77,13 +76,8 @@ def save_model(
     }
     text = json.dumps(header, default=_json_scalar)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         _save_weights(model, tmp, metadata={META_KEY: text}, force_contiguous=True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -32,6 +32,7 @@ from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, p
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.models.ensemble import save_ensemble
 from condseg.models.model_file import load_model
+from condseg.training.logs import RunLog
 from condseg.training.run import TrainResult, train
 
 FOLDS_DIR = "folds"
@@ -102,9 +103,20 @@ def cross_validate(
     A dataset without folds needs ``seeds`` (a multi-seed run on its train/val split). Finished
     runs are kept and reused; an unfinished one continues only with ``resume``. When every fold
     is asked for (``folds`` None), the runs are aggregated and ensembled; those outputs are not
-    replaced without ``overwrite``.
+    replaced without ``overwrite``. What ``console`` prints is also written to
+    ``CV/train.log`` (and each run's part to its own ``train.log``).
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
+    with RunLog(console) as log:
+        return _cross_validate(config, data_root, out_dir, folds, seeds, resume, overwrite,
+                               console, log)
+
+
+def _cross_validate(
+    config: RunConfig, data_root: str | Path | None, out_dir: str | Path,
+    folds: Sequence[int] | None, seeds: Sequence[int] | None, resume: bool, overwrite: bool,
+    console: Console, log: RunLog,
+) -> CVResult:
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise CrossValidationError("no dataset given: pass the data root (--data DIR)")
@@ -119,13 +131,14 @@ def cross_validate(
         refuse_existing([cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE,
                          test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
     _write_config(cv_dir, config)
+    log.attach(cv_dir)
     runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
             for name, fold, seed in plan]
     result = CVResult(cv_dir, runs)
     if not complete:
         console.print(f"trained {', '.join(r.name for r in runs)} in {cv_dir}; when every run "
-                      "has finished, run the same command without --fold to aggregate them "
-                      "and build the ensemble", highlight=False)
+                      f"has finished, run the same command with --out {cv_dir} and without "
+                      "--fold to aggregate them and build the ensemble", highlight=False)
         return result
     result.summary = _aggregate(cv_dir, runs, console)
     members = [r.training.model_file for r in runs]

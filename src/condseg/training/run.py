@@ -4,9 +4,12 @@ stage of the recipe, export, and the final evaluation on the test split.
 Run directory layout::
 
     RUN/config.yaml                     the resolved configuration (written at the start)
-    RUN/<stage>/checkpoints/{best,last}.ckpt   Lightning checkpoints (best by val mIoU)
-    RUN/<stage>/metrics.csv             all epochs (merged from csv/version_K/, one per attempt)
-    RUN/<stage>/tensorboard/            TensorBoard logs
+    RUN/train.log                       what the console printed (appended on resume)
+    RUN/<stage>/checkpoints/last.ckpt   Lightning checkpoint of the last epoch (best.ckpt, by
+                                        val mIoU, is removed when the stage finishes unless
+                                        keep_best_checkpoint: its weights are the model file)
+    RUN/<stage>/metrics.csv             one row per epoch (from csv/version_K/, one per attempt)
+    RUN/<stage>/tensorboard/            TensorBoard logs, hyper-parameters, prediction grids
     RUN/<stage>/curves.png              loss and validation curves
     RUN/<stage>/model.safetensors       the best weights as a shareable model file
     RUN/<stage>/result.json             written last: marks the stage as finished
@@ -16,7 +19,6 @@ Run directory layout::
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import json
 import shutil
@@ -41,14 +43,16 @@ from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.transforms import VIEWS, geometric_augmentation
+from condseg.epoch_log import write_epoch_log
 from condseg.errors import CondsegError
 from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
-from condseg.models.model_file import load_model, save_model
+from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
 from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
+from condseg.training.logs import RunLog, TensorBoardExtras, flat_config
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.viz import plot_curves
@@ -57,7 +61,8 @@ from condseg.viz import plot_curves
 RESUMABLE_CHANGES = (
     "stages.*.max_epochs", "stages.*.early_stop_patience", "train_stages", "data.num_workers",
     "progress_bar", "log_every_n_steps", "accelerator", "devices", "strategy", "num_nodes",
-    "checkpoint_every_n_steps", "checkpoint_every_minutes",
+    "checkpoint_every_n_steps", "checkpoint_every_minutes", "keep_best_checkpoint",
+    "log_images_every_n_epochs",
 )
 
 
@@ -97,9 +102,18 @@ def train(
 
     A non-empty ``out_dir`` is only used with ``resume=True``: finished stages are skipped, an
     unfinished one continues from its ``last.ckpt``. When the dataset has a test split, the final
-    model is evaluated on it (validation alone selects the model).
+    model is evaluated on it (validation alone selects the model). What ``console`` prints is
+    also written to ``RUN/train.log``.
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
+    with RunLog(console) as log:
+        return _train(config, data_root, out_dir, stage, resume, console, log)
+
+
+def _train(
+    config: RunConfig, data_root: str | Path | None, out_dir: str | Path, stage: str | int,
+    resume: bool, console: Console, log: RunLog,
+) -> TrainResult:
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
@@ -113,6 +127,7 @@ def train(
         if _is_main_process():
             _check_data(config.data.root, config, console)
             _prepare_run_dir(run_dir, config, resume)
+            log.attach(run_dir)
         result = TrainResult(run_dir)
         trained = False
         for name in stages:
@@ -123,8 +138,8 @@ def train(
                 if _is_main_process():
                     console.print(f"{name} already finished: {result.model_files[name]}")
                 continue
-            _record(result, name,
-                    _run_stage(name, parts[name], config, run_dir, result, resume, console))
+            _record(result, name, _run_stage(name, parts[name], config, run_dir, result, resume,
+                                             console, log.log))
             trained = True
     except BaseException:
         if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
@@ -330,7 +345,7 @@ def _loaders(
 
 def _run_stage(
     name: str, parts: tuple[Loss, BatchHook | None], config: RunConfig, run_dir: Path,
-    result: TrainResult, resume: bool, console: Console,
+    result: TrainResult, resume: bool, console: Console, log: Console | None = None,
 ) -> dict:
     cfg, stage_dir = config.stages[name], run_dir / name
     L.seed_everything(config.seed + list(config.stages).index(name) + 1, workers=True,
@@ -350,8 +365,10 @@ def _run_stage(
     callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
                  _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
                  LearningRateMonitor("epoch"),
+                 TensorBoardExtras(flat_config(config.model_dump(mode="json")),
+                                   config.log_images_every_n_epochs, mean, std),
                  *progress_callbacks(console, name, config.progress_bar,
-                                     config.log_every_n_steps)]
+                                     config.log_every_n_steps, log)]
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
@@ -359,7 +376,8 @@ def _run_stage(
         limit_val_batches=cfg.limit_val_batches, log_every_n_steps=config.log_every_n_steps,
         logger=[CSVLogger(stage_dir, name="csv",  # csv/version_K: one per attempt (resume)
                           flush_logs_every_n_steps=config.log_every_n_steps),
-                TensorBoardLogger(stage_dir, name="", version="tensorboard")],
+                TensorBoardLogger(stage_dir, name="", version="tensorboard",
+                                  default_hp_metric=False)],
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=stage_dir, plugins=[AtomicCheckpointIO()],
@@ -389,10 +407,14 @@ def _run_stage(
                                      (mean, std))
         for stale in last.parent.glob(f"*{PREVIOUS_SUFFIX}"):
             stale.unlink()  # the stage is finished: no kill left to survive
+        if not config.keep_best_checkpoint and best != last:
+            best.unlink(missing_ok=True)  # its weights are the model file; last.ckpt resumes
+            summary["best_checkpoint"] = None
         (stage_dir / "result.json").write_text(json.dumps(summary, indent=2))
         metrics = summary["metrics"]
-        console.print(f"{name}: best val mIoU {metrics.get('miou', float('nan')):.4f}, mDSC "
-                      f"{metrics.get('mdsc', float('nan')):.4f} (epoch {metrics['epoch']}) -> "
+        console.print(f"{name}: best val mIoU {100 * metrics.get('miou', float('nan')):.2f}%, "
+                      f"mDSC {100 * metrics.get('mdsc', float('nan')):.2f}% "
+                      f"(epoch {metrics['epoch']}) -> "
                       f"{summary['model_file']}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
@@ -420,15 +442,21 @@ def _export(
     module: SegmentationModule, best: Path, config: RunConfig, stage_dir: Path,
     normalization: tuple,
 ) -> dict:
-    """Best weights -> model file; loss/metric curves -> PNG. Returns the best val metrics."""
-    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(checkpoint["state_dict"])
-    # Epochs as users count them: the first epoch is 1.
-    metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
-    mean, std = normalization
-    save_model(stage_dir / "model.safetensors", module.model.cpu(), mean=mean, std=std,
-               input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
-    plot_curves(_merge_csv_logs(stage_dir), stage_dir / "curves.png")
+    """Best weights -> model file; per-epoch log -> table and PNG. Returns the best val
+    metrics. Without ``best`` (removed when the stage first finished, and no epoch since was
+    better) the model file already holds the best weights."""
+    model_file = stage_dir / "model.safetensors"
+    if best.is_file():
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+        # Epochs as users count them: the first epoch is 1.
+        metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
+        mean, std = normalization
+        save_model(model_file, module.model.cpu(), mean=mean, std=std,
+                   input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
+    else:
+        metrics = read_header(model_file)["metrics"]
+    plot_curves(write_epoch_log(stage_dir), stage_dir / "curves.png")
     return metrics
 
 
@@ -475,31 +503,3 @@ def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
     )
     epochs = ModelCheckpoint(every_n_epochs=1, **common)
     return [epochs] if within is None else [epochs, ModelCheckpoint(**within, **common)]
-
-
-def _merge_csv_logs(stage_dir: Path) -> Path:
-    """Concatenate the CSV logs of all attempts of a stage (a resumed run logs into a new
-    version folder, since Lightning's CSV logger replaces an existing file) into one file.
-
-    Rows an attempt logged after the checkpoint the next attempt resumed from (the work a kill
-    lost) are left out: the next attempt logs those steps again."""
-    fields: dict[str, None] = {}
-    attempts: list[list[dict[str, str]]] = []
-    versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
-                      key=lambda p: int(p.parent.name.removeprefix("version_")))
-    for path in versions:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields.update(dict.fromkeys(reader.fieldnames or ()))
-            attempts.append(list(reader))
-    rows: list[dict[str, str]] = []
-    for i, attempt in enumerate(attempts):
-        later = [int(r["step"]) for after in attempts[i + 1:] for r in after]
-        cutoff = min(later, default=None)  # an attempt killed before logging cuts nothing
-        rows.extend(r for r in attempt if cutoff is None or int(r["step"]) < cutoff)
-    merged = stage_dir / "metrics.csv"
-    with merged.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)
-    return merged
