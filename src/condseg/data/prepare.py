@@ -13,7 +13,8 @@ where its split comes from, and how masks become binary. One pipeline converts t
    refuse the rest;
 3. assign the split, recorded in ``OUT/split_info.json``;
 4. write everything into a temporary sibling folder renamed to OUT at the end
-   (:func:`_new_folder`), so a failure leaves no half-written OUT behind.
+   (:func:`condseg.outputs.staged`), so a failure or an interruption leaves no half-written
+   OUT behind, and a second process writing the same OUT is refused.
 
 RAW is only read.
 """
@@ -24,12 +25,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -46,6 +45,7 @@ from condseg.data.dataset import (
     read_mask_values,
     read_values,
 )
+from condseg.outputs import staged
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -499,22 +499,6 @@ def _folder_splits(
     return splits, info
 
 
-@contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` renamed to ``out`` when the block succeeds and removed
-    when it fails, so that OUT is complete or absent and a rerun starts clean."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _place(source: Path, target: Path, link: bool) -> None:
     """Copy, or hard-link (falling back to a copy across file systems)."""
     if link:
@@ -592,7 +576,7 @@ def _convert(
     })
     if spec.split_source == "folder":
         info["mask_suffixes"] = {s or "(none)": n for s, n in sorted(suffixes.items())}
-    with _new_folder(out) as tmp:
+    with staged(out) as tmp:
         for kind in ("images", "masks"):
             (tmp / kind).mkdir()
         for sample in written:
