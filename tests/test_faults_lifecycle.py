@@ -226,10 +226,24 @@ def test_an_out_that_is_a_file_is_one_line_naming_it(
     assert out.read_text() == "a file of the user's"
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "data prepare"])
+# The long work of each command, which must not start before its output is found unusable.
+WORK = {"train": ("condseg.training.run", "_check_data"),
+        "evaluate": ("condseg.evaluation.evaluate", "check_dataset"),
+        "predict": ("condseg.inference.predict", "Predictor"),
+        "data prepare": ("condseg.data.prepare", "_find")}
+
+
+@pytest.mark.parametrize("command", list(WORK))
 def test_an_out_inside_a_file_is_one_line_naming_the_file(
-    command: str, data: Path, model_file: Path, tmp_path: Path
+    command: str, data: Path, model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the work started before the output was checked")
+
+    module, attribute = WORK[command]
+    monkeypatch.setattr(importlib.import_module(module), attribute, never)
     parent = tmp_path / "file"
     parent.write_text("x")
     result = CliRunner().invoke(cli.app, _commands(data, model_file, parent / "out")[command])

@@ -158,12 +158,13 @@ def staged(out: str | Path) -> Iterator[Path]:
     second process building ``out`` is refused, and a partial folder a killed process left is
     cleared and reused. ``out`` may exist as an empty folder (it is replaced at the end)."""
     out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = _partial(out)
     held = _acquire(partial)
     done = False
     try:
-        for stale in entries(partial):  # left by a killed process: its lock was free
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        held.before = frozenset()  # left by a killed process (its lock was free): cleared
+        held.discard()
+        held.removed.clear()
         yield partial
         try:
             if out.is_dir() and not any(out.iterdir()):
@@ -183,6 +184,16 @@ def staged(out: str | Path) -> Iterator[Path]:
             if partial not in held.made:  # ours now, stale or not: removed with the lock
                 held.made.append(partial)
         held.release(remove_made=not done)
+
+
+def check_staged(out: str | Path) -> None:
+    """Refuse now, before the long work, what :func:`staged` would refuse later (a place that
+    cannot be written, another process building ``out``); nothing is left behind."""
+    _acquire(_partial(Path(out))).release(remove_made=True)
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
 
 
 def _acquire(folder: Path) -> Claim:

@@ -45,7 +45,7 @@ from condseg.data.dataset import (
     read_mask_values,
     read_values,
 )
-from condseg.outputs import staged
+from condseg.outputs import check_staged, staged
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -546,6 +546,7 @@ def _convert(
     """The pipeline of the module docstring; ``assign`` turns the samples into split files."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} is not an empty folder; choose a new or empty output folder")
+    check_staged(out)
     found, suffixes = _find(spec, raw, roots)
     if not found["image"]:
         raise DataError(f"no image files found under {raw} (expected {spec.title})")
