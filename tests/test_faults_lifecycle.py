@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from condseg import cli
@@ -279,33 +280,45 @@ def test_an_unwritable_out_is_refused_before_the_work(
     assert not out.exists()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_disk_that_fills_during_predict_is_one_line_and_no_half_output(
-    data: Path, model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: Path, model_file: Path, tmp_path: Path
 ) -> None:
-    import condseg.inference.predict as prediction
-
-    out, save = tmp_path / "masks", prediction.save_png
-    calls: list[Path] = []
-
-    def filling(path: Path, image):
-        calls.append(path)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return save(path, image)
-
-    monkeypatch.setattr(prediction, "save_png", filling)
-    result = CliRunner().invoke(cli.app, _commands(data, model_file, out)["predict"])
+    """A real ENOSPC from the kernel: the third mask's file is a link to /dev/full."""
+    out = tmp_path / "masks"
+    out.mkdir()
+    third = out / f"{sorted((data / 'images').iterdir())[2].stem}.png"
+    third.symlink_to("/dev/full")
+    argv = [*_commands(data, model_file, out)["predict"], "--overwrite"]
+    result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 2
-    assert _one_line(result.output) == f"error: {calls[-1]}: No space left on device"
-    assert not out.exists()  # made by this command: removed with the two masks it held
+    assert _one_line(result.output) == f"error: {third}: No space left on device"
+    assert list(out.iterdir()) == [third]  # the two masks written before are removed
+
+
+def test_a_folder_where_a_file_goes_is_refused_even_with_overwrite(
+    data: Path, model_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    (out / "summary.json").mkdir(parents=True)
+    argv = [*_commands(data, model_file, out)["evaluate"], "--overwrite"]
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 2
+    assert _one_line(result.output) == (
+        f"error: {out / 'summary.json'} is a folder where a file is to be written; move it "
+        "away or choose another output folder")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
 
 
 def test_an_oserror_of_a_bug_keeps_its_traceback() -> None:
-    """Only the environment's errors (with a file) become one line; anything else is a bug."""
+    """Only the machine's errors (full, read-only, forbidden, ...) become one line; a file we
+    expected and did not find, or an OSError without an errno, is a bug."""
     with pytest.raises(FileNotFoundError), cli.user_errors():
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/where/we/expected")
-    with pytest.raises(OSError), cli.user_errors():
-        raise OSError(errno.ENOSPC, "No space left on device")  # names no file
+    with pytest.raises(OSError, match="could not"), cli.user_errors():
+        raise OSError("could not do what we meant to")
+    with pytest.raises(typer.Exit), cli.user_errors():
+        raise OSError(errno.ENOSPC, "No space left on device")  # a write names no file
 
 
 def test_staged_refuses_an_out_created_meanwhile(tmp_path: Path) -> None:

@@ -129,8 +129,8 @@ def user_errors() -> Iterator[None]:
     except CondsegError as error:
         raise fail(f"[bold red]error:[/] {escape(str(error))}", 2) from error
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRNOS or error.filename is None:
-            raise  # a bug: keep its traceback
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise  # a bug (a file we expected is missing, ...): keep its traceback
         raise fail(f"[bold red]error:[/] {escape(describe(error))}", 2) from error
     except Interrupted as stop:
         raise fail(f"[bold red]interrupted:[/] {escape(stop.summary())}", 130) from None

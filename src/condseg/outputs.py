@@ -54,9 +54,11 @@ class OutputBusyError(OutputError):
 
 
 def describe(error: OSError, path: Path | None = None) -> str:
-    """``PATH: cause`` of an OSError: the path given to the call that failed, else ``path``."""
+    """``PATH: cause`` of an OSError: the path given to the call that failed, else ``path``
+    (a failed ``write`` names none), else the cause alone."""
     where = error.filename if error.filename is not None else path
-    return f"{where}: {error.strerror or error}"
+    cause = error.strerror or str(error)
+    return cause if where is None else f"{where}: {cause}"
 
 
 def entries(folder: Path) -> list[Path]:
