@@ -122,16 +122,30 @@ def _run_name(config: str | None, cfg: RunConfig) -> str:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's errors about the user's input into one clear line and exit code 2."""
+    """Turn the library's errors about the user's input or machine (a full disk, a read-only
+    folder: an OSError of :data:`~condseg.outputs.ENVIRONMENT_ERRNOS`) into one clear line and
+    exit code 2, and an interruption (Ctrl-C, SIGTERM) into one line and exit code 130."""
     from rich.markup import escape
 
     from condseg.errors import CondsegError
+    from condseg.interrupt import Interrupted, interruptible
+    from condseg.outputs import ENVIRONMENT_ERRNOS, describe
+
+    def fail(message: str, code: int) -> typer.Exit:
+        console.print(message, highlight=False, soft_wrap=True)
+        return typer.Exit(code)
 
     try:
-        yield
+        with interruptible():
+            yield
     except CondsegError as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+        raise fail(f"[bold red]error:[/] {escape(str(error))}", 2) from error
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise  # a bug (a file we expected is missing, ...): keep its traceback
+        raise fail(f"[bold red]error:[/] {escape(describe(error))}", 2) from error
+    except Interrupted as stop:
+        raise fail(f"[bold red]interrupted:[/] {escape(stop.summary())}", 130) from None
 
 
 @app.command("models")

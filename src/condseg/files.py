@@ -3,7 +3,8 @@
 Outputs are written into a temporary sibling and renamed into place, so that a kill never
 leaves half a file. :mod:`tempfile` creates its files 0600 and folders 0700 (private by
 design), and a rename keeps the mode: without these helpers a model file or a prepared dataset
-would be unreadable to the user's group whatever their umask says.
+would be unreadable to the user's group whatever their umask says. (Folders are staged by
+:func:`condseg.outputs.staged`, whose plain ``mkdir`` already follows the umask.)
 """
 
 from __future__ import annotations
@@ -43,10 +44,3 @@ def atomic_file(path: Path) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
 
-
-def temporary_folder(out: Path, suffix: str = ".partial") -> Path:
-    """A new empty sibling folder of ``out`` (hidden, ``suffix``) with the mode a plain
-    ``mkdir()`` would give, to be renamed to ``out`` when complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
-    tmp.chmod(0o777 & ~current_umask())
-    return tmp

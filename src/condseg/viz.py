@@ -62,11 +62,18 @@ def heatmap(prob: np.ndarray) -> np.ndarray:
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write a grey (H, W) or RGB (H, W, 3) uint8 image; raise if OpenCV could not write it."""
+    """Write a grey (H, W) or RGB (H, W, 3) uint8 image. Encoded by OpenCV but written by
+    Python, so that a failed write (a full disk, no permission) is an OSError naming the file
+    and the cause, where ``cv2.imwrite`` only returns False."""
     path = Path(path)
     pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), pixels):
-        raise OSError(f"could not write {path}; check that the folder exists and is writable")
+    encoded, data = cv2.imencode(path.suffix or ".png", pixels)
+    if not encoded:
+        raise ValueError(f"OpenCV cannot encode a {image.dtype} {image.shape} image as {path}")
+    try:
+        path.write_bytes(data.tobytes())
+    except OSError as error:  # a failed write() names no file
+        raise OSError(error.errno, error.strerror, str(path)) from error
     return path
 
 

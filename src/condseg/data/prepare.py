@@ -14,7 +14,8 @@ where its split comes from, and how masks become binary. One pipeline converts t
    entry of its folders too);
 3. assign the split, recorded in ``OUT/split_info.json``;
 4. write everything into a temporary sibling folder renamed to OUT at the end
-   (:func:`_new_folder`), so a failure leaves no half-written OUT behind.
+   (:func:`condseg.outputs.staged`), so a failure or an interruption leaves no half-written
+   OUT behind, and a second process writing the same OUT is refused.
 
 RAW is only read.
 """
@@ -29,7 +30,6 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -50,7 +50,7 @@ from condseg.data.dataset import (
     write_split,
 )
 from condseg.data.names import IMAGE_EXTENSIONS, name_key, skip_reason, unlistable
-from condseg.files import temporary_folder
+from condseg.outputs import check_staged, staged
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -515,22 +515,6 @@ def _folder_splits(
     return splits, info
 
 
-@contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` renamed to ``out`` when the block succeeds and removed
-    when it fails, so that OUT is complete or absent and a rerun starts clean."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder(out)
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _place(source: Path, target: Path, link: bool) -> None:
     """Copy, or hard-link (falling back to a copy across file systems)."""
     if link:
@@ -578,6 +562,7 @@ def _convert(
     """The pipeline of the module docstring; ``assign`` turns the samples into split files."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} is not an empty folder; choose a new or empty output folder")
+    check_staged(out)
     found, suffixes, others = _find(spec, raw, roots)
     if not found["image"]:
         raise DataError(f"no image files found under {raw} (expected {spec.title})")
@@ -610,7 +595,7 @@ def _convert(
     })
     if spec.split_source == "folder":
         info["mask_suffixes"] = {s or "(none)": n for s, n in sorted(suffixes.items())}
-    with _new_folder(out) as tmp:
+    with staged(out) as tmp:
         for kind in ("images", "masks"):
             (tmp / kind).mkdir()
         for sample in written:

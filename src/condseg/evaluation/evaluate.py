@@ -43,6 +43,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.outputs import claims
 from condseg.progress import WorkProgress
 from condseg.viz import save_png
 
@@ -79,6 +80,7 @@ class EvaluationResult:
     protocol: dict[str, Any] = field(default_factory=dict)
 
 
+@claims("out_dir", "save_masks", "save_probabilities")
 def evaluate(
     model: SegmentationModel,
     data_root: str | Path,

@@ -37,6 +37,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.outputs import claims
 from condseg.progress import WorkProgress
 from condseg.viz import map_paths, save_maps, save_png
 from condseg.viz import overlay as make_overlay
@@ -150,6 +151,7 @@ def predict_arrays(
     return Predictor(model, options, execution, size=size).arrays(images, threshold)
 
 
+@claims("out_dir")
 def predict_files(
     model: SegmentationModel,
     inputs: Iterable[str | Path],

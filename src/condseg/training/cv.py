@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from condseg.config import RunConfig, load_config
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, print_table
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.interrupt import Interrupted
 from condseg.models.ensemble import save_ensemble
 from condseg.models.model_file import load_model
+from condseg.outputs import claim
 from condseg.training.logs import RunLog
 from condseg.training.run import TrainResult, train
 
@@ -130,10 +133,44 @@ def _cross_validate(
     if complete:
         refuse_existing([cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE,
                          test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
-    _write_config(cv_dir, config)
-    log.attach(cv_dir)
-    runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
-            for name, fold, seed in plan]
+    with _held(cv_dir, folds, seeds):  # a share (--fold) leaves the folder to other jobs
+        _write_config(cv_dir, config)
+        log.attach(cv_dir)
+        runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
+                for name, fold, seed in plan]
+        return _finish(config, cv_dir, runs, root, complete, console)
+
+
+def _has_progress(cv_dir: Path) -> bool:
+    """Whether a run of the cross-validation wrote a checkpoint or finished."""
+    return any(cv_dir.glob("*/*/checkpoints/*.ckpt")) or any(cv_dir.glob("*/*/result.json"))
+
+
+@contextmanager
+def _held(
+    cv_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
+) -> Iterator[None]:
+    """The folder, locked while this process trains every run in it (one job's share of
+    folds locks only its runs' folders, so that the jobs run at once); an interrupted
+    cross-validation says how to continue it."""
+    with claim(cv_dir, keep=_has_progress) if folds is None else nullcontext():
+        try:
+            yield
+        except Interrupted as stop:
+            if _has_progress(cv_dir):
+                chosen = "".join(f" --fold {k}" for k in folds or ())
+                chosen += f" --seeds {','.join(map(str, seeds))}" if seeds else ""
+                stop.resume = f"condseg cv --out {cv_dir} --resume{chosen}"
+            raise
+
+
+def _finish(
+    config: RunConfig, cv_dir: Path, runs: list[CVRun], root: Path, complete: bool,
+    console: Console,
+) -> CVResult:
+    """Report a partial share, or aggregate, ensemble and evaluate on the test split."""
+    test_split = config.data.test_split
+    test_dir = cv_dir / "evaluation" / test_split
     result = CVResult(cv_dir, runs)
     if not complete:
         console.print(f"trained {', '.join(r.name for r in runs)} in {cv_dir}; when every run "

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,10 +47,12 @@ from condseg.data.transforms import VIEWS, geometric_augmentation
 from condseg.epoch_log import write_epoch_log
 from condseg.errors import CondsegError
 from condseg.evaluation.evaluate import evaluate, print_table
+from condseg.interrupt import Interrupted
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
 from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model, model_options
+from condseg.outputs import claim, entries
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
 from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
 from condseg.training.logs import RunLog, TensorBoardExtras, flat_config
@@ -122,8 +125,7 @@ def _train(
     # Built and checked before the run directory exists: a refused start leaves none.
     parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
-    fresh = not run_dir.is_dir() or not any(run_dir.iterdir())
-    try:
+    with _held(run_dir, stage):
         if _is_main_process():
             _check_data(config.data.root, config, console)
             _prepare_run_dir(run_dir, config, resume)
@@ -141,13 +143,26 @@ def _train(
             _record(result, name, _run_stage(name, parts[name], config, run_dir, result, resume,
                                              console, log.log))
             trained = True
-    except BaseException:
-        if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
-            shutil.rmtree(run_dir)  # a failed start leaves nothing behind
-        raise
-    if stage == "all":
-        result.test_dir = _evaluate_test(config, result, console, again=trained)
+        if stage == "all":
+            result.test_dir = _evaluate_test(config, result, console, again=trained)
     return result
+
+
+@contextmanager
+def _held(run_dir: Path, stage: str | int) -> Iterator[None]:
+    """The run directory, locked for the run's life by the main process; a failed start
+    removes only what this process wrote, and an interrupted run says how to continue."""
+    if not _is_main_process():
+        yield
+        return
+    with claim(run_dir, keep=_has_progress):
+        try:
+            yield
+        except Interrupted as stop:
+            if _has_progress(run_dir):
+                chosen = "" if stage == "all" else f" --stage {stage}"
+                stop.resume = f"condseg train --resume {run_dir}{chosen}"
+            raise
 
 
 def _resolved_paths(config: RunConfig, root: Path) -> RunConfig:
@@ -214,7 +229,7 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
     """Write the resolved config; never overwrite a run the user did not ask to continue."""
     config_file = run_dir / "config.yaml"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and entries(run_dir):
         if not resume:
             raise TrainingError(
                 f"run directory {run_dir} is not empty; choose a new one, or continue the run in "
