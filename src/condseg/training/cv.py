@@ -135,7 +135,8 @@ def _cross_validate(
                          test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
     with _held(cv_dir, folds, seeds):  # a share (--fold) leaves the folder to other jobs
         _write_config(cv_dir, config)
-        log.attach(cv_dir)
+        if complete:  # jobs sharing the folds log into their own runs' train.log only
+            log.attach(cv_dir)
         runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
                 for name, fold, seed in plan]
         return _finish(config, cv_dir, runs, root, complete, console)
