@@ -382,13 +382,15 @@ def test_export_writes_metadata_and_prints_a_snippet_that_runs(
               for v in [*graph.graph.input, *graph.graph.output]}
     assert shapes == {"image": ["batch", 3, SIZE, SIZE], "mask": ["batch", 1, SIZE, SIZE]}
     snippet = result.output[result.output.index("import cv2"):]
-    image = np.random.default_rng(0).integers(0, 256, (40, 36, 3), dtype=np.uint8)
-    cv2.imwrite(str(tmp_path / "image.png"), image[..., ::-1])
     monkeypatch.chdir(tmp_path)
-    scope: dict[str, object] = {}
-    exec(snippet, scope)  # the printed program, as a user would paste it
-    expected = predict(load_model(model_file), image, execution=condseg.Execution(plain=True))
-    np.testing.assert_allclose(scope["probability"], expected.prob, atol=2e-3)
+    model = load_model(model_file)
+    for shape in ((40, 36, 3), (10, 12, 3)):  # shrunk, enlarged
+        image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        cv2.imwrite("image.png", image[..., ::-1])
+        scope: dict[str, object] = {}
+        exec(snippet, scope)  # the printed program, as a user would paste it
+        expected = predict(model, image, execution=condseg.Execution(plain=True))
+        np.testing.assert_allclose(scope["probability"], expected.prob, atol=2e-3)
 
 
 def test_the_public_api_is_listed_and_resolves() -> None:
@@ -427,3 +429,14 @@ def test_every_registered_model_checks_its_input() -> None:
                 net(torch.empty(1, 3, odd, odd, device="meta"))
         checked += 1
     assert checked >= 9
+
+
+@pytest.mark.parametrize(("option", "value"), [("--size", "0"), ("--size", "4"),
+                                               ("--train", "-1"), ("--val", "0")])
+def test_data_synth_refuses_counts_and_sizes_outside_their_domain(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["data", "synth", str(out), option, value])
+    one_error_line(result, f"({option}) must be an integer", value)
+    assert not out.exists()

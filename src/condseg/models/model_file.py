@@ -223,12 +223,12 @@ def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(
-            item, list) else None
-        if children is not None:
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
             deepest = max(deepest, depth)
             if depth <= MAX_HEADER_DEPTH:
-                stack.extend((child, depth + 1) for child in children)
+                stack.extend((child, depth + 1) for child in item)
     return deepest
 
 
