@@ -246,8 +246,10 @@ def test_convert_official_refuses_what_is_not_a_state_dict(
 @pytest.mark.slow
 def test_convert_official_refuses_wrong_shapes_and_non_finite_tensors(tmp_path: Path) -> None:
     """Net_0 in the authors' key names (ours, with their classifier name)."""
-    ours = create_model("condseg-net0").state_dict()
-    theirs = {k.replace("classifier.", "head.conv_fuse.", 1): v for k, v in ours.items()}
+    with torch.device("meta"):
+        layout = create_model("condseg-net0").state_dict()
+    theirs = {k.replace("classifier.", "head.conv_fuse.", 1): torch.zeros(v.shape, dtype=v.dtype)
+              for k, v in layout.items()}
     key = "encoder.layer1.0.conv1.weight"
     for changed, message in (
         (torch.zeros(3, 3), rf"of another shape: {key} \[3, 3\] \(ours \[64, 64, 1, 1\]\)"),
@@ -282,6 +284,25 @@ def test_a_damaged_best_checkpoint_is_one_line_and_a_good_one_is_a_fallback(
         resume_point(tmp_path)
     message = str(e.value)
     assert str(best) in message and f"delete {tmp_path}" in message and "\n" not in message
+
+
+def test_train_resume_past_a_damaged_best_checkpoint_is_one_line(
+    data: Path, tmp_path: Path
+) -> None:
+    from condseg.config import load_config
+
+    run = tmp_path / "run"
+    checkpoints = run / "stage1" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    config = load_config("demo", ["data.size=16", "model.options.width=16",
+                                  f"data.root={data.resolve()}"])
+    (run / "config.yaml").write_text(config.to_yaml())
+    torch.save({"global_step": 1}, checkpoints / "last.ckpt")
+    (checkpoints / "best.ckpt").write_bytes(b"")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--data", str(data)])
+    one_error_line(result, str(checkpoints / "best.ckpt"), "is damaged", f"delete {checkpoints}")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 # Class 6: option values outside their domain ---------------------------------------------------
