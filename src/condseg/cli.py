@@ -546,7 +546,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Export a model file to ONNX, checked against PyTorch with onnxruntime."""
-    from condseg.inference.export import export_onnx
+    from condseg.inference.export import export_onnx, how_to_run
     from condseg.models.model_file import load_model
 
     with user_errors():
@@ -555,8 +555,11 @@ def export(
                              size=size, opset=opset, overwrite=overwrite)
     console.print(
         f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "
-        f"max |onnxruntime - torch| = {report.max_abs_diff:.1e})", highlight=False,
+        f"max |onnxruntime - torch| = {report.max_abs_diff:.1e}); its metadata_props hold "
+        "input_size, mean, std and threshold. Run it with onnxruntime:", highlight=False,
+        soft_wrap=True,
     )
+    console.print(how_to_run(report.path), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("benchmark")

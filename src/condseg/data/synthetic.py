@@ -104,6 +104,9 @@ def synthesize(
 ) -> Path:
     """Write ``out/images/*.png``, ``out/masks/*.png``, ``train.txt``, ``val.txt`` and
     ``synth.json`` (the parameters). Refuses a non-empty ``out`` unless ``overwrite``."""
+    for name, value, least in (("train", n_train, 1), ("val", n_val, 1), ("size", size, 8)):
+        if not (isinstance(value, int) and value >= least):
+            raise DataError(f"{name} (--{name}) must be an integer >= {least}; got {value!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a folder to write the synthetic dataset into")

@@ -26,8 +26,8 @@ from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
 from condseg.errors import CondsegError, refuse_existing
 from condseg.inference.engine import Execution, prepare
-from condseg.inference.loading import ImageFiles, InputPlan, batches
-from condseg.inference.options import InferenceOptions
+from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
+from condseg.inference.options import InferenceOptions, check_threshold
 from condseg.models.base import (
     ModelError,
     SegmentationModel,
@@ -98,27 +98,34 @@ class Predictor:
 
     def run(
         self, inputs: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
-        threshold: float = 0.5,
+        threshold: float = 0.5, names: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """Predictions at the images' own ``shapes`` from their network ``inputs``
-        (:meth:`InputPlan.tensor`): one forward pass per distinct input size."""
+        (:meth:`InputPlan.tensor`): one forward pass per distinct input size. ``names`` name
+        the images in errors."""
+        check_threshold(threshold)
+        names = names or [f"image {i}" for i in range(len(inputs))]
         results: dict[int, Prediction] = {}
         sizes = [tuple(x.shape[-2:]) for x in inputs]
         with eval_mode(self.net):
             for size in dict.fromkeys(sizes):
                 indices = [i for i, s in enumerate(sizes) if s == size]
-                probs = probabilities(self.net, torch.stack([inputs[i] for i in indices]))
+                probs = probabilities(self.net, torch.stack([inputs[i] for i in indices]),
+                                      [names[i] for i in indices])
                 for j, i in enumerate(indices):
                     results[i] = to_original_size(
                         {key: p[j] for key, p in probs.items()}, shapes[i], threshold
                     )
         return [results[i] for i in range(len(inputs))]
 
-    def arrays(self, images: Sequence[np.ndarray], threshold: float = 0.5) -> list[Prediction]:
+    def arrays(
+        self, images: Sequence[np.ndarray], threshold: float = 0.5,
+        names: Sequence[str] | None = None,
+    ) -> list[Prediction]:
         """Predictions of uint8 RGB arrays (H, W, 3), prepared in this process."""
         images = [_check_rgb(image) for image in images]
         return self.run([self.plan.tensor(image) for image in images],
-                        [image.shape[:2] for image in images], threshold)
+                        [image.shape[:2] for image in images], threshold, names)
 
 
 def predict(
@@ -133,8 +140,10 @@ def predict(
     The model is prepared for ``execution`` (default: the fast path) at each call; to predict
     many images, prepare it once (``condseg.prepare``) and pass the prepared model, or use
     :func:`predict_files`."""
+    check_threshold(threshold)
     array = read_image(image) if isinstance(image, (str, Path)) else image
-    return predict_arrays(model, [array], threshold, options, execution)[0]
+    names = [str(image)] if isinstance(image, (str, Path)) else None
+    return Predictor(model, options, execution).arrays([array], threshold, names)[0]
 
 
 def predict_arrays(
@@ -186,6 +195,8 @@ def predict_files(
     ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     check_probability_format(save_probabilities)
+    check_threshold(threshold)
+    check_batching(batch_size, workers)
     predictor = Predictor(model, options, execution, maps=maps)
     if maps and not predictor.prepared.map_names:
         raise ModelError(f"the model {predictor.prepared.name} produces no probability maps; "
@@ -208,7 +219,8 @@ def predict_files(
             report.failed.extend((files.files[item["index"]], item["error"])
                                  for item in batch if "error" in item)
             predictions = predictor.run([item["input"] for item in loaded],
-                                        [item["shape"] for item in loaded], threshold)
+                                        [item["shape"] for item in loaded], threshold,
+                                        [str(files.files[item["index"]]) for item in loaded])
             for item, pred in zip(loaded, predictions, strict=True):
                 name = names[item["index"]]
                 mask = pred.mask.astype(np.uint8) * 255
