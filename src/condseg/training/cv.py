@@ -213,10 +213,11 @@ def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, d
         writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
         writer.writeheader()
         writer.writerows(rows)
+    # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
-                  "model_file": str(r.training.model_file),
-                  "evaluation": str(r.training.run_dir / "evaluation" / "val")} for r in runs],
+                  "model_file": str(r.training.model_file.relative_to(cv_dir)),
+                  "evaluation": f"{r.name}/evaluation/val"} for r in runs],
         "metrics": summary,
         "ensemble": ENSEMBLE,
     }

@@ -30,7 +30,6 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     LearningRateMonitor,
-    ModelCheckpoint,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -47,7 +46,12 @@ from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, model_options
-from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
+from condseg.training.checkpoints import (
+    PREVIOUS_SUFFIX,
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    resume_point,
+)
 from condseg.training.hooks import BatchHook, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
@@ -170,7 +174,11 @@ def _select_stages(config: RunConfig, stage: str | int) -> list[str]:
 
 
 def _record(result: TrainResult, name: str, summary: dict) -> None:
-    result.model_files[name] = Path(summary["model_file"])
+    """Note a finished stage; its model file is found inside this run folder (a run written
+    before paths were recorded relative to it, then moved, still finds its own file)."""
+    recorded = Path(summary["model_file"])
+    inside = recorded if not recorded.is_absolute() else Path(name) / recorded.name
+    result.model_files[name] = result.run_dir / inside
     result.best_metrics[name] = summary["metrics"]
 
 
@@ -342,7 +350,7 @@ def _run_stage(
                                 memory_format=config.memory_format)
     mean, std = _normalization(config, model)
     train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, enable_version_counter=False,
     )
@@ -378,7 +386,9 @@ def _run_stage(
             f"precision=32, then continue with --resume {run_dir} (resume=True)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
+    # Paths inside the run are recorded relative to it: a moved or copied run stays whole.
+    summary = {"model_file": f"{name}/model.safetensors",
+               "best_checkpoint": f"{name}/checkpoints/{best.name}",
                "max_epochs": cfg.max_epochs,
                "stopped_early": trainer.current_epoch < cfg.max_epochs}
     if trainer.is_global_zero:
@@ -389,7 +399,7 @@ def _run_stage(
         metrics = summary["metrics"]
         console.print(f"{name}: best val mIoU {metrics.get('miou', float('nan')):.4f}, mDSC "
                       f"{metrics.get('mdsc', float('nan')):.4f} (epoch {metrics['epoch']}) -> "
-                      f"{summary['model_file']}", highlight=False)
+                      f"{stage_dir / 'model.safetensors'}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
 
@@ -451,8 +461,8 @@ def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
         {"train_time_interval": timedelta(minutes=config.checkpoint_every_minutes)}
         if config.checkpoint_every_minutes is not None else None
     )
-    epochs = ModelCheckpoint(every_n_epochs=1, **common)
-    return [epochs] if within is None else [epochs, ModelCheckpoint(**within, **common)]
+    epochs = RunCheckpoint(every_n_epochs=1, **common)
+    return [epochs] if within is None else [epochs, RunCheckpoint(**within, **common)]
 
 
 def _merge_csv_logs(stage_dir: Path) -> Path:
