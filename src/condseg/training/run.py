@@ -55,6 +55,7 @@ from condseg.training.checkpoints import (
 from condseg.training.hooks import BatchHook, create_batch_hook
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
+from condseg.training.resources import ParentWatch, check_resources, check_shares
 from condseg.viz import plot_curves
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
@@ -110,12 +111,13 @@ def train(
     config = _resolved_paths(config, root)
     stages = _select_stages(config, stage)
     # Built and checked before the run directory exists: a refused start leaves none.
+    processes = check_resources(config)
     parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
     fresh = not run_dir.is_dir() or not any(run_dir.iterdir())
     try:
         if _is_main_process():
-            _check_data(config.data.root, config, console)
+            check_shares(config, processes, _check_data(config.data.root, config, console))
             _prepare_run_dir(run_dir, config, resume)
         result = TrainResult(run_dir)
         trained = False
@@ -238,8 +240,9 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if a != b else []
 
 
-def _check_data(root: Path, config: RunConfig, console: Console) -> None:
-    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``."""
+def _check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int]:
+    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``;
+    returns the number of images of each split."""
     data = config.data
     splits = [data.train_split, data.val_split]
     if (root / f"{data.test_split}.txt").is_file():
@@ -254,6 +257,7 @@ def _check_data(root: Path, config: RunConfig, console: Console) -> None:
         raise TrainingError(f"dataset {root} has {len(blocking)} error(s) (table above); {todo}")
     if data.skip:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
+    return report.split_sizes
 
 
 def _provided(path: str, parts: dict[str, str]) -> bool:
@@ -356,7 +360,7 @@ def _run_stage(
     )
     callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
                  _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
-                 LearningRateMonitor("epoch"),
+                 LearningRateMonitor("epoch"), ParentWatch(),
                  *progress_callbacks(console, name, config.progress_bar,
                                      config.log_every_n_steps)]
     trainer = L.Trainer(
