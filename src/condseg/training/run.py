@@ -40,7 +40,7 @@ from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.transforms import VIEWS, geometric_augmentation
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, first_line
 from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
@@ -185,9 +185,19 @@ def _record(result: TrainResult, name: str, summary: dict) -> None:
 
 
 def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
-    """The stage's loss and batch hook, built once; a stage whose loss, views or hook cannot
-    work is refused here, before anything is written."""
+    """The stage's loss and batch hook, built once; a stage whose network (laid out on the
+    meta device: no memory, no download), input sizes, loss, views or hook cannot work is
+    refused here, before the first stage takes its first step."""
     cfg = config.stages[name]
+    model_name, options = _architecture(name, config)
+    try:
+        with torch.device("meta"):
+            model = create_model(model_name, pretrained=False, **options)
+    except Exception as error:  # options are the user's input: any failure to build is theirs
+        key = "model.options" if cfg.model is None else f"stages.{name}.model.options" + "".join(
+            f" and model.options.{k}" for k in cfg.model.inherit)
+        raise TrainingError(f"stages.{name}: model {model_name!r} cannot be built from "
+                            f"{key} ({first_line(error)})") from error
     try:
         loss = create_loss(cfg.loss.name, **cfg.loss.options)
     except CondsegError as error:  # name the stage, so that "loss.options.x" becomes a full key
@@ -203,7 +213,23 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
     hook = None
     if cfg.batch_hook is not None:
         hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+    try:
+        for size in (config.data.size, *(hook.sizes if hook is not None else ())):
+            check_input_size(model, size, size)
+    except CondsegError as error:
+        raise TrainingError(f"stages.{name}: {error} (data.size / batch_hook sizes)") from error
     return loss, hook
+
+
+def _architecture(name: str, config: RunConfig) -> tuple[str, dict]:
+    """The model name and options of stage ``name``: its own network (with the options it
+    inherits from the run's model), else the run's model."""
+    cfg, run_model = config.stages[name], config.model
+    if cfg.model is None:
+        return run_model.name, dict(run_model.options)
+    resolved = model_options(run_model.name, run_model.options)
+    inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
+    return cfg.model.name, {**inherited, **cfg.model.options}
 
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
@@ -272,12 +298,7 @@ def _build_model(
     models (parameters and BatchNorm buffers). ImageNet weights are not fetched for an encoder
     that an earlier stage provides."""
     cfg, run_model = config.stages[name], config.model
-    if cfg.model is None:
-        model_name, options = run_model.name, dict(run_model.options)
-    else:
-        resolved = model_options(run_model.name, run_model.options)
-        inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
-        model_name, options = cfg.model.name, {**inherited, **cfg.model.options}
+    model_name, options = _architecture(name, config)
     sources = {part: source for part, source in cfg.init.items() if source is not None}
     model = None
     if sources:  # ImageNet weights are fetched only when no earlier stage provides the encoder
@@ -314,15 +335,9 @@ def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
 
 
 def _loaders(
-    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple,
-    hook: BatchHook | None,
+    cfg: StageConfig, config: RunConfig, mean: tuple, std: tuple
 ) -> tuple[DataLoader, DataLoader]:
     data = config.data
-    try:
-        for size in (data.size, *(hook.sizes if hook is not None else ())):
-            check_input_size(model, size, size)
-    except CondsegError as error:
-        raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
     common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip,
               "max_pixels": data.max_pixels}
@@ -353,7 +368,7 @@ def _run_stage(
     module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook,
                                 memory_format=config.memory_format)
     mean, std = _normalization(config, model)
-    train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
+    train_loader, val_loader = _loaders(cfg, config, mean, std)
     checkpoint = RunCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, enable_version_counter=False,
