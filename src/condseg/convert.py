@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 
-from condseg.errors import CondsegError, InputNotFoundError, first_line
+from condseg.errors import CondsegError, InputNotFoundError, first_line, refuse_existing
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import save_model
 from condseg.models.msnet.recipe import MEAN as MSNET_MEAN
@@ -192,12 +192,15 @@ def load_official(path: str | Path) -> SegmentationModel:
 
 
 def convert_official(
-    checkpoint: str | Path, out: str | Path, size: int | None = None
+    checkpoint: str | Path, out: str | Path, size: int | None = None, overwrite: bool = False
 ) -> tuple[SegmentationModel, Path]:
     """Import ``checkpoint`` (:func:`load_official`) and write our model file ``out`` with the
-    normalisation of the authors' code and ``size`` (None: their recipe's training size)."""
+    normalisation of the authors' code and ``size`` (None: their recipe's training size); an
+    existing ``out`` is refused before anything is read, unless ``overwrite``."""
+    refuse_existing([Path(out)], overwrite)
     model = load_official(checkpoint)
     name = model.name
     mean, std = _NORMALIZATION.get(name, (None, None))
-    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256))
+    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256),
+                      overwrite=overwrite)
     return model, path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -200,8 +201,9 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
                             f"{key} ({first_line(error)})") from error
     try:
         loss = create_loss(cfg.loss.name, **cfg.loss.options)
-    except CondsegError as error:  # name the stage, so that "loss.options.x" becomes a full key
-        raise type(error)(f"stages.{name}: {error}") from error
+    except CondsegError as error:  # a loss names its keys "loss.options.x": make them full
+        full = re.sub(r"(?<![\w.])loss\.options\.", f"stages.{name}.loss.options.", str(error))
+        raise type(error)(f"stages.{name}: {full}") from error
     for view in cfg.views:
         VIEWS.get(view)
     missing = [v for v in loss.views if v not in cfg.views]
