@@ -8,6 +8,7 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -132,3 +133,80 @@ def test_the_override_check_tells_keys_from_non_keys() -> None:
     assert _parses("loss.options.lossnet", "false")  # relative to a stage
     assert not _parses("los.options.lossnet", "false")
     assert not _parses("model.option.width", "3")
+
+
+def _foreign_files(folder: Path) -> dict[str, Path]:
+    """Files a user may give where a model file goes, by what they are."""
+    import torch
+    from PIL import Image
+
+    files = {"pth": folder / "net.pth", "png": folder / "image.png",
+             "text": folder / "notes.txt", "empty": folder / "empty.safetensors"}
+    torch.save({"w": torch.zeros(2)}, files["pth"])
+    Image.new("RGB", (4, 4)).save(files["png"])
+    files["text"].write_text("hello\n")
+    files["empty"].write_bytes(b"")
+    return files
+
+
+KINDS = {"pth": "a zip archive, as PyTorch .pth/.ckpt checkpoints are", "png": "a PNG image",
+         "text": "a text file", "empty": "an empty file"}
+
+
+def test_a_non_model_file_given_as_a_model_says_what_a_model_file_is(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for kind, path in _foreign_files(tmp_path).items():
+        result = runner.invoke(cli.app, ["export", str(path)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"error: {path} is not a safetensors file")
+        assert f"it looks like {KINDS[kind]}" in result.output
+        assert "a model file is a .safetensors file with a condseg JSON header, written by " \
+               "`condseg train`" in result.output
+        assert "weights_only" not in result.output
+
+
+def test_a_non_checkpoint_given_to_convert_or_as_weights_is_named_not_unpickled(
+    tmp_path: Path,
+) -> None:
+    from condseg.models.pretrained import WeightsUnavailableError, read_state_dict
+
+    files = _foreign_files(tmp_path)
+    for kind in ("png", "text"):
+        result = CliRunner().invoke(cli.app, ["convert-official", str(files[kind]),
+                                              str(tmp_path / f"{kind}.safetensors")])
+        assert result.exit_code == 2
+        assert result.output == (f"error: {files[kind]} is not a PyTorch checkpoint of the "
+                                 f"authors' code (it looks like {KINDS[kind]}); pass their .pth "
+                                 "file\n")
+        with pytest.raises(WeightsUnavailableError) as refused:
+            read_state_dict(files[kind], "model.weights")
+        assert f"it looks like {KINDS[kind]}" in str(refused.value)
+        assert "weights_only" not in str(refused.value)
+    assert not list(tmp_path.glob("*.safetensors.*"))
+
+
+def test_a_missing_or_raw_dataset_points_to_data_prepare(tmp_path: Path) -> None:
+    raw = tmp_path / "Kvasir-SEG"  # a release as downloaded: images/ and masks/, no split
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    file = tmp_path / "data.zip"
+    file.write_bytes(b"PK\x03\x04")
+    cases = {tmp_path / "missing": "dataset folder {} not found; prepare it with `condseg data "
+                                   "prepare DATASET RAW OUT`",
+             raw: "{} is not a prepared dataset (no train.txt, val.txt; a raw release?); "
+                  "prepare it with `condseg data prepare DATASET RAW OUT` (a public release: "
+                  "kvasir-seg,",
+             file: "dataset folder {} is a file, not a folder; prepare it with"}
+    runner = CliRunner()
+    for folder, message in cases.items():
+        train = ["train", "--config", "demo", "--out", str(tmp_path / "run")]
+        for command in ([train, ["data", "check"]] if folder == raw else [["data", "check"]]):
+            data = ["--data", str(folder)] if command[0] == "train" else [str(folder)]
+            result = runner.invoke(cli.app, [*command, *data])
+            assert result.exit_code == 2, result.output
+            assert result.output.startswith("error: " + message.format(folder.resolve()
+                                                                         if command[0] == "train"
+                                                                         else folder))
+            assert "`condseg data prepare folder IMAGES MASKS OUT`" in result.output
+            assert result.output.count("\n") == 1
+        assert not (tmp_path / "run").exists()

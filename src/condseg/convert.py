@@ -19,6 +19,7 @@ import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 
 from condseg.errors import CondsegError, InputNotFoundError, first_line, refuse_existing
+from condseg.filekind import file_kind, is_torch_file
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import save_model
 from condseg.models.msnet.recipe import MEAN as MSNET_MEAN
@@ -161,6 +162,9 @@ def load_official(path: str | Path) -> SegmentationModel:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint not found: {path}")
+    if not is_torch_file(path):
+        raise ConversionError(f"{path} is not a PyTorch checkpoint of the authors' code (it looks "
+                              f"like {file_kind(path)}); pass their .pth file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

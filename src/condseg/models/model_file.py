@@ -21,10 +21,15 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
+from condseg.filekind import file_kind
 from condseg.models.base import SegmentationModel, require_model
 
 META_KEY = "condseg"
 FORMAT_VERSION = 1
+#: What a model file is, for the messages refusing anything else.
+MODEL_FILE = ("a model file is a .safetensors file with a condseg JSON header, written by "
+              "`condseg train` (RUN/<stage>/model.safetensors), `condseg cv`, "
+              "`condseg convert-official` or condseg.save_model")
 #: Largest input side a header may state (the networks' inputs, not the images': 8192 is far
 #: above any training size and keeps a forged header from asking for a huge input).
 MAX_INPUT_SIDE = 8192
@@ -105,14 +110,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(
-            f"{path} is not a safetensors file or is truncated ({first_line(exc)}); pass a model "
-            "file written by `condseg train` or condseg.save_model (Lightning .ckpt files are "
-            "not model files)"
+            f"{path} is not a safetensors file or is truncated (it looks like "
+            f"{file_kind(path)}; {first_line(exc)}): {MODEL_FILE}. Lightning .ckpt files are "
+            "not model files; the authors' .pth checkpoints are imported with "
+            "`condseg convert-official`"
         ) from exc
     if META_KEY not in metadata:
         raise ModelFileError(
             f"{path} is a safetensors file without a condseg header; it was not written by "
-            "condseg.save_model (authors' checkpoints: use `condseg convert-official`)"
+            f"condseg ({MODEL_FILE}; authors' checkpoints: use `condseg convert-official`)"
         )
     try:
         header = json.loads(metadata[META_KEY])
