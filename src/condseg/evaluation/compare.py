@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from condseg.config import read_yaml
+from condseg.config import ConfigError, read_yaml
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
 from condseg.evaluation.stats import PairedTest, paired_test
 
@@ -190,8 +190,8 @@ def read_run(path: Path) -> RunInfo:
     """The run's configuration and its final stage: the last stage with a ``result.json``."""
     config_path = path / CONFIG_YAML
     try:
-        config = read_yaml(config_path.read_text(), str(config_path)) or {}
-    except (OSError, UnicodeDecodeError) as exc:
+        config = read_yaml(config_path.read_text(), config_path.name) or {}
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
         raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     if not isinstance(config, dict):
         raise CompareError(f"{config_path} is not a mapping; it was not written by training")
