@@ -210,3 +210,9 @@ def test_a_missing_or_raw_dataset_points_to_data_prepare(tmp_path: Path) -> None
             assert "`condseg data prepare folder IMAGES MASKS OUT`" in result.output
             assert result.output.count("\n") == 1
         assert not (tmp_path / "run").exists()
+    result = runner.invoke(cli.app, ["cv", "--config", "demo", "--data", str(tmp_path / "missing"),
+                                     "--out", str(tmp_path / "cv")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: dataset folder {tmp_path / 'missing'} not found; "
+                                    "prepare it with `condseg data prepare")
+    assert not (tmp_path / "cv").exists()

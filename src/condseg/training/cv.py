@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from condseg.config import RunConfig, load_config
+from condseg.data.check import require_prepared
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, print_table
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
@@ -146,6 +147,7 @@ def _plan(
     config: RunConfig, root: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
     available = list_folds(root)
     if folds is not None:
         missing = [k for k in folds if k not in available]

@@ -136,7 +136,7 @@ def check_shares(config: RunConfig, processes: int, split_sizes: Mapping[str, in
     if total <= 1:
         return
     data = config.data
-    n_train = split_sizes.get(data.train_split, 0) - len(data.skip)
+    n_train = split_sizes.get(data.train_split, 0)
     n_val = split_sizes.get(data.val_split, 0)
     asked = f"devices={config.devices}, num_nodes={config.num_nodes}"
     if n_train // total < data.batch_size:
