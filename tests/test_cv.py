@@ -97,6 +97,10 @@ def test_kfold_run_gives_per_fold_results_an_aggregate_and_an_ensemble(
     assert summary["metrics"]["dice"]["std"] == pytest.approx(np.std(dice))
     assert summary["metrics"]["dice"]["n"] == K
     assert [r["name"] for r in summary["runs"]] == ["fold0", "fold1", "fold2"]
+    # Relative to the cross-validation folder, which may be moved or copied whole.
+    final = result.runs[0].training.model_file.parent.name
+    assert [(r["model_file"], r["evaluation"]) for r in summary["runs"]] == [
+        (f"fold{k}/{final}/model.safetensors", f"fold{k}/evaluation/val") for k in range(K)]
     assert "mean ± std" in cv["text"]
 
     ensemble = load_model(result.ensemble_file)

@@ -245,3 +245,29 @@ def test_bf16_channels_last_trains_on_cpu_on_either_kernels(
         assert losses and all(torch.isfinite(torch.tensor(losses)))
     model = load_model(result.model_file)
     assert next(model.parameters()).dtype == torch.float32  # weights stay float32
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.options.width=abc", "stages.stage2: model 'condseg' cannot be built from "
+     "model.options (model 'condseg': option width='abc' is not valid (Input should be a valid "
+     "integer"),
+    ("model.options.encoder=resnet-nope", "stages.stage1: model 'condseg-net0' cannot be built "
+     "from stages.stage1.model.options and model.options.encoder (Unknown model "
+     "(resnet-nope))"),
+    ("model.options.heads=3", "stages.stage2: model 'condseg' cannot be built from"),
+    ("data.size=60", "stages.stage1: input size 60x60 does not suit condseg-net0"),
+])
+def test_every_stage_is_built_before_the_first_step(
+    override: str, message: str, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model option, input size or loss of any stage that cannot work is refused before
+    Lightning starts the first stage (the stage-2 network used to fail after stage 1)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Lightning was started")
+
+    monkeypatch.setattr(run_module.L, "Trainer", refuse)
+    with pytest.raises(TrainingError) as refused:
+        train(tiny_config(override), data_root, tmp_path / "run")
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert not (tmp_path / "run").exists()

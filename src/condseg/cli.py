@@ -599,13 +599,14 @@ def convert_official(
     size: Annotated[int | None, typer.Option(
         help="Input size the model was trained at (default: the authors' recipe's, 256 for "
              "ConDSeg, 352 for MSNet, M2SNet and CHNet).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Import a checkpoint trained with the authors' code (ConDSeg, Net_0, ConDSeg-PVT, MSNet,
     M2SNet, CHNet), recognised from its keys."""
     from condseg.convert import convert_official
 
     with user_errors():
-        net, path = convert_official(checkpoint, out, size)
+        net, path = convert_official(checkpoint, out, size, overwrite=overwrite)
     console.print(f"{net.name}: wrote {path}")
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 
-from condseg.errors import CondsegError, InputNotFoundError, first_line
+from condseg.errors import CondsegError, InputNotFoundError, first_line, refuse_existing
+from condseg.filekind import file_kind, is_torch_file
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import first_non_finite, save_model
 from condseg.models.msnet.recipe import MEAN as MSNET_MEAN
@@ -161,6 +162,9 @@ def load_official(path: str | Path) -> SegmentationModel:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint not found: {path}")
+    if not is_torch_file(path):
+        raise ConversionError(f"{path} is not a PyTorch checkpoint of the authors' code (it looks "
+                              f"like {file_kind(path)}); pass their .pth file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -221,12 +225,15 @@ def _not_a_state_dict(state: object) -> str | None:
 
 
 def convert_official(
-    checkpoint: str | Path, out: str | Path, size: int | None = None
+    checkpoint: str | Path, out: str | Path, size: int | None = None, overwrite: bool = False
 ) -> tuple[SegmentationModel, Path]:
     """Import ``checkpoint`` (:func:`load_official`) and write our model file ``out`` with the
-    normalisation of the authors' code and ``size`` (None: their recipe's training size)."""
+    normalisation of the authors' code and ``size`` (None: their recipe's training size); an
+    existing ``out`` is refused before anything is read, unless ``overwrite``."""
+    refuse_existing([Path(out)], overwrite)
     model = load_official(checkpoint)
     name = model.name
     mean, std = _NORMALIZATION.get(name, (None, None))
-    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256))
+    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256),
+                      overwrite=overwrite)
     return model, path

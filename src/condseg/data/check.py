@@ -220,6 +220,25 @@ def _unlistable_and_orphans(index: FolderIndex, listed: set[str]) -> list[Proble
     return found
 
 
+def require_prepared(root: Path, splits: list[str]) -> None:
+    """Refuse, in one line that leads to ``data prepare``, a dataset folder that does not
+    exist or lists none of ``splits`` (a raw release: images and masks, no split files); a
+    prepared one missing some split files gets a line per file in the report instead."""
+    from condseg.data.prepare import DATASETS  # prepare imports this module
+
+    prepare = (f"prepare it with `condseg data prepare DATASET RAW OUT` (a public release: "
+               f"{', '.join(DATASETS)}) or `condseg data prepare folder IMAGES MASKS OUT` "
+               "(your own images and masks)")
+    if not root.exists():
+        raise DataError(f"dataset folder {root} not found; {prepare}")
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} is a file, not a folder; {prepare}")
+    if splits and not any((root / f"{split}.txt").is_file() for split in splits):
+        listed = ", ".join(f"{split}.txt" for split in splits)
+        raise DataError(f"{root} is not a prepared dataset (no {listed}; a raw release?); "
+                        f"{prepare}")
+
+
 def check_dataset(
     root: str | Path,
     splits: list[str] | tuple[str, ...] | None = None,
@@ -240,6 +259,7 @@ def check_dataset(
         wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if (root / f"{s}.txt").is_file())]
     else:
         wanted = list(splits)
+    require_prepared(root, wanted)
     names_of: dict[str, list[str]] = {}
     for split in wanted:
         try:

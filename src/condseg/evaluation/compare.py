@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from condseg.config import ConfigError, read_yaml
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
 from condseg.evaluation.stats import PairedTest, paired_test
 
@@ -217,8 +217,8 @@ def read_run(path: Path) -> RunInfo:
     """The run's configuration and its final stage: the last stage with a ``result.json``."""
     config_path = path / CONFIG_YAML
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        config = read_yaml(config_path.read_text(), config_path.name) or {}
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
         raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     if not isinstance(config, dict):
         raise CompareError(f"{config_path} is not a mapping; it was not written by training")
@@ -749,10 +749,10 @@ def write_figures(
 
 
 def model_file(entry: Entry) -> Path | None:
-    """The model file an input was evaluated with (its protocol's ``model_file``), else its run's
-    final model; a run folder that was moved is looked up inside the run by file name."""
-    candidates = [Path(e.protocol["model_file"]) for e in entry.evaluations
-                  if e.protocol.get("model_file")]
+    """A run's own final model (inside the run folder, which may have been moved or copied:
+    the absolute path its evaluations recorded may be another copy's), else the model file an
+    evaluation folder was evaluated with (its protocol's ``model_file``)."""
+    candidates = []
     run = entry.run
     if run is not None and run.final_stage is not None:
         result_json = run.path / run.final_stage / "result.json"
@@ -760,8 +760,11 @@ def model_file(entry: Entry) -> Path | None:
             recorded = json.loads(result_json.read_text()).get("model_file")
         except (OSError, json.JSONDecodeError, AttributeError):
             recorded = None
-        if recorded:
-            candidates += [Path(recorded), run.path / run.final_stage / Path(recorded).name]
+        if recorded:  # relative to the run; an older run recorded an absolute path
+            candidates += [run.path / run.final_stage / Path(recorded).name,
+                           run.path / recorded]
+    candidates += [Path(e.protocol["model_file"]) for e in entry.evaluations
+                   if e.protocol.get("model_file")]
     return next((p for p in candidates if p.is_file()), candidates[0] if candidates else None)
 
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
+from condseg.filekind import file_kind
 from condseg.files import atomic_file
 from condseg.models.base import MAX_INPUT_SIDE, SegmentationModel, require_model
 
@@ -32,6 +33,10 @@ MAX_HEADER_DEPTH = 32
 #: In an option string these make timm or smp look elsewhere than their built-in encoders:
 #: ``hf-hub:``/``hf_hub:``/``local-dir:`` prefixes, URLs and file paths.
 _SOURCE_MARKS = re.compile(r"[:/\\]")
+#: What a model file is, for the messages refusing anything else.
+MODEL_FILE = ("a model file is a .safetensors file with a condseg JSON header, written by "
+              "`condseg train` (RUN/<stage>/model.safetensors), `condseg cv`, "
+              "`condseg convert-official` or condseg.save_model")
 
 
 class ModelFileError(CondsegError):
@@ -108,14 +113,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(
-            f"{path} is not a safetensors file or is truncated ({first_line(exc)}); pass a model "
-            "file written by `condseg train` or condseg.save_model (Lightning .ckpt files are "
-            "not model files)"
+            f"{path} is not a safetensors file or is truncated (it looks like "
+            f"{file_kind(path)}; {first_line(exc)}): {MODEL_FILE}. Lightning .ckpt files are "
+            "not model files; the authors' .pth checkpoints are imported with "
+            "`condseg convert-official`"
         ) from exc
     if META_KEY not in metadata:
         raise ModelFileError(
             f"{path} is a safetensors file without a condseg header; it was not written by "
-            "condseg.save_model (authors' checkpoints: use `condseg convert-official`)"
+            f"condseg ({MODEL_FILE}; authors' checkpoints: use `condseg convert-official`)"
         )
     text = metadata[META_KEY]
     if len(text) > MAX_HEADER_CHARS:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from condseg.errors import CondsegError
 
@@ -79,3 +80,29 @@ def resume_point(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
         if candidate.is_file() and readable(candidate):
             return candidate, warnings.get(candidate)
     return None, f"{last} and the checkpoint before it are damaged; the stage starts over"
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose restored state follows the run folder: Lightning records
+    absolute paths (``dirpath``, ``best_model_path``, ...) and, resumed in a moved or copied
+    run, would keep the old folder's best model and drop the best score. Paths inside the
+    recorded folder are re-rooted into this one before Lightning reads them."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = {key: _rerooted(value, Path(old), Path(self.dirpath))
+                          for key, value in state_dict.items()}
+        super().load_state_dict(state_dict)
+
+
+def _rerooted(value: Any, old: Path, new: Path) -> Any:
+    """``value`` with every path string at or under ``old`` moved under ``new`` (also the keys
+    of ``best_k_models``); anything else unchanged."""
+    if isinstance(value, dict):
+        return {_rerooted(k, old, new): _rerooted(v, old, new) for k, v in value.items()}
+    if isinstance(value, str) and value:
+        path = Path(value)
+        if path == old or old in path.parents:
+            return str(new / path.relative_to(old))
+    return value

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from condseg.config import RunConfig, load_config
+from condseg.data.check import require_prepared
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, print_table
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
@@ -197,6 +198,7 @@ def _plan(
     config: RunConfig, root: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
     available = list_folds(root)
     if folds is not None:
         missing = [k for k in folds if k not in available]
@@ -264,10 +266,11 @@ def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, d
         writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
         writer.writeheader()
         writer.writerows(rows)
+    # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
-                  "model_file": str(r.training.model_file),
-                  "evaluation": str(r.training.run_dir / "evaluation" / "val")} for r in runs],
+                  "model_file": str(r.training.model_file.relative_to(cv_dir)),
+                  "evaluation": f"{r.name}/evaluation/val"} for r in runs],
         "metrics": summary,
         "ensemble": ENSEMBLE,
     }

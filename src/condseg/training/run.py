@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     LearningRateMonitor,
-    ModelCheckpoint,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -45,7 +45,7 @@ from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.transforms import VIEWS, geometric_augmentation
 from condseg.epoch_log import write_epoch_log
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, first_line
 from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.interrupt import Interrupted
 from condseg.losses.base import Loss, create_loss
@@ -53,11 +53,17 @@ from condseg.models.base import SegmentationModel, check_input_size, use_plain_k
 from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model, model_options
 from condseg.outputs import claim, entries
-from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
+from condseg.training.checkpoints import (
+    PREVIOUS_SUFFIX,
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    resume_point,
+)
 from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
 from condseg.training.logs import RunLog, TensorBoardExtras, flat_config
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
+from condseg.training.resources import ParentWatch, check_resources, check_shares
 from condseg.viz import plot_curves
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
@@ -123,11 +129,12 @@ def _train(
     config = _resolved_paths(config, root)
     stages = _select_stages(config, stage)
     # Built and checked before the run directory exists: a refused start leaves none.
+    processes = check_resources(config)
     parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
     with _held(run_dir, stage):
         if _is_main_process():
-            _check_data(config.data.root, config, console)
+            check_shares(config, processes, _check_data(config.data.root, config, console))
             _prepare_run_dir(run_dir, config, resume)
             log.attach(run_dir)
         result = TrainResult(run_dir)
@@ -200,18 +207,33 @@ def _select_stages(config: RunConfig, stage: str | int) -> list[str]:
 
 
 def _record(result: TrainResult, name: str, summary: dict) -> None:
-    result.model_files[name] = Path(summary["model_file"])
+    """Note a finished stage; its model file is found inside this run folder (a run written
+    before paths were recorded relative to it, then moved, still finds its own file)."""
+    recorded = Path(summary["model_file"])
+    inside = recorded if not recorded.is_absolute() else Path(name) / recorded.name
+    result.model_files[name] = result.run_dir / inside
     result.best_metrics[name] = summary["metrics"]
 
 
 def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
-    """The stage's loss and batch hook, built once; a stage whose loss, views or hook cannot
-    work is refused here, before anything is written."""
+    """The stage's loss and batch hook, built once; a stage whose network (laid out on the
+    meta device: no memory, no download), input sizes, loss, views or hook cannot work is
+    refused here, before the first stage takes its first step."""
     cfg = config.stages[name]
+    model_name, options = _architecture(name, config)
+    try:
+        with torch.device("meta"):
+            model = create_model(model_name, pretrained=False, **options)
+    except Exception as error:  # options are the user's input: any failure to build is theirs
+        key = "model.options" if cfg.model is None else f"stages.{name}.model.options" + "".join(
+            f" and model.options.{k}" for k in cfg.model.inherit)
+        raise TrainingError(f"stages.{name}: model {model_name!r} cannot be built from "
+                            f"{key} ({first_line(error)})") from error
     try:
         loss = create_loss(cfg.loss.name, **cfg.loss.options)
-    except CondsegError as error:  # name the stage, so that "loss.options.x" becomes a full key
-        raise type(error)(f"stages.{name}: {error}") from error
+    except CondsegError as error:  # a loss names its keys "loss.options.x": make them full
+        full = re.sub(r"(?<![\w.])loss\.options\.", f"stages.{name}.loss.options.", str(error))
+        raise type(error)(f"stages.{name}: {full}") from error
     for view in cfg.views:
         VIEWS.get(view)
     missing = [v for v in loss.views if v not in cfg.views]
@@ -223,7 +245,23 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
     hook = None
     if cfg.batch_hook is not None:
         hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+    try:
+        for size in (config.data.size, *(hook.sizes if hook is not None else ())):
+            check_input_size(model, size, size)
+    except CondsegError as error:
+        raise TrainingError(f"stages.{name}: {error} (data.size / batch_hook sizes)") from error
     return loss, hook
+
+
+def _architecture(name: str, config: RunConfig) -> tuple[str, dict]:
+    """The model name and options of stage ``name``: its own network (with the options it
+    inherits from the run's model), else the run's model."""
+    cfg, run_model = config.stages[name], config.model
+    if cfg.model is None:
+        return run_model.name, dict(run_model.options)
+    resolved = model_options(run_model.name, run_model.options)
+    inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
+    return cfg.model.name, {**inherited, **cfg.model.options}
 
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
@@ -260,8 +298,9 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if a != b else []
 
 
-def _check_data(root: Path, config: RunConfig, console: Console) -> None:
-    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``."""
+def _check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int]:
+    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``;
+    returns the number of images of each split."""
     data = config.data
     splits = [data.train_split, data.val_split]
     if (root / f"{data.test_split}.txt").is_file():
@@ -276,6 +315,7 @@ def _check_data(root: Path, config: RunConfig, console: Console) -> None:
         raise TrainingError(f"dataset {root} has {len(blocking)} error(s) (table above); {todo}")
     if data.skip:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
+    return report.split_sizes
 
 
 def _provided(path: str, parts: dict[str, str]) -> bool:
@@ -290,12 +330,7 @@ def _build_model(
     models (parameters and BatchNorm buffers). ImageNet weights are not fetched for an encoder
     that an earlier stage provides."""
     cfg, run_model = config.stages[name], config.model
-    if cfg.model is None:
-        model_name, options = run_model.name, dict(run_model.options)
-    else:
-        resolved = model_options(run_model.name, run_model.options)
-        inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
-        model_name, options = cfg.model.name, {**inherited, **cfg.model.options}
+    model_name, options = _architecture(name, config)
     sources = {part: source for part, source in cfg.init.items() if source is not None}
     model = None
     if sources:  # ImageNet weights are fetched only when no earlier stage provides the encoder
@@ -332,15 +367,9 @@ def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
 
 
 def _loaders(
-    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple,
-    hook: BatchHook | None,
+    cfg: StageConfig, config: RunConfig, mean: tuple, std: tuple
 ) -> tuple[DataLoader, DataLoader]:
     data = config.data
-    try:
-        for size in (data.size, *(hook.sizes if hook is not None else ())):
-            check_input_size(model, size, size)
-    except CondsegError as error:
-        raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
     common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip,
               "max_pixels": data.max_pixels}
@@ -372,14 +401,14 @@ def _run_stage(
     module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook,
                                 memory_format=config.memory_format)
     mean, std = _normalization(config, model)
-    train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
-    checkpoint = ModelCheckpoint(
+    train_loader, val_loader = _loaders(cfg, config, mean, std)
+    checkpoint = RunCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, enable_version_counter=False,
     )
     callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
                  _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
-                 LearningRateMonitor("epoch"),
+                 LearningRateMonitor("epoch"), ParentWatch(),
                  TensorBoardExtras(flat_config(config.model_dump(mode="json")),
                                    config.log_images_every_n_epochs, mean, std),
                  *progress_callbacks(console, name, config.progress_bar,
@@ -412,7 +441,9 @@ def _run_stage(
             f"precision=32, then continue with --resume {run_dir} (resume=True)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
+    # Paths inside the run are recorded relative to it: a moved or copied run stays whole.
+    summary = {"model_file": f"{name}/model.safetensors",
+               "best_checkpoint": f"{name}/checkpoints/{best.name}",
                "max_epochs": cfg.max_epochs,
                "stopped_early": trainer.current_epoch < cfg.max_epochs}
     if hook is not None and hook.record() is not None:
@@ -430,7 +461,7 @@ def _run_stage(
         console.print(f"{name}: best val mIoU {100 * metrics.get('miou', float('nan')):.2f}%, "
                       f"mDSC {100 * metrics.get('mdsc', float('nan')):.2f}% "
                       f"(epoch {metrics['epoch']}) -> "
-                      f"{summary['model_file']}", highlight=False)
+                      f"{stage_dir / 'model.safetensors'}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
 
@@ -516,5 +547,5 @@ def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
         {"train_time_interval": timedelta(minutes=config.checkpoint_every_minutes)}
         if config.checkpoint_every_minutes is not None else None
     )
-    epochs = ModelCheckpoint(every_n_epochs=1, **common)
-    return [epochs] if within is None else [epochs, ModelCheckpoint(**within, **common)]
+    epochs = RunCheckpoint(every_n_epochs=1, **common)
+    return [epochs] if within is None else [epochs, RunCheckpoint(**within, **common)]
