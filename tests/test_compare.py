@@ -22,9 +22,14 @@ from typer.testing import CliRunner
 
 from condseg.cli import app
 from condseg.evaluation.compare import (
+    CompareError,
+    ImageChoice,
+    best_labels,
     compare,
     evenly_spaced,
+    figure_images,
     latex_escape,
+    parse_images,
     read_run,
     stage_names,
 )
@@ -51,16 +56,20 @@ def write_evaluation(
     split: str = "test",
     model: str = "condseg",
     resolution: str = "network",
+    empty_predictions: int = 0,
     **protocol: object,
 ) -> Path:
     """summary.json + per_image.csv as `condseg evaluate --out` writes them (IoU = Dice/(2 -
-    Dice), recall and precision set from Dice so each metric has a known mean)."""
+    Dice), recall and precision set from Dice so each metric has a known mean); the first
+    ``empty_predictions`` images scored as an empty prediction of a non-empty mask."""
     folder.mkdir(parents=True)
     rows = [
         {"name": n, "iou": d / (2 - d), "dice": d, "recall": min(1.0, d + 0.05),
          "precision": d - 0.05, "specificity": 0.99, "hd95": ""}
         for n, d in zip(names, dice, strict=True)
     ]
+    for row in rows[:empty_predictions]:
+        row.update(iou=0.0, dice=0.0, recall=0.0, precision=1.0)  # precision 0/0 = 1
     with (folder / "per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -221,6 +230,32 @@ def test_output_files(inputs: list[Path], tmp_path: Path) -> None:
     assert float(stat["ci95_low"]) < float(stat["mean_dice_diff"]) < float(stat["ci95_high"])
 
 
+def test_precision_of_empty_predictions_is_marked_and_never_bold(tmp_path: Path) -> None:
+    """A model that predicts nothing scores precision 100 by 0/0: marked, never the best."""
+    empty = write_evaluation(tmp_path / "empty", [0.5] * 8, model="empty", empty_predictions=8)
+    some = write_evaluation(tmp_path / "some", [0.9] * 8, model="some", empty_predictions=1)
+    good = write_evaluation(tmp_path / "good", [0.9] * 8, model="good")
+    out = tmp_path / "cmp"
+    result = compare([empty, some, good], out_dir=out, console=quiet())
+    column = "kvasir-seg/test"
+    assert result.value("empty", column, "precision") == pytest.approx(100.0)
+    assert [result.empty_predictions(m, column) for m in result.labels] == [8, 1, 0]
+    assert best_labels(result, column, "precision") == {"good"}  # 85.00, not 100 or 86.87
+    assert "empty on kvasir-seg/test: precision counts 8 image(s) with an empty prediction" in (
+        "\n".join(result.notes))
+    markdown = (out / "compare.md").read_text()
+    assert "| 100.00† |" in markdown and "| 86.87† |" in markdown and "| **85.00** |" in markdown
+    assert "**100.00" not in markdown and markdown.rstrip().endswith("not ranked")
+    tex = (out / "compare.tex").read_text()
+    assert "100.00$^\\dagger$" in tex and "\\textbf{100.00" not in tex
+    assert "\\textbf{85.00}" in tex and "\\footnotesize $^\\dagger$ precision counts" in tex
+    assert tex.rstrip().endswith("\\end{tabular}")
+    plain = compare([good, write_evaluation(tmp_path / "other", [0.8] * 8, model="other")],
+                    out_dir=tmp_path / "plain")
+    assert "†" not in (tmp_path / "plain" / "compare.md").read_text() and not any(
+        "empty prediction" in n for n in plain.notes)
+
+
 def test_existing_outputs_are_refused_before_anything_is_written(
     inputs: list[Path], tmp_path: Path
 ) -> None:
@@ -304,6 +339,42 @@ def test_rich_markup_in_names_is_printed_as_written(tmp_path: Path) -> None:
     assert "[bold]net[/bold]" in text and "[red]set/test" in text
 
 
+def test_image_choice_parses_counts_ranks_and_names() -> None:
+    assert parse_images(4) == parse_images("4") == ImageChoice(count=4)
+    assert parse_images("worst:3") == ImageChoice(count=3, rank="worst")
+    assert parse_images("best:1") == ImageChoice(count=1, rank="best")
+    assert parse_images("img2, img0,img2") == ImageChoice(count=2, names=("img2", "img0"))
+    assert parse_images("12,") == ImageChoice(count=1, names=("12",))  # a numeric name
+    assert parse_images(["a"]) == ImageChoice(count=1, names=("a",))
+    for bad, message in (("0", "at least 1"), ("worst:0", "worst:K"), ("best:x", "best:K"),
+                         (",", "names no image")):
+        with pytest.raises(CompareError, match=message):
+            parse_images(bad)
+
+
+def test_worst_and_best_images_by_dice_against_the_others(tmp_path: Path) -> None:
+    """Gains of the first input over the mean of the others: img0 -0.3, img1 +0.2, img2 0,
+    img3 +0.4, img4 -0.1 (with one input alone: its own Dice)."""
+    names = NAMES[:5]
+    ref = write_evaluation(tmp_path / "ref", [0.5, 0.8, 0.6, 0.9, 0.4], names=names,
+                           data_root=str(tmp_path))
+    a = write_evaluation(tmp_path / "a", [0.9, 0.5, 0.6, 0.4, 0.6], names=names,
+                         data_root=str(tmp_path))
+    b = write_evaluation(tmp_path / "b", [0.7, 0.7, 0.6, 0.6, 0.4], names=names,
+                         data_root=str(tmp_path))
+    result = compare([ref, a, b])
+    assert figure_images(result, parse_images("worst:2")) == (tmp_path, ["img0", "img4"])
+    assert figure_images(result, parse_images("best:3")) == (tmp_path, ["img3", "img1",
+                                                                         "img2"])
+    assert figure_images(result, parse_images("img4,img1")) == (tmp_path, ["img4", "img1"])
+    assert figure_images(result, parse_images(2)) == (tmp_path, ["img0", "img4"])  # spaced
+    alone = compare([ref])
+    assert figure_images(alone, parse_images("worst:1")) == (tmp_path, ["img4"])
+    with pytest.raises(CompareError, match=r"--images: nope not among the 5 images of \S+/test "
+                                           r"that every input .*\(e\.g\. img0, img1, img2\)"):
+        figure_images(result, parse_images("img1,nope"))
+
+
 def test_helpers() -> None:
     assert evenly_spaced(["d", "a", "c", "b", "e"], 3) == ["a", "c", "e"]
     assert evenly_spaced(["b", "a"], 4) == ["a", "b"]
@@ -335,6 +406,13 @@ def test_cli_prints_writes_and_refuses(inputs: list[Path], tmp_path: Path) -> No
     missing = runner.invoke(app, ["compare", str(tmp_path / "nope")], env={"COLUMNS": "200"})
     assert missing.exit_code == 2 and "not found" in missing.output
 
+    figures, tables = tmp_path / "figures", tmp_path / "tables"
+    bad = runner.invoke(app, ["compare", *map(str, inputs), "--out", str(tables), "--figure",
+                              str(figures), "--images", "img1,gone"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2, bad.output
+    assert "error: --images: gone not among the 5 images of kvasir-seg/test" in bad.output
+    assert not figures.exists() and not tables.exists()  # refused before writing anything
+
 
 # --------------------------------------------------------------------------- figures
 
@@ -364,7 +442,9 @@ def test_figures(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
     lost = write_evaluation(tmp_path / "lost", [0.4] * 4, names=names, data_root=str(data),
                             split="val", model="unet", model_file=str(tmp_path / "gone.st"))
     figures = tmp_path / "figures"
-    result = compare([ref, run, lost], figure_dir=figures, n_images=3)
+    chosen = [names[3], names[0], names[1]]
+    result = compare([ref, run, lost], figure_dir=figures, images=",".join(chosen))
+    assert result.figure_images == chosen  # the rows, in the order given
 
     notes = "\n".join(result.notes)
     assert f"unet left out of predictions.png: model file {tmp_path / 'gone.st'} not found" in notes
@@ -377,6 +457,10 @@ def test_figures(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
         assert pixels.std() > 10  # not a blank canvas
     with Image.open(figures / "curves.png") as im:
         assert im.format == "PNG" and im.size == (1200, 400)
-    assert set(result.written) == {figures / "predictions.png", figures / "curves.png"}
+    assert set(result.written) == {figures / f"{name}.{kind}" for name in ("predictions", "curves")
+                                   for kind in ("png", "pdf")}
+    for name in ("predictions", "curves"):
+        assert (figures / f"{name}.pdf").read_bytes().startswith(b"%PDF")  # vector, beside
     with pytest.raises(FileExistsError):
         compare([ref], figure_dir=figures)
+

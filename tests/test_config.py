@@ -175,3 +175,34 @@ def test_an_encoder_inside_a_provided_part_is_not_fetched_again() -> None:
     assert _provided("net.encoder", {"net": "stage1"})
     assert not _provided("net.encoder", {"encoder": "stage1"})
     assert not _provided("encoder", {"encoder_head": "stage1"})
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+    for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("text", [LAUGHS, "a: &a [*a]\n", "a: &a {b: *a}\n"],
+                         ids=["billion-laughs", "self-list", "self-mapping"])
+def test_yaml_aliases_that_expand_without_bound_are_refused(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}: its YAML aliases \(\*name\) expand to "
+                                          r"more than 100,000 values; write the values out"):
+        load_config(path)
+
+
+def test_an_override_value_is_bounded_like_a_file() -> None:
+    value = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" + "".join(
+        f", &{n} [{', '.join([f'*{p}'] * 10)}]" for p, n in zip("abcd", "bcde", strict=True)) + "]"
+    with pytest.raises(ConfigError, match=r"^override 'description=\[&a .*expand to more than"):
+        load_config("default", [f"description={value}"])
+
+
+def test_a_shared_anchor_is_copied_so_an_override_changes_one_place(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text("stages:\n  stage1: {optimizer: &opt {lr: 0.002}}\n"
+                    "  stage2: {optimizer: *opt}\n")
+    config = load_config(path, ["stages.stage1.optimizer.lr=0.005"])
+    assert config.stages["stage1"].optimizer.lr == 0.005
+    assert config.stages["stage2"].optimizer.lr == 0.002

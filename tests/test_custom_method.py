@@ -85,7 +85,7 @@ def test_a_method_from_outside_trains_with_its_own_recipe(data: Path, tmp_path: 
         rows = list(csv.DictReader(f))
     # The poly schedule, per epoch, on both groups (the encoder and the head): lr·(1 − e/3)^0.9.
     for group in ("encoder", "rest"):
-        lrs = [float(r[f"lr-SGD/{group}"]) for r in rows if r.get(f"lr-SGD/{group}")]
+        lrs = [float(r[f"lr_{group}"]) for r in rows if r.get(f"lr_{group}")]
         assert lrs == pytest.approx([0.05 * (1 - e / 3) ** 0.9 for e in range(3)])
     # Validation selects the model; the test split is evaluated once, at the end.
     summary = json.loads((result.evaluation_dir / "summary.json").read_text())

@@ -97,6 +97,10 @@ def test_kfold_run_gives_per_fold_results_an_aggregate_and_an_ensemble(
     assert summary["metrics"]["dice"]["std"] == pytest.approx(np.std(dice))
     assert summary["metrics"]["dice"]["n"] == K
     assert [r["name"] for r in summary["runs"]] == ["fold0", "fold1", "fold2"]
+    # Relative to the cross-validation folder, which may be moved or copied whole.
+    final = result.runs[0].training.model_file.parent.name
+    assert [(r["model_file"], r["evaluation"]) for r in summary["runs"]] == [
+        (f"fold{k}/{final}/model.safetensors", f"fold{k}/evaluation/val") for k in range(K)]
     assert "mean ± std" in cv["text"]
     assert "validation results of 3 runs (percent; cpu float32)" in cv["text"]
 
@@ -109,6 +113,17 @@ def test_kfold_run_gives_per_fold_results_an_aggregate_and_an_ensemble(
                                atol=1e-5)
     test = json.loads((out / "evaluation" / "test" / "summary.json").read_text())
     assert test["protocol"]["model"] == "ensemble" and test["protocol"]["n_images"] == 3
+
+
+def test_the_console_output_is_also_in_train_log(cv: dict) -> None:
+    """CV/train.log gets everything cv printed; each run's train.log its own part."""
+    out = cv["out"]
+    log = (out / "train.log").read_text()
+    assert "fold0: training" in log and "mean ± std" in log and "ensemble of 3 models" in log
+    for k in range(K):
+        run_log = (out / f"fold{k}" / "train.log").read_text()
+        assert f"-> {out / f'fold{k}' / 'stage2' / 'model.safetensors'}\n" in run_log
+        assert "mean ± std" not in run_log
 
 
 def test_a_finished_cross_validation_is_reused_not_retrained_or_overwritten(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -210,3 +211,35 @@ def test_overlap_scores_per_image_with_empty_masks() -> None:
     assert scores["dice"].tolist() == pytest.approx([0.5, 0.0, 1.0])
     assert scores["recall"].tolist() == pytest.approx([0.5, 1.0, 1.0])
     assert scores["precision"].tolist() == pytest.approx([0.5, 0.0, 1.0])
+
+
+TINY_IMAGES = {
+    "1x1 hit": ([[0.9]], [[1]]),
+    "1x1 background": ([[0.1]], [[0]]),
+    "1x1 miss": ([[0.9]], [[0]]),
+    "1x1 empty": ([[0.0]], [[0]]),
+    "1x5": ([[0.9, 0.1, 0.2, 0.8, 0.6]], [[1, 0, 0, 1, 0]]),
+    "5x1": ([[0.9], [0.1], [0.2], [0.8], [0.6]], [[1], [0], [0], [1], [0]]),
+    "2x2": ([[0.9, 0.1], [0.2, 0.8]], [[1, 0], [0, 1]]),
+    "2x2 all empty": ([[0.0, 0.0], [0.0, 0.0]], [[0, 0], [0, 0]]),
+    "2x2 all full": ([[1.0, 1.0], [1.0, 1.0]], [[1, 1], [1, 1]]),
+    "3x3 full vs empty": ([[1.0] * 3] * 3, [[0] * 3] * 3),
+}
+
+
+@pytest.mark.parametrize("case", TINY_IMAGES)
+def test_metrics_of_tiny_images_are_finite_and_in_range(case: str) -> None:
+    """A 1×1 image once gave an E-measure of 1e15 (pysodmetrics divides by N − 1 + ε)."""
+    prob, gt = (np.array(a, dtype=float) for a in TINY_IMAGES[case])
+    m = image_metrics(prob, gt.astype(bool))
+    n = prob.size
+    for name, value in m.items():
+        assert value is None or math.isfinite(value), (name, value)
+    for name in (*OVERLAP, "specificity", "accuracy", "mae", "s_measure", "weighted_f"):
+        assert m[name] is None or 0 <= m[name] <= 1, (name, m[name])
+    for name in ("e_measure_mean", "e_measure_max", "e_measure_adaptive"):
+        if n == 1:  # N − 1 = 0: undefined under the toolboxes' convention, so missing
+            assert m[name] is None
+        else:
+            assert 0 <= m[name] <= n / (n - 1) + 1e-9, (name, m[name])
+    assert summarize([m])["e_measure_mean"]["missing"] == (1 if n == 1 else 0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condseg.config import OptimizerConfig, ScheduleConfig
+from condseg.config import ConfigError, OptimizerConfig, ScheduleConfig, load_config
 from condseg.models.registry import create_model
-from condseg.training.hooks import MultiScale
+from condseg.training.hooks import BatchHook, MultiScale, as_trained
 from condseg.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -115,3 +115,38 @@ def test_multiscale_sizes_are_uniform_and_masks_stay_aligned() -> None:
             assert torch.equal(out["mask"], mask)
         assert out["mask"][1].sum() > 0  # the small object survives the smallest size
     assert all(25 <= n <= 55 for n in counts.values()), counts
+
+
+@pytest.mark.parametrize(("size", "divisor", "expected"), [
+    (352, 32, [224, 256, 288, 320, 352]),  # the authors' sizes at their input size
+    (64, 32, [64]),  # no multiple of 32 lies in 41..63: never larger than the run's size
+    (64, 8, [48, 56, 64]),
+    (64, 1, [41, 47, 52, 58, 64]),
+    (512, 32, [352, 384, 416, 480, 512]),
+])
+def test_multiscale_sizes_follow_the_input_size(size: int, divisor: int, expected: list) -> None:
+    hook = MultiScale().resolved(size, divisor)
+    assert hook.sizes == expected and hook.record() == {"sizes": expected}
+    assert all(0.63 * size <= s <= size and s % divisor == 0 for s in hook.sizes)
+    assert str(hook) == f"multi-scale batches of {', '.join(map(str, expected))} px"
+
+
+def test_multiscale_explicit_sizes_and_scales() -> None:
+    assert MultiScale(sizes=[224, 352]).resolved(64, 32).sizes == [224, 352]  # kept as set
+    # each scaled size rounded to the nearest multiple inside the scaled range (264..440)
+    assert MultiScale(scales=[0.75, 1, 1.25]).resolved(352, 32).sizes == [288, 352, 416]
+    with pytest.raises(ConfigError, match=r"sizes \(pixels\) or scales .*, not both"):
+        MultiScale(sizes=[64], scales=[1.0])
+    with pytest.raises(ConfigError, match="positive scales"):
+        MultiScale(scales=[0.5, -1])
+    with pytest.raises(ConfigError, match=r"no multiple of the model's input divisor 32 lies "
+                                          r"between 0\.9 and 0\.95 x data\.size 64"):
+        MultiScale(scales=[0.9, 0.95]).resolved(64, 32)
+
+
+def test_the_model_file_config_shows_the_sizes_trained_at() -> None:
+    config = load_config("default", ["method=msnet", "data.size=64"])
+    trained = as_trained(config, "train", MultiScale().resolved(64, 32))
+    assert trained.stages["train"].batch_hook.options == {"sizes": [64]}
+    assert config.stages["train"].batch_hook.options == {}  # what was asked stays as asked
+    assert as_trained(config, "train", BatchHook()) is config  # a hook with nothing to add

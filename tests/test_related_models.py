@@ -22,6 +22,7 @@ from condseg.models.base import ModelError, use_plain_kernels
 from condseg.models.model_file import load_model
 from condseg.models.msnet.subtraction import BoxFilter, Difference
 from condseg.models.registry import create_model
+from condseg.training.hooks import create_batch_hook
 
 AUTHORS_MEAN = tuple(v / 255 for v in (124.55, 118.90, 102.94))
 AUTHORS_STD = tuple(v / 255 for v in (56.77, 55.97, 57.50))
@@ -146,7 +147,9 @@ def test_recipes_resolve_to_the_authors_training(method: str) -> None:
     assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay) == ("sgd", 0.9, True, 5e-4)
     assert stage.schedule.name == "triangular"
     assert stage.batch_hook.name == "multiscale"
-    assert stage.batch_hook.options == {"sizes": [224, 256, 288, 320, 352]}
+    assert stage.batch_hook.options == {}  # the sizes follow data.size: at 352, the authors'
+    hook = create_batch_hook("multiscale", **stage.batch_hook.options)
+    assert hook.resolved(config.data.size, 32).sizes == [224, 256, 288, 320, 352]
     aug = stage.augmentation
     assert (aug.p_rotate, aug.p_flip, aug.p_vflip) == (0.0, 0.5, 0.0)
     chnet = method == "chnet"

@@ -5,6 +5,7 @@ fall back to the one before them."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from condseg.config import load_config
 from condseg.data.synthetic import synthesize
 from condseg.models.model_file import load_model
 from condseg.training import train
-from condseg.training.checkpoints import previous_of, resume_point
+from condseg.training.checkpoints import RunCheckpoint, previous_of, resume_point
 
 OVERRIDES = [
     "data.size=64", "data.batch_size=2", "data.num_workers=0", "model.options.width=16",
@@ -97,9 +98,11 @@ def _kill_at(moment: str, data: Path, run: Path, tmp_path: Path) -> None:
     child.wait()
 
 
-def _steps(stage_dir: Path) -> list[int]:
+def _epochs(stage_dir: Path) -> list[int]:
+    """The epochs of the stage's table that have both a training and a validation loss."""
     with (stage_dir / "metrics.csv").open() as f:
-        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+        return [int(r["epoch"]) for r in csv.DictReader(f)
+                if r.get("train_loss") and r.get("val_mask_loss")]
 
 
 @pytest.mark.slow
@@ -114,9 +117,9 @@ def test_a_killed_run_resumes_and_finishes(moment: str, data: Path, tmp_path: Pa
 
     model = load_model(result.model_file)
     assert model.name == "condseg" and list(result.model_files) == ["stage1", "stage2"]
-    steps = _steps(run / "stage1")
-    # Two epochs of 4 steps, each logged once: nothing repeated, nothing lost from the log.
-    assert steps == list(range(8)), steps
+    epochs = _epochs(run / "stage1")
+    # Two epochs, each one row: nothing repeated, nothing lost from the log.
+    assert epochs == [1, 2], epochs
     versions = sorted((run / "stage1" / "csv").glob("version_*"))
     if moment == "between-stages":
         assert len(versions) == 1  # stage 1 had finished: it is not trained again
@@ -164,7 +167,7 @@ def test_resume_accepts_more_epochs_and_refuses_another_experiment(
     result = train(more, data, str(run) + "/", stage="stage1", resume=True)  # typed differently
     assert load_config(run / "config.yaml").stages["stage1"].max_epochs == 2
     with (run / "stage1" / "metrics.csv").open() as f:  # the finished stage went on
-        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val/miou")] == ["0", "1"]
+        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val_miou")] == ["1", "2"]
     assert result.best_metrics["stage1"]["epoch"] in (1, 2)
     with pytest.raises(Exception, match=r"different experiment \(changed: seed\)"):
         train(load_config("demo", [*OVERRIDES, "seed=1"]), data, run, resume=True)
@@ -186,14 +189,15 @@ def test_last_checkpoint_is_the_last_epoch_even_without_a_better_one(
     monkeypatch.setattr(SegmentationModule, "validation_step", falling)
     log = StringIO()
     config = load_config("demo", [*OVERRIDES, "stages.stage1.max_epochs=3",
-                                  "stages.stage1.limit_train_batches=1", "progress_bar=true"])
+                                  "stages.stage1.limit_train_batches=1", "progress_bar=true",
+                                  "keep_best_checkpoint=true"])
     train(config, data, tmp_path / "run", stage="stage1", console=Console(file=log, width=200))
     checkpoints = tmp_path / "run" / "stage1" / "checkpoints"
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
     text = log.getvalue()
     assert "stage1 epoch 1/3 step 1/1 loss" in text and "stage1 epoch 3/3: train loss" in text
-    assert "mIoU 0.3333" in text and "\x1b[" not in text  # plain lines, no live bar
+    assert "mIoU 33.33%" in text and "\x1b[" not in text  # plain lines, no live bar
 
 
 class _Payload:
@@ -219,3 +223,85 @@ def test_a_planted_code_executing_checkpoint_is_never_unpickled(
     train(config, data, run, stage="stage1", resume=True, console=console)
     assert not marker.exists()
     assert "damaged" in console.export_text()  # refused as unreadable, the stage starts over
+
+
+def test_checkpoint_state_is_re_rooted_into_the_run_folder_it_is_resumed_in(
+    tmp_path: Path,
+) -> None:
+    old, new = (tmp_path / run / "stage1" / "checkpoints" for run in ("old", "new"))
+    callback = RunCheckpoint(dirpath=new, filename="best", monitor="val/miou", mode="max")
+    callback.load_state_dict({
+        "dirpath": str(old), "best_model_path": str(old / "best.ckpt"),
+        "best_model_score": torch.tensor(0.7), "kth_best_model_path": str(old / "best.ckpt"),
+        "kth_value": torch.tensor(0.7), "best_k_models": {str(old / "best.ckpt"): 0.7},
+        "last_model_path": "", "monitor": "val/miou",
+    })
+    assert callback.best_model_path == str(new / "best.ckpt")
+    assert callback.kth_best_model_path == str(new / "best.ckpt")
+    assert callback.best_k_models == {str(new / "best.ckpt"): 0.7}
+    assert callback.best_model_score == pytest.approx(0.7)  # kept: a worse epoch is no best
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_a_copied_or_moved_run_resumes_from_and_exports_its_own_files(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in epoch 2 of stage 1; a copy is resumed while the original's best.ckpt is
+    replaced, then the copy is moved and resumed again. Validation mIoU falls every epoch, so
+    epoch 1 stays the best only if the best score survives the move."""
+    import shutil
+
+    from condseg.training.module import SegmentationModule
+
+    def falling(self, batch, batch_idx):
+        self.log("val/miou", 1.0 / (self.current_epoch + 1), on_epoch=True, batch_size=1)
+        self.log("val/loss", 1.0, on_epoch=True, batch_size=1)
+
+    step = SegmentationModule.training_step
+
+    def killed_in_epoch_2(self, batch, i):
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+        return step(self, batch, i)
+
+    monkeypatch.setattr(SegmentationModule, "validation_step", falling)
+    monkeypatch.setattr(SegmentationModule, "training_step", killed_in_epoch_2)
+    overrides = [*OVERRIDES, "stages.stage1.limit_train_batches=1"]
+    original = tmp_path / "original"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(load_config("demo", [*overrides, "stages.stage1.max_epochs=2"]), data, original,
+              stage="stage1")
+    monkeypatch.setattr(SegmentationModule, "training_step", step)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    best = original / "stage1" / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint["state_dict"] = {k: torch.zeros_like(v) for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, best)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in original.rglob("*"))
+
+    result = train(load_config("demo", [*overrides, "stages.stage1.max_epochs=2"]), data, copy,
+                   stage="stage1", resume=True)
+    assert result.model_file == copy / "stage1" / "model.safetensors"
+    exported = load_model(result.model_file).state_dict()
+    own = _weights(copy / "stage1" / "checkpoints" / "best.ckpt")
+    assert all(torch.equal(v, own[f"model.{k}"]) for k, v in exported.items())
+    assert any(v.abs().sum() > 0 for v in exported.values())  # not the original's zeros
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in original.rglob("*")) == before
+    summary = json.loads((copy / "stage1" / "result.json").read_text())
+    assert (summary["model_file"], summary["best_checkpoint"]) == (
+        "stage1/model.safetensors", "stage1/checkpoints/best.ckpt")
+
+    moved = tmp_path / "moved"
+    copy.rename(moved)
+    result = train(load_config("demo", [*overrides, "stages.stage1.max_epochs=3"]), data, moved,
+                   stage="stage1", resume=True)
+    assert result.model_file == moved / "stage1" / "model.safetensors"
+    assert result.best_metrics["stage1"]["epoch"] == 1  # the best score was carried over
+    exported = load_model(result.model_file).state_dict()
+    assert all(torch.equal(v, own[f"model.{k}"]) for k, v in exported.items())
+    assert not copy.exists()

@@ -101,8 +101,16 @@ def test_lossnet_without_weights_is_refused_at_once(tmp_path, monkeypatch) -> No
     assert "loss.options.lossnet_weights=PATH" in message
     config = condseg.load_config(
         "default", ["stages.stage2.loss={name: structure, options: {lossnet: true}}"])
-    with pytest.raises(condseg.CondsegError, match=r"lossnet=false"):
+    with pytest.raises(condseg.CondsegError) as refused:
         condseg.train(config, tmp_path / "data", tmp_path / "run")
+    # The keys it suggests are full keys of the stage, which load_config takes.
+    for key in ("stages.stage2.loss.options.lossnet=false",
+                "stages.stage2.loss.options.lossnet_weights=PATH"):
+        assert key in str(refused.value)
+    turned_off = condseg.load_config(
+        "default", ["stages.stage2.loss={name: structure, options: {lossnet: true}}",
+                    "stages.stage2.loss.options.lossnet=false"])
+    assert turned_off.stages["stage2"].loss.options == {"lossnet": False}
     assert not (tmp_path / "run").exists()
 
 

@@ -30,7 +30,8 @@ def tiny_config(*overrides: str) -> RunConfig:
         "stages.stage2.max_epochs=1", "stages.stage1.limit_train_batches=2",
         "stages.stage2.limit_train_batches=2", "progress_bar=false",
         # The recipe's stage-2 flips, with which the seeded loss record was made.
-        "stages.stage2.augmentation.p_flip=0.3", "log_every_n_steps=1", *overrides,
+        "stages.stage2.augmentation.p_flip=0.3", "log_every_n_steps=1",
+        "keep_best_checkpoint=true", *overrides,  # these tests read best.ckpt
     ])
 
 
@@ -194,7 +195,7 @@ def test_seeded_two_stage_losses_reproduce_the_record(two_stage: dict) -> None:
     record = json.loads(RECORD.read_text())
     run = two_stage["result"].run_dir
     for stage, expected in record.items():
-        with (run / stage / "metrics.csv").open() as f:
+        with (run / stage / "csv" / "version_0" / "metrics.csv").open() as f:  # Lightning's
             rows = list(csv.DictReader(f))
         got = {
             "train_loss_step": [float(r["train/loss_step"]) for r in rows
@@ -208,7 +209,7 @@ def test_seeded_two_stage_losses_reproduce_the_record(two_stage: dict) -> None:
 
 def _val_epochs(metrics_csv: Path) -> list[int]:
     with metrics_csv.open() as f:
-        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/miou")]
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val_miou")]
 
 
 def test_non_finite_loss_stops_keeping_last_good_checkpoint_then_resume_continues(
@@ -237,8 +238,8 @@ def test_non_finite_loss_stops_keeping_last_good_checkpoint_then_resume_continue
     result = train(tiny_config(), data_root, run, stage="1", resume=True)  # by number
     assert list(result.model_files) == ["stage1"]
     assert json.loads((run / "stage1/result.json").read_text())["metrics"]
-    # Epoch 0 was validated once, in the first run: the resumed run started at epoch 1.
-    assert _val_epochs(run / "stage1/metrics.csv") == [0, 1]
+    # Epoch 1 was validated once, in the first run: the resumed run started at epoch 2.
+    assert _val_epochs(run / "stage1/metrics.csv") == [1, 2]
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
@@ -291,8 +292,34 @@ def test_bf16_channels_last_trains_on_cpu_on_either_kernels(
         metrics = result.best_metrics[n]
         assert 0.0 <= metrics["mdsc"] <= 1.0
         with (result.run_dir / n / "metrics.csv").open() as f:
-            losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f)
-                      if r.get("train/loss_epoch")]
+            losses = [float(r["train_loss"]) for r in csv.DictReader(f)
+                      if r.get("train_loss")]
         assert losses and all(torch.isfinite(torch.tensor(losses)))
     model = load_model(result.model_file)
     assert next(model.parameters()).dtype == torch.float32  # weights stay float32
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.options.width=abc", "stages.stage2: model 'condseg' cannot be built from "
+     "model.options (model 'condseg': option width='abc' is not valid (Input should be a valid "
+     "integer"),
+    ("model.options.encoder=resnet-nope", "stages.stage1: model 'condseg-net0' cannot be built "
+     "from stages.stage1.model.options and model.options.encoder (Unknown model "
+     "(resnet-nope))"),
+    ("model.options.heads=3", "stages.stage2: model 'condseg' cannot be built from"),
+    ("data.size=60", "stages.stage1: input size 60x60 does not suit condseg-net0"),
+])
+def test_every_stage_is_built_before_the_first_step(
+    override: str, message: str, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model option, input size or loss of any stage that cannot work is refused before
+    Lightning starts the first stage (the stage-2 network used to fail after stage 1)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Lightning was started")
+
+    monkeypatch.setattr(run_module.L, "Trainer", refuse)
+    with pytest.raises(TrainingError) as refused:
+        train(tiny_config(override), data_root, tmp_path / "run")
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert not (tmp_path / "run").exists()

@@ -11,9 +11,11 @@ import pytest
 from condseg.viz import (
     CONTOUR_COLOR,
     OVERLAY_COLOR,
+    draw_prediction_grid,
     heatmap,
     overlay,
     plot_curves,
+    prediction_grid,
     save_maps,
 )
 
@@ -85,11 +87,38 @@ def test_plot_curves_from_a_lightning_log(tmp_path: Path) -> None:
     from condseg.viz import _read_epoch_values
 
     values = _read_epoch_values(log)
-    assert values["val/miou"] == {1: 0.30}  # nan dropped; epochs counted from 1
-    assert values["train/loss_epoch"] == {1: 0.85, 2: 0.65}
+    # Converted to the per-epoch table: nan dropped, epochs from 1, names, scores in percent.
+    assert values["val_miou"] == {1: 30.0}
+    assert values["train_loss"] == {1: 0.85, 2: 0.65} and "train_loss_step" not in values
     with pytest.raises(ValueError, match="no loss or val_"):
         bad = tmp_path / "bad.csv"
         bad.write_text("epoch,step,lr\n0,1,0.1\n")
         plot_curves(bad, tmp_path / "bad.png")
     with pytest.raises(FileNotFoundError):
         plot_curves(tmp_path / "missing.csv", tmp_path / "x.png")
+
+
+def test_prediction_grid_labels_rows_and_draws_truth_like_predictions(tmp_path: Path) -> None:
+    image = np.full((40, 60, 3), 100, np.uint8)
+    truth, empty = _square_mask(), np.zeros((40, 60), bool)
+    names = ["case_b", "$x$"]
+    fig = draw_prediction_grid(names, [image, image], [truth, truth],
+                               {"net": [truth, empty]}, captions={"net": ["Dice 100", "Dice 0"]})
+    rows = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_ylabel() for ax in rows[:, 0]] == ["case_b", "\\$x\\$"]  # shown as written
+    assert [ax.get_title() for ax in rows[0]] == ["image", "ground truth", "net"]
+    truth_cell, same = rows[0, 1], rows[0, 2]  # the prediction equals the truth
+    assert len(truth_cell.images) == len(same.images) == 2  # the image and the mask's tint
+    for a, b in zip(truth_cell.images, same.images, strict=True):
+        assert np.array_equal(a.get_array(), b.get_array())
+    outlines = [list(ax.collections) for ax in (truth_cell, same)]
+    assert len(outlines[0]) == len(outlines[1]) == 1  # one vector outline each
+    assert np.allclose(outlines[0][0].get_edgecolor(), outlines[1][0].get_edgecolor())
+    assert np.allclose(outlines[0][0].get_edgecolor()[0][:3], np.array(CONTOUR_COLOR) / 255)
+    assert len(rows[1, 2].collections) == 0  # an empty mask: no outline
+    assert rows[1, 2].get_xlabel() == "Dice 0"
+
+    out = prediction_grid(names, [image, image], [truth, truth], {"net": [truth, empty]},
+                          tmp_path / "grid.png", pdf=True)
+    assert out == tmp_path / "grid.png" and out.read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "grid.pdf").read_bytes().startswith(b"%PDF")

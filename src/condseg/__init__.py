@@ -1,11 +1,14 @@
 """condseg: ConDSeg and related 2-D binary medical image segmentation methods.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`load_model`, :func:`save_model`,
-:func:`predict` (with :class:`InferenceOptions`; :func:`prepare` and :class:`Execution`: the
-inference engine's fast or plain path on a device), :func:`load_config`, :func:`train`,
-:func:`cross_validate`, and the seams a new method plugs into:
-:class:`SegmentationModel` / :class:`ModelOutput` with :func:`register_model`, :class:`Loss` with
-:func:`register_loss`, and :func:`register_method` (docs/architecture.md, "Adding a method").
+:func:`predict` and :func:`predict_files` (with :class:`InferenceOptions`; :func:`prepare` and
+:class:`Execution`: the inference engine's fast or plain path on a device), :func:`evaluate`,
+:func:`export_onnx`, :func:`convert_official`, :func:`load_config`, :func:`train`,
+:func:`cross_validate`, the errors (:class:`CondsegError`, the base of every error a user can
+fix, and :class:`ModelError`, a model or input size that does not fit), and the seams a new
+method plugs into: :class:`SegmentationModel` / :class:`ModelOutput` with
+:func:`register_model`, :class:`Loss` with :func:`register_loss`, and :func:`register_method`
+(docs/architecture.md, "Adding a method").
 Imported lazily so that ``import condseg`` (and the CLI's start) stays fast.
 """
 
@@ -25,6 +28,10 @@ _API = {
     "load_model": "condseg.models.model_file",
     "save_model": "condseg.models.model_file",
     "predict": "condseg.inference.predict",
+    "predict_files": "condseg.inference.predict",
+    "evaluate": "condseg.evaluation.evaluate",
+    "export_onnx": "condseg.inference.export",
+    "convert_official": "condseg.convert",
     "InferenceOptions": "condseg.inference.options",
     "prepare": "condseg.inference.engine",
     "Execution": "condseg.inference.engine",
@@ -35,9 +42,14 @@ _API = {
     "train": "condseg.training.run",
     "cross_validate": "condseg.training.cv",
     "CondsegError": "condseg.errors",
+    "ModelError": "condseg.models.base",
 }
 
 __all__ = ["__version__", *_API]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
 
 
 def __getattr__(name: str) -> Any:

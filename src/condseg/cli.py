@@ -8,10 +8,9 @@ are printed as one line and exit with status 2; anything else is a bug and keeps
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -32,7 +31,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare, check and synthesise datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # whole lines: a path in a log file is never broken
 
 
 class Resolution(str, Enum):
@@ -100,27 +99,54 @@ def _execution(device: str, precision: Precision, plain: bool, compile: bool) ->
 
 
 def quiet_lightning() -> None:
-    """Keep the terminal for our own output: Lightning's start-up notes (accelerator summary,
-    tips, batch-limit notes) are INFO records of the logger it sets up when imported, and one
-    of its modules warns about a deprecated call of its own."""
-    import lightning.pytorch  # noqa: F401  (sets up the logger we quieten)
+    from condseg.training.logs import quiet_lightning as quiet
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet()
+
+
+def _new_run_dir(name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``: a run started without --out never meets another
+    run's folder (and its resume advice)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / f"{name}-{stamp}", 2
+    while path.exists():  # started within the same second
+        path, n = Path("runs") / f"{name}-{stamp}-{n}", n + 1
+    console.print(f"run directory (default --out): {path}", highlight=False)
+    return path
+
+
+def _run_name(config: str | None, cfg: RunConfig) -> str:
+    """The preset or config file's name, or the method's when it is the default preset."""
+    stem = Path(config or "default").stem
+    return cfg.method if stem == "default" else stem
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's errors about the user's input into one clear line and exit code 2."""
+    """Turn the library's errors about the user's input or machine (a full disk, a read-only
+    folder: an OSError of :data:`~condseg.outputs.ENVIRONMENT_ERRNOS`) into one clear line and
+    exit code 2, and an interruption (Ctrl-C, SIGTERM) into one line and exit code 130."""
     from rich.markup import escape
 
     from condseg.errors import CondsegError
+    from condseg.interrupt import Interrupted, interruptible
+    from condseg.outputs import ENVIRONMENT_ERRNOS, describe
+
+    def fail(message: str, code: int) -> typer.Exit:
+        console.print(message, highlight=False, soft_wrap=True)
+        return typer.Exit(code)
 
     try:
-        yield
+        with interruptible():
+            yield
     except CondsegError as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from error
+        raise fail(f"[bold red]error:[/] {escape(str(error))}", 2) from error
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise  # a bug (a file we expected is missing, ...): keep its traceback
+        raise fail(f"[bold red]error:[/] {escape(describe(error))}", 2) from error
+    except Interrupted as stop:
+        raise fail(f"[bold red]interrupted:[/] {escape(stop.summary())}", 130) from None
 
 
 def _print_version(value: bool) -> None:
@@ -237,7 +263,7 @@ def data_prepare(
         lines.append(f"masks paired by name suffix: {escape(found)}")
     if info["not_converted"]:
         lines.append(f"[yellow]{info['not_converted']} files not converted[/] (unpaired, "
-                     "unreadable or of another size than their image): see "
+                     "unreadable, of another size than their image, or not images): see "
                      f"{escape(str(path / info['not_converted_list']))}")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
@@ -302,8 +328,8 @@ def train(
     = None,
     stage: Annotated[str, typer.Option(
         help="'all' (the config's train_stages), or one stage by name or number.")] = "all",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")]
-    = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory (default runs/<preset or method>-<date>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder, with its own config.yaml.")] = None,
     precision: Annotated[str | None, typer.Option(
@@ -333,15 +359,15 @@ def train(
         if resume is not None and not (resume / "config.yaml").is_file():
             raise CondsegError(f"{resume} is not a run folder (no config.yaml); pass the --out "
                                "folder of the run to continue")
-        name = Path(config or "default").stem + (f"-fold{fold}" if fold is not None else "")
-        run_dir = resume or out or Path("runs") / name
         extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
-        cfg = _run_config(config, run_dir, resume is not None, extra, method=method,
-                          model=model, precision=precision, seed=seed)
+        cfg = _run_config(config, resume or Path("runs"), resume is not None, extra,
+                          method=method, model=model, precision=precision, seed=seed)
         if epochs is not None:  # on the stages this call trains; key=value options still refine
             scaled = [f"stages.{name}.max_epochs={epochs}" for name in select_stages(cfg, stage)]
-            cfg = _run_config(config, run_dir, resume is not None, scaled + extra,
+            cfg = _run_config(config, resume or Path("runs"), resume is not None, scaled + extra,
                               method=method, model=model, precision=precision, seed=seed)
+        suffix = f"-fold{fold}" if fold is not None else ""
+        run_dir = resume or out or _new_run_dir(_run_name(config, cfg) + suffix)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
@@ -374,7 +400,8 @@ def cv(
     model: Annotated[str | None, typer.Option(
         help="The run's model within the method (same as model.name=...).")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Cross-validation folder (default runs/<config>-cv).")] = None,
+        help="Cross-validation folder (default runs/<preset or method>-cv-<date>-<time>); "
+             "give it to continue or aggregate a cross-validation.")] = None,
     fold: Annotated[list[int] | None, typer.Option(
         help="Train only this fold (repeatable): one job's share. Without it every fold is "
              "trained (finished ones are reused), then aggregated and ensembled.")] = None,
@@ -395,10 +422,10 @@ def cv(
 
     quiet_lightning()
     with user_errors():
-        cv_dir = out or Path("runs") / f"{Path(config or 'default').stem}-cv"
         seed_list = _int_list(seeds, "--seeds") if seeds else None
-        cfg = _run_config(config, cv_dir, True, list(overrides or []), method=method,
-                          model=model, precision=precision)
+        cfg = _run_config(config, out or Path("runs"), out is not None, list(overrides or []),
+                          method=method, model=model, precision=precision)
+        cv_dir = out or _new_run_dir(f"{_run_name(config, cfg)}-cv")
         result = cross_validate(cfg, data, cv_dir, folds=fold or None, seeds=seed_list,
                                 resume=resume, overwrite=overwrite, console=console)
     if result.ensemble_file is not None:
@@ -506,7 +533,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
-    """Predict masks at each image's original resolution; exit 1 if an input failed."""
+    """Predict masks at each image's original resolution; exit 1 if an input failed. Entries
+    of a folder that are not image files (hidden, subfolders, other types) are listed as
+    skipped."""
     from condseg.inference.predict import predict_files
     from condseg.models.model_file import load_model
 
@@ -524,8 +553,11 @@ def predict(
     console.print(f"wrote {len(report.written)} files to {out}")
     from rich.markup import escape
 
-    for path, reason in report.failed:
-        console.print(f"[bold red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+    from condseg.inference.predict import report_lines
+
+    for kind, line in report_lines(report):
+        style = "bold red" if kind == "failed" else "yellow"
+        console.print(f"[{style}]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
 
@@ -542,7 +574,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Export a model file to ONNX, checked against PyTorch with onnxruntime."""
-    from condseg.inference.export import export_onnx
+    from condseg.inference.export import export_onnx, how_to_run
     from condseg.models.model_file import load_model
 
     with user_errors():
@@ -551,8 +583,11 @@ def export(
                              size=size, opset=opset, overwrite=overwrite)
     console.print(
         f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "
-        f"max |onnxruntime - torch| = {report.max_abs_diff:.1e})", highlight=False,
+        f"max |onnxruntime - torch| = {report.max_abs_diff:.1e}); its metadata_props hold "
+        "input_size, mean, std and threshold. Run it with onnxruntime:", highlight=False,
+        soft_wrap=True,
     )
+    console.print(how_to_run(report.path), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("benchmark")
@@ -592,13 +627,14 @@ def convert_official(
     size: Annotated[int | None, typer.Option(
         help="Input size the model was trained at (default: the authors' recipe's, 256 for "
              "ConDSeg, 352 for MSNet, M2SNet and CHNet).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Import a checkpoint trained with the authors' code (ConDSeg, Net_0, ConDSeg-PVT, MSNet,
     M2SNet, CHNet), recognised from its keys."""
     from condseg.convert import convert_official
 
     with user_errors():
-        net, path = convert_official(checkpoint, out, size)
+        net, path = convert_official(checkpoint, out, size, overwrite=overwrite)
     console.print(f"{net.name}: wrote {path}")
 
 
@@ -628,16 +664,19 @@ def compare(
         help="Folder for compare.md, compare.csv, compare.tex and stats.csv."
     )] = None,
     figure: Annotated[Path | None, typer.Option(
-        help="Folder for predictions.png (loads each model) and curves.png."
+        help="Folder for predictions.png/.pdf (loads each model) and curves.png/.pdf."
     )] = None,
-    images: Annotated[int, typer.Option(help="Images (rows) in predictions.png.")] = 4,
+    images: Annotated[str, typer.Option(
+        help="Rows of predictions.png: N (evenly spaced), worst:K or best:K (by the first "
+             "input's Dice against the others'), or image names NAME,NAME."
+    )] = "4",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Methods side by side as in the paper's Table 1, with paired per-image Dice statistics."""
     from condseg.evaluation.compare import compare as run_compare
 
     with user_errors():
-        run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, n_images=images,
+        run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, images=images,
                     overwrite=overwrite, console=console)
 
 

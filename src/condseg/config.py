@@ -26,9 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, first_line
 
 Triple = tuple[float, float, float]
+#: Most values a YAML text may stand for once its aliases are expanded. An alias repeats a
+#: node without repeating its text, so a few lines of nested aliases (a "billion laughs") can
+#: stand for billions of values and exhaust the memory of whatever walks them; a real config
+#: has a few hundred.
+MAX_YAML_VALUES = 100_000
 
 
 class ConfigError(CondsegError):
@@ -182,6 +187,10 @@ class RunConfig(_Section):
     # last.ckpt is also written within an epoch: every N steps when set, else every M minutes.
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(10.0, gt=0)
+    # A finished stage keeps last.ckpt (to extend it) and its model file; best.ckpt, the same
+    # weights with the optimiser's state, is removed unless kept.
+    keep_best_checkpoint: bool = False
+    log_images_every_n_epochs: int = Field(5, ge=0)  # TensorBoard prediction grid; 0: never
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -233,10 +242,7 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
         text, source, base_dir = resource.read_text(), f"preset {name}", None
     if source in seen:
         raise ConfigError(f"circular 'extends' chain: {' -> '.join((*seen, source))}")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    raw = read_yaml(text, source) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(raw).__name__}")
     parent = raw.pop("extends", None)
@@ -246,6 +252,47 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
     candidate = base_dir / parent if base_dir is not None else None
     ref = candidate if candidate is not None and candidate.is_file() else parent
     return _merge(_read_yaml(ref, (*seen, source)), raw)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` bounded to :data:`MAX_YAML_VALUES` expanded values, with aliases
+    expanded into copies (an override of one place must not change the others); ``source``
+    names the text in the one-line error."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {first_line(exc)}") from exc
+    if _expanded_size(value, {}, set()) > MAX_YAML_VALUES:
+        raise ConfigError(f"{source}: its YAML aliases (*name) expand to more than "
+                          f"{MAX_YAML_VALUES:,} values; write the values out instead")
+    return _unshared(value)
+
+
+def _unshared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def _expanded_size(value: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``value`` stands for with aliases expanded, capped just above the
+    bound; each distinct node is walked once."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:  # a node that contains itself expands without end
+        return MAX_YAML_VALUES + 1
+    open_.add(key)
+    size = 1
+    for item in value.values() if isinstance(value, dict) else value:
+        size = min(size + _expanded_size(item, sizes, open_), MAX_YAML_VALUES + 1)
+    open_.discard(key)
+    sizes[key] = size
+    return size
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -272,10 +319,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form key.sub=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML: {exc}") from exc
+    value = read_yaml(text, f"override {override!r}")
     *parents, leaf = key.strip().split(".")
     node = raw
     for i, part in enumerate(parents):

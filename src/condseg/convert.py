@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_filter
 
-from condseg.errors import CondsegError, InputNotFoundError, first_line
+from condseg.errors import CondsegError, InputNotFoundError, first_line, refuse_existing
+from condseg.filekind import file_kind, is_torch_file
 from condseg.models.base import SegmentationModel
-from condseg.models.model_file import save_model
+from condseg.models.model_file import first_non_finite, save_model
 from condseg.models.msnet.recipe import MEAN as MSNET_MEAN
 from condseg.models.msnet.recipe import STD as MSNET_STD
 from condseg.models.registry import create_model
@@ -161,6 +162,9 @@ def load_official(path: str | Path) -> SegmentationModel:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint not found: {path}")
+    if not is_torch_file(path):
+        raise ConversionError(f"{path} is not a PyTorch checkpoint of the authors' code (it looks "
+                              f"like {file_kind(path)}); pass their .pth file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -178,26 +182,58 @@ def load_official(path: str | Path) -> SegmentationModel:
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: expected a state dict, found {type(state).__name__}")
-    name, converted = convert_state_dict(state)
+    problem = _not_a_state_dict(state)
+    if problem:
+        raise ConversionError(f"{path}: {problem}; only plain state dicts (parameter name -> "
+                              "tensor) of the authors' code are imported")
+    try:
+        name, converted = convert_state_dict(state)
+    except ConversionError as error:
+        raise ConversionError(f"{path}: {error}") from error
     model = create_model(name)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise ConversionError(
-            f"{path}: does not match our {name!r} architecture "
-            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
-        )
+    expected = model.state_dict()
+    problems = {
+        "missing": [k for k in expected if k not in converted],
+        "unexpected": [k for k in converted if k not in expected],
+        "of another shape": [f"{k} {list(v.shape)} (ours {list(expected[k].shape)})"
+                             for k, v in converted.items()
+                             if k in expected and v.shape != expected[k].shape],
+    }
+    found = "; ".join(f"{kind}: {', '.join(keys[:3])}" for kind, keys in problems.items() if keys)
+    if found:
+        raise ConversionError(f"{path}: does not match our {name!r} architecture ({found})")
+    bad = first_non_finite(converted)
+    if bad is not None:
+        raise ConversionError(f"{path}: tensor {bad!r} holds NaN or infinite values (a diverged "
+                              "training?); import a checkpoint of a finished training")
+    model.load_state_dict(converted)
     return model.eval()
 
 
+def _not_a_state_dict(state: object) -> str | None:
+    """What makes ``state`` something other than a non-empty mapping of names to tensors."""
+    if not isinstance(state, Mapping):
+        return f"expected a state dict, found {type(state).__name__}"
+    if not state:
+        return "the state dict is empty"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"key {key!r} is a {type(key).__name__}, not a parameter name"
+        if not isinstance(value, torch.Tensor):
+            return f"{key!r} holds a {type(value).__name__}, not a tensor"
+    return None
+
+
 def convert_official(
-    checkpoint: str | Path, out: str | Path, size: int | None = None
+    checkpoint: str | Path, out: str | Path, size: int | None = None, overwrite: bool = False
 ) -> tuple[SegmentationModel, Path]:
     """Import ``checkpoint`` (:func:`load_official`) and write our model file ``out`` with the
-    normalisation of the authors' code and ``size`` (None: their recipe's training size)."""
+    normalisation of the authors' code and ``size`` (None: their recipe's training size); an
+    existing ``out`` is refused before anything is read, unless ``overwrite``."""
+    refuse_existing([Path(out)], overwrite)
     model = load_official(checkpoint)
     name = model.name
     mean, std = _NORMALIZATION.get(name, (None, None))
-    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256))
+    path = save_model(out, model, mean=mean, std=std, input_size=size or _INPUT_SIZE.get(name, 256),
+                      overwrite=overwrite)
     return model, path

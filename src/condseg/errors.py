@@ -24,7 +24,13 @@ class InputNotFoundError(CondsegError, FileNotFoundError):
 
 
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
-    """Raise before writing anything if an output would replace an existing file."""
+    """Raise before writing anything if an output would replace an existing file, or (even
+    with ``overwrite``) a folder."""
+    paths = list(paths)
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        raise OutputExistsError(f"{folders[0]} is a folder where a file is to be written; move "
+                                "it away or choose another output folder")
     if overwrite:
         return
     existing = [str(p) for p in paths if p.exists()]

@@ -6,13 +6,16 @@ matplotlib is used through its Agg canvas only, never through pyplot's global st
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 OVERLAY_COLOR = (255, 214, 0)
 CONTOUR_COLOR = (0, 255, 64)
@@ -59,11 +62,18 @@ def heatmap(prob: np.ndarray) -> np.ndarray:
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write a grey (H, W) or RGB (H, W, 3) uint8 image; raise if OpenCV could not write it."""
+    """Write a grey (H, W) or RGB (H, W, 3) uint8 image. Encoded by OpenCV but written by
+    Python, so that a failed write (a full disk, no permission) is an OSError naming the file
+    and the cause, where ``cv2.imwrite`` only returns False."""
     path = Path(path)
     pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), pixels):
-        raise OSError(f"could not write {path}; check that the folder exists and is writable")
+    encoded, data = cv2.imencode(path.suffix or ".png", pixels)
+    if not encoded:
+        raise ValueError(f"OpenCV cannot encode a {image.dtype} {image.shape} image as {path}")
+    try:
+        path.write_bytes(data.tobytes())
+    except OSError as error:  # a failed write() names no file
+        raise OSError(error.errno, error.strerror, str(path)) from error
     return path
 
 
@@ -79,22 +89,16 @@ def save_maps(maps: Mapping[str, np.ndarray], out_dir: str | Path, name: str) ->
 
 
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Plot losses and validation metrics (``val*`` columns) per epoch from a Lightning
-    ``metrics.csv``; step-level columns are dropped when their epoch mean is logged.
-
-    Lightning's CSV logger writes one row per logging event with empty cells for the metrics
-    not logged at that moment; the last value logged in each epoch is the one plotted.
-    """
+    """Plot the losses and the validation scores per epoch of a stage's ``metrics.csv``
+    (:mod:`condseg.epoch_log`; a Lightning log of an older run folder is converted)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     per_epoch = _read_epoch_values(Path(metrics_csv))
-    for key in [k for k in per_epoch if k.endswith("_step")]:
-        if key.removesuffix("_step") + "_epoch" in per_epoch:  # the epoch mean says it better
-            del per_epoch[key]
     losses = sorted(k for k in per_epoch if "loss" in k)
     others = sorted(k for k in per_epoch if "loss" not in k and k.startswith("val"))
-    panels = [(title, keys) for title, keys in (("loss", losses), ("validation", others)) if keys]
+    panels = [(title, keys) for title, keys in (("loss", losses), ("validation (%)", others))
+              if keys]
     if not panels:
         raise ValueError(f"{metrics_csv} has no loss or val_* columns to plot")
     fig = Figure(figsize=(6 * len(panels), 4), constrained_layout=True)
@@ -115,25 +119,13 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
 
 
 def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:
-    """{column: {epoch: last finite value}} from a Lightning CSV log, epochs counted from 1
-    (Lightning logs them from 0)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"training log {path} not found")
+    """{column: {epoch from 1: value}} of a stage's ``metrics.csv``."""
+    from condseg.epoch_log import read_epochs
+
     values: dict[str, dict[int, float]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
-            raise ValueError(f"{path} is not a Lightning metrics.csv (no 'epoch' column)")
-        for row in reader:
-            if not row["epoch"]:
-                continue
-            epoch = int(float(row["epoch"])) + 1
-            for key, cell in row.items():
-                if key in ("epoch", "step") or not cell:
-                    continue
-                value = float(cell)
-                if math.isfinite(value):
-                    values.setdefault(key, {})[epoch] = value
+    for epoch, row in read_epochs(path).items():
+        for key, value in row.items():
+            values.setdefault(key, {})[epoch] = value
     return values
 
 
@@ -151,9 +143,25 @@ def prediction_grid(
     predictions: Mapping[str, Sequence[np.ndarray]],
     out_png: str | Path,
     captions: Mapping[str, Sequence[str]] | None = None,
+    *,
+    pdf: bool = False,
 ) -> Path:
-    """One row per image: the image, its ground truth (white on black) and each method's
-    predicted mask over the image, as in the ConDSeg paper's Fig. 2.
+    """Write :func:`draw_prediction_grid` to ``out_png`` (and, with ``pdf``, as vector PDF
+    beside it)."""
+    return save_figure(draw_prediction_grid(names, images, truths, predictions, captions),
+                       out_png, pdf=pdf)
+
+
+def draw_prediction_grid(
+    names: Sequence[str],
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Mapping[str, Sequence[np.ndarray]],
+    captions: Mapping[str, Sequence[str]] | None = None,
+) -> Figure:
+    """One row per image, labelled with its name: the image, then its ground truth and each
+    method's predicted mask drawn alike over the image (tint and outline), as in the ConDSeg
+    paper's Fig. 2. Outlines are vector paths, so they stay sharp in a PDF.
 
     Every cell is its own axes, so images of different sizes keep their aspect ratio.
     """
@@ -167,33 +175,53 @@ def prediction_grid(
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     headers = ["image", "ground truth", *methods]
     for r, (name, image, truth) in enumerate(zip(names, images, truths, strict=True)):
-        cells = [(image, name), (truth, "")]
-        for method in methods:
-            caption = captions[method][r] if captions and method in captions else ""
-            cells.append((overlay(image, predictions[method][r]), caption))
-        for c, (ax, (pixels, caption)) in enumerate(zip(axes[r], cells, strict=True)):
-            if pixels.ndim == 2:  # the ground truth, a boolean mask
-                ax.imshow(pixels.astype(np.uint8), cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
-            else:
-                ax.imshow(pixels, interpolation="nearest")
+        masks = [truth, *(predictions[method][r] for method in methods)]
+        notes = ["", *(captions[m][r] if captions and m in captions else "" for m in methods)]
+        axes[r][0].imshow(image, interpolation="nearest")
+        axes[r][0].set_ylabel(_plain(name), fontsize="small")
+        for ax, mask, caption in zip(axes[r][1:], masks, notes, strict=True):
+            draw_mask(ax, image, mask)
+            ax.set_xlabel(_plain(caption), fontsize="small")
+        for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(_plain(headers[c]), fontsize="medium")
-            ax.set_xlabel(_plain(caption), fontsize="small")
+    return fig
+
+
+def draw_mask(ax: Axes, image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> None:
+    """``image`` with ``mask`` tinted (raster) and outlined (a vector contour), in the colours
+    of :func:`overlay`; the one way every mask of a figure is drawn."""
+    _check_same_size(image, mask, "mask")
+    mask = np.asarray(mask, bool)
+    tint = np.zeros((*mask.shape, 4), np.float32)
+    tint[..., :3] = np.float32(OVERLAY_COLOR) / 255
+    tint[..., 3] = alpha * mask
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(tint, interpolation="nearest")
+    if mask.any() and not mask.all():  # a constant mask has no outline to draw
+        ax.contour(mask.astype(np.float32), levels=[0.5], linewidths=1.0,
+                   colors=[tuple(np.float32(CONTOUR_COLOR) / 255)])
+
+
+def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
+    """Write ``fig`` as PNG (100 dpi) and, with ``pdf``, as vector PDF with the same name;
+    returns the PNG's path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
+    if pdf:
+        fig.savefig(out_png.with_suffix(".pdf"))
     return out_png
 
 
 def plot_validation_curves(
-    logs: Mapping[str, str | Path], out_png: str | Path, keys: Sequence[str] = ("val/mdsc",
-                                                                            "val/loss")
+    logs: Mapping[str, str | Path], out_png: str | Path,
+    keys: Sequence[str] = ("val_mdsc", "val_mask_loss"), *, pdf: bool = False,
 ) -> list[str]:
     """Validation mDSC and loss per epoch, one line per run, one panel per metric (the
-    ConDSeg paper's Fig. 5) from each run's Lightning ``metrics.csv``.
+    ConDSeg paper's Fig. 5) from each run's ``metrics.csv``.
 
     Logs that cannot be read or hold no validation values are left out; the labels drawn are
     returned. Raises ValueError (and writes nothing) when no log has any.
@@ -225,14 +253,12 @@ def plot_validation_curves(
         ax.set_title(_CURVE_TITLES.get(key, key))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    save_figure(fig, out_png, pdf=pdf)
     return list(values)
 
 
-_CURVE_TITLES = {"val/mdsc": "validation mDSC", "val/loss": "validation loss",
-                 "val/miou": "validation mIoU"}
+_CURVE_TITLES = {"val_mdsc": "validation mDSC (%)", "val_mask_loss": "validation L_mask",
+                 "val_miou": "validation mIoU (%)"}
 
 
 def _plain(text: str) -> str:

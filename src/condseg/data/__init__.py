@@ -15,6 +15,7 @@ from condseg.data.dataset import (
     read_image,
     read_mask,
     read_split,
+    write_split,
 )
 from condseg.data.prepare import DATASETS, prepare, prepare_folder
 from condseg.data.synthetic import synthesize
@@ -38,4 +39,5 @@ __all__ = [
     "read_split",
     "strong_photometric",
     "synthesize",
+    "write_split",
 ]

@@ -24,6 +24,7 @@ from condseg.data.dataset import (
     read_mask_values,
     read_split,
 )
+from condseg.data.names import shown, unlistable
 
 Level = Literal["error", "warning", "info"]
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -95,7 +96,7 @@ class CheckReport:
         for p in ordered:  # Text, not markup: a name like "scan[1]" or "[b]x" prints as it is
             table.add_row(
                 Text(p.level, style=_LEVEL_STYLE[p.level]),
-                *(Text(v or "") for v in (p.split, p.name, p.file, p.message)),
+                *(Text(shown(v or "")) for v in (p.split, p.name, p.file, p.message)),
             )
         return table
 
@@ -144,7 +145,8 @@ def mask_problems(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
         found.append(("warning", "mask is empty (no foreground): fine for a negative example"))
     elif foreground == 1.0:
         found.append(("warning", "mask is entirely foreground: inverted or blank annotation?"))
-    mid = float(hist[round(full * 0.25) : round(full * 0.75) + 1].sum())
+    # The middle half of the range, never its ends: a 1-bit mask (0 and 1) has no mid-grey.
+    mid = float(hist[max(1, round(full * 0.25)) : min(full - 1, round(full * 0.75)) + 1].sum())
     if mid > MID_GREY_LIMIT:
         found.append(
             (
@@ -194,6 +196,49 @@ def _check_pair(
     return found
 
 
+def _unlistable_and_orphans(index: FolderIndex, listed: set[str]) -> list[Problem]:
+    """A warning per image whose name no split file can list, and per mask without an image
+    (its name in no checked split: a listed one is already an error); a note per folder on the
+    entries that are not image files."""
+    found = []
+    for kind, skipped in index.skipped.items():
+        if skipped:
+            names = [path.name for path, _ in skipped]
+            examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            found.append(Problem("info", "entries that are not image files (hidden, subfolders, "
+                                 f"other types), not used: {len(names)} ({examples})",
+                                 file=f"{kind}/"))
+    for name, paths in sorted(index.files["images"].items()):
+        why = unlistable(name)
+        found += [Problem("warning", f"{why}, so no split can use this image; rename the file",
+                          file=_relative(path, index.root)) for path in paths if why]
+    orphans = sorted(index.files["masks"].keys() - index.files["images"].keys() - listed)
+    for name in orphans:
+        found += [Problem("warning", f"mask without an image (no images/{name}.* file): add "
+                          "the image or remove the mask", file=_relative(path, index.root))
+                  for path in index.files["masks"][name]]
+    return found
+
+
+def require_prepared(root: Path, splits: list[str]) -> None:
+    """Refuse, in one line that leads to ``data prepare``, a dataset folder that does not
+    exist or lists none of ``splits`` (a raw release: images and masks, no split files); a
+    prepared one missing some split files gets a line per file in the report instead."""
+    from condseg.data.prepare import DATASETS  # prepare imports this module
+
+    prepare = (f"prepare it with `condseg data prepare DATASET RAW OUT` (a public release: "
+               f"{', '.join(DATASETS)}) or `condseg data prepare folder IMAGES MASKS OUT` "
+               "(your own images and masks)")
+    if not root.exists():
+        raise DataError(f"dataset folder {root} not found; {prepare}")
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} is a file, not a folder; {prepare}")
+    if splits and not any((root / f"{split}.txt").is_file() for split in splits):
+        listed = ", ".join(f"{split}.txt" for split in splits)
+        raise DataError(f"{root} is not a prepared dataset (no {listed}; a raw release?); "
+                        f"{prepare}")
+
+
 def check_dataset(
     root: str | Path,
     splits: list[str] | tuple[str, ...] | None = None,
@@ -214,6 +259,7 @@ def check_dataset(
         wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if (root / f"{s}.txt").is_file())]
     else:
         wanted = list(splits)
+    require_prepared(root, wanted)
     names_of: dict[str, list[str]] = {}
     for split in wanted:
         try:
@@ -266,7 +312,8 @@ def check_dataset(
         ):
             split = ", ".join(splits_of[name])
             problems.extend(Problem(level, msg, split, name, file) for level, msg, file in found)
-    unlisted = sorted(set(index.files["images"]) - set(splits_of))
+    problems.extend(_unlistable_and_orphans(index, set(splits_of)))
+    unlisted = sorted(n for n in set(index.files["images"]) - set(splits_of) if not unlistable(n))
     if unlisted and names_of:
         examples = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
         problems.append(

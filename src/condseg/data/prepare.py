@@ -8,28 +8,28 @@ where its split comes from, and how masks become binary. One pipeline converts t
 
 1. find the files (:func:`_find`) and refuse folders that look swapped (:func:`_check_swapped`);
 2. pair them by name and check each pair from the file headers (:func:`_pair`): what does not
-   pair, does not open or has a mask of another size than its image is left out and listed in
-   ``OUT/not_converted.tsv`` with the reason, never silently dropped and never a reason to
-   refuse the rest;
+   pair, does not open, has a name a split file cannot list or a mask of another size than its
+   image is left out and listed in ``OUT/not_converted.tsv`` with the reason, never silently
+   dropped and never a reason to refuse the rest (``prepare folder`` lists there every other
+   entry of its folders too);
 3. assign the split, recorded in ``OUT/split_info.json``;
 4. write everything into a temporary sibling folder renamed to OUT at the end
-   (:func:`_new_folder`), so a failure leaves no half-written OUT behind.
+   (:func:`condseg.outputs.staged`), so a failure or an interruption leaves no half-written
+   OUT behind, and a second process writing the same OUT is refused.
 
 RAW is only read.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
-import tempfile
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -41,11 +41,16 @@ import numpy as np
 from condseg.data.check import mask_problems
 from condseg.data.dataset import (
     DataError,
+    colour_and_alpha,
     image_size,
     mask_threshold,
     read_mask_values,
     read_values,
+    split_names,
+    write_split,
 )
+from condseg.data.names import IMAGE_EXTENSIONS, name_key, skip_reason, unlistable
+from condseg.outputs import check_staged, staged
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
 
@@ -54,7 +59,7 @@ IMAGE_DIRS = r"images?|imgs?|originals?|frames?|inputs?"
 MASK_DIRS = r"masks?|ground ?truths?|gts?|labels?|annotations?|segmentations?"
 #: Mask name suffixes recognised by ``prepare folder`` (after ``_`` or ``-``, any case).
 MASK_SUFFIXES = ("mask", "segmentation", "seg", "gt", "label", "labels")
-_ANY_IMAGE = r"\.(?:jpe?g|png|bmp|tiff?)"
+_ANY_IMAGE = rf"\.(?:{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)})"
 NOT_CONVERTED = "not_converted.tsv"
 SWAP_SAMPLE = 8  # files of each kind looked at to tell whether images and masks are swapped
 
@@ -198,9 +203,10 @@ def _examples(items: Sequence[str], limit: int = 8) -> str:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Every entry under ``root`` that is not a folder, sorted; folder links are followed, each
-    real folder once (a looping link ends there); file links that loop or dangle are kept, so
-    that reading them reports them."""
+    """Every entry under ``root`` that is not a folder, sorted, and every hidden folder (not
+    searched: ``.ipynb_checkpoints`` holds copies); folder links are followed, each real folder
+    once (a looping link ends there); file links that loop or dangle are kept, so that reading
+    them reports them."""
 
     def refuse(error: OSError) -> None:
         raise DataError(f"cannot list {error.filename}: {error.strerror}")
@@ -212,15 +218,19 @@ def _walk(root: Path) -> Iterator[Path]:
             dirs.clear()
             continue
         seen.add(real)
-        dirs.sort()
-        yield from (Path(folder) / f for f in sorted(files))
+        hidden = sorted(d for d in dirs if d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(folder) / f for f in sorted([*files, *hidden]))
 
 
 Found = dict[str, dict[str, list[Path]]]  # "image" / "mask" -> name -> files
 
 
-def _find(spec: DatasetSpec, raw: Path, roots: Mapping[str, Path] | None) -> tuple[Found, Counter]:
-    """Image and mask files by name, and how often each mask suffix was seen.
+def _find(
+    spec: DatasetSpec, raw: Path, roots: Mapping[str, Path] | None
+) -> tuple[Found, Counter, list[tuple[Path, str]]]:
+    """Image and mask files by name, how often each mask suffix was seen, and every other
+    entry with why it was not taken (hidden entries are never taken).
 
     ``roots`` None searches RAW, a file's kind decided by its name and its folder's name;
     otherwise ``roots["image"]`` holds the images and ``roots["mask"]`` the masks (they may be
@@ -228,8 +238,8 @@ def _find(spec: DatasetSpec, raw: Path, roots: Mapping[str, Path] | None) -> tup
     """
     kinds = ("mask", "image")
     patterns = {
-        "image": (re.compile(spec.image_re, re.I), spec.image_dir),
-        "mask": (re.compile(spec.mask_re, re.I), spec.mask_dir),
+        "image": (re.compile(spec.image_re, re.I | re.S), spec.image_dir),
+        "mask": (re.compile(spec.mask_re, re.I | re.S), spec.mask_dir),
     }
     if roots is None:
         walks = [(raw, kinds)]
@@ -238,9 +248,11 @@ def _find(spec: DatasetSpec, raw: Path, roots: Mapping[str, Path] | None) -> tup
         walks = [(f, tuple(k for k in kinds if roots[k] == f)) for f in folders]
     found: Found = {"image": {}, "mask": {}}
     suffixes: Counter = Counter()
+    others: list[tuple[Path, str]] = []
     for root, allowed in walks:
         for path in _walk(root):
-            for kind in allowed:
+            hidden = path.name.startswith(".")
+            for kind in () if hidden else allowed:
                 regex, folder = patterns[kind]
                 match = regex.fullmatch(path.name)
                 if not match or (
@@ -249,18 +261,19 @@ def _find(spec: DatasetSpec, raw: Path, roots: Mapping[str, Path] | None) -> tup
                     and not re.fullmatch(folder, path.parent.name, re.I)
                 ):
                     continue
-                name = unicodedata.normalize("NFC", match["name"])
-                found[kind].setdefault(name, []).append(path)
+                found[kind].setdefault(name_key(match["name"]), []).append(path)
                 if kind == "mask":
                     suffixes[(match.groupdict().get("suffix") or "").lower()] += 1
                 break
-    return found, suffixes
+            else:
+                others.append((path, skip_reason(path)))
+    return found, suffixes, others
 
 
 def _looks_like_mask(path: Path) -> bool | None:
     """One channel (or equal channels) and at most two values; None if unreadable."""
     try:
-        values, _ = read_values(path)
+        values, _ = colour_and_alpha(*read_values(path))
     except DataError:
         return None
     if values.ndim == 3 and not (values == values[:, :, :1]).all():
@@ -334,7 +347,10 @@ def _pair(
     candidates = []
     for name in sorted(images.keys() | masks.keys()):
         ims, mks = images.get(name, []), masks.get(name, [])
-        if not ims or not mks:
+        why = unlistable(name)
+        if why is not None:
+            skipped += [(p, f"{why}; rename the file") for p in ims + mks]
+        elif not ims or not mks:
             kind, other = ("mask", "image") if not ims else ("image", "mask")
             skipped += [(p, f"no {other} for this {kind} (name {name!r})") for p in ims + mks]
         elif len(ims) > 1 or (len(mks) > 1 and spec.masks != "union"):
@@ -347,15 +363,15 @@ def _pair(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         checked = list(pool.map(lambda s: _validate(s, spec, decode, max_pixels), candidates))
     samples = [s for s in checked if isinstance(s, Sample)]
-    skipped += [(c.image, why) for c, why in zip(candidates, checked, strict=True)
-                if isinstance(why, str)]
+    skipped += [(c.image, f"{why} (not converted with it: {', '.join(map(str, c.masks))})")
+                for c, why in zip(candidates, checked, strict=True) if isinstance(why, str)]
     return samples, skipped
 
 
 def packaged_split(dataset: str, split: str) -> list[str]:
     """Names of a split list shipped with the package (``condseg/data/splits/<dataset>/``)."""
-    text = resources.files("condseg.data").joinpath("splits", dataset, f"{split}.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    listed = resources.files("condseg.data").joinpath("splits", dataset, f"{split}.txt")
+    return split_names(listed.read_text(encoding="utf-8"))
 
 
 def _scaled(sizes: Mapping[str, float], total: int) -> dict[str, int]:
@@ -499,22 +515,6 @@ def _folder_splits(
     return splits, info
 
 
-@contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` renamed to ``out`` when the block succeeds and removed
-    when it fails, so that OUT is complete or absent and a rerun starts clean."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _place(source: Path, target: Path, link: bool) -> None:
     """Copy, or hard-link (falling back to a copy across file systems)."""
     if link:
@@ -562,11 +562,14 @@ def _convert(
     """The pipeline of the module docstring; ``assign`` turns the samples into split files."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} is not an empty folder; choose a new or empty output folder")
-    found, suffixes = _find(spec, raw, roots)
+    check_staged(out)
+    found, suffixes, others = _find(spec, raw, roots)
     if not found["image"]:
         raise DataError(f"no image files found under {raw} (expected {spec.title})")
     _check_swapped(found, swap)
     samples, skipped = _pair(spec, raw, found, decode or spec.masks != "copy", max_pixels)
+    if spec.split_source == "folder":  # the user's folders: every entry is accounted for
+        skipped += others
     if not samples:
         reasons = _examples([f"{path}: {why}" for path, why in skipped], limit=3)
         raise DataError(f"no usable image + mask pair under {raw} (expected {spec.title}); "
@@ -592,7 +595,7 @@ def _convert(
     })
     if spec.split_source == "folder":
         info["mask_suffixes"] = {s or "(none)": n for s, n in sorted(suffixes.items())}
-    with _new_folder(out) as tmp:
+    with staged(out) as tmp:
         for kind in ("images", "masks"):
             (tmp / kind).mkdir()
         for sample in written:
@@ -602,12 +605,20 @@ def _convert(
                 raise DataError(f"cannot convert {sample.image}: {exc}") from exc
         for split, names in splits.items():
             (tmp / f"{split}.txt").parent.mkdir(parents=True, exist_ok=True)
-            (tmp / f"{split}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+            write_split(tmp / f"{split}.txt", names)
         if skipped:
-            rows = "".join(f"{path}\t{why}\n" for path, why in skipped)
-            (tmp / NOT_CONVERTED).write_text("file\treason\n" + rows, encoding="utf-8")
+            _write_not_converted(tmp / NOT_CONVERTED, skipped)
         (tmp / "split_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _write_not_converted(path: Path, skipped: list[tuple[Path, str]]) -> None:
+    """``file<TAB>reason`` rows, quoted as CSV quotes them where a file name holds a tab, a
+    quote or a line break (``csv.reader(f, delimiter="\\t")`` reads them back)."""
+    with path.open("w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["file", "reason"])
+        writer.writerows((str(file), why) for file, why in skipped)
 
 
 def prepare(

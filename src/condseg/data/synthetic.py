@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from condseg.data.dataset import DataError
+from condseg.data.dataset import DataError, write_split
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -104,6 +104,9 @@ def synthesize(
 ) -> Path:
     """Write ``out/images/*.png``, ``out/masks/*.png``, ``train.txt``, ``val.txt`` and
     ``synth.json`` (the parameters). Refuses a non-empty ``out`` unless ``overwrite``."""
+    for name, value, least in (("train", n_train, 1), ("val", n_val, 1), ("size", size, 8)):
+        if not (isinstance(value, int) and value >= least):
+            raise DataError(f"{name} (--{name}) must be an integer >= {least}; got {value!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a folder to write the synthetic dataset into")
@@ -121,8 +124,8 @@ def synthesize(
         image, mask = synthesize_pair(np.random.default_rng([seed, i]), size)
         cv2.imwrite(str(out / "images" / f"{name}.png"), image[:, :, ::-1])
         cv2.imwrite(str(out / "masks" / f"{name}.png"), mask)
-    (out / "train.txt").write_text("".join(f"{n}\n" for n in names[:n_train]))
-    (out / "val.txt").write_text("".join(f"{n}\n" for n in names[n_train:]))
+    write_split(out / "train.txt", names[:n_train])
+    write_split(out / "val.txt", names[n_train:])
     info = {
         "generator": "condseg.data.synthetic",
         "seed": seed,

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from condseg.config import ConfigError, read_yaml
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError
 from condseg.evaluation.stats import PairedTest, paired_test
 
@@ -35,9 +35,13 @@ TABLE_METRICS: dict[str, str] = {
     "iou": "mIoU", "dice": "mDSC", "recall": "Recall", "precision": "Precision",
 }
 OUTPUT_FILES = ("compare.md", "compare.csv", "compare.tex", "stats.csv")
-FIGURE_FILES = ("predictions.png", "curves.png")
+FIGURE_FILES = ("predictions.png", "predictions.pdf", "curves.png", "curves.pdf")
 MISSING = "—"
-FigureResult = tuple[Path | None, list[str]]  # the file written (None: skipped) and notes
+#: Marks a precision that counts images with an empty prediction (0/0 = 1): never ranked.
+EMPTY_MARK = "†"
+EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as 100 (0/0); "
+              "such values are not ranked")
+FigureResult = tuple[list[Path], list[str]]  # the files written (none: skipped) and notes
 
 
 class CompareError(CondsegError, ValueError):
@@ -103,6 +107,7 @@ class Comparison:
     stats: list[PairedResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    figure_images: list[str] = field(default_factory=list)  # the rows of predictions.png
 
     @property
     def labels(self) -> list[str]:
@@ -112,16 +117,38 @@ class Comparison:
     def reference(self) -> str:
         return self.entries[0].label
 
-    def value(self, label: str, column: str, metric: str) -> float | None:
-        """Mean of ``metric`` in percent, or None when that input has no such figure."""
+    def entry(self, label: str) -> Entry:
         entry = next((e for e in self.entries if e.label == label), None)
         if entry is None:
             raise KeyError(f"no method labelled {label!r}; the labels are {self.labels}")
-        evaluation = entry.evaluation(column)
+        return entry
+
+    def value(self, label: str, column: str, metric: str) -> float | None:
+        """Mean of ``metric`` in percent, or None when that input has no such figure."""
+        evaluation = self.entry(label).evaluation(column)
         if evaluation is None:
             return None
         mean = evaluation.metrics.get(metric, {}).get("mean")
         return None if mean is None or not math.isfinite(mean) else 100 * float(mean)
+
+    def empty_predictions(self, label: str, column: str) -> int:
+        """Images of ``label`` on ``column`` whose prediction was empty on a non-empty mask:
+        precision 1 by 0/0 with recall 0 (a prediction with any true pixel has recall > 0)."""
+        evaluation = self.entry(label).evaluation(column)
+        scores = evaluation.per_image.values() if evaluation is not None else ()
+        return sum(s.get("precision") == 1 and s.get("recall") == 0 for s in scores)
+
+    def degenerate(self, label: str, column: str, metric: str) -> bool:
+        """Whether the value counts 0/0 = 1 scores the method earned by predicting nothing (a
+        precision with empty predictions); it is marked and never ranked best."""
+        return metric == "precision" and self.empty_predictions(label, column) > 0
+
+    def text(self, label: str, column: str, metric: str, missing: str = MISSING) -> str:
+        """The value as printed in the tables: two decimals, marked when degenerate."""
+        value = self.value(label, column, metric)
+        if value is None:
+            return missing
+        return f"{value:.2f}" + (EMPTY_MARK if self.degenerate(label, column, metric) else "")
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method: ``method`` plus ``"<column> <metric label>"`` -> percent."""
@@ -191,8 +218,8 @@ def read_run(path: Path) -> RunInfo:
     """The run's configuration and its final stage: the last stage with a ``result.json``."""
     config_path = path / CONFIG_YAML
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        config = read_yaml(config_path.read_text(), config_path.name) or {}
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
         raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     if not isinstance(config, dict):
         raise CompareError(f"{config_path} is not a mapping; it was not written by training")
@@ -396,20 +423,20 @@ def compare(
     labels: Sequence[str] | None = None,
     out_dir: Path | None = None,
     figure_dir: Path | None = None,
-    n_images: int = 4,
+    images: int | str | Sequence[str] = 4,
     overwrite: bool = False,
     console: Console | None = None,
 ) -> Comparison:
     """Build the comparison of ``inputs`` (the first is the reference), write the tables to
     ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
+    ``images`` chooses the rows of predictions.png (:func:`parse_images`).
 
-    Existing output files are refused (FileExistsError) unless ``overwrite``, before anything
-    is written or any model is loaded.
+    Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
+    are not there are refused, before anything is written or any model is loaded.
     """
     if not inputs:
         raise CompareError("give at least one run or evaluation folder to compare")
-    if n_images < 1:
-        raise CompareError(f"--images must be at least 1, got {n_images}")
+    choice = parse_images(images)
     planned = [Path(out_dir) / n for n in OUTPUT_FILES] if out_dir is not None else []
     planned += [Path(figure_dir) / n for n in FIGURE_FILES] if figure_dir is not None else []
     _refuse_existing(planned, overwrite)
@@ -421,12 +448,14 @@ def compare(
     result = Comparison(entries=entries, columns=columns, stats=stats,
                         notes=[*validation_notes(entries, columns),
                                *protocol_notes(entries, columns), *notes])
+    result.notes += degenerate_notes(result)
+    chosen = figure_images(result, choice) if figure_dir is not None else None
     if out_dir is not None:
         result.written += write_tables(result, Path(out_dir))
     if console is not None:  # before the figures, which load and run every model
         print_tables(result, console)
-    if figure_dir is not None:
-        written, figure_notes = write_figures(result, Path(figure_dir), n_images)
+    if figure_dir is not None and chosen is not None:
+        written, figure_notes = write_figures(result, Path(figure_dir), chosen)
         result.written += written
         result.notes += figure_notes
     if console is not None:
@@ -446,19 +475,18 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_percent(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.2f}"
-
-
 def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
     """Labels with the highest value (as printed) in a column; none when fewer than two
-    methods have a value, as a single figure is best of nothing."""
+    methods have a value, as a single figure is best of nothing. Degenerate values
+    (:meth:`Comparison.degenerate`) are shown but not ranked."""
     shown = {label: round(v, 2) for label in result.labels
              if (v := result.value(label, column, metric)) is not None}
-    if len(shown) < 2:
+    ranked = {label: v for label, v in shown.items()
+              if not result.degenerate(label, column, metric)}
+    if len(shown) < 2 or not ranked:
         return set()
-    top = max(shown.values())
-    return {label for label, v in shown.items() if v == top}
+    top = max(ranked.values())
+    return {label for label, v in ranked.items() if v == top}
 
 
 def print_comparison(result: Comparison, console: Console) -> None:
@@ -469,7 +497,8 @@ def print_comparison(result: Comparison, console: Console) -> None:
 
 def print_tables(result: Comparison, console: Console) -> None:
     """The Table 1 layout (best of each column in bold) and the paired statistics."""
-    table = Table(title=f"Comparison ({len(result.entries)} methods, percent)")
+    table = Table(title=f"Comparison ({len(result.entries)} methods, percent)",
+                  caption=EMPTY_NOTE if _any_degenerate(result) else None)
     table.add_column("Method")
     for column in result.columns:
         for name in TABLE_METRICS.values():
@@ -478,9 +507,9 @@ def print_tables(result: Comparison, console: Console) -> None:
         cells: list[Text | str] = [Text(label)]
         for column in result.columns:
             for metric in TABLE_METRICS:
-                text = fmt_percent(result.value(label, column, metric))
                 bold = label in best_labels(result, column, metric)
-                cells.append(Text(text, style="bold" if bold else ""))
+                cells.append(Text(result.text(label, column, metric),
+                                  style="bold" if bold else ""))
         table.add_row(*cells)
     console.print(table)
     if result.stats:
@@ -568,11 +597,26 @@ def markdown_table(result: Comparison) -> str:
         cells = [label]
         for column in result.columns:
             for metric in TABLE_METRICS:
-                text = fmt_percent(result.value(label, column, metric))
+                text = result.text(label, column, metric)
                 cells.append(f"**{text}**" if label in best_labels(result, column, metric)
                              else text)
         lines.append(_md_row(cells))
+    if _any_degenerate(result):
+        lines += ["", EMPTY_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _any_degenerate(result: Comparison) -> bool:
+    return any(result.degenerate(label, column, metric) for label in result.labels
+               for column in result.columns for metric in TABLE_METRICS)
+
+
+def degenerate_notes(result: Comparison) -> list[str]:
+    """How many empty predictions each marked precision counts."""
+    return [f"{label} on {column}: precision counts {n} image(s) with an empty prediction as "
+            "100 (0/0); not ranked"
+            for label in result.labels for column in result.columns
+            if (n := result.empty_predictions(label, column))]
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -595,12 +639,17 @@ def latex_table(result: Comparison) -> str:
         cells = [latex_escape(label)]
         for column in result.columns:
             for metric in TABLE_METRICS:
-                value = result.value(label, column, metric)
-                text = "--" if value is None else f"{value:.2f}"
+                text = result.text(label, column, metric, missing="--")
+                text = text.replace(EMPTY_MARK, "$^\\dagger$")
                 best = label in best_labels(result, column, metric)
                 cells.append(f"\\textbf{{{text}}}" if best else text)
         lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines.append("\\bottomrule")
+    if _any_degenerate(result):
+        note = latex_escape(EMPTY_NOTE.removeprefix(EMPTY_MARK))
+        lines.append(f"\\multicolumn{{{1 + k * len(result.columns)}}}{{l}}"
+                     f"{{\\footnotesize $^\\dagger${note}}} \\\\")
+    lines.append("\\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
@@ -627,27 +676,102 @@ def evenly_spaced(names: Sequence[str], n: int) -> list[str]:
 # --------------------------------------------------------------------------- figures
 
 
+@dataclass(frozen=True)
+class ImageChoice:
+    """The rows of predictions.png: ``count`` images evenly spaced over the sorted names, the
+    ``names`` given, or the ``count`` images ranked ``"best"``/``"worst"`` for the first input."""
+
+    count: int = 4
+    names: tuple[str, ...] = ()
+    rank: str | None = None
+
+
+def parse_images(spec: int | str | Sequence[str]) -> ImageChoice:
+    """``4`` (evenly spaced), ``"worst:4"`` / ``"best:4"`` (:func:`ranked_images`) or image
+    names (``"a,b"``, or a list); a single name that is a number is written ``"12,"``."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        count = int(spec)
+        if count < 1:
+            raise CompareError(f"--images must be at least 1, got {spec}")
+        return ImageChoice(count=count)
+    if isinstance(spec, str):
+        rank, colon, count_text = spec.strip().partition(":")
+        if colon and rank in ("best", "worst"):
+            if not count_text.strip().isdigit() or int(count_text) < 1:
+                raise CompareError(f"--images {spec}: give {rank}:K with K a whole number of "
+                                   "images, at least 1 (e.g. worst:4)")
+            return ImageChoice(count=int(count_text), rank=rank)
+        spec = spec.split(",")
+    names = tuple(dict.fromkeys(n.strip() for n in spec if n.strip()))
+    if not names:
+        raise CompareError(f"--images {spec!r} names no image; give a number of images, "
+                           "worst:K, best:K or image names separated by commas")
+    return ImageChoice(count=len(names), names=names)
+
+
+def figure_images(result: Comparison, choice: ImageChoice) -> tuple[Path, list[str]] | str:
+    """Data root and the chosen names of the reference's first dataset (images every input
+    evaluated on that dataset shares), or why there are none. Raises CompareError for chosen
+    names that are not among them."""
+    evaluation = result.entries[0].evaluations[0]
+    names = set(evaluation.per_image)
+    for entry in result.entries[1:]:
+        other = entry.evaluation(evaluation.column)
+        if other is not None:
+            names &= set(other.per_image)
+    unknown = [n for n in choice.names if n not in names]
+    if unknown:
+        some = ", ".join(sorted(names)[:3]) or "none"
+        raise CompareError(
+            f"--images: {', '.join(unknown)} not among the {len(names)} images of "
+            f"{evaluation.column} that every input was evaluated on (e.g. {some})")
+    root = Path(str(evaluation.protocol.get("data_root", "")))
+    if not str(evaluation.protocol.get("data_root", "")) or not root.is_dir():
+        return f"the data root {root} of {evaluation.path} is not here"
+    if not names:
+        return f"the inputs share no image of {evaluation.column}"
+    if choice.names:
+        return root, list(choice.names)
+    if choice.rank is not None:
+        return root, ranked_images(result, evaluation.column, names, choice.rank, choice.count)
+    return root, evenly_spaced(sorted(names), choice.count)
+
+
+def ranked_images(
+    result: Comparison, column: str, names: set[str], rank: str, count: int
+) -> list[str]:
+    """The ``count`` images where the first input's Dice is furthest above (``best``) or below
+    (``worst``) the mean Dice of the other inputs on ``column``, most extreme first; with no
+    other input, its own highest or lowest Dice. Images without a Dice for every input are not
+    ranked; ties go by name."""
+    scores = [e.per_image for entry in result.entries
+              if (e := entry.evaluation(column)) is not None]
+    gains = {}
+    for name in names:
+        dice = [s[name].get("dice") for s in scores]
+        if all(d is not None for d in dice):
+            others = dice[1:]
+            gains[name] = dice[0] - (sum(others) / len(others) if others else 0.0)
+    sign = -1 if rank == "best" else 1
+    return sorted(gains, key=lambda n: (sign * gains[n], n))[:count]
+
+
 def write_figures(
-    result: Comparison, figure_dir: Path, n_images: int
+    result: Comparison, figure_dir: Path, chosen: tuple[Path, list[str]] | str
 ) -> tuple[list[Path], list[str]]:
-    """predictions.png (the paper's Fig. 2) and curves.png (its Fig. 5), each skipped with a
-    note when nothing can be drawn."""
+    """predictions.png/.pdf (the paper's Fig. 2) of the ``chosen`` images and curves.png/.pdf
+    (its Fig. 5), each skipped with a note when nothing can be drawn."""
     figure_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    notes: list[str] = []
-    for make, name in ((prediction_figure, "predictions.png"), (curves_figure, "curves.png")):
-        path, more = make(result, figure_dir / name, n_images)
-        notes += more
-        if path is not None:
-            written.append(path)
-    return written, notes
+    written, notes = prediction_figure(result, figure_dir / "predictions.png", chosen)
+    more_written, more_notes = curves_figure(result, figure_dir / "curves.png")
+    return written + more_written, notes + more_notes
 
 
 def model_file(entry: Entry) -> Path | None:
-    """The model file an input was evaluated with (its protocol's ``model_file``), else its run's
-    final model; a run folder that was moved is looked up inside the run by file name."""
-    candidates = [Path(e.protocol["model_file"]) for e in entry.evaluations
-                  if e.protocol.get("model_file")]
+    """A run's own final model (inside the run folder, which may have been moved or copied:
+    the absolute path its evaluations recorded may be another copy's), else the model file an
+    evaluation folder was evaluated with (its protocol's ``model_file``)."""
+    candidates = []
     run = entry.run
     if run is not None and run.final_stage is not None:
         result_json = run.path / run.final_stage / "result.json"
@@ -655,44 +779,31 @@ def model_file(entry: Entry) -> Path | None:
             recorded = json.loads(result_json.read_text()).get("model_file")
         except (OSError, json.JSONDecodeError, AttributeError):
             recorded = None
-        if recorded:
-            candidates += [Path(recorded), run.path / run.final_stage / Path(recorded).name]
+        if recorded:  # relative to the run; an older run recorded an absolute path
+            candidates += [run.path / run.final_stage / Path(recorded).name,
+                           run.path / recorded]
+    candidates += [Path(e.protocol["model_file"]) for e in entry.evaluations
+                   if e.protocol.get("model_file")]
     return next((p for p in candidates if p.is_file()), candidates[0] if candidates else None)
 
 
-def figure_images(result: Comparison, n_images: int) -> tuple[Path, list[str]] | str:
-    """Data root and the chosen names of the reference's first dataset (images every input
-    evaluated on that dataset shares), or why there are none."""
-    evaluation = result.entries[0].evaluations[0]
-    root = Path(str(evaluation.protocol.get("data_root", "")))
-    if not str(evaluation.protocol.get("data_root", "")) or not root.is_dir():
-        return f"the data root {root} of {evaluation.path} is not here"
-    names = set(evaluation.per_image)
-    for entry in result.entries[1:]:
-        other = entry.evaluation(evaluation.column)
-        if other is not None:
-            names &= set(other.per_image)
-    if not names:
-        return f"the inputs share no image of {evaluation.column}"
-    return root, evenly_spaced(sorted(names), n_images)
-
-
-def prediction_figure(result: Comparison, out_png: Path, n_images: int) -> FigureResult:
-    """Image, ground truth and each method's predicted mask for a few shared images."""
+def prediction_figure(
+    result: Comparison, out_png: Path, chosen: tuple[Path, list[str]] | str
+) -> FigureResult:
+    """Image, ground truth and each method's predicted mask for the chosen shared images."""
     import condseg
     from condseg.data.dataset import find_pair, read_image, read_mask
     from condseg.viz import prediction_grid
 
-    chosen = figure_images(result, n_images)
     if isinstance(chosen, str):
-        return None, [f"predictions.png not written: {chosen}"]
+        return [], [f"predictions.png not written: {chosen}"]
     root, names = chosen
     try:
         pairs = [find_pair(root, name) for name in names]
         images = [read_image(image) for image, _ in pairs]
         truths = [read_mask(mask) for _, mask in pairs]
     except CondsegError as exc:
-        return None, [f"predictions.png not written: {exc}"]
+        return [], [f"predictions.png not written: {exc}"]
     notes: list[str] = []
     masks: dict[str, list[np.ndarray]] = {}
     captions: dict[str, list[str]] = {}
@@ -711,8 +822,10 @@ def prediction_figure(result: Comparison, out_png: Path, n_images: int) -> Figur
         captions[entry.label] = [f"Dice {100 * dice(m, t):.1f}"
                                  for m, t in zip(masks[entry.label], truths, strict=True)]
     if not masks:
-        return None, [*notes, "predictions.png not written: no model could be loaded"]
-    return prediction_grid(names, images, truths, masks, out_png, captions=captions), notes
+        return [], [*notes, "predictions.png not written: no model could be loaded"]
+    prediction_grid(names, images, truths, masks, out_png, captions=captions, pdf=True)
+    result.figure_images = list(names)
+    return [out_png, out_png.with_suffix(".pdf")], notes
 
 
 def dice(mask: np.ndarray, truth: np.ndarray) -> float:
@@ -721,11 +834,10 @@ def dice(mask: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(mask, truth).sum()) / total
 
 
-def curves_figure(result: Comparison, out_png: Path, n_images: int) -> FigureResult:
+def curves_figure(result: Comparison, out_png: Path) -> FigureResult:
     """Validation mDSC and loss per epoch of each run's final stage, one line per run."""
     from condseg.viz import plot_validation_curves
 
-    del n_images  # same signature as prediction_figure
     logs: dict[str, Path] = {}
     notes: list[str] = []
     for entry in result.entries:
@@ -736,11 +848,11 @@ def curves_figure(result: Comparison, out_png: Path, n_images: int) -> FigureRes
         else:
             logs[entry.label] = log
     if not logs:
-        return None, [*notes, "curves.png not written: no input has a training log"]
+        return [], [*notes, "curves.png not written: no input has a training log"]
     try:
-        drawn = plot_validation_curves(logs, out_png)
+        drawn = plot_validation_curves(logs, out_png, pdf=True)
     except ValueError as exc:
-        return None, [*notes, f"curves.png not written: {exc}"]
+        return [], [*notes, f"curves.png not written: {exc}"]
     notes += [f"{label} has no curve in curves.png: its log has no validation rows"
               for label in logs if label not in drawn]
-    return out_png, notes
+    return [out_png, out_png.with_suffix(".pdf")], notes

@@ -27,8 +27,8 @@ from condseg.data.dataset import DataError, SegmentationDataset
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.inference.engine import Execution
-from condseg.inference.loading import ImageFiles
-from condseg.inference.options import InferenceOptions
+from condseg.inference.loading import ImageFiles, check_batching
+from condseg.inference.options import InferenceOptions, check_threshold
 from condseg.inference.predict import (
     Predictor,
     check_probability_format,
@@ -43,6 +43,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.outputs import claims
 from condseg.progress import WorkProgress
 from condseg.viz import save_png
 
@@ -79,6 +80,7 @@ class EvaluationResult:
     protocol: dict[str, Any] = field(default_factory=dict)
 
 
+@claims("out_dir", "save_masks", "save_probabilities")
 def evaluate(
     model: SegmentationModel,
     data_root: str | Path,
@@ -121,6 +123,8 @@ def evaluate(
         raise CondsegError("sliding windows predict each image at its own resolution; use "
                            "resolution='original' (--resolution original)")
     check_probability_format(save_probabilities and probability_format)
+    check_threshold(threshold)
+    check_batching(batch_size, workers)
     model = require_model(model)
     size = input_size(model, size)
     mean, std = normalization(model)
@@ -201,7 +205,7 @@ def _network_pairs(
     with eval_mode(predictor.net):
         for batch in predictor.batches(dataset, batch_size, workers):
             images = torch.stack([item["image"] for item in batch])
-            probs = probabilities(predictor.net, images)["mask"]
+            probs = probabilities(predictor.net, images, [item["name"] for item in batch])["mask"]
             for j, item in enumerate(batch):
                 yield item["name"], probs[j].numpy(), item["mask"][0].numpy() >= 0.5
 
@@ -218,7 +222,8 @@ def _original_pairs(
             if "error" in item:
                 raise DataError(item["error"])
         predictions = predictor.run([item["input"] for item in batch],
-                                    [item["shape"] for item in batch])
+                                    [item["shape"] for item in batch],
+                                    names=[str(files.files[item["index"]]) for item in batch])
         for item, pred in zip(batch, predictions, strict=True):
             yield dataset.names[item["index"]], pred.prob, item["mask"]
 

@@ -19,8 +19,10 @@ Conventions
   pysodmetrics (MATLAB ``mapminmax``). Per image, max-E is the maximum of that image's curve; the
   dataset value is the mean of these (the SOD toolboxes instead take the max of the mean curve).
   pysodmetrics' own conventions are kept: weighted F of an empty ground truth is 0, E-measure
-  divides by N − 1 (so it can exceed 1 by 1/N), and the adaptive E-measure of an all-zero
-  prediction thresholds at 0 (so it is 0 on an empty ground truth). A NaN from it is missing.
+  divides by N − 1 for N pixels (so it can reach N/(N − 1): 1.33 on a 2×2 image, 1.0001 on a
+  100×100 one), and the adaptive E-measure of an all-zero prediction thresholds at 0 (so it is 0
+  on an empty ground truth). A NaN from it is missing, and so are the three E-measures of a
+  one-pixel image, where N − 1 = 0 (pysodmetrics would divide by its ε and give ~1e15).
 * HD95 and ASSD are in pixels, from monai on the thresholded masks (surface = mask minus its
   erosion; ASSD is the mean of all distances in both directions). They are None (missing) when
   either mask is empty, where they are undefined; `summarize` counts them as missing.
@@ -92,7 +94,8 @@ def _sod(prob: np.ndarray, gt: np.ndarray) -> dict[str, float | None]:
     """pysodmetrics on one image; fresh evaluators so each value is that image's alone.
 
     A NaN (S-measure's quadrant split can leave an empty quadrant when the foreground centroid
-    lies on the last row or column) is reported as missing rather than poisoning the mean.
+    lies on the last row or column) is reported as missing rather than poisoning the mean, as
+    are the E-measures of a one-pixel image (see the module docstring).
     """
     pred8 = np.round(prob * 255).astype(np.uint8)
     gt8 = gt.astype(np.uint8) * 255
@@ -110,6 +113,8 @@ def _sod(prob: np.ndarray, gt: np.ndarray) -> dict[str, float | None]:
         "e_measure_adaptive": em.get_results()["em"]["adp"],
         "weighted_f": wfm.get_results()["wfm"],
     }
+    if prob.size < 2:
+        values.update(e_measure_mean=np.nan, e_measure_max=np.nan, e_measure_adaptive=np.nan)
     return {k: float(v) if np.isfinite(v) else None for k, v in values.items()}
 
 

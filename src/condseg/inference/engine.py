@@ -127,7 +127,10 @@ class PreparedModel(WrappedModel):
 
     On the fast path the first call finishes the preparation on the first image of its batch:
     the BatchNorms are folded (a probe of the size the model really runs at, so a model that
-    takes only certain sizes is probed with one), then the network is compiled if asked."""
+    takes only certain sizes is probed with one), then the network is compiled if asked. It
+    checks its inputs itself, since it runs the inner model's ``forward`` directly."""
+
+    checks_input = True
 
     def __init__(
         self, model: SegmentationModel, execution: Execution, dropped_maps: tuple[str, ...] = ()

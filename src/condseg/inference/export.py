@@ -3,16 +3,24 @@
 The exported graph takes the normalised image (B, 3, H, W) — normalisation stays outside, as
 for the PyTorch model — and returns logits: ``mask``, plus the model's ``map_names`` (``fg``,
 ``bg``, ``uc`` for ConDSeg). Training-only auxiliary outputs are not part of the graph.
-The batch axis is dynamic. The TorchScript exporter is used (``dynamo=False``): the dynamo
-exporter needs ``onnxscript``, which is not a dependency. CDFA's ``fold`` becomes ONNX
-``Col2Im``, which exists from opset 18 on, hence the default opset.
+The batch axis is dynamic. The file's ``metadata_props`` carry what a deployment needs to
+feed and read it without condseg — ``input_size``, ``mean``, ``std``, ``threshold``, ``model``,
+``outputs``, ``preprocessing`` — and :func:`how_to_run` turns them into an onnxruntime snippet.
+The TorchScript exporter is used (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
+which is not a dependency. CDFA's ``fold`` becomes ONNX ``Col2Im``, which exists from opset 18
+on, hence the default opset. ``onnx`` and ``onnxruntime`` are the optional ``onnx`` extra.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +29,21 @@ import torch
 from torch import nn
 from torch.onnx import symbolic_helper
 
-from condseg.errors import CondsegError, refuse_existing
+from condseg.errors import CondsegError, first_line, refuse_existing
 from condseg.models.base import (
     SegmentationModel,
     eval_mode,
     input_size,
+    normalization,
     plain_kernels,
     require_model,
 )
 
 DEFAULT_OPSET = 18
+#: The opsets torch's TorchScript exporter writes (torch.onnx's ONNX_MIN_OPSET and
+#: ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET); a model may need more (CDFA: 18).
+OPSETS = range(7, 21)
+INSTALL = 'pip install "condseg[onnx]"'
 
 
 @dataclass
@@ -43,7 +56,20 @@ class ExportReport:
 
 
 class ExportError(CondsegError):
-    """The exported graph disagrees with PyTorch."""
+    """The model cannot be exported as asked, or the exported graph disagrees with PyTorch."""
+
+
+def _require(*modules: str) -> None:
+    """Refuse to start without the optional packages export needs (one line, how to get them)."""
+    missing = []
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportError(f"ONNX export needs {' and '.join(modules)} (missing: "
+                          f"{', '.join(missing)}); install them with {INSTALL}")
 
 
 class _LogitsOnly(nn.Module):
@@ -82,6 +108,10 @@ def export_onnx(
     never left behind. Height and width are fixed at ``size``; only the batch is dynamic.
     """
     path = Path(path)
+    if not (isinstance(opset, int) and opset in OPSETS):
+        raise ExportError(f"opset must be from {OPSETS.start} to {OPSETS.stop - 1} (the ONNX "
+                          f"opsets torch exports; ConDSeg's CDFA needs 18 or more); got {opset!r}")
+    _require("onnx", *(["onnxruntime"] if verify else []))
     refuse_existing([path], overwrite)
     height, width = input_size(require_model(model), size)
     sample = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -96,7 +126,7 @@ def export_onnx(
         torch.onnx.register_custom_op_symbolic("aten::col2im", _col2im, opset)
     try:
         with (eval_mode(wrapper, inference=False), plain_kernels(wrapper),
-              warnings.catch_warnings()):
+              warnings.catch_warnings(), _stderr_dropped_on_error()):
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # H, W are fixed anyway
             torch.onnx.export(
@@ -109,9 +139,14 @@ def export_onnx(
                 opset_version=opset,
                 **options,
             )
+    except torch.onnx.errors.OnnxExporterError as error:  # an operator the opset lacks
+        raise ExportError(f"{model.name} cannot be exported at opset {opset} "
+                          f"({first_line(error)}); try a higher opset, up to "
+                          f"{OPSETS.stop - 1}") from error
     finally:
         if opset >= 18:
             torch.onnx.unregister_custom_op_symbolic("aten::col2im", opset)
+    _finish_graph(path, model, (height, width))
     diff = _verify(wrapper, path, sample, outputs) if verify else None
     if diff is not None and not diff <= tolerance:
         path.unlink()
@@ -120,6 +155,89 @@ def export_onnx(
             f"{tolerance:g}); the file was removed — try another opset or report the model"
         )
     return ExportReport(path=path, outputs=outputs, max_abs_diff=diff)
+
+
+@contextmanager
+def _stderr_dropped_on_error() -> Iterator[None]:
+    """Hold the process's stderr aside and pass it on unless the block fails: torch's exporter
+    dumps its whole IR graph there (from C++) when the opset lacks an operator, thousands of
+    lines above our one-line error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def _finish_graph(path: Path, model: SegmentationModel, size: tuple[int, int]) -> None:
+    """Name the outputs' axes (batch, 1, H, W: the tracer names the traced H and W after
+    whatever it derived them from) and write into the file what feeding and reading it takes
+    (see the module docstring)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    outputs = [output.name for output in graph.graph.output]
+    for output in graph.graph.output:
+        batch, channels, height, width = output.type.tensor_type.shape.dim
+        batch.dim_param = "batch"
+        channels.dim_value, height.dim_value, width.dim_value = 1, *size
+    mean, std = normalization(model)
+    props = {
+        "model": model.name,
+        "input_size": json.dumps(list(size)),
+        "mean": json.dumps(list(mean) if mean is not None else None),
+        "std": json.dumps(list(std) if std is not None else None),
+        "threshold": "0.5",
+        "outputs": ",".join(outputs),
+        "preprocessing": (
+            f"RGB uint8 image resized to {size[0]}x{size[1]} (H x W; area when shrinking, "
+            "bilinear when enlarging), divided by 255"
+            + (", minus mean, divided by std" if mean is not None else "")
+            + ", as float32 (B, 3, H, W)"),
+        "postprocessing": "outputs are logits: sigmoid, then resize to the image's size; "
+                          "mask = probability >= threshold",
+    }
+    if model.meta is not None:
+        props["condseg_version"] = str(model.meta.get("version"))
+    onnx.helper.set_model_props(graph, props)
+    onnx.save(graph, str(path))
+
+
+def how_to_run(path: str | Path) -> str:
+    """A short onnxruntime program that predicts one image with the exported file, from the
+    file's own metadata (so it is right for this file whatever its size and normalisation)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+             .metadata_props}
+    height, width = json.loads(props["input_size"])
+    mean, std = json.loads(props["mean"]), json.loads(props["std"])
+    normalise = (f"x = (x - np.array({mean}, np.float32)) / np.array({std}, np.float32)\n"
+                 if mean is not None else "")
+    return (
+        "import cv2, numpy as np, onnxruntime\n"
+        f"session = onnxruntime.InferenceSession({str(path)!r})\n"
+        "image = cv2.cvtColor(cv2.imread('image.png'), cv2.COLOR_BGR2RGB)\n"
+        f"shrink = image.shape[0] >= {height} and image.shape[1] >= {width}\n"
+        f"x = cv2.resize(image, ({width}, {height}), interpolation=cv2.INTER_AREA if shrink "
+        "else cv2.INTER_LINEAR).astype(np.float32) / 255\n"
+        f"{normalise}"
+        "logits = session.run(['mask'], {'image': x.transpose(2, 0, 1)[None]})[0][0, 0]\n"
+        "probability = cv2.resize(1 / (1 + np.exp(-logits)), image.shape[1::-1])\n"
+        f"mask = probability >= {props['threshold']}"
+    )
 
 
 def _verify(wrapper: nn.Module, path: Path, sample: torch.Tensor, outputs: list[str]) -> float:

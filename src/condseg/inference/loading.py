@@ -102,17 +102,24 @@ class ImageFiles(Dataset):
         return item
 
 
+def check_batching(batch_size: int, workers: int | None) -> None:
+    """Refuse a batch size below 1 or a negative number of workers (before anything is
+    written)."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise DataError(f"batch size (--batch-size) must be an integer >= 1; got {batch_size!r}")
+    if workers is not None and not (isinstance(workers, int) and workers >= 0):
+        raise DataError(f"workers (--workers) must be an integer >= 0 (0: load in this "
+                        f"process); got {workers!r}")
+
+
 def batches(
     dataset: Dataset, batch_size: int, workers: int | None = None, pin_memory: bool = False
 ) -> DataLoader:
     """Lists of ``batch_size`` items in order, loaded by ``workers`` processes (None:
     :func:`default_workers`; 0: in this process). Workers start only when there is more than
     one batch to overlap with the model."""
-    if batch_size < 1:
-        raise DataError(f"batch size must be >= 1; got {batch_size}")
+    check_batching(batch_size, workers)
     workers = default_workers() if workers is None else workers
-    if workers < 0:
-        raise DataError(f"workers must be >= 0 (0: load in this process); got {workers}")
     if len(dataset) <= batch_size:  # type: ignore[arg-type]
         workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

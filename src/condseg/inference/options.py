@@ -16,6 +16,15 @@ from condseg.inference.tta import TTA
 from condseg.models.base import ModelError, SegmentationModel, input_size, require_model
 
 
+def check_threshold(threshold: float) -> float:
+    """A mask threshold is a probability strictly between 0 and 1: at 0 or 1 (or NaN) every
+    pixel, or none, would be foreground whatever the model says."""
+    if not (isinstance(threshold, int | float) and 0 < threshold < 1):
+        raise CondsegError(f"threshold (--threshold) must be a probability strictly between 0 "
+                           f"and 1, e.g. 0.5; got {threshold!r}")
+    return threshold
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """``tta``: average over the four flips (``rotations``: the eight flips and 90° turns).
@@ -32,11 +41,13 @@ class InferenceOptions:
         if self.rotations and not self.tta:
             raise CondsegError("rotations are a kind of test-time augmentation: set tta too "
                                "(CLI: --tta --tta-rotations)")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise CondsegError(f"sliding_window must be a positive number of pixels, "
-                               f"got {self.sliding_window}")
+        window = self.sliding_window
+        if window is not None and not (isinstance(window, int) and window > 0):
+            raise CondsegError(f"sliding_window (--sliding-window) must be a positive number of "
+                               f"pixels, got {window!r}")
         if not 0 <= self.overlap < 1:
-            raise CondsegError(f"the window overlap must be in [0, 1), got {self.overlap}")
+            raise CondsegError(f"the window overlap (--overlap) must be in [0, 1), got "
+                               f"{self.overlap!r}")
 
     def wrap(self, model: SegmentationModel) -> SegmentationModel:
         """``model`` with these options applied (itself when there are none)."""

@@ -21,12 +21,13 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from condseg.data.dataset import IMAGE_EXTENSIONS, DataError, image_files, read_image
+from condseg.data.dataset import DataError, read_image
+from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
 from condseg.errors import CondsegError, refuse_existing
 from condseg.inference.engine import Execution, prepare
-from condseg.inference.loading import ImageFiles, InputPlan, batches
-from condseg.inference.options import InferenceOptions
+from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
+from condseg.inference.options import InferenceOptions, check_threshold
 from condseg.models.base import (
     ModelError,
     SegmentationModel,
@@ -36,6 +37,7 @@ from condseg.models.base import (
     probabilities,
     require_model,
 )
+from condseg.outputs import claims
 from condseg.progress import WorkProgress
 from condseg.viz import map_paths, save_maps, save_png
 from condseg.viz import overlay as make_overlay
@@ -56,10 +58,13 @@ class Prediction:
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_files` wrote, and each input it could not use with the reason."""
+    """What :func:`predict_files` wrote, each input it could not use with the reason
+    (``failed``), and each entry of a given folder it did not take, with the reason
+    (``skipped``: hidden entries, subfolders, files of other types)."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 class Predictor:
@@ -93,27 +98,34 @@ class Predictor:
 
     def run(
         self, inputs: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
-        threshold: float = 0.5,
+        threshold: float = 0.5, names: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """Predictions at the images' own ``shapes`` from their network ``inputs``
-        (:meth:`InputPlan.tensor`): one forward pass per distinct input size."""
+        (:meth:`InputPlan.tensor`): one forward pass per distinct input size. ``names`` name
+        the images in errors."""
+        check_threshold(threshold)
+        names = names or [f"image {i}" for i in range(len(inputs))]
         results: dict[int, Prediction] = {}
         sizes = [tuple(x.shape[-2:]) for x in inputs]
         with eval_mode(self.net):
             for size in dict.fromkeys(sizes):
                 indices = [i for i, s in enumerate(sizes) if s == size]
-                probs = probabilities(self.net, torch.stack([inputs[i] for i in indices]))
+                probs = probabilities(self.net, torch.stack([inputs[i] for i in indices]),
+                                      [names[i] for i in indices])
                 for j, i in enumerate(indices):
                     results[i] = to_original_size(
                         {key: p[j] for key, p in probs.items()}, shapes[i], threshold
                     )
         return [results[i] for i in range(len(inputs))]
 
-    def arrays(self, images: Sequence[np.ndarray], threshold: float = 0.5) -> list[Prediction]:
+    def arrays(
+        self, images: Sequence[np.ndarray], threshold: float = 0.5,
+        names: Sequence[str] | None = None,
+    ) -> list[Prediction]:
         """Predictions of uint8 RGB arrays (H, W, 3), prepared in this process."""
         images = [_check_rgb(image) for image in images]
         return self.run([self.plan.tensor(image) for image in images],
-                        [image.shape[:2] for image in images], threshold)
+                        [image.shape[:2] for image in images], threshold, names)
 
 
 def predict(
@@ -128,8 +140,10 @@ def predict(
     The model is prepared for ``execution`` (default: the fast path) at each call; to predict
     many images, prepare it once (``condseg.prepare``) and pass the prepared model, or use
     :func:`predict_files`."""
+    check_threshold(threshold)
     array = read_image(image) if isinstance(image, (str, Path)) else image
-    return predict_arrays(model, [array], threshold, options, execution)[0]
+    names = [str(image)] if isinstance(image, (str, Path)) else None
+    return Predictor(model, options, execution).arrays([array], threshold, names)[0]
 
 
 def predict_arrays(
@@ -146,6 +160,7 @@ def predict_arrays(
     return Predictor(model, options, execution, size=size).arrays(images, threshold)
 
 
+@claims("out_dir")
 def predict_files(
     model: SegmentationModel,
     inputs: Iterable[str | Path],
@@ -170,15 +185,18 @@ def predict_files(
     uc), with ``save_probabilities`` (``"png"`` or ``"npy"``) also the mask probability
     ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
-    ``report.failed`` and the others are still written; every entry of a folder with an image
-    extension is tried (a looping link is reported, not skipped). ``max_pixels`` is the
-    readers' pixel limit. If any output file exists already, nothing is written and
-    FileExistsError is raised, unless ``overwrite`` is set. The model runs on ``execution``
-    (default: the fast path) ``batch_size`` images at a time while ``workers`` processes
-    (default: :func:`~condseg.inference.loading.default_workers`) decode the next ones. With a
-    ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
+    ``report.failed`` and the others are still written. A file given by name is tried whatever
+    its name; of a folder, every entry with an image extension is tried (a looping link is
+    reported, not skipped) and every other entry is listed in ``report.skipped``.
+    ``max_pixels`` is the readers' pixel limit. If any output file exists already, nothing is
+    written and FileExistsError is raised, unless ``overwrite`` is set. The model runs on
+    ``execution`` (default: the fast path) ``batch_size`` images at a time while ``workers``
+    processes (default: :func:`~condseg.inference.loading.default_workers`) decode the next
+    ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     check_probability_format(save_probabilities)
+    check_threshold(threshold)
+    check_batching(batch_size, workers)
     predictor = Predictor(model, options, execution, maps=maps)
     if maps and not predictor.prepared.map_names:
         raise ModelError(f"the model {predictor.prepared.name} produces no probability maps; "
@@ -201,7 +219,8 @@ def predict_files(
             report.failed.extend((files.files[item["index"]], item["error"])
                                  for item in batch if "error" in item)
             predictions = predictor.run([item["input"] for item in loaded],
-                                        [item["shape"] for item in loaded], threshold)
+                                        [item["shape"] for item in loaded], threshold,
+                                        [str(files.files[item["index"]]) for item in loaded])
             for item, pred in zip(loaded, predictions, strict=True):
                 name = names[item["index"]]
                 mask = pred.mask.astype(np.uint8) * 255
@@ -215,6 +234,23 @@ def predict_files(
                     report.written.append(save_probability(outputs[name][-1], pred.prob))
             progress.advance(len(batch))
     return report
+
+
+def report_lines(report: PredictReport, limit: int = 5) -> list[tuple[str, str]]:
+    """``(kind, line)`` for the console, each on one line (:func:`~condseg.data.names.shown`):
+    a ``failed`` line per input that could not be used, and a ``skipped`` line per folder and
+    reason naming the first ``limit`` entries and counting the rest."""
+    groups: dict[tuple[Path, str], list[str]] = {}
+    for path, reason in report.skipped:
+        groups.setdefault((path.parent, reason), []).append(path.name)
+    skipped = [
+        f"{folder}: {len(names)} {'entry' if len(names) == 1 else 'entries'} ({reason}): "
+        + ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                      else "")
+        for (folder, reason), names in groups.items()
+    ]
+    return [("failed", shown(f"{path}: {reason}")) for path, reason in report.failed] + [
+        ("skipped", shown(line)) for line in skipped]
 
 
 def check_probability_format(fmt: str | None) -> None:
@@ -239,11 +275,14 @@ def save_probability(path: Path, prob: np.ndarray) -> Path:
 
 
 def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path]:
-    """Output name → input file, expanding folders; unusable inputs go to ``report.failed``."""
+    """Output name → input file, expanding folders; unusable inputs go to ``report.failed``,
+    folder entries not taken to ``report.skipped``."""
     jobs: dict[str, Path] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            files = image_files(item)
+            scan = scan_folder(item)
+            files = scan.images
+            report.skipped.extend(scan.skipped)
             if not files:
                 report.failed.append(
                     (item, f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")

@@ -29,8 +29,9 @@ INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHTS = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-_OPTIONS = ("loss.options.lossnet_weights=PATH",
-            "loss.options.lossnet=false")
+# Keys relative to the stage: training names the stage (stages.<stage>.loss.options...).
+_WEIGHTS_KEY = "loss.options.lossnet_weights"
+_OFF = "loss.options.lossnet=false"
 
 
 class LossNet(nn.Module):
@@ -96,7 +97,7 @@ def _vgg16_features(weights: str | Path | None) -> nn.Sequential:
     if weights is None:
         source, state = _WEIGHTS.url, _torchvision_weights()
     else:
-        source, state = str(weights), read_state_dict(weights, _OPTIONS[0])
+        source, state = str(weights), read_state_dict(weights, _WEIGHTS_KEY)
     state = {k.removeprefix("features."): v for k, v in state.items()
              if k.startswith("features.")}
     layout = features.state_dict()
@@ -106,7 +107,7 @@ def _vgg16_features(weights: str | Path | None) -> nn.Sequential:
         raise WeightsUnavailableError(
             f"{source} lacks VGG-16 feature weights of the right shapes ({', '.join(wrong[:4])}"
             f"{', ...' if len(wrong) > 4 else ''}); pass a VGG-16 state dict in torchvision's "
-            f"key names with {_OPTIONS[0]}"
+            f"key names with {_WEIGHTS_KEY}=PATH"
         )
     features.load_state_dict({k: state[k].float() for k in layout}, assign=True)
     return features
@@ -124,5 +125,5 @@ def _torchvision_weights() -> dict[str, Tensor]:
             f"LossNet needs ImageNet VGG-16 weights ({type(error).__name__}: "
             f"{first_line(error)}). Where "
             f"there is no network, download {_WEIGHTS.url} elsewhere and pass it with "
-            f"{_OPTIONS[0]}, or train without LossNet with {_OPTIONS[1]}"
+            f"{_WEIGHTS_KEY}=PATH, or train without LossNet with {_OFF}"
         ) from error

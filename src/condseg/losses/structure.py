@@ -49,11 +49,11 @@ class StructureLoss(Loss):
                  lossnet_weights: str | Path | None = None) -> None:
         super().__init__()
         if lossnet_weight < 0:
-            raise ConfigError(f"loss option lossnet_weight must be >= 0, got {lossnet_weight}")
+            raise ConfigError(f"loss.options.lossnet_weight must be >= 0, got {lossnet_weight}")
         if lossnet_weights is not None and not lossnet:
             raise ConfigError(
-                f"loss option lossnet_weights={lossnet_weights} is given but lossnet is off; "
-                "set the loss option lossnet=true, or drop lossnet_weights"
+                f"loss.options.lossnet_weights={lossnet_weights} is given but LossNet is off; "
+                "set loss.options.lossnet=true, or drop loss.options.lossnet_weights"
             )
         self.lossnet_weight = lossnet_weight
         self.lossnet = None

@@ -24,10 +24,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None]
+#: Largest input side one may ask a model for (a model file's, export's): 8192 is far above any
+#: training size and keeps a forged header or a typo from asking for a huge input.
+MAX_INPUT_SIDE = 8192
 
 
 class ModelError(CondsegError):
     """A model name, option or input size the model cannot take."""
+
+
+class NonFiniteOutputError(ModelError):
+    """A model gave NaN probabilities (its computation overflowed, or its weights are bad)."""
 
 
 class ModelOutput(NamedTuple):
@@ -59,6 +66,13 @@ class SegmentationModel(nn.Module):
     arch: dict[str, Any] | None = None
     #: The model file's header, set by ``load_model`` (None for a freshly created model).
     meta: dict[str, Any] | None = None
+    #: Whether a call checks its input against the contract first (a wrapper whose inner model
+    #: checks, or that takes any size itself, sets False).
+    checks_input: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_forward_pre_hook(_check_input)
 
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - the contract
         raise NotImplementedError
@@ -98,6 +112,7 @@ class WrappedModel(SegmentationModel):
     model's input rule, maps, header and name."""
 
     encoder_path = None
+    checks_input = False
 
     def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
@@ -109,6 +124,18 @@ class WrappedModel(SegmentationModel):
     @property
     def name(self) -> str:
         return self.model.name
+
+
+def _check_input(model: SegmentationModel, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: an input the model cannot take is one :class:`ModelError` naming the
+    size and the rule (as the CLI says it), not a shape mismatch deep inside the network."""
+    if not model.checks_input or not args:
+        return
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ModelError(f"{model.name} takes a normalised float tensor (B, 3, H, W); got {got}")
+    check_input_size(model, int(x.shape[-2]), int(x.shape[-1]))
 
 
 def require_model(model: object) -> SegmentationModel:
@@ -140,6 +167,9 @@ def input_size(
         size = model.meta["input_size"]
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     check_input_size(model, height, width)
+    if max(height, width) > MAX_INPUT_SIDE:
+        raise ModelError(f"input size {height}x{width} is beyond {MAX_INPUT_SIDE} pixels a side; "
+                         "predict large images with sliding windows (--sliding-window)")
     return height, width
 
 
@@ -170,14 +200,28 @@ def device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def probabilities(model: SegmentationModel, batch: Tensor) -> dict[str, Tensor]:
+def probabilities(
+    model: SegmentationModel, batch: Tensor, names: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``.
 
-    Call inside :func:`eval_mode`.
+    A NaN is refused (:class:`NonFiniteOutputError`, naming the image: ``names`` of the batch,
+    else its index), never thresholded into an empty mask. An infinite logit is a certain
+    probability, kept. Call inside :func:`eval_mode`.
     """
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
-    return {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+    probs = {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+    for key, prob in probs.items():
+        bad = torch.isnan(prob).flatten(1).any(1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            image = names[i] if names is not None else f"image {i} of the batch"
+            raise NonFiniteOutputError(
+                f"{model.name} gave NaN probabilities ({key}) for {image}: its computation "
+                "overflowed or its weights are broken; retry with --precision float32 "
+                "(Execution(precision='float32')), or use another model file")
+    return probs
 
 
 def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,23 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
-from condseg.models.base import SegmentationModel, require_model
+from condseg.filekind import file_kind
+from condseg.files import atomic_file
+from condseg.models.base import MAX_INPUT_SIDE, SegmentationModel, require_model
 
 META_KEY = "condseg"
 FORMAT_VERSION = 1
-#: Largest input side a header may state (the networks' inputs, not the images': 8192 is far
-#: above any training size and keeps a forged header from asking for a huge input).
-MAX_INPUT_SIDE = 8192
+#: Bounds of a header: its JSON text (a run's whole config is a few kB) and its nesting (the
+#: config's is below 10), so that a forged header cannot make parsing it costly.
+MAX_HEADER_CHARS = 1_000_000
+MAX_HEADER_DEPTH = 32
+#: In an option string these make timm or smp look elsewhere than their built-in encoders:
+#: ``hf-hub:``/``hf_hub:``/``local-dir:`` prefixes, URLs and file paths.
+_SOURCE_MARKS = re.compile(r"[:/\\]")
+#: What a model file is, for the messages refusing anything else.
+MODEL_FILE = ("a model file is a .safetensors file with a condseg JSON header, written by "
+              "`condseg train` (RUN/<stage>/model.safetensors), `condseg cv`, "
+              "`condseg convert-official` or condseg.save_model")
 
 
 class ModelFileError(CondsegError):
@@ -63,6 +72,10 @@ def save_model(
             f"cannot save to {path}: the model has no `arch` attribute "
             "({'name': ..., 'options': {...}}); build it with condseg.create_model"
         )
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ModelFileError(f"cannot save {path}: the model's tensor {bad!r} holds NaN or "
+                             "infinite values (a diverged training?); save a finite model")
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
     header = {
@@ -77,13 +90,8 @@ def save_model(
     }
     text = json.dumps(header, default=_json_scalar)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         _save_weights(model, tmp, metadata={META_KEY: text}, force_contiguous=True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -105,17 +113,26 @@ def read_header(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(
-            f"{path} is not a safetensors file or is truncated ({first_line(exc)}); pass a model "
-            "file written by `condseg train` or condseg.save_model (Lightning .ckpt files are "
-            "not model files)"
+            f"{path} is not a safetensors file or is truncated (it looks like "
+            f"{file_kind(path)}; {first_line(exc)}): {MODEL_FILE}. Lightning .ckpt files are "
+            "not model files; the authors' .pth checkpoints are imported with "
+            "`condseg convert-official`"
         ) from exc
     if META_KEY not in metadata:
         raise ModelFileError(
             f"{path} is a safetensors file without a condseg header; it was not written by "
-            "condseg.save_model (authors' checkpoints: use `condseg convert-official`)"
+            f"condseg ({MODEL_FILE}; authors' checkpoints: use `condseg convert-official`)"
         )
+    text = metadata[META_KEY]
+    if len(text) > MAX_HEADER_CHARS:
+        raise ModelFileError(f"{path}: the condseg header has {len(text):,} characters, more "
+                             f"than a model file's ({MAX_HEADER_CHARS:,} at most); it is forged "
+                             "or damaged — use the file its author wrote")
     try:
-        header = json.loads(metadata[META_KEY])
+        header = json.loads(text)
+    except RecursionError as exc:
+        raise ModelFileError(f"{path}: the condseg header is nested more than "
+                             f"{MAX_HEADER_DEPTH} levels deep; it is forged or damaged") from exc
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: the condseg header is not valid JSON ({exc})") from exc
     problem = validate_header(header)
@@ -132,6 +149,8 @@ def validate_header(header: Any) -> str | None:
     :func:`load_model`'s check."""
     if not isinstance(header, dict):
         return f"expected a JSON object, found {type(header).__name__}"
+    if _depth(header) > MAX_HEADER_DEPTH:
+        return f"it is nested more than {MAX_HEADER_DEPTH} levels deep"
     required = ("format_version", "arch", "mean", "std", "input_size")
     missing = [k for k in required if k not in header]
     if missing:
@@ -150,6 +169,10 @@ def validate_header(header: Any) -> str | None:
                 f"objects: {options!r}")
     if _names_weights(options):
         return "arch.options may not name pretrained or weights (nothing is downloaded or read)"
+    source = _names_source(options, "arch.options")
+    if source:
+        return (f"{source} names a hub, URL or path; a model file may only name built-in "
+                "encoders (nothing is downloaded or read)")
     if (
         not isinstance(size, list)
         or len(size) != 2
@@ -168,6 +191,9 @@ def validate_header(header: Any) -> str | None:
             return f"{key} must be null or 3 finite numbers, got {values!r}"
     if std is not None and min(std) <= 0:
         return f"std must be positive, got {std!r}"
+    for key in ("metrics", "config"):
+        if not isinstance(header.get(key), dict | None):
+            return f"{key} must be null or a JSON object, got {type(header[key]).__name__}"
     return None
 
 
@@ -189,6 +215,46 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _depth(value: Any) -> int:
+    """How many levels of lists and objects nest in a parsed JSON value, counted up to one
+    beyond :data:`MAX_HEADER_DEPTH` (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_HEADER_DEPTH:
+                stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _names_source(value: Any, where: str) -> str | None:
+    """The first option (as ``where.key=value``) whose string names a hub, URL or path."""
+    if isinstance(value, str):
+        return f"{where}={value!r}" if _SOURCE_MARKS.search(value) else None
+    if isinstance(value, dict):
+        children = value.items()
+    elif isinstance(value, list):
+        children = enumerate(value)
+    else:
+        return None
+    for key, child in children:
+        found = _names_source(child, f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _names_weights(value: Any) -> bool:
@@ -228,6 +294,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmenta
             f"{path}: the weights do not match architecture {name!r} "
             f"with options {options} ({first_line(exc)})"
         ) from exc
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ModelFileError(f"{path}: tensor {bad!r} holds NaN or infinite values, so every "
+                             "prediction would be wrong; the file is damaged or was saved from "
+                             "a diverged training — use another model file")
     model.to(device)
     model.meta = {**header, "path": str(Path(path).resolve())}
     return model.eval()

@@ -5,6 +5,7 @@ than after a minute of retries), local weight files read without unpickling, and
 
 from __future__ import annotations
 
+import pickle
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from condseg.errors import CondsegError, first_line
+from condseg.filekind import file_kind, is_torch_file
 
 
 class WeightsUnavailableError(CondsegError):
@@ -43,7 +45,14 @@ def read_state_dict(path: str | Path, option: str) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
+        if not is_torch_file(path):
+            raise ValueError(f"it looks like {file_kind(path)}")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's advice (weights_only=False) would run it
+        raise WeightsUnavailableError(
+            f"{path} holds Python objects besides tensors: refused unread, since loading it "
+            f"could run code; pass a safetensors file or a plain state dict with {option}=PATH"
+        ) from error
     except Exception as error:  # torch and safetensors fail in many ways on a foreign file
         raise WeightsUnavailableError(
             f"{path} cannot be read as a state dict ({first_line(error)}); pass a safetensors "

@@ -8,10 +8,13 @@ This module imports no family: the first lookup loads the packaged ones
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
 
 from condseg.models.base import ModelError, SegmentationModel
 from condseg.registry import same_registration
@@ -87,6 +90,7 @@ def create_model(
         extra["weights"] = weights
     built = model_options(name, options)
     plugins = built.pop("plugins", None)
+    _check_option_types(name, entry.builder, built)
     try:
         model = entry.builder(**built, **extra)
     except TypeError as error:
@@ -100,6 +104,26 @@ def create_model(
         attach_plugins(model, plugins)
     model.arch = {"name": name, "options": dict(options)}
     return model
+
+
+def _check_option_types(name: str, builder: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse an option whose value does not fit the builder's annotation (``width: int``
+    given "abc"), naming it: deep inside the network the same mistake is an unrelated error.
+    Options whose annotation pydantic cannot check are left to the builder."""
+    try:
+        hints = typing.get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
+    except Exception:  # annotations that do not resolve here: the builder checks
+        return
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            TypeAdapter(hints[key]).validate_python(value)
+        except PydanticSchemaGenerationError:
+            continue
+        except ValidationError as error:
+            raise ModelError(f"model {name!r}: option {key}={value!r} is not valid "
+                             f"({error.errors()[0]['msg']})") from None
 
 
 def _entry(name: str) -> ModelEntry:

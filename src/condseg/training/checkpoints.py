@@ -16,8 +16,15 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from condseg.errors import CondsegError
 
 PREVIOUS_SUFFIX = ".previous.ckpt"
+
+
+class CheckpointError(CondsegError):
+    """A checkpoint of an unfinished stage is damaged beyond what resuming can work around."""
 
 
 def previous_of(path: Path) -> Path:
@@ -50,15 +57,52 @@ def readable(path: Path) -> bool:
 
 
 def resume_point(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
-    """The checkpoint to resume from (``last.ckpt``, else the one before it) and a warning
-    when the newest one is unusable; (None, None) when there is none."""
-    last = checkpoint_dir / "last.ckpt"
-    for candidate in (last, previous_of(last)):
+    """The checkpoint to resume from and a warning when it is not the newest; (None, None)
+    when there is none. ``last.ckpt`` is taken, else the one before it, else ``best.ckpt`` (an
+    earlier epoch, optimiser state and all). A damaged ``best.ckpt`` is refused: resuming
+    past it would lose the stage's best model so far without a word."""
+    last, best = checkpoint_dir / "last.ckpt", checkpoint_dir / "best.ckpt"
+    if best.is_file() and not readable(best):
+        raise CheckpointError(
+            f"{best} is damaged (truncated, empty or not a checkpoint), so the stage's best model "
+            f"so far is lost; restore the file, or delete {checkpoint_dir} and resume again to "
+            "train the stage from its start")
+    if not (last.is_file() or previous_of(last).is_file()):
+        return None, None  # the stage wrote no checkpoint yet
+    previous = previous_of(last)
+    warnings = {
+        previous: f"{last} is damaged (truncated?); resuming from the checkpoint before it, "
+                  f"{previous}",
+        best: f"{last} and the checkpoint before it are damaged; resuming from the best epoch's "
+              f"checkpoint, {best} (the epochs after it are trained again)",
+    }
+    for candidate in (last, previous, best):
         if candidate.is_file() and readable(candidate):
-            warning = None if candidate == last else (
-                f"{last} is damaged (truncated?); resuming from the checkpoint before it, "
-                f"{candidate}")
-            return candidate, warning
-    if last.is_file():
-        return None, f"{last} and the checkpoint before it are damaged; the stage starts over"
-    return None, None
+            return candidate, warnings.get(candidate)
+    return None, f"{last} and the checkpoint before it are damaged; the stage starts over"
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose restored state follows the run folder: Lightning records
+    absolute paths (``dirpath``, ``best_model_path``, ...) and, resumed in a moved or copied
+    run, would keep the old folder's best model and drop the best score. Paths inside the
+    recorded folder are re-rooted into this one before Lightning reads them."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = {key: _rerooted(value, Path(old), Path(self.dirpath))
+                          for key, value in state_dict.items()}
+        super().load_state_dict(state_dict)
+
+
+def _rerooted(value: Any, old: Path, new: Path) -> Any:
+    """``value`` with every path string at or under ``old`` moved under ``new`` (also the keys
+    of ``best_k_models``); anything else unchanged."""
+    if isinstance(value, dict):
+        return {_rerooted(k, old, new): _rerooted(v, old, new) for k, v in value.items()}
+    if isinstance(value, str) and value:
+        path = Path(value)
+        if path == old or old in path.parents:
+            return str(new / path.relative_to(old))
+    return value

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from condseg.config import RunConfig, load_config
+from condseg.data.check import require_prepared
 from condseg.errors import CondsegError, refuse_existing
 from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, print_table
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.interrupt import Interrupted
 from condseg.models.ensemble import save_ensemble
 from condseg.models.model_file import load_model
+from condseg.outputs import claim
+from condseg.training.logs import RunLog
 from condseg.training.run import TrainResult, train
 
 FOLDS_DIR = "folds"
@@ -104,9 +109,21 @@ def cross_validate(
     runs are kept and reused; an unfinished one continues only with ``resume``. When every fold
     is asked for (``folds`` None), the runs are aggregated and ensembled; those outputs are not
     replaced without ``overwrite``. A finished cross-validation asked again (every run, the
-    aggregate and the ensemble written) is said to be finished and returned as it is.
+    aggregate and the ensemble written) is said to be finished and returned as it is. What
+    ``console`` prints is also written to ``CV/train.log`` (and each run's part to its own
+    ``train.log``).
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
+    with RunLog(console) as log:
+        return _cross_validate(config, data_root, out_dir, folds, seeds, resume, overwrite,
+                               console, log)
+
+
+def _cross_validate(
+    config: RunConfig, data_root: str | Path | None, out_dir: str | Path,
+    folds: Sequence[int] | None, seeds: Sequence[int] | None, resume: bool, overwrite: bool,
+    console: Console, log: RunLog,
+) -> CVResult:
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise CrossValidationError("no dataset given: pass the data root (--data DIR)")
@@ -128,14 +145,50 @@ def cross_validate(
     if complete:
         refuse_existing([cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE,
                          test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
-    _write_config(cv_dir, config)
-    runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
-            for name, fold, seed in plan]
+    with _held(cv_dir, folds, seeds):  # a share (--fold) leaves the folder to other jobs
+        _write_config(cv_dir, config)
+        if complete:  # jobs sharing the folds log into their own runs' train.log only
+            log.attach(cv_dir)
+        runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
+                for name, fold, seed in plan]
+        return _finish(config, cv_dir, runs, root, complete, console)
+
+
+def _has_progress(cv_dir: Path) -> bool:
+    """Whether a run of the cross-validation wrote a checkpoint or finished."""
+    return any(cv_dir.glob("*/*/checkpoints/*.ckpt")) or any(cv_dir.glob("*/*/result.json"))
+
+
+@contextmanager
+def _held(
+    cv_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
+) -> Iterator[None]:
+    """The folder, locked while this process trains every run in it (one job's share of
+    folds locks only its runs' folders, so that the jobs run at once); an interrupted
+    cross-validation says how to continue it."""
+    with claim(cv_dir, keep=_has_progress) if folds is None else nullcontext():
+        try:
+            yield
+        except Interrupted as stop:
+            if _has_progress(cv_dir):
+                chosen = "".join(f" --fold {k}" for k in folds or ())
+                chosen += f" --seeds {','.join(map(str, seeds))}" if seeds else ""
+                stop.resume = f"condseg cv --out {cv_dir} --resume{chosen}"
+            raise
+
+
+def _finish(
+    config: RunConfig, cv_dir: Path, runs: list[CVRun], root: Path, complete: bool,
+    console: Console,
+) -> CVResult:
+    """Report a partial share, or aggregate, ensemble and evaluate on the test split."""
+    test_split = config.data.test_split
+    test_dir = cv_dir / "evaluation" / test_split
     result = CVResult(cv_dir, runs)
     if not complete:
         console.print(f"trained {', '.join(r.name for r in runs)} in {cv_dir}; when every run "
-                      "has finished, run the same command without --fold to aggregate them "
-                      "and build the ensemble", highlight=False)
+                      f"has finished, run the same command with --out {cv_dir} and without "
+                      "--fold to aggregate them and build the ensemble", highlight=False)
         return result
     result.summary = _aggregate(cv_dir, runs, console)
     members = [r.training.model_file for r in runs]
@@ -143,7 +196,7 @@ def cross_validate(
     result.ensemble_file = save_ensemble(cv_dir / ENSEMBLE, members, metrics=metrics,
                                          config=config, overwrite=True)
     console.print(f"ensemble of {len(members)} models: {result.ensemble_file}", highlight=False)
-    if has_test:
+    if (root / f"{test_split}.txt").is_file():
         evaluation = evaluate(load_model(result.ensemble_file), root, split=test_split,
                               out_dir=test_dir, batch_size=config.data.batch_size,
                               workers=config.data.num_workers, overwrite=True)
@@ -170,6 +223,7 @@ def _plan(
     config: RunConfig, root: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
     available = list_folds(root)
     if folds is not None:
         missing = [k for k in folds if k not in available]
@@ -240,10 +294,11 @@ def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, d
         writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
         writer.writeheader()
         writer.writerows(rows)
+    # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
-                  "model_file": str(r.training.model_file),
-                  "evaluation": str(r.training.run_dir / "evaluation" / "val")} for r in runs],
+                  "model_file": str(r.training.model_file.relative_to(cv_dir)),
+                  "evaluation": f"{r.name}/evaluation/val"} for r in runs],
         "metrics": summary,
         "ensemble": ENSEMBLE,
     }

@@ -2,10 +2,11 @@
 
 What differs between stages is data, not code: the model, the loss (with the views it needs),
 the optimiser, the schedule and an optional per-batch hook, all from the stage's config.
-Validation is the same for every method: ``val/loss`` is L_mask (BCE + Dice) of the mask logits
-(what the plateau schedule watches by default), ``val/miou``, ``val/mdsc``, ``val/recall`` and
-``val/precision`` are means over images (``val/miou`` is what checkpointing and early stopping
-watch).
+``train/loss`` is the stage's full loss; ``train/mask_loss`` is L_mask (BCE + Dice) of the
+output mask on the same batches. Validation is the same for every method: ``val/loss`` is L_mask
+of the mask logits (what the plateau schedule watches by default); ``val/miou``, ``val/mdsc``,
+``val/recall`` and ``val/precision`` are means over images (``val/miou`` is what checkpointing
+and early stopping watch).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class SegmentationModule(L.LightningModule):
         size = batch["image"].shape[0]
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=size)
+        with torch.no_grad():  # the quantity val/loss is, on the training batches
+            losses["mask_loss"] = mask_loss(outputs["image"].mask, batch["mask"])
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
                       batch_size=size)
         return loss

@@ -2,19 +2,35 @@
 
 A live bar written to a file shows up only at the end (or as control characters), so when the
 console is not a terminal, :class:`ProgressLines` prints one line every few steps and one per
-epoch with its validation figures. Epochs are numbered from 1, as users count them.
+epoch with its validation figures, and the time the stage has left (ETA: the mean epoch so far
+times the epochs left; early stopping may end it sooner). Epochs are numbered from 1, as users
+count them; scores are in percent, as in every table.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from rich.console import Console
 
-_SHOWN = (("val/loss", "val loss"), ("val/miou", "mIoU"), ("val/mdsc", "mDSC"),
+_SHOWN = (("val/loss", "val L_mask"), ("val/miou", "mIoU"), ("val/mdsc", "mDSC"),
           ("val/recall", "recall"), ("val/precision", "precision"))
+PERCENT = frozenset({"val/miou", "val/mdsc", "val/recall", "val/precision"})
+
+
+def _shown(key: str, value: float) -> float:
+    return 100 * value if key in PERCENT else value
+
+
+def _figure(key: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if key in PERCENT else f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
 
 
 class ProgressBar(RichProgressBar):
@@ -27,7 +43,7 @@ class ProgressBar(RichProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return metrics
+        return {k: _shown(k, v) if isinstance(v, float) else v for k, v in metrics.items()}
 
     def _get_train_description(self, current_epoch: int) -> str:
         return f"{self.stage} epoch {current_epoch + 1}/{self.trainer.max_epochs}"
@@ -40,6 +56,7 @@ class ProgressLines(Callback):
         self.console, self.stage, self.every_n_steps = console, stage, every_n_steps
         self._start = time.perf_counter()
         self._losses: list[float] = []
+        self._epochs: list[float] = []  # durations of this attempt's epochs (with validation)
 
     def _print(self, trainer: L.Trainer, text: str) -> None:
         if trainer.is_global_zero:
@@ -58,25 +75,39 @@ class ProgressLines(Callback):
         if loss is not None:
             self._losses.append(float(loss))
         if (batch_idx + 1) % self.every_n_steps == 0 and self._losses:
-            self._print(trainer, f"{self._epoch(trainer)} step {batch_idx + 1}/"
-                                 f"{trainer.num_training_batches} loss {self._losses[-1]:.4f}")
+            steps = trainer.num_training_batches
+            per_step = (time.perf_counter() - self._start) / (batch_idx + 1)
+            epoch = sum(self._epochs) / len(self._epochs) if self._epochs else per_step * steps
+            left = per_step * (steps - batch_idx - 1) + epoch * self._epochs_left(trainer)
+            self._print(trainer, f"{self._epoch(trainer)} step {batch_idx + 1}/{steps} loss "
+                                 f"{self._losses[-1]:.4f} (ETA {_duration(left)})")
+
+    def _epochs_left(self, trainer: L.Trainer) -> int:
+        return trainer.max_epochs - trainer.current_epoch - 1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        parts = [f"{label} {float(metrics[key]):.4f}" for key, label in _SHOWN if key in metrics]
+        parts = [f"{label} {_figure(key, float(metrics[key]))}"
+                 for key, label in _SHOWN if key in metrics]
         if self._losses:  # this epoch's mean (Lightning's epoch mean is logged only later)
             parts.insert(0, f"train loss {sum(self._losses) / len(self._losses):.4f}")
         seconds = time.perf_counter() - self._start
-        self._print(trainer, f"{self._epoch(trainer)}: {', '.join(parts)} ({seconds:.0f} s)")
+        self._epochs.append(seconds)
+        left = sum(self._epochs) / len(self._epochs) * self._epochs_left(trainer)
+        eta = f", ETA {_duration(left)}" if self._epochs_left(trainer) else ""
+        self._print(trainer, f"{self._epoch(trainer)}: {', '.join(parts)} "
+                             f"({seconds:.0f} s{eta})")
 
 
-def progress_callbacks(console: Console, stage: str, enabled: bool,
-                       every_n_steps: int) -> list[Callback]:
-    """The bar on a terminal, lines elsewhere, nothing when progress is off."""
+def progress_callbacks(console: Console, stage: str, enabled: bool, every_n_steps: int,
+                       log: Console | None = None) -> list[Callback]:
+    """The bar on a terminal, lines elsewhere, nothing when progress is off. The lines also
+    go to ``log`` (the run's train.log): through the console when it prints lines, else alone."""
     if not enabled:
         return []
-    if console.is_terminal:
-        return [ProgressBar(stage)]
-    return [ProgressLines(console, stage, every_n_steps)]
+    if not console.is_terminal:
+        return [ProgressLines(console, stage, every_n_steps)]
+    lines = [ProgressLines(log, stage, every_n_steps)] if log is not None else []
+    return [ProgressBar(stage), *lines]

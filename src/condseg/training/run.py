@@ -4,9 +4,12 @@ fit per stage of the recipe, export, and the final evaluation (test split, else 
 Run directory layout::
 
     RUN/config.yaml                     the resolved configuration (written at the start)
-    RUN/<stage>/checkpoints/{best,last}.ckpt   Lightning checkpoints (best by val mIoU)
-    RUN/<stage>/metrics.csv             all epochs (merged from csv/version_K/, one per attempt)
-    RUN/<stage>/tensorboard/            TensorBoard logs
+    RUN/train.log                       what the console printed (appended on resume)
+    RUN/<stage>/checkpoints/last.ckpt   Lightning checkpoint of the last epoch (best.ckpt, by
+                                        val mIoU, is removed when the stage finishes unless
+                                        keep_best_checkpoint: its weights are the model file)
+    RUN/<stage>/metrics.csv             one row per epoch (from csv/version_K/, one per attempt)
+    RUN/<stage>/tensorboard/            TensorBoard logs, hyper-parameters, prediction grids
     RUN/<stage>/curves.png              loss and validation curves
     RUN/<stage>/model.safetensors       the best weights as a shareable model file
     RUN/<stage>/result.json             written last: marks the stage as finished
@@ -17,10 +20,11 @@ Run directory layout::
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import json
-import shutil
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +35,6 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     LearningRateMonitor,
-    ModelCheckpoint,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -42,24 +45,35 @@ from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.transforms import VIEWS, geometric_augmentation
-from condseg.errors import CondsegError
+from condseg.epoch_log import write_epoch_log
+from condseg.errors import CondsegError, first_line
 from condseg.evaluation.evaluate import evaluate, print_table
+from condseg.interrupt import Interrupted
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size, use_plain_kernels
-from condseg.models.model_file import load_model, save_model
+from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model
-from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, resume_point
-from condseg.training.hooks import BatchHook, create_batch_hook
+from condseg.outputs import claim, entries
+from condseg.training.checkpoints import (
+    PREVIOUS_SUFFIX,
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    resume_point,
+)
+from condseg.training.hooks import BatchHook, as_trained, create_batch_hook
+from condseg.training.logs import RunLog, TensorBoardExtras, flat_config
 from condseg.training.module import NonFiniteLossError, SegmentationModule
 from condseg.training.progress import ProgressBar, progress_callbacks
 from condseg.training.recipe import print_header, resolve_precision, stage_model
+from condseg.training.resources import ParentWatch, check_resources, check_shares
 from condseg.viz import plot_curves
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
 RESUMABLE_CHANGES = (
     "stages.*.max_epochs", "stages.*.early_stop_patience", "train_stages", "data.num_workers",
     "progress_bar", "log_every_n_steps", "accelerator", "devices", "strategy", "num_nodes",
-    "checkpoint_every_n_steps", "checkpoint_every_minutes",
+    "checkpoint_every_n_steps", "checkpoint_every_minutes", "keep_best_checkpoint",
+    "log_images_every_n_epochs",
 )
 
 
@@ -99,22 +113,32 @@ def train(
 
     A non-empty ``out_dir`` is only used with ``resume=True``: finished stages are skipped, an
     unfinished one continues from its ``last.ckpt``. With ``stage="all"`` the final model is
-    evaluated on the test split, or on the validation split when the dataset has none.
+    evaluated on the test split, or on the validation split when the dataset has none. What
+    ``console`` prints is also written to ``RUN/train.log``.
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
+    with RunLog(console) as log:
+        return _train(config, data_root, out_dir, stage, resume, console, log)
+
+
+def _train(
+    config: RunConfig, data_root: str | Path | None, out_dir: str | Path, stage: str | int,
+    resume: bool, console: Console, log: RunLog,
+) -> TrainResult:
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
     config = resolve_precision(_resolved_paths(config, root))
     stages = select_stages(config, stage)
     # Built and checked before the run directory exists: a refused start leaves none.
+    processes = check_resources(config)
     parts = {name: _stage_parts(config, name) for name in stages}
     run_dir = Path(out_dir)
-    fresh = not run_dir.is_dir() or not any(run_dir.iterdir())
-    try:
+    with _held(run_dir, stage):
         if _is_main_process():
-            _check_data(config.data.root, config, console)
+            check_shares(config, processes, _check_data(config.data.root, config, console))
             _prepare_run_dir(run_dir, config, resume)
+            log.attach(run_dir)
             print_header(config, stages, console)
         result = TrainResult(run_dir)
         trained = False
@@ -126,16 +150,29 @@ def train(
                 if _is_main_process():
                     console.print(f"{name} already finished: {result.model_files[name]}")
                 continue
-            _record(result, name,
-                    _run_stage(name, parts[name], config, run_dir, result, resume, console))
+            _record(result, name, _run_stage(name, parts[name], config, run_dir, result, resume,
+                                             console, log.log))
             trained = True
-    except BaseException:
-        if fresh and _is_main_process() and run_dir.is_dir() and not _has_progress(run_dir):
-            shutil.rmtree(run_dir)  # a failed start leaves nothing behind
-        raise
-    if stage == "all":
-        result.evaluation_dir = _evaluate_final(config, result, console, again=trained)
+        if stage == "all":
+            result.evaluation_dir = _evaluate_final(config, result, console, again=trained)
     return result
+
+
+@contextmanager
+def _held(run_dir: Path, stage: str | int) -> Iterator[None]:
+    """The run directory, locked for the run's life by the main process; a failed start
+    removes only what this process wrote, and an interrupted run says how to continue."""
+    if not _is_main_process():
+        yield
+        return
+    with claim(run_dir, keep=_has_progress):
+        try:
+            yield
+        except Interrupted as stop:
+            if _has_progress(run_dir):
+                chosen = "" if stage == "all" else f" --stage {stage}"
+                stop.resume = f"condseg train --resume {run_dir}{chosen}"
+            raise
 
 
 def _resolved_paths(config: RunConfig, root: Path) -> RunConfig:
@@ -175,18 +212,33 @@ def select_stages(config: RunConfig, stage: str | int) -> list[str]:
 
 
 def _record(result: TrainResult, name: str, summary: dict) -> None:
-    result.model_files[name] = Path(summary["model_file"])
+    """Note a finished stage; its model file is found inside this run folder (a run written
+    before paths were recorded relative to it, then moved, still finds its own file)."""
+    recorded = Path(summary["model_file"])
+    inside = recorded if not recorded.is_absolute() else Path(name) / recorded.name
+    result.model_files[name] = result.run_dir / inside
     result.best_metrics[name] = summary["metrics"]
 
 
 def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
-    """The stage's loss and batch hook, built once; a stage whose loss, views or hook cannot
-    work is refused here, before anything is written."""
+    """The stage's loss and batch hook, built once; a stage whose network (laid out on the
+    meta device: no memory, no download), input sizes, loss, views or hook cannot work is
+    refused here, before the first stage takes its first step."""
     cfg = config.stages[name]
+    model_name, options = stage_model(config, name)
+    try:
+        with torch.device("meta"):
+            model = create_model(model_name, pretrained=False, **options)
+    except Exception as error:  # options are the user's input: any failure to build is theirs
+        key = "model.options" if cfg.model is None else f"stages.{name}.model.options" + "".join(
+            f" and model.options.{k}" for k in cfg.model.inherit)
+        raise TrainingError(f"stages.{name}: model {model_name!r} cannot be built from "
+                            f"{key} ({first_line(error)})") from error
     try:
         loss = create_loss(cfg.loss.name, **cfg.loss.options)
-    except CondsegError as error:  # name the stage, so that "loss.options.x" becomes a full key
-        raise type(error)(f"stages.{name}: {error}") from error
+    except CondsegError as error:  # a loss names its keys "loss.options.x": make them full
+        full = re.sub(r"(?<![\w.])loss\.options\.", f"stages.{name}.loss.options.", str(error))
+        raise type(error)(f"stages.{name}: {full}") from error
     for view in cfg.views:
         VIEWS.get(view)
     missing = [v for v in loss.views if v not in cfg.views]
@@ -198,13 +250,18 @@ def _stage_parts(config: RunConfig, name: str) -> tuple[Loss, BatchHook | None]:
     hook = None
     if cfg.batch_hook is not None:
         hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
+    try:
+        for size in (config.data.size, *(hook.sizes if hook is not None else ())):
+            check_input_size(model, size, size)
+    except CondsegError as error:
+        raise TrainingError(f"stages.{name}: {error} (data.size / batch_hook sizes)") from error
     return loss, hook
 
 
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
     """Write the resolved config; never overwrite a run the user did not ask to continue."""
     config_file = run_dir / "config.yaml"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and entries(run_dir):
         if not resume:
             raise TrainingError(
                 f"run directory {run_dir} is not empty; choose a new one, or continue the run in "
@@ -235,8 +292,9 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if a != b else []
 
 
-def _check_data(root: Path, config: RunConfig, console: Console) -> None:
-    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``."""
+def _check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int]:
+    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``;
+    returns the number of images of each split."""
     data = config.data
     splits = [data.train_split, data.val_split]
     if (root / f"{data.test_split}.txt").is_file():
@@ -251,6 +309,7 @@ def _check_data(root: Path, config: RunConfig, console: Console) -> None:
         raise TrainingError(f"dataset {root} has {len(blocking)} error(s) (table above); {todo}")
     if data.skip:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
+    return report.split_sizes
 
 
 def _provided(path: str, parts: dict[str, str]) -> bool:
@@ -302,15 +361,9 @@ def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
 
 
 def _loaders(
-    cfg: StageConfig, config: RunConfig, model: SegmentationModel, mean: tuple, std: tuple,
-    hook: BatchHook | None,
+    cfg: StageConfig, config: RunConfig, mean: tuple, std: tuple
 ) -> tuple[DataLoader, DataLoader]:
     data = config.data
-    try:
-        for size in (data.size, *(hook.sizes if hook is not None else ())):
-            check_input_size(model, size, size)
-    except CondsegError as error:
-        raise TrainingError(f"{error} (data.size / batch_hook sizes)") from error
     aug = cfg.augmentation
     common = {"size": data.size, "mean": mean, "std": std, "exclude": data.skip,
               "max_pixels": data.max_pixels}
@@ -330,7 +383,7 @@ def _loaders(
 
 def _run_stage(
     name: str, parts: tuple[Loss, BatchHook | None], config: RunConfig, run_dir: Path,
-    result: TrainResult, resume: bool, console: Console,
+    result: TrainResult, resume: bool, console: Console, log: Console | None = None,
 ) -> dict:
     cfg, stage_dir = config.stages[name], run_dir / name
     L.seed_everything(config.seed + list(config.stages).index(name) + 1, workers=True,
@@ -338,19 +391,22 @@ def _run_stage(
     model = _build_model(name, config, result, console)
     use_plain_kernels(model, config.plain_kernels)
     loss, hook = parts
+    hook = _resolved_hook(name, hook, config, model, console)
     module = SegmentationModule(model, loss, cfg, stage=name, batch_hook=hook,
                                 memory_format=config.memory_format)
     mean, std = _normalization(config, model)
-    train_loader, val_loader = _loaders(cfg, config, model, mean, std, hook)
-    checkpoint = ModelCheckpoint(
+    train_loader, val_loader = _loaders(cfg, config, mean, std)
+    checkpoint = RunCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/miou", mode="max",
         save_top_k=1, enable_version_counter=False,
     )
     callbacks = [checkpoint, *_last_checkpoints(config, stage_dir / "checkpoints"),
                  _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
-                 LearningRateMonitor("epoch"),
+                 LearningRateMonitor("epoch"), ParentWatch(),
+                 TensorBoardExtras(flat_config(config.model_dump(mode="json")),
+                                   config.log_images_every_n_epochs, mean, std),
                  *progress_callbacks(console, name, config.progress_bar,
-                                     config.log_every_n_steps)]
+                                     config.log_every_n_steps, log)]
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
@@ -358,7 +414,8 @@ def _run_stage(
         limit_val_batches=cfg.limit_val_batches, log_every_n_steps=config.log_every_n_steps,
         logger=[CSVLogger(stage_dir, name="csv",  # csv/version_K: one per attempt (resume)
                           flush_logs_every_n_steps=config.log_every_n_steps),
-                TensorBoardLogger(stage_dir, name="", version="tensorboard")],
+                TensorBoardLogger(stage_dir, name="", version="tensorboard",
+                                  default_hp_metric=False)],
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=stage_dir, plugins=[AtomicCheckpointIO()],
@@ -378,35 +435,68 @@ def _run_stage(
             f"precision=32, then continue with --resume {run_dir} (resume=True)"
         ) from exc
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    summary = {"model_file": str(stage_dir / "model.safetensors"), "best_checkpoint": str(best),
+    # Paths inside the run are recorded relative to it: a moved or copied run stays whole.
+    summary = {"model_file": f"{name}/model.safetensors",
+               "best_checkpoint": f"{name}/checkpoints/{best.name}",
                "max_epochs": cfg.max_epochs,
                "stopped_early": trainer.current_epoch < cfg.max_epochs}
+    if hook is not None and hook.record() is not None:
+        summary["batch_hook"] = hook.record()
     if trainer.is_global_zero:
-        summary["metrics"] = _export(module, best, config, stage_dir, (mean, std))
+        summary["metrics"] = _export(module, best, as_trained(config, name, hook), stage_dir,
+                                     (mean, std))
         for stale in last.parent.glob(f"*{PREVIOUS_SUFFIX}"):
             stale.unlink()  # the stage is finished: no kill left to survive
+        if not config.keep_best_checkpoint and best != last:
+            best.unlink(missing_ok=True)  # its weights are the model file; last.ckpt resumes
+            summary["best_checkpoint"] = None
         (stage_dir / "result.json").write_text(json.dumps(summary, indent=2))
         metrics = summary["metrics"]
-        console.print(f"{name}: best val mIoU {metrics.get('miou', float('nan')):.4f}, mDSC "
-                      f"{metrics.get('mdsc', float('nan')):.4f} (epoch {metrics['epoch']}) -> "
-                      f"{summary['model_file']}", highlight=False)
+        console.print(f"{name}: best val mIoU {100 * metrics.get('miou', float('nan')):.2f}%, "
+                      f"mDSC {100 * metrics.get('mdsc', float('nan')):.2f}% "
+                      f"(epoch {metrics['epoch']}) -> "
+                      f"{stage_dir / 'model.safetensors'}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return json.loads((stage_dir / "result.json").read_text())
+
+
+def _resolved_hook(
+    name: str, hook: BatchHook | None, config: RunConfig, model: SegmentationModel,
+    console: Console,
+) -> BatchHook | None:
+    """The stage's hook at the run's input size, printed: the sizes a model trains at are
+    never a silent default of the recipe."""
+    if hook is None:
+        return None
+    try:
+        hook = hook.resolved(config.data.size, model.input_divisor)
+    except CondsegError as error:
+        raise type(error)(f"stages.{name}: {error}") from error
+    if _is_main_process() and hook.record() is not None:
+        console.print(f"{name}: {hook} (batch_hook, data.size {config.data.size})",
+                      highlight=False)
+    return hook
 
 
 def _export(
     module: SegmentationModule, best: Path, config: RunConfig, stage_dir: Path,
     normalization: tuple,
 ) -> dict:
-    """Best weights -> model file; loss/metric curves -> PNG. Returns the best val metrics."""
-    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(checkpoint["state_dict"])
-    # Epochs as users count them: the first epoch is 1.
-    metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
-    mean, std = normalization
-    save_model(stage_dir / "model.safetensors", module.model.cpu(), mean=mean, std=std,
-               input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
-    plot_curves(_merge_csv_logs(stage_dir), stage_dir / "curves.png")
+    """Best weights -> model file; per-epoch log -> table and PNG. Returns the best val
+    metrics. Without ``best`` (removed when the stage first finished, and no epoch since was
+    better) the model file already holds the best weights."""
+    model_file = stage_dir / "model.safetensors"
+    if best.is_file():
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+        # Epochs as users count them: the first epoch is 1.
+        metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
+        mean, std = normalization
+        save_model(model_file, module.model.cpu(), mean=mean, std=std,
+                   input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
+    else:
+        metrics = read_header(model_file)["metrics"]
+    plot_curves(write_epoch_log(stage_dir), stage_dir / "curves.png")
     return metrics
 
 
@@ -458,33 +548,5 @@ def _last_checkpoints(config: RunConfig, folder: Path) -> list[Callback]:
         {"train_time_interval": timedelta(minutes=config.checkpoint_every_minutes)}
         if config.checkpoint_every_minutes is not None else None
     )
-    epochs = ModelCheckpoint(every_n_epochs=1, **common)
-    return [epochs] if within is None else [epochs, ModelCheckpoint(**within, **common)]
-
-
-def _merge_csv_logs(stage_dir: Path) -> Path:
-    """Concatenate the CSV logs of all attempts of a stage (a resumed run logs into a new
-    version folder, since Lightning's CSV logger replaces an existing file) into one file.
-
-    Rows an attempt logged after the checkpoint the next attempt resumed from (the work a kill
-    lost) are left out: the next attempt logs those steps again."""
-    fields: dict[str, None] = {}
-    attempts: list[list[dict[str, str]]] = []
-    versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
-                      key=lambda p: int(p.parent.name.removeprefix("version_")))
-    for path in versions:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields.update(dict.fromkeys(reader.fieldnames or ()))
-            attempts.append(list(reader))
-    rows: list[dict[str, str]] = []
-    for i, attempt in enumerate(attempts):
-        later = [int(r["step"]) for after in attempts[i + 1:] for r in after]
-        cutoff = min(later, default=None)  # an attempt killed before logging cuts nothing
-        rows.extend(r for r in attempt if cutoff is None or int(r["step"]) < cutoff)
-    merged = stage_dir / "metrics.csv"
-    with merged.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)
-    return merged
+    epochs = RunCheckpoint(every_n_epochs=1, **common)
+    return [epochs] if within is None else [epochs, RunCheckpoint(**within, **common)]

@@ -2,7 +2,8 @@
 authors reuse: ``models/chnet/recipe.py`` builds on :func:`authors_recipe`).
 
 SGD with Nesterov momentum, the triangular per-epoch schedule, 352-pixel images with a
-horizontal flip only, each batch resized to one of 224..352, and the authors' normalisation
+horizontal flip only, each batch resized to one of 224..352 (0.64-1.0 of the input size: the
+sizes follow ``data.size``, see ``training/hooks.py``), and the authors' normalisation
 (their 0–255 mean/std divided by 255, since our images reach the network in [0, 1]).
 """
 
@@ -29,8 +30,7 @@ def authors_recipe(model: str, *, batch_size: int, epochs: int, lr: float, encod
                           "nesterov": True, "weight_decay": 5.0e-4},
             "schedule": {"name": "triangular"},
             "augmentation": {"rotate": 0, "p_rotate": 0.0, "p_flip": 0.5, "p_vflip": 0.0},
-            "batch_hook": {"name": "multiscale",
-                           "options": {"sizes": [224, 256, 288, 320, 352]}},
+            "batch_hook": {"name": "multiscale"},  # the authors' 224..352 of 352, scaled
             "max_epochs": epochs,
             "early_stop_patience": epochs,  # the authors train every epoch of the schedule
         }},

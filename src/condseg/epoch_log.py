@@ -1,0 +1,95 @@
+"""``RUN/<stage>/metrics.csv``: the training log a researcher reads, one row per epoch.
+
+Lightning's CSV logger writes a row per logging event (step rows, validation rows, epoch rows
+and learning-rate rows interleaved, epochs from 0, one ``csv/version_K/`` per attempt of a
+resumed stage). The table here has one row per epoch, epochs counted from 1, and plain column
+names: ``train_loss`` is the method's full training loss and ``train_mask_loss`` /
+``val_mask_loss`` the same quantity on both sides (L_mask, BCE + Dice of the output mask);
+the overlap scores are in percent, as in every printed table; learning rates are ``lr_<group>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val_miou",
+                 "val_mdsc", "val_recall", "val_precision")
+PERCENT = frozenset({"val_miou", "val_mdsc", "val_recall", "val_precision"})
+
+
+def column_name(key: str) -> str | None:
+    """The table's name of a logged key (a TensorBoard tag); None for per-step values."""
+    if key == "step" or key.endswith("_step"):
+        return None
+    if key == "val/loss":  # what the plateau schedule watches: L_mask, not the training loss
+        return "val_mask_loss"
+    if key.startswith("lr-"):  # LearningRateMonitor: lr-<Optimizer>[/<group>]
+        group = key.partition("/")[2]
+        return f"lr_{group}" if group else "lr"
+    return key.removesuffix("_epoch").replace("/", "_")
+
+
+def read_lightning_log(path: Path) -> dict[int, dict[str, float]]:
+    """{epoch from 1: {column: value}} of one Lightning ``metrics.csv``: the last finite value
+    per epoch, in the table's names and units. Rows without an epoch (learning rates, logged as
+    an epoch starts) belong to the epoch of the next row that has one."""
+    epochs: dict[int, dict[str, float]] = {}
+    pending: dict[str, float] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+            raise ValueError(f"{path} is not a Lightning metrics.csv (no 'epoch' column)")
+        for row in reader:
+            values = {name: float(cell) for key, cell in row.items()
+                      if cell and key != "epoch" and (name := column_name(key)) is not None}
+            values = {k: 100 * v if k in PERCENT else v for k, v in values.items()
+                      if math.isfinite(v)}
+            if not row["epoch"]:
+                pending.update(values)
+                continue
+            epoch = epochs.setdefault(int(float(row["epoch"])) + 1, {})
+            epoch.update(pending)
+            epoch.update(values)
+            pending = {}
+    return epochs
+
+
+def read_epochs(path: Path) -> dict[int, dict[str, float]]:
+    """{epoch: {column: value}} of a stage's ``metrics.csv``: this table, or a Lightning log
+    (run folders written before it) converted to it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"training log {path} not found")
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    if "step" in header:
+        return read_lightning_log(path)
+    if "epoch" not in header:
+        raise ValueError(f"{path} is not a training log (no 'epoch' column)")
+    with path.open(newline="") as f:
+        return {int(row["epoch"]): {k: float(v) for k, v in row.items()
+                                    if k != "epoch" and v and math.isfinite(float(v))}
+                for row in csv.DictReader(f)}
+
+
+def write_epoch_log(stage_dir: Path) -> Path:
+    """Write ``stage_dir/metrics.csv`` from the Lightning logs of every attempt of the stage
+    (``csv/version_K/``, one per resume): a later attempt's values replace those of an epoch it
+    logged again (the epoch a kill interrupted)."""
+    epochs: dict[int, dict[str, float]] = {}
+    versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
+                      key=lambda p: int(p.parent.name.removeprefix("version_")))
+    for path in versions:
+        for epoch, values in read_lightning_log(path).items():
+            epochs.setdefault(epoch, {}).update(values)
+    present = {key for values in epochs.values() for key in values}
+    rest = sorted(present - set(FIRST_COLUMNS), key=lambda k: (k.startswith("lr"), k))
+    columns = [c for c in FIRST_COLUMNS if c == "epoch" or c in present] + rest
+    out = stage_dir / "metrics.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for epoch in sorted(epochs):
+            writer.writerow({"epoch": epoch, **epochs[epoch]})
+    return out
