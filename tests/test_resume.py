@@ -270,7 +270,8 @@ def test_a_copied_or_moved_run_resumes_from_and_exports_its_own_files(
 
     monkeypatch.setattr(SegmentationModule, "validation_step", falling)
     monkeypatch.setattr(SegmentationModule, "training_step", killed_in_epoch_2)
-    overrides = [*OVERRIDES, "stages.stage1.limit_train_batches=1"]
+    # best.ckpt kept at the stage's end, so that the test can compare the export with it
+    overrides = [*OVERRIDES, "stages.stage1.limit_train_batches=1", "keep_best_checkpoint=true"]
     original = tmp_path / "original"
     with pytest.raises(RuntimeError, match="killed"):
         train(load_config("demo", [*overrides, "stages.stage1.max_epochs=2"]), data, original,

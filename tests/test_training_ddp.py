@@ -43,6 +43,6 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     assert "RESULT" in proc.stdout
     for n in (1, 2):
         summary = json.loads((tmp_path / "run" / f"stage{n}" / "result.json").read_text())
-        assert Path(summary["model_file"]).is_file()
+        assert (tmp_path / "run" / summary["model_file"]).is_file()  # relative to the run
     assert "world_size: 2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
     assert "Grad strides do not match" not in proc.stderr  # DDP saw the final layout

@@ -16,6 +16,8 @@ from pathlib import Path
 
 FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val_miou",
                  "val_mdsc", "val_recall", "val_precision")
+#: The training loss of each logged step: an interrupted epoch's mean is taken from these.
+STEP_LOSS = "train/loss_step"
 PERCENT = frozenset({"val_miou", "val_mdsc", "val_recall", "val_precision"})
 
 
@@ -34,8 +36,10 @@ def column_name(key: str) -> str | None:
 def read_lightning_log(path: Path) -> dict[int, dict[str, float]]:
     """{epoch from 1: {column: value}} of one Lightning ``metrics.csv``: the last finite value
     per epoch, in the table's names and units. Rows without an epoch (learning rates, logged as
-    an epoch starts) belong to the epoch of the next row that has one."""
+    an epoch starts) belong to the epoch of the next row that has one. An epoch whose end a kill
+    interrupted (no epoch mean logged) gets ``train_loss`` as the mean of its logged steps."""
     epochs: dict[int, dict[str, float]] = {}
+    steps: dict[int, list[float]] = {}
     pending: dict[str, float] = {}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -49,10 +53,15 @@ def read_lightning_log(path: Path) -> dict[int, dict[str, float]]:
             if not row["epoch"]:
                 pending.update(values)
                 continue
-            epoch = epochs.setdefault(int(float(row["epoch"])) + 1, {})
+            number = int(float(row["epoch"])) + 1
+            epoch = epochs.setdefault(number, {})
             epoch.update(pending)
             epoch.update(values)
             pending = {}
+            if (step_loss := row.get(STEP_LOSS)) and math.isfinite(float(step_loss)):
+                steps.setdefault(number, []).append(float(step_loss))
+    for number, losses in steps.items():
+        epochs[number].setdefault("train_loss", sum(losses) / len(losses))
     return epochs
 
 
