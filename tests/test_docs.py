@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,6 @@ from condseg import cli
 from condseg.cli import app
 from condseg.config import list_presets, load_config
 from condseg.data.dataset import find_pair, read_split
-from condseg.methods import list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -41,7 +42,12 @@ def test_readme_lists_every_registered_method() -> None:
     intro = README.read_text().split("\n## ", 1)[0]
     rows = [line for line in intro.splitlines() if line.startswith("| `")]
     named = [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
-    assert sorted(named) == sorted(list_methods())
+    # A fresh process: other tests register methods of their own in this one.
+    packaged = subprocess.run(
+        [sys.executable, "-c", "from condseg.methods import list_methods; "
+                               "print(*list_methods())"],
+        capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert sorted(named) == sorted(packaged)
 
 
 def test_readme_lists_every_preset() -> None:

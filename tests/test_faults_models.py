@@ -294,14 +294,18 @@ def test_train_resume_past_a_damaged_best_checkpoint_is_one_line(
     run = tmp_path / "run"
     checkpoints = run / "stage1" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    config = load_config("demo", ["data.size=16", "model.options.width=16",
+    config = load_config("demo", ["data.size=16", "model.options.width=16", "precision=32",
                                   f"data.root={data.resolve()}"])
     (run / "config.yaml").write_text(config.to_yaml())
     torch.save({"global_step": 1}, checkpoints / "last.ckpt")
     (checkpoints / "best.ckpt").write_bytes(b"")
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--data", str(data)])
-    one_error_line(result, str(checkpoints / "best.ckpt"), "is damaged", f"delete {checkpoints}")
+    assert result.output.startswith("method condseg: device cpu")  # the run header, then:
+    error = result.output[result.output.index("error:"):]
+    assert result.exit_code == 2 and error.count("\n") == 1, result.output
+    for name in (str(checkpoints / "best.ckpt"), "is damaged", f"delete {checkpoints}"):
+        assert name in error, (name, error)
     log = Path("train.log")  # the attempt is logged, with the error that ended it
     assert sorted(p.relative_to(run) for p in run.rglob("*") if p.relative_to(run) != log) == before
     assert "is damaged" in (run / log).read_text().splitlines()[-1]
