@@ -311,6 +311,33 @@ def test_train_resume_past_a_damaged_best_checkpoint_is_one_line(
     assert "is damaged" in (run / log).read_text().splitlines()[-1]
 
 
+
+def test_extending_a_finished_stage_past_a_damaged_last_checkpoint_is_one_line(
+    data: Path, tmp_path: Path
+) -> None:
+    """A finished stage keeps no best.ckpt: with its last.ckpt damaged, extending it must not
+    train it again from scratch over its model file."""
+    from condseg.config import load_config
+
+    run = tmp_path / "run"
+    checkpoints = run / "stage1" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    overrides = ["data.size=16", "model.options.width=16", "precision=32",
+                 "stages.stage1.max_epochs=1", f"data.root={data.resolve()}"]
+    (run / "config.yaml").write_text(load_config("demo", overrides).to_yaml())
+    (checkpoints / "last.ckpt").write_bytes(b"damaged")
+    model = run / "stage1" / "model.safetensors"
+    model.write_bytes(b"the user's model")
+    (run / "stage1" / "result.json").write_text(json.dumps({
+        "model_file": "stage1/model.safetensors", "best_checkpoint": None, "max_epochs": 1,
+        "stopped_early": False, "metrics": {"miou": 0.5, "epoch": 1}}))
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--data", str(data),
+                                      "--stage", "stage1", "stages.stage1.max_epochs=2"])
+    error = result.output[result.output.index("error:"):]
+    assert result.exit_code == 2 and error.count("\n") == 1, result.output
+    assert "stage1 has finished" in error and str(checkpoints / "last.ckpt") in error
+    assert model.read_bytes() == b"the user's model"
+
 # Class 6: option values outside their domain ---------------------------------------------------
 
 @pytest.mark.parametrize(("option", "value", "message"), [

@@ -648,7 +648,7 @@ def demo(
 
     quiet_lightning()
     with user_errors():
-        run_demo(out)
+        run_demo(out, console=console)
 
 
 @app.command("compare")

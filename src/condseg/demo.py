@@ -65,7 +65,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into ``out_dir`` (must be new or empty): data/, run/, evaluation/,
     predictions/. ``overrides`` apply to the ``demo`` preset (``key=value``)."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     start = time.perf_counter()
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):

@@ -127,6 +127,7 @@ def _cross_validate(
     root = Path(data_root) if data_root is not None else config.data.root
     if root is None:
         raise CrossValidationError("no dataset given: pass the data root (--data DIR)")
+    root = root.resolve()  # the same dataset however typed, from any working folder
     # Recorded in CV/config.yaml, so that later calls (one per job) need not repeat --data.
     config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
     plan = _plan(config, root, folds, seeds)
@@ -199,7 +200,8 @@ def _finish(
     if (root / f"{test_split}.txt").is_file():
         evaluation = evaluate(load_model(result.ensemble_file), root, split=test_split,
                               out_dir=test_dir, batch_size=config.data.batch_size,
-                              workers=config.data.num_workers, overwrite=True)
+                              workers=config.data.num_workers, overwrite=True,
+                              console=console)
         print_table(evaluation, console)
         result.test_dir = test_dir
     return result
@@ -277,7 +279,8 @@ def _run(
     out = run_dir / "evaluation" / "val"
     if not (out / SUMMARY_JSON).is_file():
         evaluate(load_model(training.model_file), root, split=data.val_split, out_dir=out,
-                 batch_size=data.batch_size, workers=data.num_workers, overwrite=True)
+                 batch_size=data.batch_size, workers=data.num_workers, overwrite=True,
+                 console=console)
     summary = json.loads((out / SUMMARY_JSON).read_text())
     execution = summary["protocol"].get("execution") or {}
     return CVRun(name, fold, seed, training,

@@ -137,8 +137,11 @@ def _train(
     with _held(run_dir, stage):
         if _is_main_process():
             check_shares(config, processes, _check_data(config.data.root, config, console))
+            if resume:  # a refused resume is logged in the run it concerns
+                log.attach(run_dir)
             _prepare_run_dir(run_dir, config, resume)
-            log.attach(run_dir)
+            if not resume:
+                log.attach(run_dir)
             print_header(config, stages, console)
         result = TrainResult(run_dir)
         trained = False
@@ -424,6 +427,11 @@ def _run_stage(
     start = None
     if resume:
         start, warning = resume_point(last.parent)
+        if start is None and (stage_dir / "result.json").is_file():
+            raise TrainingError(
+                f"{name} has finished, but no readable checkpoint is left to extend it from "
+                f"({last} is damaged); its model file {stage_dir / 'model.safetensors'} is kept. "
+                "Restore the checkpoint, or extend it in a new run")
         if warning and _is_main_process():
             console.print(f"warning: {warning}", highlight=False, markup=False)
     try:
