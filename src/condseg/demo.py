@@ -92,11 +92,13 @@ def run_demo(
 
 def _print_summary(result: DemoResult, console: Console) -> None:
     table = Table(title=f"condseg demo finished in {result.seconds:.0f} s", show_header=False)
-    table.add_row("validation mDSC / mIoU (final model)", f"{result.mdsc:.3f} / {result.miou:.3f}")
+    table.add_row("validation mDSC / mIoU (final model)",
+                  f"{100 * result.mdsc:.2f}% / {100 * result.miou:.2f}%")
     for n, metrics in result.training.best_metrics.items():
         table.add_row(f"best val mDSC / mIoU, {n}",
-                      f"{metrics['mdsc']:.3f} / {metrics['miou']:.3f} (epoch {metrics['epoch']})")
-    table.add_row("trivial predictor mDSC (all foreground)", f"{result.trivial_mdsc:.3f}")
+                      f"{100 * metrics['mdsc']:.2f}% / {100 * metrics['miou']:.2f}% "
+                      f"(epoch {metrics['epoch']})")
+    table.add_row("trivial predictor mDSC (all foreground)", f"{100 * result.trivial_mdsc:.2f}%")
     run = result.training.run_dir
     table.add_row("synthetic dataset", str(result.out_dir / "data"))
     table.add_row("run (config, checkpoints, logs, curves)", str(run))
