@@ -1,0 +1,224 @@
+"""Every path of a run folder, named once.
+
+Training writes these folders, cross-validation nests them, evaluation fills ``evaluation/``,
+``compare`` and ``study`` read them back. Each of them asks this module for a path instead of
+spelling a file name, so the layout is written down here and nowhere else::
+
+    RUN/                                RunDir
+      config.yaml  train.log            the run's configuration, the console's copy
+      <stage>/                          StageDir (one per stage of the method, in order)
+        checkpoints/best.ckpt last.ckpt
+        csv/version_K/metrics.csv       Lightning's raw log, one version per attempt
+        tensorboard/
+        metrics.csv  curves.png         one row per epoch; its figure
+        model.safetensors  result.json  the stage's model file and what it recorded
+      evaluation/<split>/               EvalDir
+        summary.json  per_image.csv
+
+    CV/                                 CVDir
+      config.yaml  train.log  cv_runs.csv  cv_summary.json  ensemble.safetensors
+      <run>/                            RunDir (fold<k>, seed<s> or fold<k>-seed<s>)
+      evaluation/<test split>/          EvalDir of the ensemble
+
+Only names live here; what a file holds belongs to its writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+EVALUATION = "evaluation"
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """One evaluation: per-image scores and their summary."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / "per_image.csv"
+
+    def is_complete(self) -> bool:
+        return self.summary.is_file()
+
+    @classmethod
+    def holds_one(cls, path: Path) -> bool:
+        """Whether ``path`` is an evaluation folder (it has a summary)."""
+        return cls(Path(path)).is_complete()
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """One stage of a run: its checkpoints, logs, model file and result."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def csv_logs(self) -> Path:
+        """Lightning's CSV logger root (``csv/version_K`` per attempt)."""
+        return self.path / "csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def is_finished(self) -> bool:
+        return self.result.is_file()
+
+    def relative(self, path: Path) -> str:
+        """``path`` as recorded in the run's files: relative to the run folder, so that a moved
+        or copied run stays whole."""
+        return Path(path).relative_to(self.path.parent).as_posix()
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One training run: its configuration, log, stages and evaluations."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
+    def stage(self, name: str) -> StageDir:
+        return StageDir(self.path / name)
+
+    def evaluation(self, split: str) -> EvalDir:
+        return EvalDir(self.path / EVALUATION / split)
+
+    def evaluations(self) -> list[EvalDir]:
+        """The run's finished evaluations, by split name."""
+        found = sorted((self.path / EVALUATION).glob("*/"))
+        return [EvalDir(p) for p in found if EvalDir(p).is_complete()]
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    @classmethod
+    def of_evaluation(cls, path: Path) -> RunDir | None:
+        """The run an evaluation folder ``RUN/evaluation/<split>`` belongs to, if any."""
+        path = Path(path)
+        run = cls(path.parent.parent)
+        return run if path.parent.name == EVALUATION and run.is_run() else None
+
+
+@dataclass(frozen=True)
+class CVDir:
+    """A cross-validation: its runs, their aggregate, the ensemble and its test evaluation."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def runs_table(self) -> Path:
+        return self.path / "cv_runs.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "cv_summary.json"
+
+    @property
+    def ensemble(self) -> Path:
+        return self.path / "ensemble.safetensors"
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def evaluation(self, split: str) -> EvalDir:
+        return EvalDir(self.path / EVALUATION / split)
+
+
+@dataclass(frozen=True)
+class DatasetDir:
+    """A prepared dataset: ``images/``, ``masks/``, one ``<split>.txt`` per split, optional
+    ``folds/<k>/{train,val}.txt``, and what preparation did not convert."""
+
+    path: Path
+
+    @property
+    def images(self) -> Path:
+        return self.path / "images"
+
+    @property
+    def masks(self) -> Path:
+        return self.path / "masks"
+
+    @property
+    def folds(self) -> Path:
+        return self.path / "folds"
+
+    @property
+    def not_converted(self) -> Path:
+        return self.path / "not_converted.tsv"
+
+    def split(self, name: str) -> Path:
+        """The list of a split's names; ``name`` may be a path like ``folds/0/train``."""
+        return self.path / f"{name}.txt"
+
+    def has_split(self, name: str) -> bool:
+        return self.split(name).is_file()
+
+    @staticmethod
+    def fold_splits(fold: int) -> tuple[str, str]:
+        """The (train, val) split names of fold ``fold``."""
+        return f"folds/{fold}/train", f"folds/{fold}/val"
+
+    def fold_numbers(self) -> list[int]:
+        """The folds with both lists, in order."""
+        if not self.folds.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.folds.iterdir()
+                      if p.name.isdigit() and all(self.split(s).is_file()
+                                                  for s in self.fold_splits(int(p.name))))
