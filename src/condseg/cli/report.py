@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from condseg.cli.render import console, user_errors
-from condseg.cli.train import quiet_lightning
 
 
 def benchmark(
@@ -63,6 +62,7 @@ def demo(
 ) -> None:
     """Synthesise data, train both stages of a narrow ConDSeg, evaluate, predict (CPU, <5 min)."""
     from condseg.demo import run_demo
+    from condseg.training.logs import quiet_lightning
 
     quiet_lightning()
     with user_errors():

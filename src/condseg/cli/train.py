@@ -3,39 +3,21 @@ presets)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from condseg.cli.render import console, user_errors
 
-if TYPE_CHECKING:
-    from condseg.config import RunConfig
 
+def _default_run_dir(name: str) -> Path:
+    """A new run folder for a command given no --out, said before anything is written there."""
+    from condseg.training.request import new_run_dir
 
-def quiet_lightning() -> None:
-    from condseg.training.logs import quiet_lightning as quiet
-
-    quiet()
-
-
-def _new_run_dir(name: str) -> Path:
-    """``runs/<name>-<YYYYmmdd-HHMMSS>``: a run started without --out never meets another
-    run's folder (and its resume advice)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = Path("runs") / f"{name}-{stamp}", 2
-    while path.exists():  # started within the same second
-        path, n = Path("runs") / f"{name}-{stamp}-{n}", n + 1
+    path = new_run_dir(name)
     console.print(f"run directory (default --out): {path}", highlight=False)
     return path
-
-
-def _run_name(config: str | None, cfg: RunConfig) -> str:
-    """The preset or config file's name, or the method's when it is the default preset."""
-    stem = Path(config or "default").stem
-    return cfg.method if stem == "default" else stem
 
 
 def models() -> None:
@@ -106,46 +88,23 @@ def train(
         help="key=value config overrides, e.g. stages.stage2.optimizer.lr=3e-4.")] = None,
 ) -> None:
     """Train a method's stages (default: ConDSeg's two-stage recipe)."""
-    from condseg.errors import CondsegError
     from condseg.training import train as run_training
     from condseg.training.cv import fold_overrides
-    from condseg.training.run import select_stages
+    from condseg.training.logs import quiet_lightning
+    from condseg.training.request import check_resume, run_config, run_name
 
     quiet_lightning()
     with user_errors():
-        if resume is not None and out is not None and out.resolve() != resume.resolve():
-            raise CondsegError(f"--resume {resume} and --out {out} name different run folders; "
-                               "give only --resume RUN")
-        if resume is not None and not (resume / "config.yaml").is_file():
-            raise CondsegError(f"{resume} is not a run folder (no config.yaml); pass the --out "
-                               "folder of the run to continue")
+        if resume is not None:
+            check_resume(resume, out)
         extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
-        cfg = _run_config(config, resume or Path("runs"), resume is not None, extra,
-                          method=method, model=model, precision=precision, seed=seed)
-        if epochs is not None:  # on the stages this call trains; key=value options still refine
-            scaled = [f"stages.{name}.max_epochs={epochs}" for name in select_stages(cfg, stage)]
-            cfg = _run_config(config, resume or Path("runs"), resume is not None, scaled + extra,
-                              method=method, model=model, precision=precision, seed=seed)
+        cfg = run_config(config, extra, folder=resume, epochs=epochs, stage=stage,
+                         method=method, model=model, precision=precision, seed=seed)
         suffix = f"-fold{fold}" if fold is not None else ""
-        run_dir = resume or out or _new_run_dir(_run_name(config, cfg) + suffix)
+        run_dir = resume or out or _default_run_dir(run_name(config, cfg) + suffix)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)
     console.print(f"run directory: {result.run_dir}; model file: {result.model_file}",
                   highlight=False)
-
-
-def _run_config(
-    config: str | None, run_dir: Path, resume: bool, overrides: list[str], **options: object
-) -> RunConfig:
-    """The preset or file (default: the run's own config.yaml with --resume, else 'default')
-    with the overrides and the command's shorthand options (``--method`` is ``method=``)."""
-    from condseg.config import load_config
-
-    if config is None:
-        previous = run_dir / "config.yaml"
-        config = str(previous) if resume and previous.is_file() else "default"
-    keys = {"method": "method", "model": "model.name", "precision": "precision", "seed": "seed"}
-    shorthand = [f"{keys[k]}={v}" for k, v in options.items() if v is not None]
-    return load_config(config, shorthand + overrides)  # key=value options refine a --model
 
 
 def cv(
@@ -178,13 +137,15 @@ def cv(
     """k-fold cross-validation (or multi-seed runs): per-run validation results, their mean ±
     std, and an ensemble model (mean probability) for evaluate and predict."""
     from condseg.training.cv import cross_validate
+    from condseg.training.logs import quiet_lightning
+    from condseg.training.request import run_config, run_name
 
     quiet_lightning()
     with user_errors():
         seed_list = _int_list(seeds, "--seeds") if seeds else None
-        cfg = _run_config(config, out or Path("runs"), out is not None, list(overrides or []),
-                          method=method, model=model, precision=precision)
-        cv_dir = out or _new_run_dir(f"{_run_name(config, cfg)}-cv")
+        cfg = run_config(config, list(overrides or []), folder=out, method=method, model=model,
+                         precision=precision)
+        cv_dir = out or _default_run_dir(f"{run_name(config, cfg)}-cv")
         result = cross_validate(cfg, data, cv_dir, folds=fold or None, seeds=seed_list,
                                 resume=resume, overwrite=overwrite, console=console)
     if result.ensemble_file is not None:
@@ -193,13 +154,13 @@ def cv(
 
 
 def _int_list(text: str, option: str) -> list[int]:
-    from condseg.errors import CondsegError
+    from condseg.errors import OptionError
 
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
-        raise CondsegError(f"{option} takes comma-separated integers, e.g. 0,1,2; got "
-                           f"{text!r}") from error
+        raise OptionError(f"{option} takes comma-separated integers, e.g. 0,1,2; got "
+                          f"{text!r}") from error
 
 
 def presets() -> None:
