@@ -25,7 +25,7 @@ class InputNotFoundError(CondsegError, FileNotFoundError):
 
 class OptionError(CondsegError, ValueError):
     """An option of a command or a library call has a value it cannot take, or contradicts
-    another option; the message names the option (its ``--flag`` and its keyword)."""
+    another option; the message names the option (its keyword and its command-line flag)."""
 
 
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:

@@ -38,23 +38,23 @@ def data_prepare(
 
     from rich.markup import escape
 
-    from condseg.data.dataset import DataError
     from condseg.data.prepare import prepare, prepare_folder
+    from condseg.errors import OptionError
 
     with user_errors():
         if len(paths) != (3 if dataset == "folder" else 2):
             usage = "folder IMAGES MASKS OUT" if dataset == "folder" else f"{dataset} RAW OUT"
-            raise DataError(f"expected `condseg data prepare {usage}`, got {len(paths)} paths")
+            raise OptionError(f"expected `condseg data prepare {usage}`, got {len(paths)} paths")
         if dataset == "folder":
             if images or masks:
-                raise DataError("--images/--masks are for releases; folder takes IMAGES MASKS")
+                raise OptionError("--images/--masks are for releases; folder takes IMAGES MASKS")
             fractions = _fractions(split) if split else None
             path = prepare_folder(*paths, split=fractions, folds=folds, test=test, seed=seed,
                                   link=link, swap=swap, max_pixels=max_pixels)
         else:
             if split or folds or test is not None:
-                raise DataError("--split/--folds/--test are for `data prepare folder`; "
-                                f"{dataset} has its own split")
+                raise OptionError("--split/--folds/--test are for `data prepare folder`; "
+                                  f"{dataset} has its own split")
             path = prepare(dataset, *paths, seed=seed, link=link, images=images, masks=masks,
                            swap=swap, max_pixels=max_pixels)
     info = json.loads((path / "split_info.json").read_text())
@@ -72,12 +72,12 @@ def data_prepare(
 
 
 def _fractions(text: str) -> list[float]:
-    from condseg.data.dataset import DataError
+    from condseg.errors import OptionError
 
     try:
         return [float(v) for v in text.split(",")]
     except ValueError as exc:
-        raise DataError(f"--split takes fractions like 0.8,0.1,0.1, got {text!r}") from exc
+        raise OptionError(f"--split takes fractions like 0.8,0.1,0.1, got {text!r}") from exc
 
 
 def data_check(

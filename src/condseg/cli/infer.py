@@ -37,6 +37,7 @@ class Precision(str, Enum):
     float16 = "float16"
 
 
+ModelFileArgument = Annotated[Path, typer.Argument(help="A model file (.safetensors).")]
 # Inference options shared by evaluate and predict (InferenceOptions).
 TTAOption = Annotated[bool, typer.Option(
     "--tta", help="Test-time augmentation: average the probabilities over the four flips.")]
@@ -54,7 +55,8 @@ ThresholdOption = Annotated[float, typer.Option(help="Mask = probability >= this
 DeviceOption = Annotated[str, typer.Option(
     help="auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")]
 PrecisionOption = Annotated[Precision, typer.Option(
-    help="auto: bf16/fp16 autocast where the hardware runs it natively, else float32.")]
+    help="Inference precision, the dtype the network computes in. auto: bf16/fp16 autocast "
+         "where the hardware runs it natively, else float32.")]
 PlainOption = Annotated[bool, typer.Option(
     "--plain", help="The float32 NCHW reference path: no BatchNorm folding, plain kernels.")]
 CompileOption = Annotated[bool, typer.Option(
@@ -81,7 +83,7 @@ def _execution(device: str, precision: Precision, plain: bool, compile: bool) ->
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    model_file: ModelFileArgument,
     data: Annotated[Path, typer.Option(help="Dataset folder (canonical layout).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
     resolution: Annotated[Resolution, typer.Option(
@@ -117,7 +119,7 @@ def evaluate(
     with user_errors():
         options = _inference_options(tta, tta_rotations, sliding_window, overlap)
         execution = _execution(device, precision, plain, compile)
-        net = load_model(checkpoint)
+        net = load_model(model_file)
         result = run_evaluation(
             net, data, split=split, resolution=resolution.value, out_dir=out,
             save_masks=save_masks, batch_size=batch_size, overwrite=overwrite,
@@ -132,7 +134,7 @@ def evaluate(
 
 
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    model_file: ModelFileArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     overlay: Annotated[bool, typer.Option(help="Also write the mask drawn over the image.")]
@@ -140,9 +142,11 @@ def predict(
     maps: Annotated[bool, typer.Option(
         help="Also write the model's probability maps (ConDSeg: SID fg/bg/uncertainty).")]
     = False,
+    probability_format: Annotated[ProbabilityFormat | None, typer.Option(
+        help="Also write the mask probability in this format: <name>_prob.png (8-bit) or .npy "
+             "(float32).")] = None,
     save_probabilities: Annotated[ProbabilityFormat | None, typer.Option(
-        help="Also write the mask probability: <name>_prob.png (8-bit) or .npy (float32).")]
-    = None,
+        hidden=True, help="The former name of --probability-format.")] = None,
     threshold: ThresholdOption = 0.5,
     tta: TTAOption = False,
     tta_rotations: RotationsOption = False,
@@ -160,25 +164,24 @@ def predict(
     """Predict masks at each image's original resolution; exit 1 if an input failed. Entries
     of a folder that are not image files (hidden, subfolders, other types) are listed as
     skipped."""
-    from condseg.inference.predict import predict_files
+    from rich.markup import escape
+
+    from condseg.inference.predict import predict_files, report_lines
     from condseg.models.model_file import load_model
 
     with user_errors():
         options = _inference_options(tta, tta_rotations, sliding_window, overlap)
         execution = _execution(device, precision, plain, compile)
-        net = load_model(checkpoint)
+        net = load_model(model_file)
+        fmt = probability_format or save_probabilities  # the former spelling still works
         report = predict_files(
             net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
             batch_size=batch_size, threshold=threshold, options=options, execution=execution,
             workers=workers,
-            save_probabilities=save_probabilities.value if save_probabilities else None,
+            probability_format=fmt.value if fmt else None,
             max_pixels=max_pixels, console=console,
         )
     console.print(f"wrote {len(report.written)} files to {out}")
-    from rich.markup import escape
-
-    from condseg.inference.predict import report_lines
-
     for kind, line in report_lines(report):
         style = "bold red" if kind == "failed" else "yellow"
         console.print(f"[{style}]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -187,7 +190,7 @@ def predict(
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    model_file: ModelFileArgument,
     format: Annotated[ExportFormat, typer.Option(help="Export format.")] = ExportFormat.onnx,
     out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")]
     = None,
@@ -201,8 +204,8 @@ def export(
     from condseg.models.model_file import load_model
 
     with user_errors():
-        net = load_model(checkpoint)
-        report = export_onnx(net, out or checkpoint.with_suffix(f".{format.value}"),
+        net = load_model(model_file)
+        report = export_onnx(net, out or model_file.with_suffix(f".{format.value}"),
                              size=size, opset=opset, overwrite=overwrite)
     console.print(
         f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "

@@ -14,7 +14,8 @@ def benchmark(
     model: Annotated[str, typer.Option(
         help="Model name (see `condseg models`), or all: every registered model.")] = "condseg",
     size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 256,
-    batch: Annotated[int, typer.Option(help="Images per batch.")] = 4,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "--batch", help="Images per batch.")] = 4,
     train: Annotated[bool, typer.Option("--train", help="Also time a full training step.")]
     = False,
     repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 5,
@@ -32,8 +33,8 @@ def benchmark(
     from condseg.bench import benchmark_models, print_report, write_json
 
     with user_errors():
-        report = benchmark_models(model, size=size, batch=batch, train=train, repeats=repeats,
-                                  warmup=warmup, threads=threads, rounds=rounds)
+        report = benchmark_models(model, size=size, batch_size=batch_size, train=train,
+                                  repeats=repeats, warmup=warmup, threads=threads, rounds=rounds)
     print_report(report, console)
     if json_file is not None:
         console.print(f"wrote {write_json(report, json_file)}", highlight=False)

@@ -10,6 +10,10 @@ import typer
 
 from condseg.cli.render import console, user_errors
 
+TrainingPrecision = Annotated[str | None, typer.Option(
+    help="Training precision (Lightning's, mixed or not): auto (bf16-mixed where the hardware "
+         "runs bf16 natively, else 32), 32, bf16-mixed or 16-mixed (same as precision=...).")]
+
 
 def _default_run_dir(name: str) -> Path:
     """A new run folder for a command given no --out, said before anything is written there."""
@@ -74,9 +78,7 @@ def train(
         help="Run directory (default runs/<preset or method>-<date>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder, with its own config.yaml.")] = None,
-    precision: Annotated[str | None, typer.Option(
-        help="auto (bf16-mixed where the hardware runs bf16 natively, else 32), 32, bf16-mixed "
-             "or 16-mixed (same as precision=...).")] = None,
+    precision: TrainingPrecision = None,
     epochs: Annotated[int | None, typer.Option(
         min=1, help="max_epochs of every stage trained (all, or the one --stage names); "
                     "same as stages.NAME.max_epochs=N for each.")] = None,
@@ -128,9 +130,7 @@ def cv(
     resume: Annotated[bool, typer.Option(help="Continue unfinished runs.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace the aggregate, the ensemble and its test evaluation.")] = False,
-    precision: Annotated[str | None, typer.Option(
-        help="auto (bf16-mixed where the hardware runs bf16 natively, else 32), 32, bf16-mixed "
-             "or 16-mixed (same as precision=...).")] = None,
+    precision: TrainingPrecision = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value config overrides, e.g. stages.stage2.max_epochs=100.")] = None,
 ) -> None:

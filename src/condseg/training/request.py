@@ -1,9 +1,10 @@
 """What a training command asks for, resolved: its configuration and its run folder.
 
-``condseg train`` and ``condseg cv`` (and any script) start from a preset or file, the command's
-shorthand options (``--method`` is ``method=...``) and ``key=value`` overrides; a run continued
-or a cross-validation given again reads its own ``config.yaml`` instead of the default preset.
-A run started without a folder gets a new one, named after what it trains and when.
+``condseg train`` and ``condseg cv`` (and any script) start from a preset or file, the
+command's shorthand options (``--method`` sets the key ``method``) and ``key=value`` overrides;
+a run continued or a cross-validation given again reads its own ``config.yaml`` instead of the
+default preset. A run started without a folder gets a new one, named after what it trains and
+when.
 """
 
 from __future__ import annotations
