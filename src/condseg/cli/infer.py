@@ -30,7 +30,7 @@ class ProbabilityFormat(str, Enum):
     npy = "npy"
 
 
-class Precision(str, Enum):
+class InferencePrecision(str, Enum):
     auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -54,7 +54,7 @@ ThresholdOption = Annotated[float, typer.Option(help="Mask = probability >= this
 # How the network runs (inference.engine.Execution), shared by evaluate and predict.
 DeviceOption = Annotated[str, typer.Option(
     help="auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")]
-PrecisionOption = Annotated[Precision, typer.Option(
+PrecisionOption = Annotated[InferencePrecision, typer.Option(
     help="Inference precision, the dtype the network computes in. auto: bf16/fp16 autocast "
          "where the hardware runs it natively, else float32.")]
 PlainOption = Annotated[bool, typer.Option(
@@ -76,7 +76,7 @@ def _inference_options(
                             sliding_window=sliding_window, overlap=overlap)
 
 
-def _execution(device: str, precision: Precision, plain: bool, compile: bool) -> Execution:
+def _execution(device: str, precision: InferencePrecision, plain: bool, compile: bool) -> Execution:
     from condseg.inference.engine import Execution
 
     return Execution(device=device, precision=precision.value, plain=plain, compile=compile)
@@ -103,7 +103,7 @@ def evaluate(
     sliding_window: SlidingOption = None,
     overlap: OverlapOption = 0.25,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.float32,  # evaluation numbers are the product
+    precision: PrecisionOption = InferencePrecision.float32,  # evaluation numbers are the product
     plain: PlainOption = False,
     compile: CompileOption = False,
     batch_size: BatchSizeOption = 4,
@@ -153,7 +153,7 @@ def predict(
     sliding_window: SlidingOption = None,
     overlap: OverlapOption = 0.25,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOption = InferencePrecision.auto,
     plain: PlainOption = False,
     compile: CompileOption = False,
     batch_size: BatchSizeOption = 4,
