@@ -23,7 +23,7 @@ TINY = {"encoder": "resnet18", "width": 16}
 
 @pytest.fixture(scope="module")
 def results():
-    return run_benchmark(size=64, batch=2, train=True, repeats=2, warmup=1, model_options=TINY,
+    return run_benchmark(size=64, batch_size=2, train=True, repeats=2, warmup=1, model_options=TINY,
                          threads=1, rounds=2)
 
 
@@ -91,6 +91,6 @@ def test_table_names_the_paths(results) -> None:
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(CondsegError, match="unknown paths"):
         run_benchmark(paths=("fast",))
-    with pytest.raises(CondsegError, match="batch"):
-        run_benchmark(batch=0)
+    with pytest.raises(CondsegError, match=r"batch_size \(--batch-size\) must be >= 1"):
+        run_benchmark(batch_size=0)
 

@@ -135,6 +135,26 @@ def test_version_and_short_help_on_every_command() -> None:
         assert short.output == long.output and "Usage:" in short.output, command
 
 
+def test_one_vocabulary_at_the_command_line() -> None:
+    """A .safetensors model file is MODEL_FILE, not a checkpoint; each --precision says which
+    precision it is; --batch-size is the batch everywhere (benchmark keeps --batch); a renamed
+    option keeps its former spelling, hidden."""
+    commands = typer.main.get_command(app).commands
+    for name in ("evaluate", "predict", "export"):
+        assert commands[name].params[0].name == "model_file", name
+    for name in ("train", "cv"):
+        precision = next(p for p in commands[name].params if p.name == "precision")
+        assert precision.help.startswith("Training precision"), name
+    for name in ("evaluate", "predict"):
+        precision = next(p for p in commands[name].params if p.name == "precision")
+        assert precision.help.startswith("Inference precision"), name
+    batch = next(p for p in commands["benchmark"].params if p.name == "batch_size")
+    assert batch.opts == ["--batch-size", "--batch"]
+    former = next(p for p in commands["predict"].params if p.name == "save_probabilities")
+    assert former.hidden and "--save-probabilities" not in runner.invoke(
+        app, ["predict", "--help"]).output
+
+
 def test_train_epochs_sets_max_epochs_of_every_stage_it_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

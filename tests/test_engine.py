@@ -192,7 +192,7 @@ def test_batches_and_loading_workers_do_not_change_the_results(
     for batch_size, workers in ((1, 0), (3, 0), (3, 2)):
         out = tmp_path / f"b{batch_size}w{workers}"
         report = predict_files(model, [images], out, batch_size=batch_size, workers=workers,
-                               save_probabilities="npy", overlay=True)
+                               probability_format="npy", overlay=True)
         assert not report.failed
         runs[batch_size, workers] = {p.name: np.load(p) for p in sorted(out.glob("*.npy"))}
     assert len(runs[1, 0]) == 5

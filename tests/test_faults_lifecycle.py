@@ -84,7 +84,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    src = str(Path(cli.__file__).parents[1])
+    src = str(Path(cli.__file__).parents[2])  # src/condseg/cli/__init__.py
     return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400",
             "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
 

@@ -190,7 +190,7 @@ def test_predict_files_saves_probabilities_as_png_or_npy(tmp_path: Path) -> None
         cv2.imwrite(str(images / f"{name}.png"), rng.integers(0, 255, shape, dtype=np.uint8))
     model = _with_meta(Skewed())
     options = InferenceOptions(tta=True)
-    report = predict_files(model, [images], tmp_path / "npy", save_probabilities="npy",
+    report = predict_files(model, [images], tmp_path / "npy", probability_format="npy",
                            options=options, threshold=0.3)
     assert sorted(p.name for p in report.written) == ["a.png", "a_prob.npy", "b.png",
                                                       "b_prob.npy"]
@@ -201,13 +201,13 @@ def test_predict_files_saves_probabilities_as_png_or_npy(tmp_path: Path) -> None
     mask = cv2.imread(str(tmp_path / "npy" / "a.png"), cv2.IMREAD_GRAYSCALE)
     assert np.array_equal(mask > 0, prob >= 0.3)
 
-    predict_files(model, [images], tmp_path / "png", save_probabilities="png", options=options)
+    predict_files(model, [images], tmp_path / "png", probability_format="png", options=options)
     grey = cv2.imread(str(tmp_path / "png" / "a_prob.png"), cv2.IMREAD_UNCHANGED)
     assert grey.dtype == np.uint8 and np.array_equal(grey, np.rint(prob * 255).astype(np.uint8))
     with pytest.raises(FileExistsError, match=r"a_prob\.png"):
-        predict_files(model, [images], tmp_path / "png", save_probabilities="png")
+        predict_files(model, [images], tmp_path / "png", probability_format="png")
     with pytest.raises(CondsegError, match="png or npy"):
-        predict_files(model, [images], tmp_path / "x", save_probabilities="tiff")
+        predict_files(model, [images], tmp_path / "x", probability_format="tiff")
 
 
 @pytest.fixture(scope="module")
@@ -274,12 +274,17 @@ def test_cli_predict_and_evaluate_take_the_inference_options(
     out = tmp_path / "pred"
     result = runner.invoke(app, [
         "predict", str(model_file), str(dataset / "images"), "--out", str(out), "--tta-rotations",
-        "--save-probabilities", "npy", "--threshold", "0.6", "--sliding-window", "64",
+        "--probability-format", "npy", "--threshold", "0.6", "--sliding-window", "64",
         "--overlap", "0.5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["big.png", "big_prob.npy", "small.png",
                                                      "small_prob.npy"]
     assert np.load(out / "big_prob.npy").shape == (96, 128)
+    former = runner.invoke(app, [  # --probability-format's former name still works
+        "predict", str(model_file), str(dataset / "images"), "--out", str(tmp_path / "former"),
+        "--save-probabilities", "png"])
+    assert former.exit_code == 0, former.output
+    assert (tmp_path / "former" / "big_prob.png").is_file()
     result = runner.invoke(app, [
         "evaluate", str(model_file), "--data", str(dataset), "--tta", "--resolution", "original",
         "--sliding-window", "64", "--threshold", "0.4", "--out", str(tmp_path / "eval"),

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from condseg.errors import CondsegError, first_line
+from condseg.errors import OptionError, first_line
 from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.inference.loading import usable_cores
 from condseg.losses.base import Loss, create_loss
@@ -109,7 +109,7 @@ class _Job:
     model: str
     options: dict
     size: int
-    batch: int
+    batch_size: int
     train: bool
     repeats: int
     warmup: int
@@ -141,7 +141,7 @@ def benchmark_models(
 def run_benchmark(
     model: str = "condseg",
     size: int = 256,
-    batch: int = 4,
+    batch_size: int = 4,
     train: bool = False,
     repeats: int = 5,
     warmup: int = 2,
@@ -154,20 +154,22 @@ def run_benchmark(
     plain, default, ...: a slow spell of a shared machine then hits every path alike; the times
     of all rounds are pooled, the peaks are the highest); fill in each path's drift, speed-up
     and memory relative to "plain"."""
-    for name, value, least in (("size", size, 1), ("batch", batch, 1), ("repeats", repeats, 1),
-                               ("warmup", warmup, 0), ("rounds", rounds, 1),
+    for name, value, least in (("size", size, 1), ("batch_size", batch_size, 1),
+                               ("repeats", repeats, 1), ("warmup", warmup, 0),
+                               ("rounds", rounds, 1),
                                ("threads", 1 if threads is None else threads, 1)):
         if value < least:
-            raise CondsegError(f"{name} must be >= {least}; got {value}")
+            flag = "--" + name.replace("_", "-")
+            raise OptionError(f"{name} ({flag}) must be >= {least}; got {value}")
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
-        raise CondsegError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
+        raise OptionError(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     _check_buildable(model, dict(model_options or {}), size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs: dict[str, list[tuple[BenchResult, np.ndarray]]] = {path: [] for path in paths}
     for _ in range(rounds):
         for path in paths:
-            job = _Job(path, model, dict(model_options or {}), size, batch, train, repeats,
+            job = _Job(path, model, dict(model_options or {}), size, batch_size, train, repeats,
                        warmup, threads or usable_cores(), device)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 runs[path].append(pool.submit(_measure, job, os.getloadavg()[0]).result())
@@ -238,7 +240,7 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     net = create_model(job.model, pretrained=False, **job.options).to(device).eval()
     parameters = sum(p.numel() for p in net.parameters())
     generator = torch.Generator().manual_seed(SEED)
-    x = torch.randn(job.batch, 3, job.size, job.size, generator=generator)
+    x = torch.randn(job.batch_size, 3, job.size, job.size, generator=generator)
     second = torch.randn(x.shape, generator=generator)  # a loss may need a second view
     target = (x.mean(1, keepdim=True) > 0).float().to(device)
     execution = _execution(job.path, job.device)
@@ -273,7 +275,7 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
         path=job.path, model=job.model, device=job.device,
         dtype=str(dtype).removeprefix("torch."),
         memory_format=_layout_name(fmt), threads=job.threads,
-        size=job.size, batch=job.batch, load_avg=load_avg, baseline_rss_mb=baseline,
+        size=job.size, batch=job.batch_size, load_avg=load_avg, baseline_rss_mb=baseline,
         parameters=parameters, gflops_per_image=counter.get_total_flops() / 1e9,
         batchnorm_folded=folded,
         inference=inference, train=train, train_memory_format=train_format,

@@ -23,6 +23,11 @@ class InputNotFoundError(CondsegError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class OptionError(CondsegError, ValueError):
+    """An option of a command or a library call has a value it cannot take, or contradicts
+    another option; the message names the option (its keyword and its command-line flag)."""
+
+
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
     """Raise before writing anything if an output would replace an existing file, or (even
     with ``overwrite``) a folder."""

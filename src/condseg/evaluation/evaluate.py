@@ -24,7 +24,7 @@ from rich.table import Table
 
 from condseg.data.check import check_dataset
 from condseg.data.dataset import DataError, SegmentationDataset
-from condseg.errors import CondsegError, refuse_existing
+from condseg.errors import OptionError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
@@ -117,11 +117,12 @@ def evaluate(
     ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     if resolution not in RESOLUTIONS:
-        raise CondsegError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        raise OptionError(f"resolution (--resolution) must be one of {RESOLUTIONS}, got "
+                          f"{resolution!r}")
     options = options or InferenceOptions()
     if options.sliding_window is not None and resolution == "network":
-        raise CondsegError("sliding windows predict each image at its own resolution; use "
-                           "resolution='original' (--resolution original)")
+        raise OptionError("sliding windows predict each image at its own resolution; use "
+                          "resolution='original' (--resolution original)")
     check_probability_format(save_probabilities and probability_format)
     check_threshold(threshold)
     check_batching(batch_size, workers)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from condseg.data.dataset import DataError, read_image, read_mask
 from condseg.data.transforms import resize_image, to_tensor
+from condseg.errors import OptionError
 
 #: At most this many loading workers by default: decoding a batch is far cheaper than the
 #: network's pass over it, so more only take cores from the model.
@@ -106,10 +107,11 @@ def check_batching(batch_size: int, workers: int | None) -> None:
     """Refuse a batch size below 1 or a negative number of workers (before anything is
     written)."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise DataError(f"batch size (--batch-size) must be an integer >= 1; got {batch_size!r}")
+        raise OptionError(f"batch size (--batch-size) must be an integer >= 1; got "
+                          f"{batch_size!r}")
     if workers is not None and not (isinstance(workers, int) and workers >= 0):
-        raise DataError(f"workers (--workers) must be an integer >= 0 (0: load in this "
-                        f"process); got {workers!r}")
+        raise OptionError(f"workers (--workers) must be an integer >= 0 (0: load in this "
+                          f"process); got {workers!r}")
 
 
 def batches(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from condseg.errors import CondsegError
+from condseg.errors import OptionError
 from condseg.inference.sliding import SlidingWindow
 from condseg.inference.tta import TTA
 from condseg.models.base import ModelError, SegmentationModel, input_size, require_model
@@ -20,8 +20,8 @@ def check_threshold(threshold: float) -> float:
     """A mask threshold is a probability strictly between 0 and 1: at 0 or 1 (or NaN) every
     pixel, or none, would be foreground whatever the model says."""
     if not (isinstance(threshold, int | float) and 0 < threshold < 1):
-        raise CondsegError(f"threshold (--threshold) must be a probability strictly between 0 "
-                           f"and 1, e.g. 0.5; got {threshold!r}")
+        raise OptionError(f"threshold (--threshold) must be a probability strictly between 0 "
+                          f"and 1, e.g. 0.5; got {threshold!r}")
     return threshold
 
 
@@ -39,15 +39,15 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         if self.rotations and not self.tta:
-            raise CondsegError("rotations are a kind of test-time augmentation: set tta too "
-                               "(CLI: --tta --tta-rotations)")
+            raise OptionError("rotations are a kind of test-time augmentation: set tta too "
+                              "(CLI: --tta --tta-rotations)")
         window = self.sliding_window
         if window is not None and not (isinstance(window, int) and window > 0):
-            raise CondsegError(f"sliding_window (--sliding-window) must be a positive number of "
-                               f"pixels, got {window!r}")
+            raise OptionError(f"sliding_window (--sliding-window) must be a positive number of "
+                              f"pixels, got {window!r}")
         if not 0 <= self.overlap < 1:
-            raise CondsegError(f"the window overlap (--overlap) must be in [0, 1), got "
-                               f"{self.overlap!r}")
+            raise OptionError(f"the window overlap (--overlap) must be in [0, 1), got "
+                              f"{self.overlap!r}")
 
     def wrap(self, model: SegmentationModel) -> SegmentationModel:
         """``model`` with these options applied (itself when there are none)."""

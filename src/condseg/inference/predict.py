@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from condseg.data.dataset import DataError, read_image
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
-from condseg.errors import CondsegError, refuse_existing
+from condseg.errors import OptionError, refuse_existing
 from condseg.inference.engine import Execution, prepare
 from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -174,7 +174,7 @@ def predict_files(
     options: InferenceOptions | None = None,
     execution: Execution | None = None,
     workers: int | None = None,
-    save_probabilities: str | None = None,
+    probability_format: str | None = None,
     max_pixels: int | None = None,
     console: Console | None = None,
 ) -> PredictReport:
@@ -182,7 +182,7 @@ def predict_files(
 
     Writes ``<name>.png`` (0/255 mask), with ``overlay`` also ``<name>_overlay.png``, with
     ``maps`` also ``<name>_<map>.png`` heat maps of the model's ``map_names`` (ConDSeg: fg, bg,
-    uc), with ``save_probabilities`` (``"png"`` or ``"npy"``) also the mask probability
+    uc), with ``probability_format`` (``"png"`` or ``"npy"``) also the mask probability
     ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
     ``report.failed`` and the others are still written. A file given by name is tried whatever
@@ -194,7 +194,7 @@ def predict_files(
     processes (default: :func:`~condseg.inference.loading.default_workers`) decode the next
     ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
-    check_probability_format(save_probabilities)
+    check_probability_format(probability_format)
     check_threshold(threshold)
     check_batching(batch_size, workers)
     predictor = Predictor(model, options, execution, maps=maps)
@@ -205,7 +205,7 @@ def predict_files(
     jobs = _plan(inputs, report)
     out_dir = Path(out_dir)
     map_names = predictor.prepared.map_names if maps else ()
-    outputs = {name: _output_paths(out_dir, name, overlay, map_names, save_probabilities)
+    outputs = {name: _output_paths(out_dir, name, overlay, map_names, probability_format)
                for name in jobs}
     refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
     names = list(jobs)
@@ -230,7 +230,7 @@ def predict_files(
                     report.written.append(save_png(outputs[name][1], overlaid))
                 if maps:
                     report.written.extend(save_maps(pred.maps, out_dir, name))
-                if save_probabilities:
+                if probability_format:
                     report.written.append(save_probability(outputs[name][-1], pred.prob))
             progress.advance(len(batch))
     return report
@@ -255,8 +255,8 @@ def report_lines(report: PredictReport, limit: int = 5) -> list[tuple[str, str]]
 
 def check_probability_format(fmt: str | None) -> None:
     if fmt is not None and fmt not in PROBABILITY_FORMATS:
-        raise CondsegError(f"probabilities are saved as {' or '.join(PROBABILITY_FORMATS)}, "
-                           f"not {fmt!r}")
+        raise OptionError(f"probability_format (--probability-format) must be "
+                          f"{' or '.join(PROBABILITY_FORMATS)}; got {fmt!r}")
 
 
 def probability_path(out_dir: str | Path, name: str, fmt: str) -> Path:

@@ -1,0 +1,113 @@
+"""``condseg data``: prepare, check and synthesise datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from condseg.cli.options import MaxPixels
+from condseg.cli.render import console, user_errors
+
+
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="kvasir-seg, kvasir-sessile, glas, isic2016, "
+                                                "isic2017, cvc-clinicdb, busi, or folder.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="RAW OUT: the release as unpacked and a new folder; for folder: IMAGES MASKS OUT.",
+        show_default=False)],
+    images: Annotated[Path | None, typer.Option(
+        help="Release: the folder holding the images, relative to RAW.")] = None,
+    masks: Annotated[Path | None, typer.Option(
+        help="Release: the folder holding the masks, relative to RAW.")] = None,
+    swap: Annotated[bool, typer.Option(help="Exchange images and masks.")] = False,
+    split: Annotated[str | None, typer.Option(
+        help="folder: train,val[,test] fractions (default 0.8,0.1,0.1).")] = None,
+    folds: Annotated[int | None, typer.Option(
+        help="folder: K folds in OUT/folds/<k>/ instead of --split.")] = None,
+    test: Annotated[float | None, typer.Option(
+        help="folder with --folds: fraction held out of all folds as test.txt.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split when none is shipped.")] = 0,
+    link: Annotated[bool, typer.Option(help="Hard-link unchanged images and masks.")] = False,
+    max_pixels: MaxPixels = None,
+) -> None:
+    """Convert a public release (DATASET RAW OUT) or a folder of images and a folder of masks
+    (folder IMAGES MASKS OUT) into the canonical layout with a recorded split."""
+    import json
+
+    from rich.markup import escape
+
+    from condseg.data.prepare import prepare, prepare_folder
+    from condseg.errors import OptionError
+
+    with user_errors():
+        if len(paths) != (3 if dataset == "folder" else 2):
+            usage = "folder IMAGES MASKS OUT" if dataset == "folder" else f"{dataset} RAW OUT"
+            raise OptionError(f"expected `condseg data prepare {usage}`, got {len(paths)} paths")
+        if dataset == "folder":
+            if images or masks:
+                raise OptionError("--images/--masks are for releases; folder takes IMAGES MASKS")
+            fractions = _fractions(split) if split else None
+            path = prepare_folder(*paths, split=fractions, folds=folds, test=test, seed=seed,
+                                  link=link, swap=swap, max_pixels=max_pixels)
+        else:
+            if split or folds or test is not None:
+                raise OptionError("--split/--folds/--test are for `data prepare folder`; "
+                                  f"{dataset} has its own split")
+            path = prepare(dataset, *paths, seed=seed, link=link, images=images, masks=masks,
+                           swap=swap, max_pixels=max_pixels)
+    info = json.loads((path / "split_info.json").read_text())
+    counts = ", ".join(f"{s} {n}" for s, n in info["counts"].items() if "/" not in s)
+    lines = [f"wrote {escape(str(path))} ({counts}; split: {escape(info['source'])})"]
+    if info.get("mask_suffixes"):
+        found = ", ".join(f"{s} {n}" for s, n in info["mask_suffixes"].items())
+        lines.append(f"masks paired by name suffix: {escape(found)}")
+    if info["not_converted"]:
+        lines.append(f"[yellow]{info['not_converted']} files not converted[/] (unpaired, "
+                     "unreadable, of another size than their image, or not images): see "
+                     f"{escape(str(path / info['not_converted_list']))}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _fractions(text: str) -> list[float]:
+    from condseg.errors import OptionError
+
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise OptionError(f"--split takes fractions like 0.8,0.1,0.1, got {text!r}") from exc
+
+
+def data_check(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder in the canonical layout.")],
+    split: Annotated[list[str] | None, typer.Option(
+        help="Split(s) to check (default: train, val, and test when present)."
+    )] = None,
+    max_pixels: MaxPixels = None,
+) -> None:
+    """Verify every listed image and mask; exit 1 when there are errors."""
+    from condseg.data.check import check_dataset
+
+    with user_errors():
+        report = check_dataset(dataset, splits=split or None, max_pixels=max_pixels)
+    report.print(console)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="New folder for the synthetic dataset.")],
+    train: Annotated[int, typer.Option(help="Training images.")] = 48,
+    val: Annotated[int, typer.Option(help="Validation images.")] = 16,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty OUT.")] = False,
+) -> None:
+    """Write the embedded synthetic endoscopy-like dataset (used by the demo and the tests)."""
+    from condseg.data.synthetic import synthesize
+
+    with user_errors():
+        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed, overwrite=overwrite)
+    console.print(f"wrote {path}")
