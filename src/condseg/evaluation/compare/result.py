@@ -143,11 +143,6 @@ class Comparison:
         return [f"{column} {display_name(metric)}"
                 for column in self.columns for metric in TABLE_METRICS]
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per method: ``method`` plus ``"<column> <metric name>"`` -> percent."""
-        return [{"method": name, **dict(zip(self.headers(), self.values(name), strict=True))}
-                for name in self.labels]
-
     def values(self, label: str) -> list[float | None]:
         """The row of ``label``: percent per column and metric, in the order of headers()."""
         return [self.value(label, c, m) for c in self.columns for m in TABLE_METRICS]
