@@ -464,3 +464,45 @@ def test_figures(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         compare([ref], figure_dir=figures)
 
+
+
+def test_figure_prepares_each_model_once_and_shows_what_predict_writes(
+    model_and_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each model is prepared once for all its images (not once per image), and its masks in
+    predictions.png are, pixel for pixel, the files `condseg predict` writes for those images."""
+    import condseg.inference.predict as inference
+    import condseg.viz as viz
+    from condseg.data.dataset import find_pair, read_mask
+
+    model_file, data = model_and_data
+    names = (data / "val.txt").read_text().split()
+    inputs = [write_evaluation(tmp_path / label, [0.5] * 4, names=names, data_root=str(data),
+                               split="val", model=label, model_file=str(model_file))
+              for label in ("first", "second")]
+    prepared, drawn = [], {}
+    original_prepare, original_grid = inference.prepare, viz.prediction_grid
+
+    def counting_prepare(*args, **kwargs):  # type: ignore[no-untyped-def]
+        prepared.append(args[0])
+        return original_prepare(*args, **kwargs)
+
+    def keeping_grid(names, images, truths, predictions, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.update(predictions)
+        return original_grid(names, images, truths, predictions, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "prepare", counting_prepare)
+    monkeypatch.setattr(viz, "prediction_grid", keeping_grid)
+    result = compare(inputs, figure_dir=tmp_path / "figures", images=",".join(names))
+    assert result.figure_images == names and len(names) > 1
+    assert len(prepared) == 2  # one model per input, each prepared once
+
+    monkeypatch.setattr(inference, "prepare", original_prepare)
+    images = [str(find_pair(data, name)[0]) for name in names]
+    out = tmp_path / "predicted"
+    written = runner.invoke(app, ["predict", str(model_file), *images, "--out", str(out),
+                                  "--workers", "0"])
+    assert written.exit_code == 0, written.output
+    for label in ("first", "second"):
+        for name, mask in zip(names, drawn[label], strict=True):
+            np.testing.assert_array_equal(mask, read_mask(out / f"{name}.png"))

@@ -16,7 +16,7 @@ from torch import nn
 
 from condseg.data.dataset import read_mask
 from condseg.errors import CondsegError
-from condseg.evaluation.evaluate import evaluate, print_table, write_results
+from condseg.evaluation.evaluate import evaluate, print_table, read_results, write_results
 from condseg.evaluation.metrics import METRIC_NAMES
 from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.registry import create_model
@@ -123,6 +123,23 @@ def test_results_files_and_table(dataset: Path, tmp_path: Path) -> None:
     text = console.file.getvalue()
     assert "mIoU (%)" in text and "mDSC (%)" in text and "33.33" in text  # recall in %
     assert "HD95 (px)" in text
+
+
+def test_the_result_carries_what_its_files_hold(dataset: Path, tmp_path: Path) -> None:
+    """Callers use the returned object instead of re-reading summary.json: its means and
+    execution are the file's, and read_results gives back the same object from the folder."""
+    out = tmp_path / "eval"
+    result = evaluate(Brightness(invert=True), dataset, out_dir=out)
+    recorded = json.loads((out / "summary.json").read_text())
+    assert result.means == {m: recorded["metrics"][m]["mean"] for m in METRIC_NAMES}
+    execution = recorded["protocol"]["execution"]
+    assert result.execution == f"{execution['device']} {execution['precision']}"
+    again = read_results(out)
+    assert again.means == result.means and again.execution == result.execution
+    assert again.protocol == recorded["protocol"]
+    assert [row["name"] for row in again.rows] == list(CASES)
+    for before, after in zip(result.rows, again.rows, strict=True):
+        assert {m: after[m] for m in METRIC_NAMES} == {m: before[m] for m in METRIC_NAMES}
 
 
 def test_condseg_at_both_resolutions(dataset: Path) -> None:

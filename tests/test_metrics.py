@@ -243,3 +243,22 @@ def test_metrics_of_tiny_images_are_finite_and_in_range(case: str) -> None:
         else:
             assert 0 <= m[name] <= n / (n - 1) + 1e-9, (name, m[name])
     assert summarize([m])["e_measure_mean"]["missing"] == (1 if n == 1 else 0)
+
+
+def test_one_display_name_and_format_per_metric() -> None:
+    """Every metric has its display name and unit in one table; overlap scores print in %."""
+    from condseg.evaluation.names import (
+        DISPLAY,
+        MISSING,
+        TABLE_METRICS,
+        display_name,
+        formatted,
+        percent,
+    )
+
+    assert list(DISPLAY) == list(METRIC_NAMES)
+    assert [display_name(m) for m in TABLE_METRICS] == ["mIoU", "mDSC", "Recall", "Precision"]
+    assert percent(0.81234) == "81.23" and percent(None) == MISSING == "—"
+    assert formatted("dice", 0.5) == "50.00" and formatted("hd95", 3.14159) == "3.14"
+    assert formatted("mae", 0.123456) == "0.1235" and formatted("assd", None) == MISSING
+    assert display_name("val_loss") == "val_loss"  # not a metric: as written

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from condseg.evaluation.names import display_name
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -257,8 +259,9 @@ def plot_validation_curves(
     return list(values)
 
 
-_CURVE_TITLES = {"val_mdsc": "validation mDSC (%)", "val_mask_loss": "validation L_mask",
-                 "val_miou": "validation mIoU (%)"}
+_CURVE_TITLES = {"val_mdsc": f"validation {display_name('dice')} (%)",
+                 "val_mask_loss": "validation L_mask",
+                 "val_miou": f"validation {display_name('iou')} (%)"}
 
 
 def _plain(text: str) -> str:

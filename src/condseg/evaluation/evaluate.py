@@ -26,6 +26,7 @@ from condseg.data.check import check_dataset
 from condseg.data.dataset import DataError, SegmentationDataset
 from condseg.errors import OptionError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.evaluation.names import display_name, formatted, unit
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -35,6 +36,7 @@ from condseg.inference.predict import (
     probability_path,
     save_probability,
 )
+from condseg.layout import EvalDir
 from condseg.models.base import (
     SegmentationModel,
     eval_mode,
@@ -48,27 +50,10 @@ from condseg.progress import WorkProgress
 from condseg.viz import save_png
 
 RESOLUTIONS = ("network", "original")
-PER_IMAGE_CSV = "per_image.csv"
-SUMMARY_JSON = "summary.json"
-
-# Display label and unit of each metric, in the paper's conventions (overlap metrics in %).
-_DISPLAY: dict[str, tuple[str, str]] = {
-    "iou": ("mIoU", "%"),
-    "dice": ("mDSC", "%"),
-    "recall": ("Recall", "%"),
-    "precision": ("Precision", "%"),
-    "specificity": ("Specificity", "%"),
-    "accuracy": ("Accuracy", "%"),
-    "f2": ("F2", "%"),
-    "mae": ("MAE", ""),
-    "s_measure": ("S-measure", ""),
-    "e_measure_mean": ("E-measure (mean)", ""),
-    "e_measure_max": ("E-measure (max)", ""),
-    "e_measure_adaptive": ("E-measure (adaptive)", ""),
-    "weighted_f": ("weighted F", ""),
-    "hd95": ("HD95", "px"),
-    "assd": ("ASSD", "px"),
-}
+# training/cv.py (branch h17-training) still imports these two names; drop them when it asks
+# EvalDir for its paths.
+PER_IMAGE_CSV = EvalDir(Path()).per_image.name
+SUMMARY_JSON = EvalDir(Path()).summary.name
 
 
 @dataclass
@@ -78,6 +63,17 @@ class EvaluationResult:
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, Any]]
     protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def means(self) -> dict[str, float | None]:
+        """The dataset figure of each metric: the mean of its per-image values."""
+        return {name: stats["mean"] for name, stats in self.summary.items()}
+
+    @property
+    def execution(self) -> str:
+        """Where the model ran, e.g. ``cpu float32``."""
+        record = self.protocol.get("execution") or {}
+        return f"{record.get('device', '?')} {record.get('precision', '?')}"
 
 
 @claims("out_dir", "save_masks", "save_probabilities")
@@ -138,7 +134,7 @@ def evaluate(
     if prob_dir is not None:
         planned += [probability_path(prob_dir, n, probability_format) for n in dataset.names]
     if out_dir is not None:
-        planned += [Path(out_dir) / PER_IMAGE_CSV, Path(out_dir) / SUMMARY_JSON]
+        planned += _files(EvalDir(Path(out_dir)))
     refuse_existing(planned, overwrite)
     for folder in (mask_dir, prob_dir):
         if folder is not None:
@@ -234,10 +230,10 @@ def write_results(
 ) -> tuple[Path, Path]:
     """Write ``per_image.csv`` (empty cell = missing) and ``summary.json`` (protocol and, per
     metric, mean, std, n, missing)."""
-    out_dir = Path(out_dir)
-    csv_path, json_path = out_dir / PER_IMAGE_CSV, out_dir / SUMMARY_JSON
+    folder = EvalDir(Path(out_dir))
+    csv_path, json_path = _files(folder)
     refuse_existing([csv_path, json_path], overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder.path.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", *METRIC_NAMES], extrasaction="ignore")
         writer.writeheader()
@@ -247,16 +243,30 @@ def write_results(
     return csv_path, json_path
 
 
+def read_results(out_dir: str | Path) -> EvaluationResult:
+    """What :func:`write_results` wrote to ``out_dir``, as the result object (an empty cell of
+    ``per_image.csv`` is a missing value)."""
+    folder = EvalDir(Path(out_dir))
+    recorded = json.loads(folder.summary.read_text())
+    with folder.per_image.open(newline="") as f:
+        rows = [{key: cell if key == "name" else (float(cell) if cell else None)
+                 for key, cell in row.items()} for row in csv.DictReader(f)]
+    return EvaluationResult(rows=rows, summary=recorded["metrics"],
+                            protocol=recorded["protocol"])
+
+
+def _files(folder: EvalDir) -> tuple[Path, Path]:
+    return folder.per_image, folder.summary
+
+
 def print_table(result: EvaluationResult, console: Console | None = None) -> None:
     """Print the summary: overlap metrics as percentages like the paper, mean ± std; the title
     says what was evaluated and how (images, resolution, device and precision)."""
     protocol = result.protocol
-    execution = protocol.get("execution") or {}
     title = (
         f"{protocol.get('model', 'model')} on {protocol.get('split', '?')} "
         f"({protocol.get('n_images', len(result.rows))} images, "
-        f"{protocol.get('resolution', '?')} resolution, {execution.get('device', '?')} "
-        f"{execution.get('precision', '?')})"
+        f"{protocol.get('resolution', '?')} resolution, {result.execution})"
     )
     conventional = _scored_by_convention(result.rows)
     caption = None
@@ -268,11 +278,11 @@ def print_table(result: EvaluationResult, console: Console | None = None) -> Non
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name in METRIC_NAMES:
         stats = result.summary[name]
-        label, unit = _DISPLAY.get(name, (name, ""))
+        shown = f"{display_name(name)} ({unit(name)})" if unit(name) else display_name(name)
         table.add_row(
-            f"{label} ({unit})" if unit else label,
-            _format(stats["mean"], unit),
-            _format(stats["std"], unit),
+            shown,
+            formatted(name, stats["mean"]),
+            formatted(name, stats["std"]),
             str(stats["n"]),
             str(stats["missing"]),
             str(conventional[name]) if conventional.get(name) else "",
@@ -289,10 +299,3 @@ def _scored_by_convention(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {"precision": sum(empty_pred), "recall": sum(empty_truth), "iou": both,
             "dice": both, "f2": both}
 
-
-def _format(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "%":
-        return f"{100 * value:.2f}"
-    return f"{value:.2f}" if unit == "px" else f"{value:.4f}"

@@ -1,0 +1,103 @@
+"""``condseg compare``: several methods side by side, in the layout of the ConDSeg paper's Table 1.
+
+Inputs are training run folders (``config.yaml``; their evaluations are ``RUN/evaluation/*/``:
+training writes the test split's, or the validation split's when the dataset has no test split)
+or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evaluate --out``).
+Each input is a row; each dataset (data root name / split) contributes mIoU, mDSC, recall and
+precision in percent. The first input is the reference: every later input evaluated on the
+same images gets a paired Wilcoxon test and a bootstrap interval of its per-image Dice gain.
+
+The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`.result`),
+adds the paired statistics (:mod:`.statistics`), and shows it as tables (:mod:`.tables`) and
+figures (:mod:`.figures`); :func:`compare` does all of it in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from condseg.errors import refuse_existing
+from condseg.evaluation.compare.figures import (
+    FIGURE_FILES,
+    ImageChoice,
+    evenly_spaced,
+    figure_images,
+    parse_images,
+    write_figures,
+)
+from condseg.evaluation.compare.inputs import (
+    assign_columns,
+    assign_labels,
+    protocol_notes,
+    read_input,
+    read_run,
+    stage_names,
+    validation_notes,
+)
+from condseg.evaluation.compare.result import (
+    CompareError,
+    Comparison,
+    best_labels,
+    degenerate_notes,
+)
+from condseg.evaluation.compare.statistics import paired_statistics
+from condseg.evaluation.compare.tables import (
+    OUTPUT_FILES,
+    latex_escape,
+    print_notes,
+    print_tables,
+    write_tables,
+)
+
+__all__ = [
+    "CompareError", "Comparison", "ImageChoice", "best_labels", "compare", "evenly_spaced",
+    "figure_images", "latex_escape", "parse_images", "read_run", "stage_names",
+]
+
+
+def compare(
+    inputs: Sequence[Path],
+    labels: Sequence[str] | None = None,
+    out_dir: Path | None = None,
+    figure_dir: Path | None = None,
+    images: int | str | Sequence[str] = 4,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> Comparison:
+    """Build the comparison of ``inputs`` (the first is the reference), write the tables to
+    ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
+    ``images`` chooses the rows of predictions.png (:func:`parse_images`).
+
+    Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
+    are not there are refused, before anything is written or any model is loaded.
+    """
+    if not inputs:
+        raise CompareError("give at least one run or evaluation folder to compare")
+    choice = parse_images(images)
+    planned = [Path(out_dir) / n for n in OUTPUT_FILES] if out_dir is not None else []
+    planned += [Path(figure_dir) / n for n in FIGURE_FILES] if figure_dir is not None else []
+    refuse_existing(planned, overwrite)
+
+    entries = [read_input(Path(p)) for p in inputs]
+    assign_labels(entries, labels)
+    columns = assign_columns(entries)
+    stats, notes = paired_statistics(entries)
+    result = Comparison(entries=entries, columns=columns, stats=stats,
+                        notes=[*validation_notes(entries, columns),
+                               *protocol_notes(entries, columns), *notes])
+    result.notes += degenerate_notes(result)
+    chosen = figure_images(result, choice) if figure_dir is not None else None
+    if out_dir is not None:
+        result.written += write_tables(result, Path(out_dir))
+    if console is not None:  # before the figures, which load and run every model
+        print_tables(result, console)
+    if figure_dir is not None and chosen is not None:
+        written, figure_notes = write_figures(result, Path(figure_dir), chosen)
+        result.written += written
+        result.notes += figure_notes
+    if console is not None:
+        print_notes(result, console)
+    return result

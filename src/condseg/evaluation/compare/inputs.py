@@ -1,0 +1,224 @@
+"""Reading the inputs of a comparison: run folders and evaluation folders (their paths are
+:mod:`condseg.layout`'s), each input's label and each evaluation's dataset column, and the notes
+about what the inputs hold (validation splits, differing protocols)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from condseg.config import ConfigError, read_yaml
+from condseg.errors import InputNotFoundError
+from condseg.evaluation.compare.result import CompareError, Entry, Evaluation, RunInfo
+from condseg.layout import EvalDir, RunDir, StageDir
+
+
+def read_evaluation(path: Path) -> Evaluation:
+    """Read ``summary.json`` and ``per_image.csv`` of an evaluation folder."""
+    folder = EvalDir(path)
+    summary_path, csv_path = folder.summary, folder.per_image
+    if not csv_path.is_file():
+        raise InputNotFoundError(
+            f"{csv_path} not found; rerun `condseg evaluate ... --out {path}` to write it"
+        )
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not text
+        raise CompareError(
+            f"cannot read {summary_path}: {_one_line(exc)}; rerun condseg evaluate"
+        ) from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
+        raise CompareError(f"{summary_path} has no 'metrics'; it was not written by evaluate")
+    return Evaluation(path=path, protocol=dict(summary.get("protocol") or {}),
+                      metrics=summary["metrics"], per_image=read_per_image(csv_path))
+
+
+def read_per_image(path: Path) -> dict[str, dict[str, float | None]]:
+    """{image name: {metric: value or None}} from a per-image CSV (empty cell = missing)."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "name" not in reader.fieldnames:
+                raise CompareError(f"{path} has no 'name' column; it was not written by evaluate")
+            return {
+                row["name"]: {k: _float(v) for k, v in row.items() if k != "name" and k}
+                for row in reader
+            }
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CompareError(f"cannot read {path}: {_one_line(exc)}; rerun condseg evaluate") from exc
+
+
+def _one_line(error: Exception) -> str:
+    """Parser messages (YAML's especially) span lines; errors are printed as one."""
+    return " ".join(str(error).split())
+
+
+def _float(cell: str | None) -> float | None:
+    if cell is None or not cell.strip():
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_run(path: Path) -> RunInfo:
+    """The run's configuration and its final stage: the last stage with a ``result.json``."""
+    run = RunDir(path)
+    config_path = run.config
+    try:
+        config = read_yaml(config_path.read_text(), config_path.name) or {}
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
+    if not isinstance(config, dict):
+        raise CompareError(f"{config_path} is not a mapping; it was not written by training")
+    finished = [s for s in stage_names(path, config) if run.stage(s).is_finished()]
+    return RunInfo(path=path, config=config, final_stage=finished[-1] if finished else None)
+
+
+def stage_names(run_dir: Path, config: Mapping[str, Any]) -> list[str]:
+    """Stage folder names in training order: the keys of ``stages`` (a list of stage numbers
+    means folders ``stageN``); without ``stages``, the run's sub-folders holding a log."""
+    stages = config.get("stages")
+    if isinstance(stages, Mapping):
+        return [str(name) for name in stages]
+    if isinstance(stages, list):
+        names = [str(s) for s in stages]
+        return [n if (run_dir / n).is_dir() else f"stage{n}" for n in names]
+    return sorted(
+        p.name for p in run_dir.iterdir()
+        if p.is_dir() and (StageDir(p).metrics.is_file() or StageDir(p).is_finished())
+    )
+
+
+def read_input(path: Path) -> Entry:
+    """An input folder as an unlabelled entry; a run contributes all its evaluations."""
+    path = Path(path)
+    run, evaluation = RunDir(path), EvalDir(path)
+    expected = (f"run folders (with {run.config.name}) or evaluation folders (with "
+                f"{evaluation.summary.name} and {evaluation.per_image.name})")
+    if not path.is_dir():
+        raise InputNotFoundError(f"{path} not found; give {expected}")
+    if evaluation.is_complete():
+        owner = RunDir.of_evaluation(path)
+        info = read_run(owner.path) if owner is not None else None
+        return Entry(source=path, label="", evaluations=[read_evaluation(path)], run=info)
+    if run.is_run():
+        info = read_run(path)
+        folders = [e.path for e in run.evaluations()]
+        if not folders:
+            stage = run.stage(info.final_stage or "<stage>")
+            data = (info.config.get("data") or {}).get("root") or "DIR"
+            raise CompareError(
+                f"{path} has no evaluation yet (a run evaluates its final model when all its "
+                f"stages have finished); run `condseg evaluate {stage.model_file} --data "
+                f"{data} --split SPLIT --out {run.evaluation('SPLIT').path}`"
+            )
+        return Entry(source=path, label="", evaluations=[read_evaluation(p) for p in folders],
+                     run=info)
+    raise CompareError(
+        f"{path} is neither a run folder ({run.config.name}) nor an evaluation folder "
+        f"({evaluation.summary.name} and {evaluation.per_image.name})"
+    )
+
+
+# --------------------------------------------------------------------------- labels, columns
+
+
+def method_name(entry: Entry) -> str:
+    """config.yaml ``method``, else the evaluation's ``method``, else its ``model``."""
+    if entry.run is not None and entry.run.config.get("method"):
+        return str(entry.run.config["method"])
+    for key in ("method", "model"):
+        for evaluation in entry.evaluations:
+            if evaluation.protocol.get(key):
+                return str(evaluation.protocol[key])
+    return entry.source.name
+
+
+def assign_labels(entries: Sequence[Entry], labels: Sequence[str] | None) -> None:
+    """Explicit labels in input order, else method names made unique by their folder name."""
+    if labels:
+        if len(labels) != len(entries):
+            raise CompareError(
+                f"got {len(labels)} labels for {len(entries)} inputs; give one --label per input"
+            )
+        if len(set(labels)) != len(labels):
+            raise CompareError(f"labels must be unique, got {', '.join(labels)}")
+        for entry, label in zip(entries, labels, strict=True):
+            entry.label = label
+        return
+    names = [method_name(e) for e in entries]
+    taken: set[str] = set()
+    for entry, name in zip(entries, names, strict=True):
+        label = name
+        if names.count(name) > 1:
+            folder = entry.run.path if entry.run is not None else entry.source
+            label = f"{name} ({folder.resolve().name})"
+        base, k = label, 2
+        while label in taken:
+            label, k = f"{base} #{k}", k + 1
+        taken.add(label)
+        entry.label = label
+
+
+def assign_columns(entries: Sequence[Entry]) -> list[str]:
+    """Name each evaluation's dataset column (data root name / split, plus the resolution
+    protocol when the inputs differ in it) and return the columns in order of appearance."""
+    evaluations = [e for entry in entries for e in entry.evaluations]
+    resolutions = {e.protocol.get("resolution") for e in evaluations}
+    columns: list[str] = []
+    for entry in entries:
+        seen: dict[str, Path] = {}
+        for evaluation in entry.evaluations:
+            evaluation.column = column_name(evaluation.protocol, len(resolutions) > 1)
+            if evaluation.column in seen:
+                raise CompareError(
+                    f"{entry.source} has two evaluations of {evaluation.column} "
+                    f"({seen[evaluation.column]} and {evaluation.path}); give the evaluation "
+                    "folder you mean instead"
+                )
+            seen[evaluation.column] = evaluation.path
+            if evaluation.column not in columns:
+                columns.append(evaluation.column)
+    return columns
+
+
+def column_name(protocol: Mapping[str, Any], with_resolution: bool) -> str:
+    root = str(protocol.get("data_root") or "").rstrip("/\\")
+    name = f"{Path(root).name or 'data'}/{protocol.get('split', '?')}"
+    return f"{name} ({protocol.get('resolution', '?')})" if with_resolution else name
+
+
+def validation_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
+    """Say which columns are validation splits: the images that selected each model (best val
+    mIoU), so their figures are optimistic next to a test split's."""
+    validation = {e.column for entry in entries for e in entry.evaluations
+                  if _is_validation(e, entry.run)}
+    return [f"{column}: the validation split, which selected each model (no test split); "
+            "its figures are optimistic — report a held-out test split in a paper"
+            for column in columns if column in validation]
+
+
+def _is_validation(evaluation: Evaluation, run: RunInfo | None) -> bool:
+    split = str(evaluation.protocol.get("split", ""))
+    data = (run.config.get("data") or {}) if run is not None else {}
+    return split == data.get("val_split", "val") or split.rsplit("/", 1)[-1] == "val"
+
+
+def protocol_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
+    """Warn when evaluations in one column used different input sizes or thresholds."""
+    notes = []
+    for column in columns:
+        evaluations = [e for entry in entries if (e := entry.evaluation(column)) is not None]
+        for key in ("input_size", "threshold"):
+            values = {json.dumps(e.protocol.get(key)) for e in evaluations}
+            if len(values) > 1:
+                shown = ", ".join(sorted(values))
+                notes.append(f"{column}: the evaluations differ in {key} ({shown})")
+    return notes

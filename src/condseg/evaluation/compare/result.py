@@ -1,0 +1,170 @@
+"""The comparison as an object: its inputs (entries with their evaluations), dataset columns,
+paired statistics and notes, and the values every table prints, read from it alike."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from condseg.errors import CondsegError
+from condseg.evaluation.names import MISSING, TABLE_METRICS, display_name, percent
+from condseg.evaluation.stats import PairedTest
+from condseg.layout import RunDir
+
+#: Marks a precision that counts images with an empty prediction (0/0 = 1): never ranked.
+EMPTY_MARK = "†"
+EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as 100 (0/0); "
+              "such values are not ranked")
+
+
+class CompareError(CondsegError, ValueError):
+    """An input folder that cannot be compared (the message names it and what to do)."""
+
+
+@dataclass
+class Evaluation:
+    """One evaluation folder: its protocol, summary metrics and per-image scores."""
+
+    path: Path
+    protocol: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    per_image: dict[str, dict[str, float | None]]
+    column: str = ""
+
+
+@dataclass
+class RunInfo:
+    """What compare needs from a training run folder."""
+
+    path: Path
+    config: dict[str, Any]
+    final_stage: str | None
+
+    @property
+    def folder(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def metrics_csv(self) -> Path | None:
+        """The final stage's Lightning log, if the run has a finished stage with one."""
+        if self.final_stage is None:
+            return None
+        path = self.folder.stage(self.final_stage).metrics
+        return path if path.is_file() else None
+
+
+@dataclass
+class Entry:
+    """One input: a row of the table."""
+
+    source: Path
+    label: str
+    evaluations: list[Evaluation]
+    run: RunInfo | None = None
+
+    def evaluation(self, column: str) -> Evaluation | None:
+        return next((e for e in self.evaluations if e.column == column), None)
+
+
+@dataclass
+class PairedResult:
+    """A later input against the reference on one dataset column."""
+
+    label: str
+    column: str
+    test: PairedTest
+
+
+@dataclass
+class Comparison:
+    """The table (rows of percent values per dataset column and metric) and the statistics."""
+
+    entries: list[Entry]
+    columns: list[str]
+    stats: list[PairedResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    figure_images: list[str] = field(default_factory=list)  # the rows of predictions.png
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label for e in self.entries]
+
+    @property
+    def reference(self) -> str:
+        return self.entries[0].label
+
+    def entry(self, label: str) -> Entry:
+        entry = next((e for e in self.entries if e.label == label), None)
+        if entry is None:
+            raise KeyError(f"no method labelled {label!r}; the labels are {self.labels}")
+        return entry
+
+    def mean(self, label: str, column: str, metric: str) -> float | None:
+        """Mean of ``metric`` as recorded (a fraction), or None when that input has none."""
+        evaluation = self.entry(label).evaluation(column)
+        if evaluation is None:
+            return None
+        mean = evaluation.metrics.get(metric, {}).get("mean")
+        return None if mean is None or not math.isfinite(mean) else float(mean)
+
+    def value(self, label: str, column: str, metric: str) -> float | None:
+        """Mean of ``metric`` in percent, or None when that input has no such figure."""
+        mean = self.mean(label, column, metric)
+        return None if mean is None else 100 * mean
+
+    def empty_predictions(self, label: str, column: str) -> int:
+        """Images of ``label`` on ``column`` whose prediction was empty on a non-empty mask:
+        precision 1 by 0/0 with recall 0 (a prediction with any true pixel has recall > 0)."""
+        evaluation = self.entry(label).evaluation(column)
+        scores = evaluation.per_image.values() if evaluation is not None else ()
+        return sum(s.get("precision") == 1 and s.get("recall") == 0 for s in scores)
+
+    def degenerate(self, label: str, column: str, metric: str) -> bool:
+        """Whether the value counts 0/0 = 1 scores the method earned by predicting nothing (a
+        precision with empty predictions); it is marked and never ranked best."""
+        return metric == "precision" and self.empty_predictions(label, column) > 0
+
+    def any_degenerate(self) -> bool:
+        return any(self.degenerate(label, column, metric) for label in self.labels
+                   for column in self.columns for metric in TABLE_METRICS)
+
+    def text(self, label: str, column: str, metric: str, missing: str = MISSING) -> str:
+        """The value as printed in the tables: two decimals, marked when degenerate."""
+        mean = self.mean(label, column, metric)
+        if mean is None:
+            return missing
+        return percent(mean) + (EMPTY_MARK if self.degenerate(label, column, metric) else "")
+
+    def headers(self) -> list[str]:
+        """``"<column> <metric name>"`` for every column and metric of the table."""
+        return [f"{column} {display_name(metric)}"
+                for column in self.columns for metric in TABLE_METRICS]
+
+    def values(self, label: str) -> list[float | None]:
+        """The row of ``label``: percent per column and metric, in the order of headers()."""
+        return [self.value(label, c, m) for c in self.columns for m in TABLE_METRICS]
+
+
+def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
+    """Labels with the highest value (as printed) in a column; none when fewer than two
+    methods have a value, as a single figure is best of nothing. Degenerate values
+    (:meth:`Comparison.degenerate`) are shown but not ranked."""
+    shown = {label: round(v, 2) for label in result.labels
+             if (v := result.value(label, column, metric)) is not None}
+    ranked = {label: v for label, v in shown.items()
+              if not result.degenerate(label, column, metric)}
+    if len(shown) < 2 or not ranked:
+        return set()
+    top = max(ranked.values())
+    return {label for label, v in ranked.items() if v == top}
+
+
+def degenerate_notes(result: Comparison) -> list[str]:
+    """How many empty predictions each marked precision counts."""
+    return [f"{label} on {column}: precision counts {n} image(s) with an empty prediction as "
+            "100 (0/0); not ranked"
+            for label in result.labels for column in result.columns
+            if (n := result.empty_predictions(label, column))]

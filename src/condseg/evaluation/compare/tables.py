@@ -1,0 +1,175 @@
+"""The comparison as tables: on the console (the paper's Table 1 layout and the paired
+statistics) and as files (Markdown, CSV, LaTeX, and the statistics as CSV)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from condseg.evaluation.compare.result import EMPTY_MARK, EMPTY_NOTE, Comparison, best_labels
+from condseg.evaluation.names import MISSING, TABLE_METRICS, display_name
+
+OUTPUT_FILES = ("compare.md", "compare.csv", "compare.tex", "stats.csv")
+_SHOWN_NAMES = [display_name(metric) for metric in TABLE_METRICS]
+
+
+# --------------------------------------------------------------------------- console
+
+
+def print_tables(result: Comparison, console: Console) -> None:
+    """The Table 1 layout (best of each column in bold) and the paired statistics."""
+    table = Table(title=f"Comparison ({len(result.entries)} methods, percent)",
+                  caption=EMPTY_NOTE if result.any_degenerate() else None)
+    table.add_column("Method")
+    for column in result.columns:
+        for name in _SHOWN_NAMES:
+            table.add_column(f"{escape(column)}\n{name}", justify="right")
+    for label in result.labels:
+        cells: list[Text | str] = [Text(label)]
+        for column in result.columns:
+            for metric in TABLE_METRICS:
+                bold = label in best_labels(result, column, metric)
+                cells.append(Text(result.text(label, column, metric),
+                                  style="bold" if bold else ""))
+        table.add_row(*cells)
+    console.print(table)
+    if result.stats:
+        console.print(stats_table(result))
+
+
+def print_notes(result: Comparison, console: Console) -> None:
+    """What was skipped and why, then the files written."""
+    for note in result.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
+    for path in result.written:
+        console.print(Text(f"wrote {path}"))
+
+
+def stats_table(result: Comparison) -> Table:
+    """Mean per-image Dice gain over the reference in percentage points, its bootstrap 95%
+    interval and the Wilcoxon signed-rank p value."""
+    table = Table(title=Text(f"Paired per-image Dice against {result.reference}"))
+    for name in ("Method", "Dataset", "n images", "mean ΔDice (pp)", "95% CI (pp)",
+                 "Wilcoxon p"):
+        table.add_column(name, justify="left" if name in ("Method", "Dataset") else "right")
+    for row in result.stats:
+        t = row.test
+        table.add_row(Text(row.label), Text(row.column), str(t.n), _pp(t.mean_diff),
+                      f"[{_pp(t.ci_low)}, {_pp(t.ci_high)}]", _p(t.p_value))
+    return table
+
+
+def _pp(value: float) -> str:
+    return MISSING if not math.isfinite(value) else f"{100 * value:+.2f}"
+
+
+def _p(value: float) -> str:
+    return MISSING if not math.isfinite(value) else f"{value:.3g}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_tables(result: Comparison, out_dir: Path) -> list[Path]:
+    """compare.md, compare.csv, compare.tex and stats.csv in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / n for n in OUTPUT_FILES]
+    paths[0].write_text(markdown_table(result))
+    _write_csv(paths[1], table_csv_rows(result))
+    paths[2].write_text(latex_table(result))
+    _write_csv(paths[3], stats_csv_rows(result))
+    return paths
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def table_csv_rows(result: Comparison) -> list[list[str]]:
+    """Header and one row per method; percent values, empty cell = missing."""
+    rows = [["method", "source", *result.headers()]]
+    for entry in result.entries:
+        rows.append([entry.label, str(entry.source)]
+                    + ["" if v is None else f"{v:.4f}" for v in result.values(entry.label)])
+    return rows
+
+
+def stats_csv_rows(result: Comparison) -> list[list[str]]:
+    """One row per paired comparison; Dice differences as fractions like per_image.csv."""
+    rows = [["reference", "method", "dataset", "n_images", "mean_dice_diff", "ci95_low",
+             "ci95_high", "wilcoxon_p", "note"]]
+    for row in result.stats:
+        t = row.test
+        numbers = [t.mean_diff, t.ci_low, t.ci_high, t.p_value]
+        rows.append([result.reference, row.label, row.column, str(t.n)]
+                    + ["" if not math.isfinite(v) else f"{v:.6g}" for v in numbers] + [t.note])
+    return rows
+
+
+def markdown_table(result: Comparison) -> str:
+    """A GitHub Markdown table; the best value of each column in bold."""
+    header = ["Method", *result.headers()]
+    lines = [_md_row(header), _md_row(["---"] + ["---:"] * (len(header) - 1))]
+    for label in result.labels:
+        cells = [label]
+        for column in result.columns:
+            for metric in TABLE_METRICS:
+                text = result.text(label, column, metric)
+                cells.append(f"**{text}**" if label in best_labels(result, column, metric)
+                             else text)
+        lines.append(_md_row(cells))
+    if result.any_degenerate():
+        lines += ["", EMPTY_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def latex_table(result: Comparison) -> str:
+    """A booktabs ``tabular``: datasets as spanning headers over the four metrics, the best
+    value of each column in bold (needs ``\\usepackage{booktabs}``)."""
+    k = len(TABLE_METRICS)
+    spec = "l" + " ".join("c" * k for _ in result.columns)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    spans = [f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(c)}}}" for c in result.columns]
+    lines.append(" & ".join(["Method", *spans]) + " \\\\")
+    rules = [f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(result.columns))]
+    lines.append(" ".join(rules))
+    lines.append(" & ".join(["", *_SHOWN_NAMES * len(result.columns)]) + " \\\\")
+    lines.append("\\midrule")
+    for label in result.labels:
+        cells = [latex_escape(label)]
+        for column in result.columns:
+            for metric in TABLE_METRICS:
+                text = result.text(label, column, metric, missing="--")
+                text = text.replace(EMPTY_MARK, "$^\\dagger$")
+                best = label in best_labels(result, column, metric)
+                cells.append(f"\\textbf{{{text}}}" if best else text)
+        lines.append(" & ".join(cells) + " \\\\")
+    lines.append("\\bottomrule")
+    if result.any_degenerate():
+        note = latex_escape(EMPTY_NOTE.removeprefix(EMPTY_MARK))
+        lines.append(f"\\multicolumn{{{1 + k * len(result.columns)}}}{{l}}"
+                     f"{{\\footnotesize $^\\dagger${note}}} \\\\")
+    lines.append("\\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
