@@ -36,7 +36,7 @@ import sys, time
 from pathlib import Path
 import lightning.fabric.plugins.io.torch_io as torch_io
 from condseg.config import load_config
-from condseg.training import run, train
+from condseg.training import stage, train
 from condseg.training.module import SegmentationModule
 
 moment, data, out, marker = sys.argv[1:5]
@@ -65,12 +65,12 @@ elif moment == "checkpoint-write":  # the sixth checkpoint file, half written
         save(checkpoint, path)
     torch_io._atomic_save = atomic_save
 elif moment == "between-stages":
-    build = run._build_model
-    def build_model(name, *args, **kwargs):
-        if name == "stage2":
+    build = stage._build_model
+    def build_model(plan, *args, **kwargs):
+        if plan.name == "stage2":
             wait_for_the_kill()
-        return build(name, *args, **kwargs)
-    run._build_model = build_model
+        return build(plan, *args, **kwargs)
+    stage._build_model = build_model
 
 train(load_config("demo", overrides), data, out)
 """

@@ -34,6 +34,8 @@ UNACTIONABLE_WARNINGS = (
     r"The '\w+' does not have many workers which may be a bottleneck",
     r"Checkpoint directory .* exists and is not empty",  # a resumed stage's own checkpoints
     r"Found \d+ module\(s\) in eval mode at the start of training",  # LossNet's frozen VGG
+    # The module lays out each batch for its device (the data module cannot know it).
+    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a",
 )
 
 
