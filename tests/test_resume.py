@@ -20,6 +20,7 @@ from rich.console import Console
 
 from condseg.config import load_config
 from condseg.data.synthetic import synthesize
+from condseg.layout import StageDir
 from condseg.models.model_file import load_model
 from condseg.training import train
 from condseg.training.checkpoints import RunCheckpoint, previous_of, resume_point
@@ -135,16 +136,18 @@ def test_a_killed_run_resumes_and_finishes(moment: str, data: Path, tmp_path: Pa
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
-    last = tmp_path / "last.ckpt"
+    stage = StageDir(tmp_path)
+    stage.checkpoints.mkdir()
+    last = stage.last_checkpoint
     torch.save({"global_step": 3}, previous_of(last))
     torch.save({"global_step": 4}, last)
-    assert resume_point(tmp_path) == (last, None)
+    assert resume_point(stage) == (last, None)
     last.write_bytes(last.read_bytes()[:40])  # truncated
-    chosen, warning = resume_point(tmp_path)
+    chosen, warning = resume_point(stage)
     assert chosen == previous_of(last)
     assert "damaged" in warning and str(previous_of(last)) in warning
     previous_of(last).write_bytes(b"")
-    assert resume_point(tmp_path)[0] is None
+    assert resume_point(stage)[0] is None
 
 
 def test_a_failed_start_leaves_no_run_directory(data: Path, tmp_path: Path) -> None:

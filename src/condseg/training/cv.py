@@ -142,7 +142,7 @@ def _cross_validate(
     with _held(cv, folds, seeds):  # a share (--fold) leaves the folder to other jobs
         _write_config(cv, config)
         if complete:  # jobs sharing the folds log into their own runs' train.log only
-            log.attach(cv.path)
+            log.attach(cv.log)
         runs = [_run(name, fold, seed, config, root, cv, resume, console)
                 for name, fold, seed in plan]
         return _finish(config, cv, runs, root, complete, console)

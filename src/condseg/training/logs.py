@@ -22,7 +22,6 @@ from rich.console import Console, RenderableType, RenderHook
 from rich.control import Control
 from rich.text import Text
 
-LOG_FILE = "train.log"
 LOG_WIDTH = 120  # of tables and rules in the log; text lines are never wrapped
 GRID_IMAGES = 4  # validation images in TensorBoard's prediction grid
 
@@ -74,8 +73,9 @@ class RunLog:
         self.log: Console | None = None  # the file's own console, for what only it gets
         self._file: TextIO | None = None
 
-    def attach(self, run_dir: Path) -> None:
-        self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8")
+    def attach(self, file: Path) -> None:
+        """Copy from now on into ``file`` (a run's or a cross-validation's log)."""
+        self._file = file.open("a", encoding="utf-8")
         self.log = Console(file=self._file, width=LOG_WIDTH, force_terminal=False,
                            no_color=True, highlight=False, emoji=False, soft_wrap=True)
         self.console.push_render_hook(_CopyToLog(self.log))

@@ -83,10 +83,10 @@ def _train(
         if is_main_process():
             check_shares(config, processes, check_data(config.data.root, config, console))
             if resume:  # a refused resume is logged in the run it concerns
-                log.attach(run.path)
+                log.attach(run.log)
             prepare_run_dir(run, config, resume)
             if not resume:
-                log.attach(run.path)
+                log.attach(run.log)
             print_header(config, plans.values(), console)
         result = TrainResult(run.path)
         trained = False

@@ -71,7 +71,7 @@ def run_stage(
 def _resume_point(name: str, stage: StageDir, console: Console) -> str | None:
     """The checkpoint an unfinished stage continues from (None: from its start); a finished
     stage without one to extend it from is refused."""
-    start, warning = resume_point(stage.checkpoints)
+    start, warning = resume_point(stage)
     if start is None and stage.is_finished():
         raise TrainingError(
             f"{name} has finished, but no readable checkpoint is left to extend it from "
