@@ -1,6 +1,7 @@
-"""The run as it will really execute: the stage networks, the training precision resolved for
-this machine, and the run header that ``train`` prints before the first step, so that what a
-log says was run is what ran (nothing left to a default the reader cannot see)."""
+"""The run as it will really execute: the training precision resolved for this machine, and
+the run header that ``train`` prints before the first step (each stage's plan with its
+parameter count), so that what a log says was run is what ran (nothing left to a default the
+reader cannot see)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def header_lines(config: RunConfig, plans: Iterable[StagePlan]) -> list[str]:
         hook = f", batch hook {cfg.batch_hook.name}" if cfg.batch_hook is not None else ""
         lines.append(
             f"{plan.name}: {plan.model} ({count_parameters(plan.model, plan.options):,} "
-            f"parameters), loss "
-            f"{cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule {cfg.schedule.name}, "
+            f"parameters), loss {cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule "
+            f"{cfg.schedule.name}, "
             f"epochs {cfg.max_epochs}, size {data.size}, batch {data.batch_size}{hook}"
         )
     return lines
