@@ -169,7 +169,7 @@ def test_renaming_the_model_drops_the_options_written_for_the_old_one() -> None:
 
 
 def test_an_encoder_inside_a_provided_part_is_not_fetched_again() -> None:
-    from condseg.training.run import _provided
+    from condseg.training.stage import _provided
 
     assert _provided("net.encoder", {"net.encoder": "stage1"})
     assert _provided("net.encoder", {"net": "stage1"})

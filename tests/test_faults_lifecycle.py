@@ -228,7 +228,7 @@ def test_an_out_that_is_a_file_is_one_line_naming_it(
 
 
 # The long work of each command, which must not start before its output is found unusable.
-WORK = {"train": ("condseg.training.run", "_check_data"),
+WORK = {"train": ("condseg.training.run", "check_data"),
         "evaluate": ("condseg.evaluation.evaluate", "check_dataset"),
         "predict": ("condseg.inference.predict", "Predictor"),
         "data prepare": ("condseg.data.prepare", "_find")}

@@ -31,6 +31,7 @@ from condseg.evaluation.evaluate import evaluate
 from condseg.inference.engine import prepare
 from condseg.inference.export import ExportError, export_onnx
 from condseg.inference.predict import predict
+from condseg.layout import StageDir
 from condseg.models.base import ModelError, ModelOutput, NonFiniteOutputError, SegmentationModel
 from condseg.models.model_file import ModelFileError, load_model, read_header, save_model
 from condseg.models.registry import create_model, list_models, register_model
@@ -270,20 +271,23 @@ def test_convert_official_refuses_wrong_shapes_and_non_finite_tensors(tmp_path: 
 def test_a_damaged_best_checkpoint_is_one_line_and_a_good_one_is_a_fallback(
     tmp_path: Path, damage: str
 ) -> None:
-    last, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
+    stage = StageDir(tmp_path)
+    stage.checkpoints.mkdir()
+    last, best = stage.last_checkpoint, stage.best_checkpoint
     torch.save({"global_step": 2}, best)
     torch.save({"global_step": 4}, last)
     damaged = {"truncated": best.read_bytes()[:40], "empty": b"",
                "random": np.random.default_rng(0).bytes(4096)}[damage]
     last.write_bytes(damaged)
     previous_of(last).write_bytes(damaged)
-    chosen, warning = resume_point(tmp_path)
+    chosen, warning = resume_point(stage)
     assert chosen == best and str(best) in warning and "trained again" in warning
     best.write_bytes(damaged)
     with pytest.raises(CheckpointError, match="best model so far is lost") as e:
-        resume_point(tmp_path)
+        resume_point(stage)
     message = str(e.value)
-    assert str(best) in message and f"delete {tmp_path}" in message and "\n" not in message
+    assert str(best) in message and f"delete {stage.checkpoints}" in message
+    assert "\n" not in message
 
 
 def test_train_resume_past_a_damaged_best_checkpoint_is_one_line(

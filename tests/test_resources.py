@@ -21,7 +21,7 @@ from condseg.children import PARENT_ENV
 from condseg.config import load_config
 from condseg.data.synthetic import synthesize
 from condseg.training import resources, train
-from condseg.training import run as run_module
+from condseg.training import trainer as trainer_module
 from condseg.training.resources import ResourceError
 
 TINY = ["data.size=32", "data.batch_size=4", "data.num_workers=0", "progress_bar=false"]
@@ -34,7 +34,7 @@ def no_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("Lightning was started")
 
-    monkeypatch.setattr(run_module.L, "Trainer", refuse)
+    monkeypatch.setattr(trainer_module.L, "Trainer", refuse)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from condseg.config import load_config
 from condseg.data.synthetic import synthesize
+from condseg.layout import StageDir
 from condseg.models.model_file import load_model
 from condseg.training import train
 from condseg.training.checkpoints import RunCheckpoint, previous_of, resume_point
@@ -36,7 +37,7 @@ import sys, time
 from pathlib import Path
 import lightning.fabric.plugins.io.torch_io as torch_io
 from condseg.config import load_config
-from condseg.training import run, train
+from condseg.training import stage, train
 from condseg.training.module import SegmentationModule
 
 moment, data, out, marker = sys.argv[1:5]
@@ -65,12 +66,12 @@ elif moment == "checkpoint-write":  # the sixth checkpoint file, half written
         save(checkpoint, path)
     torch_io._atomic_save = atomic_save
 elif moment == "between-stages":
-    build = run._build_model
-    def build_model(name, *args, **kwargs):
-        if name == "stage2":
+    build = stage._build_model
+    def build_model(plan, *args, **kwargs):
+        if plan.name == "stage2":
             wait_for_the_kill()
-        return build(name, *args, **kwargs)
-    run._build_model = build_model
+        return build(plan, *args, **kwargs)
+    stage._build_model = build_model
 
 train(load_config("demo", overrides), data, out)
 """
@@ -135,16 +136,18 @@ def test_a_killed_run_resumes_and_finishes(moment: str, data: Path, tmp_path: Pa
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
-    last = tmp_path / "last.ckpt"
+    stage = StageDir(tmp_path)
+    stage.checkpoints.mkdir()
+    last = stage.last_checkpoint
     torch.save({"global_step": 3}, previous_of(last))
     torch.save({"global_step": 4}, last)
-    assert resume_point(tmp_path) == (last, None)
+    assert resume_point(stage) == (last, None)
     last.write_bytes(last.read_bytes()[:40])  # truncated
-    chosen, warning = resume_point(tmp_path)
+    chosen, warning = resume_point(stage)
     assert chosen == previous_of(last)
     assert "damaged" in warning and str(previous_of(last)) in warning
     previous_of(last).write_bytes(b"")
-    assert resume_point(tmp_path)[0] is None
+    assert resume_point(stage)[0] is None
 
 
 def test_a_failed_start_leaves_no_run_directory(data: Path, tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def test_run_log_copies_text_as_whole_lines_and_skips_live_displays(tmp_path: Pa
     path = "/a/long/folder/name/that/is/wider/than/the/terminal/model.safetensors"
     with RunLog(console) as log:
         console.print("before the run folder exists")
-        log.attach(tmp_path)
+        log.attach(tmp_path / "train.log")
         console.print(f"wrote {path}")
         table = Table("metric", "mean")
         table.add_row("Dice (%)", "91.20")
@@ -251,7 +251,7 @@ def test_run_log_copies_text_as_whole_lines_and_skips_live_displays(tmp_path: Pa
 def test_run_log_records_the_error_that_ends_a_run(tmp_path: Path) -> None:
     console = Console(file=StringIO())
     with pytest.raises(RuntimeError), RunLog(console) as log:
-        log.attach(tmp_path)
+        log.attach(tmp_path / "train.log")
         raise RuntimeError("disk full")
     assert (tmp_path / "train.log").read_text().splitlines()[-1] == (
         "stopped: RuntimeError: disk full")

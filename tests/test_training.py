@@ -18,7 +18,8 @@ from condseg.models.condseg.losses import ConsistencyLoss
 from condseg.models.model_file import load_model, read_header
 from condseg.models.registry import create_model
 from condseg.training import TrainingError, TrainResult, train
-from condseg.training import run as run_module
+from condseg.training import stage as stage_module
+from condseg.training import trainer as trainer_module
 from condseg.training.module import SegmentationModule
 from condseg.training.recipe import resolve_precision
 
@@ -44,20 +45,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def two_stage(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One full two-stage run; records the stage-2 network as built, before it trains."""
     built: dict[int, dict[str, torch.Tensor]] = {}
-    original = run_module._build_model
+    original = stage_module._build_model
 
-    def spy(name, *args, **kwargs):
-        model = original(name, *args, **kwargs)
-        built[name] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    def spy(plan, *args, **kwargs):
+        model = original(plan, *args, **kwargs)
+        built[plan.name] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
         return model
 
-    run_module._build_model = spy
+    stage_module._build_model = spy
     console = Console(record=True, width=400)
     try:
         result = train(tiny_config(), data_root, tmp_path_factory.mktemp("runs") / "run",
                        console=console)
     finally:
-        run_module._build_model = original
+        stage_module._build_model = original
     return {"result": result, "built": built, "text": console.export_text()}
 
 
@@ -318,7 +319,7 @@ def test_every_stage_is_built_before_the_first_step(
     def refuse(*args, **kwargs):
         raise AssertionError("Lightning was started")
 
-    monkeypatch.setattr(run_module.L, "Trainer", refuse)
+    monkeypatch.setattr(trainer_module.L, "Trainer", refuse)
     with pytest.raises(TrainingError) as refused:
         train(tiny_config(override), data_root, tmp_path / "run")
     assert str(refused.value).startswith(message), str(refused.value)

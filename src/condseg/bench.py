@@ -12,9 +12,12 @@ runs the inference engine's own paths (:mod:`condseg.inference.engine`), exactly
 - ``default``: ``float32-fast`` plus autocast where the hardware runs it natively (bf16 on a CPU
   with AVX512-BF16/AMX, bf16 or fp16 on CUDA).
 
-A training step (``train=True``) runs the model itself (nothing folds in training): ``plain`` in
-float32 NCHW with the plain kernels, the others with the fast kernels and their autocast in
-the layout ``condseg train`` uses (:func:`~condseg.models.base.training_memory_format`). All
+A training step (``train=True``) is the Lightning module's own (nothing folds in training):
+:meth:`~condseg.training.module.SegmentationModule.training_step` with the loss and optimiser
+of the first method stage that trains the model (:func:`~condseg.training.plan.training_plan`),
+then the backward pass and the optimiser step; ``plain`` in float32 NCHW with the plain
+kernels, the others with the fast kernels and their autocast in the layout ``condseg train``
+uses (:func:`~condseg.models.base.training_memory_format`). All
 children seed the same generator before building the model, so their weights and inputs are
 identical and the parent reports how far each path's mask probabilities drift from
 the plain path's, and each path's speed and memory relative to plain. FLOPs come from torch's
@@ -32,6 +35,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager
@@ -47,8 +51,7 @@ from rich.table import Table
 from condseg.errors import OptionError, first_line
 from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.inference.loading import usable_cores
-from condseg.losses.base import Loss, create_loss
-from condseg.models.base import training_memory_format
+from condseg.models.base import SegmentationModel
 
 PATHS = ("default", "float32-fast", "plain")
 SEED = 0
@@ -231,7 +234,6 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from condseg.inference.engine import prepare
-    from condseg.models.base import use_plain_kernels
     from condseg.models.registry import create_model
 
     torch.set_num_threads(job.threads)
@@ -259,17 +261,14 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
     prepared = None  # the copy's memory is free before training
     train = train_format = None
     if job.train:
-        use_plain_kernels(net, execution.plain)
-        layout = training_memory_format(device, plain=execution.plain)  # as `condseg train`
-        net = net.to(memory_format=layout)
-        train_views = [v.contiguous(memory_format=layout) for v in views]
-        train_format = _layout_name(layout)
 
         def amp() -> AbstractContextManager:
             dtype = execution.autocast_dtype()
             return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-        train = _timed(_train_step(net, train_views, target, amp), job, device)
+        step, layout = _train_step(net, views, target, execution.plain, amp)
+        train_format = _layout_name(layout)
+        train = _timed(step, job, device)
     dtype = execution.autocast_dtype() or torch.float32
     result = BenchResult(
         path=job.path, model=job.model, device=job.device,
@@ -284,42 +283,41 @@ def _measure(job: _Job, load_avg: float) -> tuple[BenchResult, np.ndarray]:
 
 
 def _train_step(
-    net: torch.nn.Module,
+    net: SegmentationModel,
     views: list[torch.Tensor],
     target: torch.Tensor,
+    plain: bool,
     amp: Callable[[], AbstractContextManager],
-) -> Callable[[], object]:
-    """One optimiser step with the loss the model is trained with (:func:`training_loss`)."""
-    loss_fn = training_loss(net.arch["name"]).to(views[0].device)
-    extra = dict(zip(loss_fn.views, views[1:], strict=False))
-    net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+) -> tuple[Callable[[], object], torch.memory_format]:
+    """One optimiser step of the module ``condseg train`` runs for ``net``, with the loss and
+    optimiser of the stage that trains it (BCE + Dice and Adam when no method does), and the
+    layout it trains in (the images' views are those the loss needs)."""
+    from condseg.config import StageConfig
+    from condseg.losses.base import create_loss
+    from condseg.training.module import SegmentationModule
+    from condseg.training.plan import training_plan
+
+    plan = training_plan(net.arch["name"])
+    cfg = plan.cfg if plan is not None else StageConfig()
+    loss = plan.create_loss() if plan is not None else create_loss(cfg.loss.name)
+    device = views[0].device
+    module = SegmentationModule(net, loss, cfg, plain_kernels=plain).to(device)
+    layout = module.use_layout_of(device)
+    # Outside a Trainer the module's logging is a no-op that warns on every step.
+    warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")
+    batch = module.on_after_batch_transfer(
+        {"image": views[0], "mask": target, **dict(zip(loss.views, views[1:], strict=False))}, 0)
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with amp():
-            outputs = {"image": net(views[0])}
-            outputs.update({key: net(view) for key, view in extra.items()})
-            loss = loss_fn(outputs, target)["loss"]
-        loss.backward()
+            value = module.training_step(batch, 0)
+        value.backward()
         optimizer.step()
 
-    return step
-
-
-def training_loss(model: str) -> Loss:
-    """The loss of the first method stage that trains ``model`` (ConDSeg: stage 2's, Net_0:
-    stage 1's), else BCE + Dice."""
-    from condseg.config import load_config
-    from condseg.methods import list_methods
-
-    for method in list_methods():
-        cfg = load_config("default", [f"method={method}"])
-        for stage in cfg.stages.values():
-            name = stage.model.name if stage.model is not None else cfg.model.name
-            if name == model:
-                return create_loss(stage.loss.name, **stage.loss.options)
-    return create_loss("bce-dice")
+    return step, layout
 
 
 def _timed(fn: Callable[[], object], job: _Job, device: torch.device) -> Phase:

@@ -105,6 +105,10 @@ class StageDir:
     def is_finished(self) -> bool:
         return self.result.is_file()
 
+    def has_progress(self) -> bool:
+        """Whether the stage wrote a checkpoint or finished (worth keeping)."""
+        return self.is_finished() or any(self.checkpoints.glob("*.ckpt"))
+
     def relative(self, path: Path) -> str:
         """``path`` as recorded in the run's files: relative to the run folder, so that a moved
         or copied run stays whole."""
@@ -138,6 +142,11 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    def has_progress(self) -> bool:
+        """Whether any stage of the run wrote a checkpoint or finished (worth keeping)."""
+        return self.path.is_dir() and any(
+            StageDir(p).has_progress() for p in self.path.iterdir() if p.is_dir())
 
     @classmethod
     def of_evaluation(cls, path: Path) -> RunDir | None:
@@ -175,6 +184,11 @@ class CVDir:
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.path / name)
+
+    def has_progress(self) -> bool:
+        """Whether any run of the cross-validation wrote a checkpoint or finished."""
+        return self.path.is_dir() and any(
+            RunDir(p).has_progress() for p in self.path.iterdir() if p.is_dir())
 
     def evaluation(self, split: str) -> EvalDir:
         return EvalDir(self.path / EVALUATION / split)

@@ -26,16 +26,10 @@ def _default_run_dir(name: str) -> Path:
 
 def models() -> None:
     """List the available model names, with the method stages that train each."""
-    from condseg.config import load_config
-    from condseg.methods import list_methods
     from condseg.models.registry import describe_models
+    from condseg.training.plan import trained_by as stages_training
 
-    trained_by: dict[str, list[str]] = {}
-    for method in list_methods():
-        cfg = load_config("default", [f"method={method}"])
-        for stage, s in cfg.stages.items():
-            model = s.model.name if s.model is not None else cfg.model.name
-            trained_by.setdefault(model, []).append(f"{method}/{stage}")
+    trained_by = stages_training()
     for name, description in describe_models().items():
         stages = trained_by.get(name)
         suffix = f" (trained by {', '.join(stages)})" if stages else ""
@@ -44,20 +38,12 @@ def models() -> None:
 
 def methods() -> None:
     """List the training methods with their stages (model, loss, optimiser, schedule, epochs)."""
-    from condseg.config import load_config
-    from condseg.methods import METHODS
+    from condseg.training.plan import method_rows
 
-    for name, description in METHODS.describe().items():
-        cfg = load_config("default", [f"method={name}"])
+    for name, description, stages in method_rows():
         console.print(f"[bold]{name}[/]  {description}", soft_wrap=True)
-        for stage, s in cfg.stages.items():
-            model = s.model.name if s.model is not None else cfg.model.name
-            init = ", ".join(f"{part} from {src}" for part, src in s.init.items() if src)
-            console.print(
-                f"    {stage}: {model}{f' ({init})' if init else ''}; loss {s.loss.name}; "
-                f"{s.optimizer.name} lr {s.optimizer.lr:g}"
-                f"{f' (encoder {s.optimizer.encoder_lr:g})' if s.optimizer.encoder_lr else ''}; "
-                f"{s.schedule.name}; {s.max_epochs} epochs", highlight=False, soft_wrap=True)
+        for line in stages:
+            console.print(f"    {line}", highlight=False, soft_wrap=True)
 
 
 def train(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from condseg.training.module import NonFiniteLossError
-from condseg.training.run import TrainingError, TrainResult, train
+from condseg.training.plan import TrainingError
+from condseg.training.results import TrainResult
+from condseg.training.run import train
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingError", "train"]

@@ -19,6 +19,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from condseg.errors import CondsegError
+from condseg.layout import StageDir
 
 PREVIOUS_SUFFIX = ".previous.ckpt"
 
@@ -56,12 +57,12 @@ def readable(path: Path) -> bool:
     return True
 
 
-def resume_point(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
-    """The checkpoint to resume from and a warning when it is not the newest; (None, None)
-    when there is none. ``last.ckpt`` is taken, else the one before it, else ``best.ckpt`` (an
-    earlier epoch, optimiser state and all). A damaged ``best.ckpt`` is refused: resuming
+def resume_point(stage: StageDir) -> tuple[Path | None, str | None]:
+    """The checkpoint ``stage`` resumes from and a warning when it is not the newest; (None,
+    None) when there is none. ``last.ckpt`` is taken, else the one before it, else ``best.ckpt``
+    (an earlier epoch, optimiser state and all). A damaged ``best.ckpt`` is refused: resuming
     past it would lose the stage's best model so far without a word."""
-    last, best = checkpoint_dir / "last.ckpt", checkpoint_dir / "best.ckpt"
+    checkpoint_dir, last, best = stage.checkpoints, stage.last_checkpoint, stage.best_checkpoint
     if best.is_file() and not readable(best):
         raise CheckpointError(
             f"{best} is damaged (truncated, empty or not a checkpoint), so the stage's best model "

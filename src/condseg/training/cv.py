@@ -30,19 +30,17 @@ from rich.table import Table
 from condseg.config import RunConfig, load_config
 from condseg.data.check import require_prepared
 from condseg.errors import CondsegError, refuse_existing
-from condseg.evaluation.evaluate import PER_IMAGE_CSV, SUMMARY_JSON, evaluate, print_table
+from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.interrupt import Interrupted
+from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
 from condseg.models.model_file import load_model
 from condseg.outputs import claim
 from condseg.training.logs import RunLog
-from condseg.training.run import TrainResult, train
+from condseg.training.results import TrainResult
+from condseg.training.run import train
 
-FOLDS_DIR = "folds"
-RUNS_CSV = "cv_runs.csv"
-SUMMARY = "cv_summary.json"
-ENSEMBLE = "ensemble.safetensors"
 _SHOWN = ("dice", "iou", "recall", "precision")  # the printed columns (paper's Table 1)
 
 
@@ -73,7 +71,7 @@ class CVResult:
 
 def fold_splits(fold: int) -> tuple[str, str]:
     """The train and val split names of fold ``fold`` (files under ``ROOT/folds/<fold>/``)."""
-    return f"{FOLDS_DIR}/{fold}/train", f"{FOLDS_DIR}/{fold}/val"
+    return DatasetDir.fold_splits(fold)
 
 
 def fold_overrides(fold: int) -> list[str]:
@@ -84,11 +82,7 @@ def fold_overrides(fold: int) -> list[str]:
 
 def list_folds(root: str | Path) -> list[int]:
     """The folds of a dataset: k for each ``ROOT/folds/<k>/`` with train.txt and val.txt."""
-    folder = Path(root) / FOLDS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()
-                  and (p / "train.txt").is_file() and (p / "val.txt").is_file())
+    return DatasetDir(Path(root)).fold_numbers()
 
 
 def cross_validate(
@@ -131,92 +125,93 @@ def _cross_validate(
     # Recorded in CV/config.yaml, so that later calls (one per job) need not repeat --data.
     config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
     plan = _plan(config, root, folds, seeds)
-    cv_dir = Path(out_dir)
+    cv = CVDir(Path(out_dir))
     complete = folds is None
-    test_split = config.data.test_split
-    test_dir = cv_dir / "evaluation" / test_split
-    has_test = (root / f"{test_split}.txt").is_file()
-    finished = _finished(cv_dir, config, plan, test_dir if has_test else None)
+    test = _test_evaluation(cv, config, root)
+    finished = _finished(cv, config, plan, test)
     if complete and finished and not overwrite:
-        _write_config(cv_dir, config)  # refuses a folder of another configuration
-        console.print(f"{cv_dir} is finished: {cv_dir / SUMMARY}, {cv_dir / ENSEMBLE}; "
+        _write_config(cv, config)  # refuses a folder of another configuration
+        console.print(f"{cv.path} is finished: {cv.summary}, {cv.ensemble}; "
                       "--overwrite aggregates the runs again", highlight=False)
-        summary = json.loads((cv_dir / SUMMARY).read_text())["metrics"]
-        return CVResult(cv_dir, [], summary, cv_dir / ENSEMBLE, test_dir if has_test else None)
+        summary = json.loads(cv.summary.read_text())["metrics"]  # written by an earlier call
+        return CVResult(cv.path, [], summary, cv.ensemble, test.path if test else None)
     if complete:
-        refuse_existing([cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE,
-                         test_dir / PER_IMAGE_CSV, test_dir / SUMMARY_JSON], overwrite)
-    with _held(cv_dir, folds, seeds):  # a share (--fold) leaves the folder to other jobs
-        _write_config(cv_dir, config)
+        test_dir = cv.evaluation(config.data.test_split)
+        refuse_existing([cv.runs_table, cv.summary, cv.ensemble, test_dir.per_image,
+                         test_dir.summary], overwrite)
+    with _held(cv, folds, seeds):  # a share (--fold) leaves the folder to other jobs
+        _write_config(cv, config)
         if complete:  # jobs sharing the folds log into their own runs' train.log only
-            log.attach(cv_dir)
-        runs = [_run(name, fold, seed, config, root, cv_dir, resume, console)
+            log.attach(cv.log)
+        runs = [_run(name, fold, seed, config, root, cv, resume, console)
                 for name, fold, seed in plan]
-        return _finish(config, cv_dir, runs, root, complete, console)
+        return _finish(config, cv, runs, root, complete, console)
 
 
-def _has_progress(cv_dir: Path) -> bool:
-    """Whether a run of the cross-validation wrote a checkpoint or finished."""
-    return any(cv_dir.glob("*/*/checkpoints/*.ckpt")) or any(cv_dir.glob("*/*/result.json"))
+def _test_evaluation(cv: CVDir, config: RunConfig, root: Path) -> EvalDir | None:
+    """Where the ensemble's test evaluation goes; None when the dataset has no test split."""
+    test_split = config.data.test_split
+    return cv.evaluation(test_split) if DatasetDir(root).has_split(test_split) else None
 
 
 @contextmanager
 def _held(
-    cv_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
+    cv: CVDir, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> Iterator[None]:
     """The folder, locked while this process trains every run in it (one job's share of
     folds locks only its runs' folders, so that the jobs run at once); an interrupted
     cross-validation says how to continue it."""
-    with claim(cv_dir, keep=_has_progress) if folds is None else nullcontext():
+    keep = claim(cv.path, keep=lambda path: CVDir(path).has_progress())
+    with keep if folds is None else nullcontext():
         try:
             yield
         except Interrupted as stop:
-            if _has_progress(cv_dir):
+            if cv.has_progress():
                 chosen = "".join(f" --fold {k}" for k in folds or ())
                 chosen += f" --seeds {','.join(map(str, seeds))}" if seeds else ""
-                stop.resume = f"condseg cv --out {cv_dir} --resume{chosen}"
+                stop.resume = f"condseg cv --out {cv.path} --resume{chosen}"
             raise
 
 
 def _finish(
-    config: RunConfig, cv_dir: Path, runs: list[CVRun], root: Path, complete: bool,
+    config: RunConfig, cv: CVDir, runs: list[CVRun], root: Path, complete: bool,
     console: Console,
 ) -> CVResult:
     """Report a partial share, or aggregate, ensemble and evaluate on the test split."""
-    test_split = config.data.test_split
-    test_dir = cv_dir / "evaluation" / test_split
-    result = CVResult(cv_dir, runs)
+    result = CVResult(cv.path, runs)
     if not complete:
-        console.print(f"trained {', '.join(r.name for r in runs)} in {cv_dir}; when every run "
-                      f"has finished, run the same command with --out {cv_dir} and without "
+        console.print(f"trained {', '.join(r.name for r in runs)} in {cv.path}; when every run "
+                      f"has finished, run the same command with --out {cv.path} and without "
                       "--fold to aggregate them and build the ensemble", highlight=False)
         return result
-    result.summary = _aggregate(cv_dir, runs, console)
+    result.summary = _aggregate(cv, runs, console)
     members = [r.training.model_file for r in runs]
     metrics = {name: stats["mean"] for name, stats in result.summary.items()}
-    result.ensemble_file = save_ensemble(cv_dir / ENSEMBLE, members, metrics=metrics,
+    result.ensemble_file = save_ensemble(cv.ensemble, members, metrics=metrics,
                                          config=config, overwrite=True)
     console.print(f"ensemble of {len(members)} models: {result.ensemble_file}", highlight=False)
-    if (root / f"{test_split}.txt").is_file():
-        evaluation = evaluate(load_model(result.ensemble_file), root, split=test_split,
-                              out_dir=test_dir, batch_size=config.data.batch_size,
+    test = _test_evaluation(cv, config, root)
+    if test is not None:
+        evaluation = evaluate(load_model(result.ensemble_file), root,
+                              split=config.data.test_split, out_dir=test.path,
+                              batch_size=config.data.batch_size,
                               workers=config.data.num_workers, overwrite=True,
                               console=console)
         print_table(evaluation, console)
-        result.test_dir = test_dir
+        result.test_dir = test.path
     return result
 
 
 def _finished(
-    cv_dir: Path, config: RunConfig, plan: list[tuple[str, int | None, int]],
-    test_dir: Path | None,
+    cv: CVDir, config: RunConfig, plan: list[tuple[str, int | None, int]],
+    test: EvalDir | None,
 ) -> bool:
     """Whether every planned run has finished its stages and the aggregate, the ensemble and
     (with a test split) its test evaluation are written."""
-    outputs = [cv_dir / RUNS_CSV, cv_dir / SUMMARY, cv_dir / ENSEMBLE]
-    if test_dir is not None:
-        outputs.append(test_dir / SUMMARY_JSON)
-    runs = [cv_dir / name / stage / "result.json"
+    outputs = [cv.runs_table, cv.summary, cv.ensemble]
+    if test is not None:
+        outputs.append(test.summary)
+    runs = [cv.run(name).stage(stage).result
             for name, _, _ in plan for stage in config.stages_to_train()]
     return all(path.is_file() for path in [*outputs, *runs])
 
@@ -226,17 +221,18 @@ def _plan(
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
     require_prepared(root, [])  # a missing folder is not "a dataset without folds"
-    available = list_folds(root)
+    dataset = DatasetDir(root)
+    available = dataset.fold_numbers()
     if folds is not None:
         missing = [k for k in folds if k not in available]
         if missing or not folds:
             raise CrossValidationError(
                 f"{root} has no fold {missing or folds}; its folds are {available or 'none'} "
-                f"({root / FOLDS_DIR}/<k>/train.txt and val.txt)")
+                f"({dataset.folds}/<k>/train.txt and val.txt)")
     chosen: list[int | None] = list(folds if folds is not None else available) or [None]
     if chosen == [None] and not seeds:
         raise CrossValidationError(
-            f"{root} has no folds ({root / FOLDS_DIR}/<k>/train.txt and val.txt): prepare them "
+            f"{root} has no folds ({dataset.folds}/<k>/train.txt and val.txt): prepare them "
             "with `condseg data prepare folder IMAGES MASKS OUT --folds 5`, or give seeds "
             "(--seeds 0,1,2) for a multi-seed run on its train/val split")
     seed_list = list(dict.fromkeys(seeds)) if seeds else [config.seed]
@@ -248,21 +244,20 @@ def _plan(
     return [(name(fold, seed), fold, seed) for fold in dict.fromkeys(chosen) for seed in seed_list]
 
 
-def _write_config(cv_dir: Path, config: RunConfig) -> None:
+def _write_config(cv: CVDir, config: RunConfig) -> None:
     """Record the starting configuration; a folder started with another one is refused."""
-    path = cv_dir / "config.yaml"
-    if path.is_file():
-        if load_config(path).model_dump(mode="json") != config.model_dump(mode="json"):
+    if cv.config.is_file():
+        if load_config(cv.config).model_dump(mode="json") != config.model_dump(mode="json"):
             raise CrossValidationError(
-                f"{cv_dir} holds a cross-validation of another configuration; choose a new "
-                f"--out, or continue it with its own: --config {path}")
+                f"{cv.path} holds a cross-validation of another configuration; choose a new "
+                f"--out, or continue it with its own: --config {cv.config}")
         return
-    cv_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_yaml())
+    cv.path.mkdir(parents=True, exist_ok=True)
+    cv.config.write_text(config.to_yaml())
 
 
 def _run(
-    name: str, fold: int | None, seed: int, config: RunConfig, root: Path, cv_dir: Path,
+    name: str, fold: int | None, seed: int, config: RunConfig, root: Path, cv: CVDir,
     resume: bool, console: Console,
 ) -> CVRun:
     """Train (or reuse) one run and evaluate its final model on its validation split."""
@@ -271,41 +266,43 @@ def _run(
         train_split, val_split = fold_splits(fold)
         data = data.model_copy(update={"train_split": train_split, "val_split": val_split})
     run_config = config.model_copy(update={"data": data, "seed": seed})
-    run_dir = cv_dir / name
-    finished = all((run_dir / stage / "result.json").is_file()
-                   for stage in run_config.stages_to_train())
+    run = cv.run(name)
+    finished = all(run.stage(stage).is_finished() for stage in run_config.stages_to_train())
     console.rule(f"{name}: {'finished' if finished else 'training'}")
-    training = train(run_config, root, run_dir, resume=resume or finished, console=console)
-    out = run_dir / "evaluation" / "val"
-    if not (out / SUMMARY_JSON).is_file():
-        evaluate(load_model(training.model_file), root, split=data.val_split, out_dir=out,
-                 batch_size=data.batch_size, workers=data.num_workers, overwrite=True,
-                 console=console)
-    summary = json.loads((out / SUMMARY_JSON).read_text())
-    execution = summary["protocol"].get("execution") or {}
-    return CVRun(name, fold, seed, training,
-                 {m: summary["metrics"][m]["mean"] for m in METRIC_NAMES},
+    training = train(run_config, root, run.path, resume=resume or finished, console=console)
+    out = run.evaluation("val")
+    if out.is_complete():  # evaluated by an earlier call
+        recorded = json.loads(out.summary.read_text())
+        summary, protocol = recorded["metrics"], recorded["protocol"]
+    else:
+        evaluation = evaluate(load_model(training.model_file), root, split=data.val_split,
+                              out_dir=out.path, batch_size=data.batch_size,
+                              workers=data.num_workers, overwrite=True, console=console)
+        summary, protocol = evaluation.summary, evaluation.protocol
+    execution = protocol.get("execution") or {}
+    return CVRun(name, fold, seed, training, {m: summary[m]["mean"] for m in METRIC_NAMES},
                  f"{execution.get('device', '?')} {execution.get('precision', '?')}")
 
 
-def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, dict[str, Any]]:
+def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict[str, Any]]:
     """Write the per-run table and the mean ± std over runs (population std, as evaluation's
     summaries); print both."""
     rows = [{"run": r.name, "fold": r.fold, "seed": r.seed, **r.metrics} for r in runs]
     summary = summarize(rows)
-    with (cv_dir / RUNS_CSV).open("w", newline="") as f:
+    with cv.runs_table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
         writer.writeheader()
         writer.writerows(rows)
     # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
-                  "model_file": str(r.training.model_file.relative_to(cv_dir)),
-                  "evaluation": f"{r.name}/evaluation/val"} for r in runs],
+                  "model_file": str(r.training.model_file.relative_to(cv.path)),
+                  "evaluation": cv.run(r.name).evaluation("val").path.relative_to(
+                      cv.path).as_posix()} for r in runs],
         "metrics": summary,
-        "ensemble": ENSEMBLE,
+        "ensemble": cv.ensemble.name,
     }
-    (cv_dir / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
+    cv.summary.write_text(json.dumps(record, indent=2) + "\n")
     executions = ", ".join(sorted({r.execution for r in runs}))
     table = Table(title=f"validation results of {len(runs)} runs (percent; {executions})")
     table.add_column("run")
@@ -316,7 +313,7 @@ def _aggregate(cv_dir: Path, runs: list[CVRun], console: Console) -> dict[str, d
     table.add_row("mean ± std", *(f"{_percent(summary[m]['mean'])} ± "
                                   f"{_percent(summary[m]['std'])}" for m in _SHOWN))
     console.print(table)
-    console.print(f"wrote {cv_dir / RUNS_CSV} and {cv_dir / SUMMARY}", highlight=False)
+    console.print(f"wrote {cv.runs_table} and {cv.summary}", highlight=False)
     return summary
 
 

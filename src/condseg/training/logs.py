@@ -22,7 +22,6 @@ from rich.console import Console, RenderableType, RenderHook
 from rich.control import Control
 from rich.text import Text
 
-LOG_FILE = "train.log"
 LOG_WIDTH = 120  # of tables and rules in the log; text lines are never wrapped
 GRID_IMAGES = 4  # validation images in TensorBoard's prediction grid
 
@@ -34,6 +33,8 @@ UNACTIONABLE_WARNINGS = (
     r"The '\w+' does not have many workers which may be a bottleneck",
     r"Checkpoint directory .* exists and is not empty",  # a resumed stage's own checkpoints
     r"Found \d+ module\(s\) in eval mode at the start of training",  # LossNet's frozen VGG
+    # The module lays out each batch for its device (the data module cannot know it).
+    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a",
 )
 
 
@@ -72,8 +73,9 @@ class RunLog:
         self.log: Console | None = None  # the file's own console, for what only it gets
         self._file: TextIO | None = None
 
-    def attach(self, run_dir: Path) -> None:
-        self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8")
+    def attach(self, file: Path) -> None:
+        """Copy from now on into ``file`` (a run's or a cross-validation's log)."""
+        self._file = file.open("a", encoding="utf-8")
         self.log = Console(file=self._file, width=LOG_WIDTH, force_terminal=False,
                            no_color=True, highlight=False, emoji=False, soft_wrap=True)
         self.console.push_render_hook(_CopyToLog(self.log))

@@ -20,9 +20,10 @@ from condseg.errors import CondsegError
 from condseg.evaluation.overlap import overlap_scores
 from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
-from condseg.models.base import SegmentationModel, training_memory_format
+from condseg.models.base import SegmentationModel, training_memory_format, use_plain_kernels
 from condseg.training.hooks import BatchHook
 from condseg.training.optim import build_optimizer, build_scheduler
+from condseg.training.plan import StageParts
 
 VAL_SCORES = ("iou", "dice", "recall", "precision")
 _VAL_NAMES = {"iou": "miou", "dice": "mdsc", "recall": "recall", "precision": "precision"}
@@ -33,25 +34,38 @@ class NonFiniteLossError(CondsegError):
 
 
 class SegmentationModule(L.LightningModule):
-    """Trains ``model`` with ``loss`` under the optimiser and schedule of ``cfg``."""
+    """Trains ``model`` with ``loss`` under the optimiser and schedule of ``cfg``, on its plain
+    (reference) kernels or its fast ones."""
 
     def __init__(
         self,
         model: SegmentationModel,
         loss: Loss,
         cfg: StageConfig,
-        stage: str = "train",
+        stage_name: str = "train",
         batch_hook: BatchHook | None = None,
         memory_format: str = "auto",
+        plain_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.cfg = cfg
-        self.stage = stage
+        self.stage_name = stage_name  # `stage` is what Lightning's setup(stage) calls its phase
         self.batch_hook = batch_hook
         self.memory_format = memory_format
+        self._plain = plain_kernels  # not scanned back from the network's modules
+        use_plain_kernels(model, plain_kernels)
         self._layout = torch.contiguous_format  # resolved on the training device
+
+    @classmethod
+    def from_parts(cls, model: SegmentationModel, parts: StageParts) -> SegmentationModule:
+        """The module of a planned stage: its loss, hook, optimiser, schedule, layout and
+        kernels, all from its plan."""
+        plan = parts.plan
+        return cls(model, parts.loss, plan.cfg, stage_name=plan.name,
+                   batch_hook=parts.batch_hook, memory_format=plan.memory_format,
+                   plain_kernels=plan.plain_kernels)
 
     def forward(self, x: Tensor) -> object:
         return self.model(x)
@@ -59,10 +73,14 @@ class SegmentationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """The layout is set before the strategy wraps the model (DDP's gradient buckets take
         the parameters' strides as they are then)."""
-        device = self.trainer.strategy.root_device
-        plain = any(getattr(m, "plain_kernels", False) for m in self.model.modules())
-        self._layout = training_memory_format(device, self.memory_format, plain)
+        self.use_layout_of(self.trainer.strategy.root_device)
+
+    def use_layout_of(self, device: torch.device) -> torch.memory_format:
+        """The memory layout a training step runs in on ``device``, for the weights and (in
+        :meth:`on_after_batch_transfer`) the images."""
+        self._layout = training_memory_format(device, self.memory_format, self._plain)
         self.model.to(memory_format=self._layout)
+        return self._layout
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Images (and their views) in the layout the model's weights are in."""
@@ -81,7 +99,7 @@ class SegmentationModule(L.LightningModule):
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
-                f"non-finite training loss {loss.item()} in stage {self.stage}, epoch "
+                f"non-finite training loss {loss.item()} in stage {self.stage_name}, epoch "
                 f"{self.current_epoch}, step {self.global_step}" + (f" ({parts})" if parts else "")
             )
         size = batch["image"].shape[0]

@@ -1,9 +1,11 @@
-"""The run as it will really execute: the stage networks, the training precision resolved for
-this machine, and the run header that ``train`` prints before the first step, so that what a
-log says was run is what ran (nothing left to a default the reader cannot see)."""
+"""The run as it will really execute: the training precision resolved for this machine, and
+the run header that ``train`` prints before the first step (each stage's plan with its
+parameter count), so that what a log says was run is what ran (nothing left to a default the
+reader cannot see)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +15,9 @@ from rich.console import Console
 from condseg.config import RunConfig
 from condseg.data.dataset import read_split
 from condseg.inference.engine import cpu_supports_bf16
-from condseg.models.registry import create_model, model_options
-
-
-def stage_model(config: RunConfig, name: str) -> tuple[str, dict[str, Any]]:
-    """The model name and options stage ``name`` trains: its own network (with the options it
-    inherits from the run's model), else the run's model."""
-    cfg, run_model = config.stages[name], config.model
-    if cfg.model is None:
-        return run_model.name, dict(run_model.options)
-    resolved = model_options(run_model.name, run_model.options)
-    inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
-    return cfg.model.name, {**inherited, **cfg.model.options}
+from condseg.layout import DatasetDir
+from condseg.models.registry import create_model
+from condseg.training.plan import StagePlan
 
 
 def training_device(config: RunConfig) -> str:
@@ -59,12 +52,12 @@ def split_counts(root: Path, config: RunConfig) -> dict[str, int]:
     """Names listed per split: train, val, and test when the dataset has one."""
     data = config.data
     splits = {"train": data.train_split, "val": data.val_split}
-    if (root / f"{data.test_split}.txt").is_file():
+    if DatasetDir(root).has_split(data.test_split):
         splits["test"] = data.test_split
     return {label: len(read_split(root, split)) for label, split in splits.items()}
 
 
-def header_lines(config: RunConfig, stages: list[str]) -> list[str]:
+def header_lines(config: RunConfig, plans: Iterable[StagePlan]) -> list[str]:
     """The run header: device and precision, dataset sizes, and per stage the resolved recipe
     (model and parameters, loss, optimiser and learning rates, schedule, epochs, size, batch)."""
     data = config.data
@@ -75,20 +68,19 @@ def header_lines(config: RunConfig, stages: list[str]) -> list[str]:
         f"precision {config.precision}, seed {config.seed}",
         f"data {data.root}: {counts}{skipped}",
     ]
-    for name in stages:
-        cfg = config.stages[name]
-        model, options = stage_model(config, name)
-        opt = cfg.optimizer
+    for plan in plans:
+        cfg, opt = plan.cfg, plan.cfg.optimizer
         encoder = f" (encoder {opt.encoder_lr:g})" if opt.encoder_lr is not None else ""
         hook = f", batch hook {cfg.batch_hook.name}" if cfg.batch_hook is not None else ""
         lines.append(
-            f"{name}: {model} ({count_parameters(model, options):,} parameters), loss "
-            f"{cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule {cfg.schedule.name}, "
+            f"{plan.name}: {plan.model} ({count_parameters(plan.model, plan.options):,} "
+            f"parameters), loss {cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule "
+            f"{cfg.schedule.name}, "
             f"epochs {cfg.max_epochs}, size {data.size}, batch {data.batch_size}{hook}"
         )
     return lines
 
 
-def print_header(config: RunConfig, stages: list[str], console: Console) -> None:
-    for line in header_lines(config, stages):
+def print_header(config: RunConfig, plans: Iterable[StagePlan], console: Console) -> None:
+    for line in header_lines(config, plans):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
