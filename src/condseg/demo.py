@@ -20,6 +20,7 @@ from condseg.data.dataset import find_pair, read_mask, read_split
 from condseg.data.synthetic import synthesize
 from condseg.errors import OutputExistsError
 from condseg.evaluation.evaluate import EvaluationResult, evaluate
+from condseg.evaluation.names import display_name, percent
 from condseg.inference.predict import PredictReport, predict_files
 from condseg.models.model_file import load_model
 from condseg.training import TrainResult, train
@@ -90,15 +91,19 @@ def run_demo(
     return result
 
 
+DSC_IOU = f"{display_name('dice')} / {display_name('iou')}"
+
+
 def _print_summary(result: DemoResult, console: Console) -> None:
     table = Table(title=f"condseg demo finished in {result.seconds:.0f} s", show_header=False)
-    table.add_row("validation mDSC / mIoU (final model)",
-                  f"{100 * result.mdsc:.2f}% / {100 * result.miou:.2f}%")
+    table.add_row(f"validation {DSC_IOU} (final model)",
+                  f"{percent(result.mdsc)}% / {percent(result.miou)}%")
     for n, metrics in result.training.best_metrics.items():
-        table.add_row(f"best val mDSC / mIoU, {n}",
-                      f"{100 * metrics['mdsc']:.2f}% / {100 * metrics['miou']:.2f}% "
+        table.add_row(f"best val {DSC_IOU}, {n}",
+                      f"{percent(metrics['mdsc'])}% / {percent(metrics['miou'])}% "
                       f"(epoch {metrics['epoch']})")
-    table.add_row("trivial predictor mDSC (all foreground)", f"{100 * result.trivial_mdsc:.2f}%")
+    table.add_row(f"trivial predictor {display_name('dice')} (all foreground)",
+                  f"{percent(result.trivial_mdsc)}%")
     run = result.training.run_dir
     table.add_row("synthetic dataset", str(result.out_dir / "data"))
     table.add_row("run (config, checkpoints, logs, curves)", str(run))

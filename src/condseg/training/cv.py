@@ -30,8 +30,9 @@ from rich.table import Table
 from condseg.config import RunConfig, load_config
 from condseg.data.check import require_prepared
 from condseg.errors import CondsegError, refuse_existing
-from condseg.evaluation.evaluate import evaluate, print_table
+from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.evaluation.names import percent
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
@@ -271,17 +272,11 @@ def _run(
     console.rule(f"{name}: {'finished' if finished else 'training'}")
     training = train(run_config, root, run.path, resume=resume or finished, console=console)
     out = run.evaluation("val")
-    if out.is_complete():  # evaluated by an earlier call
-        recorded = json.loads(out.summary.read_text())
-        summary, protocol = recorded["metrics"], recorded["protocol"]
-    else:
-        evaluation = evaluate(load_model(training.model_file), root, split=data.val_split,
-                              out_dir=out.path, batch_size=data.batch_size,
-                              workers=data.num_workers, overwrite=True, console=console)
-        summary, protocol = evaluation.summary, evaluation.protocol
-    execution = protocol.get("execution") or {}
-    return CVRun(name, fold, seed, training, {m: summary[m]["mean"] for m in METRIC_NAMES},
-                 f"{execution.get('device', '?')} {execution.get('precision', '?')}")
+    evaluation = (read_results(out.path) if out.is_complete()  # evaluated by an earlier call
+                  else evaluate(load_model(training.model_file), root, split=data.val_split,
+                                out_dir=out.path, batch_size=data.batch_size,
+                                workers=data.num_workers, overwrite=True, console=console))
+    return CVRun(name, fold, seed, training, evaluation.means, evaluation.execution)
 
 
 def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict[str, Any]]:
@@ -309,13 +304,9 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
     for metric in _SHOWN:
         table.add_column(metric, justify="right")
     for r in runs:
-        table.add_row(r.name, *(_percent(r.metrics[m]) for m in _SHOWN))
-    table.add_row("mean ± std", *(f"{_percent(summary[m]['mean'])} ± "
-                                  f"{_percent(summary[m]['std'])}" for m in _SHOWN))
+        table.add_row(r.name, *(percent(r.metrics[m]) for m in _SHOWN))
+    table.add_row("mean ± std", *(f"{percent(summary[m]['mean'])} ± "
+                                  f"{percent(summary[m]['std'])}" for m in _SHOWN))
     console.print(table)
     console.print(f"wrote {cv.runs_table} and {cv.summary}", highlight=False)
     return summary
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"

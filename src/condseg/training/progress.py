@@ -16,7 +16,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from rich.console import Console
 
-_SHOWN = (("val/loss", "val L_mask"), ("val/miou", "mIoU"), ("val/mdsc", "mDSC"),
+from condseg.evaluation.names import display_name, percent
+
+_SHOWN = (("val/loss", "val L_mask"), ("val/miou", display_name("iou")),
+          ("val/mdsc", display_name("dice")),
           ("val/recall", "recall"), ("val/precision", "precision"))
 PERCENT = frozenset({"val/miou", "val/mdsc", "val/recall", "val/precision"})
 
@@ -26,7 +29,7 @@ def _shown(key: str, value: float) -> float:
 
 
 def _figure(key: str, value: float) -> str:
-    return f"{100 * value:.2f}%" if key in PERCENT else f"{value:.4f}"
+    return f"{percent(value)}%" if key in PERCENT else f"{value:.4f}"
 
 
 def _duration(seconds: float) -> str:

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from condseg.config import RunConfig
 from condseg.epoch_log import write_epoch_log
+from condseg.evaluation.names import display_name, percent
 from condseg.layout import RunDir, StageDir
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model
@@ -61,8 +62,9 @@ def run_stage(
     if trainer.is_global_zero:
         done = _finish(module, best, parts, config, stage, normalization, trainer.current_epoch)
         metrics = done.metrics
-        console.print(f"{plan.name}: best val mIoU {100 * metrics.get('miou', float('nan')):.2f}%"
-                      f", mDSC {100 * metrics.get('mdsc', float('nan')):.2f}% "
+        console.print(f"{plan.name}: best val {display_name('iou')} "
+                      f"{percent(metrics.get('miou', float('nan')))}%, {display_name('dice')} "
+                      f"{percent(metrics.get('mdsc', float('nan')))}% "
                       f"(epoch {metrics['epoch']}) -> {stage.model_file}", highlight=False)
     trainer.strategy.barrier("condseg-export")
     return done or StageResult.read(stage)  # the other processes read what the first wrote
