@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from condseg.data.check import check_dataset
-from condseg.data.dataset import DataError, read_image, read_mask, read_split
+from condseg.data.masks import read_mask
 from condseg.data.prepare import DATASETS, NOT_CONVERTED, packaged_split, prepare
+from condseg.data.reading import DataError, read_image
+from condseg.data.splits import read_split
 
 prepare_module = importlib.import_module("condseg.data.prepare")  # `prepare` is also a function
 SQUARE = np.pad(np.full((4, 4), 255, np.uint8), 2)  # 8x8 mask with a 4x4 foreground square

@@ -21,16 +21,11 @@ from typer.testing import CliRunner
 
 from condseg import cli
 from condseg.data.check import check_dataset
-from condseg.data.dataset import (
-    DataError,
-    image_size,
-    read_image,
-    read_mask,
-    read_split,
-    write_split,
-)
+from condseg.data.masks import read_mask
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown, unlistable
 from condseg.data.prepare import NOT_CONVERTED, prepare, prepare_folder
+from condseg.data.reading import DataError, image_size, read_image
+from condseg.data.splits import read_split, write_split
 from condseg.models.base import ModelOutput, SegmentationModel
 
 H, W = 24, 32  # not square, so that a transposition shows

@@ -38,18 +38,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from condseg.data.check import mask_problems
-from condseg.data.dataset import (
-    DataError,
-    colour_and_alpha,
-    image_size,
-    mask_threshold,
-    read_mask_values,
-    read_values,
-    split_names,
-    write_split,
-)
+from condseg.data.masks import mask_problems, mask_threshold, read_mask_values
 from condseg.data.names import IMAGE_EXTENSIONS, name_key, skip_reason, unlistable
+from condseg.data.reading import DataError, colour_and_alpha, image_size, read_values
+from condseg.data.splits import split_names, write_split
 from condseg.outputs import check_staged, staged
 
 SplitSource = Literal["packaged", "release", "seeded", "folds", "folder"]
