@@ -19,7 +19,7 @@ from condseg.data.index import find_pair
 from condseg.data.masks import read_mask
 from condseg.data.prepare import packaged_split
 from condseg.data.reading import DataError, image_size, read_image
-from condseg.data.splits import read_split
+from condseg.data.split_files import read_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import (
     geometric_augmentation,

@@ -12,7 +12,7 @@ import pytest
 from condseg.config import load_config
 from condseg.data.index import find_pair
 from condseg.data.reading import image_size
-from condseg.data.splits import read_split
+from condseg.data.split_files import read_split
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.predict import predict
 from condseg.models.model_file import load_model

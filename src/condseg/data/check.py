@@ -19,7 +19,7 @@ from condseg.data.masks import Level, mask_problems, read_mask_values
 from condseg.data.names import shown, unlistable
 from condseg.data.prepare import DATASETS
 from condseg.data.reading import DataError, read_image
-from condseg.data.splits import read_split
+from condseg.data.split_files import read_split
 from condseg.layout import DatasetDir
 
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}

@@ -4,7 +4,7 @@ augmented and normalised; and the training and validation sets a run's data sect
 Layout (:class:`condseg.layout.DatasetDir`): ``ROOT/images/<name>.<ext>``,
 ``ROOT/masks/<name>.<ext>`` and split files ``ROOT/<split>.txt``. Reading files:
 :mod:`condseg.data.reading` and :mod:`condseg.data.masks`; names to files:
-:mod:`condseg.data.index`; split files: :mod:`condseg.data.splits`. Their names that callers
+:mod:`condseg.data.index`; split files: :mod:`condseg.data.split_files`. Their names that callers
 import from here (and the docs name here) stay importable from here.
 """
 
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, get_worker_info
 from condseg.data.index import FolderIndex, find_pair, image_files
 from condseg.data.masks import read_mask
 from condseg.data.reading import MAX_PIXELS, DataError, image_size, read_image
-from condseg.data.splits import read_split, write_split
+from condseg.data.split_files import read_split, write_split
 from condseg.data.transforms import (
     VIEWS,
     geometric_augmentation,

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from condseg.data.reading import DataError
-from condseg.data.splits import write_split
+from condseg.data.split_files import write_split
 from condseg.layout import DatasetDir
 
 
