@@ -80,7 +80,6 @@ def _folder_splits(
     return splits, info
 
 
-
 def prepare_folder(
     images: str | Path,
     masks: str | Path,
@@ -115,4 +114,4 @@ def prepare_folder(
 
     spec = folder_spec(same_folder=images.resolve() == masks.resolve())
     return convert(spec, images, out, assign, roots={"image": images, "mask": masks},
-                    swap=swap, link=link, decode=True, max_pixels=max_pixels)
+                   swap=swap, link=link, decode=True, max_pixels=max_pixels)

@@ -113,7 +113,6 @@ def packaged_split(dataset: str, split: str) -> list[str]:
     return split_names(listed.read_text(encoding="utf-8"))
 
 
-
 def _release_splits(
     name: str, spec: DatasetSpec, samples: list[Sample], seed: int
 ) -> tuple[dict[str, list[str]], dict[str, object]]:
@@ -154,7 +153,6 @@ def _release_splits(
         "paper_sizes": spec.sizes,
     }
     return splits, info
-
 
 
 def prepare(
@@ -198,4 +196,4 @@ def prepare(
     elif swap:
         spec = spec.swapped()
     return convert(spec, raw, out, lambda s: _release_splits(name, spec, s, seed), roots=roots,
-                    swap=swap, link=link, max_pixels=max_pixels)
+                   swap=swap, link=link, max_pixels=max_pixels)
