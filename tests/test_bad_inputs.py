@@ -18,16 +18,10 @@ from typer.testing import CliRunner
 
 from condseg import cli
 from condseg.data.check import CheckReport, check_dataset
-from condseg.data.dataset import (
-    DataError,
-    SegmentationDataset,
-    _read_pillow,
-    _read_tifffile,
-    image_files,
-    image_size,
-    read_image,
-    read_mask,
-)
+from condseg.data.dataset import SegmentationDataset
+from condseg.data.index import image_files
+from condseg.data.masks import read_mask
+from condseg.data.reading import DataError, _read_pillow, _read_tifffile, image_size, read_image
 from condseg.errors import CondsegError
 
 H, W = 24, 32

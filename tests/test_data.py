@@ -13,16 +13,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from condseg.data.dataset import (
-    DataError,
-    SegmentationDataset,
-    find_pair,
-    image_size,
-    read_image,
-    read_mask,
-    read_split,
-)
+from condseg.config import Augmentation, DataConfig
+from condseg.data.dataset import SegmentationDataset, train_and_val_datasets
+from condseg.data.index import find_pair
+from condseg.data.masks import read_mask
 from condseg.data.prepare import packaged_split
+from condseg.data.reading import DataError, image_size, read_image
+from condseg.data.split_files import read_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import (
     geometric_augmentation,
@@ -303,6 +300,24 @@ def test_strong_view_differs_but_shares_the_mask(tiny: Path) -> None:
     assert torch.equal(a["image"], b["image"])
     assert b["strong"].shape == b["image"].shape
     assert not torch.allclose(b["strong"], b["image"], atol=1e-2)
+
+
+def test_a_data_config_gives_the_train_and_val_sets_a_stage_trains_on(tiny: Path) -> None:
+    (tiny / "val.txt").write_text("b\n")
+    data = DataConfig(root=tiny, size=16, train_split="train", val_split="val", skip=["a"])
+    augmentation = Augmentation(rotate=30, p_rotate=1.0, p_flip=0.0)
+    torch.manual_seed(0)
+    train, val = train_and_val_datasets(data, augmentation, ["strong"], **IMAGENET)
+    item = train[0]
+    assert train.names == ["b"] and train.excluded == ["a"] and val.names == ["b"]
+    assert set(item) == {"image", "mask", "name", "strong"} and val.augment is None
+    torch.manual_seed(0)
+    same = SegmentationDataset(tiny, "train", size=16, exclude=["a"],
+                               augment=geometric_augmentation(rotate=30, p_rotate=1.0, p_flip=0.0),
+                               views={"strong": strong_photometric()}, **IMAGENET)[0]
+    assert all(torch.equal(item[key], same[key]) for key in ("image", "mask", "strong"))
+    expected = SegmentationDataset(tiny, "val", size=16, **IMAGENET)[0]["image"]
+    assert torch.equal(val[0]["image"], expected)
 
 
 def test_dataloader_workers_draw_different_augmentations(tiny: Path) -> None:

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from condseg.data.check import check_dataset
-from condseg.data.dataset import DataError, read_image, read_mask, read_split
-from condseg.data.prepare import DATASETS, NOT_CONVERTED, packaged_split, prepare
+from condseg.data.masks import read_mask
+from condseg.data.prepare import DATASETS, packaged_split, prepare
+from condseg.data.reading import DataError, read_image
+from condseg.data.split_files import read_split
+from condseg.layout import DatasetDir
 
-prepare_module = importlib.import_module("condseg.data.prepare")  # `prepare` is also a function
+pipeline = importlib.import_module("condseg.data.prepare.pipeline")
 SQUARE = np.pad(np.full((4, 4), 255, np.uint8), 2)  # 8x8 mask with a 4x4 foreground square
 
 
@@ -283,7 +286,7 @@ def test_busi_mask_of_another_size_leaves_its_image_out(tmp_path: Path) -> None:
     record = info(out)
     assert record["written"] == 7 and record["not_converted"] == 1
     assert "benign (2)" not in {n for s in ("train", "val") for n in read_split(out, s)}
-    reason = (out / NOT_CONVERTED).read_text().splitlines()[1]
+    reason = DatasetDir(out).not_converted.read_text().splitlines()[1]
     assert "benign (2)_mask_1.png is 6x8 but image" in reason and "not resized" in reason
 
 
@@ -299,8 +302,8 @@ def test_a_failure_leaves_no_output_and_a_rerun_works(
             raise OSError("No space left on device")
         original(sample, *args)
 
-    original = prepare_module._write_sample
-    monkeypatch.setattr(prepare_module, "_write_sample", fail_third)
+    original = pipeline._write_sample
+    monkeypatch.setattr(pipeline, "_write_sample", fail_third)
     with pytest.raises(DataError, match=r"cannot convert .*images/\d+\.png: No space left"):
         prepare("cvc-clinicdb", tmp_path / "raw", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no OUT, no temporary folder
@@ -319,7 +322,8 @@ def test_cli_prepare_reports_unpaired_and_refuses_swapped(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["data", "prepare", "cvc-clinicdb", str(tmp_path / "raw"),
                                       str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert "1 files not converted" in result.output and NOT_CONVERTED in result.output
+    assert "1 files not converted" in result.output
+    assert DatasetDir(tmp_path / "out").not_converted.name in result.output
     _cvc(tmp_path / "swapped", "masks", "images")
     result = CliRunner().invoke(app, ["data", "prepare", "cvc-clinicdb",
                                       str(tmp_path / "swapped"), str(tmp_path / "out2")])

@@ -231,7 +231,7 @@ def test_an_out_that_is_a_file_is_one_line_naming_it(
 WORK = {"train": ("condseg.training.run", "check_data"),
         "evaluate": ("condseg.evaluation.evaluate", "check_dataset"),
         "predict": ("condseg.inference.predict", "Predictor"),
-        "data prepare": ("condseg.data.prepare", "_find")}
+        "data prepare": ("condseg.data.prepare.pipeline", "find_files")}
 
 
 @pytest.mark.parametrize("command", list(WORK))
@@ -390,7 +390,7 @@ def _signal_at(
      "stopped by SIGTERM: removed the unfinished {out}"),
     ("predict", ("condseg.inference.predict", "save_png", 3), signal.SIGINT,
      "stopped by SIGINT: removed the 2 files it had written in {out}"),
-    ("data prepare", ("condseg.data.prepare", "_write_sample", 3), signal.SIGTERM,
+    ("data prepare", ("condseg.data.prepare.pipeline", "_write_sample", 3), signal.SIGTERM,
      "stopped by SIGTERM: removed the unfinished {partial}"),
 ])
 def test_an_interrupted_command_leaves_no_half_output(

@@ -21,16 +21,12 @@ from typer.testing import CliRunner
 
 from condseg import cli
 from condseg.data.check import check_dataset
-from condseg.data.dataset import (
-    DataError,
-    image_size,
-    read_image,
-    read_mask,
-    read_split,
-    write_split,
-)
+from condseg.data.masks import read_mask
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown, unlistable
-from condseg.data.prepare import NOT_CONVERTED, prepare, prepare_folder
+from condseg.data.prepare import prepare, prepare_folder
+from condseg.data.reading import DataError, image_size, read_image
+from condseg.data.split_files import read_split, write_split
+from condseg.layout import DatasetDir
 from condseg.models.base import ModelOutput, SegmentationModel
 
 H, W = 24, 32  # not square, so that a transposition shows
@@ -337,7 +333,7 @@ def odd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def not_converted(out: Path) -> dict[str, str]:
-    with (out / NOT_CONVERTED).open(encoding="utf-8", newline="") as f:
+    with DatasetDir(out).not_converted.open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     assert rows[0] == ["file", "reason"]
     return dict(rows[1:])
@@ -371,7 +367,7 @@ def test_release_converter_takes_every_extension_and_case(tmp_path: Path) -> Non
         pil(SQUARE[4:12, 4:12])(_make(raw / "Ground Truth" / f"{i}{ext.lower()}"))
     out = prepare("cvc-clinicdb", raw, tmp_path / "out")
     assert len(read_split(out, "train")) + len(read_split(out, "val")) == 16
-    assert not (out / NOT_CONVERTED).exists() and check_dataset(out).ok
+    assert not DatasetDir(out).not_converted.exists() and check_dataset(out).ok
 
 
 def test_cli_prepare_lists_what_it_did_not_convert(odd_folder: Path, tmp_path: Path) -> None:

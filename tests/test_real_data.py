@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from condseg.config import load_config
-from condseg.data.dataset import find_pair, image_size, read_split
+from condseg.data.index import find_pair
+from condseg.data.reading import image_size
+from condseg.data.split_files import read_split
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.predict import predict
 from condseg.models.model_file import load_model

@@ -197,7 +197,8 @@ class CVDir:
 @dataclass(frozen=True)
 class DatasetDir:
     """A prepared dataset: ``images/``, ``masks/``, one ``<split>.txt`` per split, optional
-    ``folds/<k>/{train,val}.txt``, and what preparation did not convert."""
+    ``folds/<k>/{train,val}.txt``, the record of its split and what preparation did not
+    convert."""
 
     path: Path
 
@@ -216,6 +217,11 @@ class DatasetDir:
     @property
     def not_converted(self) -> Path:
         return self.path / "not_converted.tsv"
+
+    @property
+    def split_info(self) -> Path:
+        """Where the split came from and what was converted (written by ``data prepare``)."""
+        return self.path / "split_info.json"
 
     def split(self, name: str) -> Path:
         """The list of a split's names; ``name`` may be a path like ``folds/0/train``."""

@@ -1,23 +1,18 @@
 """Data pipeline: the canonical folder dataset, augmentations, checks, converters, synthetic data.
 
-Layout: ``ROOT/images/<name>.<ext>``, ``ROOT/masks/<name>.<ext>``, ``ROOT/<split>.txt``.
+Layout (:class:`condseg.layout.DatasetDir`): ``ROOT/images/<name>.<ext>``,
+``ROOT/masks/<name>.<ext>``, ``ROOT/<split>.txt``.
 """
 
 from __future__ import annotations
 
 from condseg.data.check import CheckReport, Problem, check_dataset
-from condseg.data.dataset import (
-    MAX_PIXELS,
-    DataError,
-    SegmentationDataset,
-    find_pair,
-    image_files,
-    read_image,
-    read_mask,
-    read_split,
-    write_split,
-)
+from condseg.data.dataset import SegmentationDataset, train_and_val_datasets
+from condseg.data.index import find_pair, image_files
+from condseg.data.masks import read_mask
 from condseg.data.prepare import DATASETS, prepare, prepare_folder
+from condseg.data.reading import MAX_PIXELS, DataError, read_image
+from condseg.data.split_files import read_split, write_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import geometric_augmentation, strong_photometric
 
@@ -39,5 +34,6 @@ __all__ = [
     "read_split",
     "strong_photometric",
     "synthesize",
+    "train_and_val_datasets",
     "write_split",
 ]

@@ -9,35 +9,24 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from condseg.data.dataset import (
-    DataError,
-    FolderIndex,
-    mask_threshold,
-    read_image,
-    read_mask_values,
-    read_split,
-)
+from condseg.data.index import FolderIndex
+from condseg.data.masks import Level, mask_problems, read_mask_values
 from condseg.data.names import shown, unlistable
+from condseg.data.prepare import DATASETS
+from condseg.data.reading import DataError, read_image
+from condseg.data.split_files import read_split
+from condseg.layout import DatasetDir
 
-Level = Literal["error", "warning", "info"]
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 _LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 DEFAULT_SPLITS = ("train", "val")
 OPTIONAL_SPLITS = ("test",)
-# Share of mask pixels in the middle half of the range above which a mask is not a clean binary
-# mask (soft labels, probability maps, heavy resampling). Kvasir-SEG's JPEG masks have 0.0%.
-MID_GREY_LIMIT = 0.02
-# Share of pixels at a low non-zero value above which an "empty" mask is a 0/1 (or 0..k) label
-# map rather than a background-only mask.
-LABEL_MAP_LIMIT = 0.001
 
 
 @dataclass(frozen=True)
@@ -126,36 +115,9 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def mask_problems(values: np.ndarray, full: int) -> list[tuple[Level, str]]:
-    """Is the foreground/background distribution usable for training? (One histogram pass.)"""
-    threshold = mask_threshold(full)
-    hist = np.bincount(values.ravel(), minlength=full + 1) / values.size
-    foreground = float(hist[threshold:].sum())
-    top = int(np.flatnonzero(hist)[-1])
-    found: list[tuple[Level, str]] = []
-    if foreground == 0.0 and top > 0 and hist[max(1, top // 2) :].sum() > LABEL_MAP_LIMIT:
-        found.append(
-            (
-                "error",
-                f"mask values go only up to {top} of {full}, so no pixel is foreground "
-                f"(foreground is >= {threshold}): a 0/1 label map? Save it as 0/{full}",
-            )
-        )
-    elif foreground == 0.0:
-        found.append(("warning", "mask is empty (no foreground): fine for a negative example"))
-    elif foreground == 1.0:
-        found.append(("warning", "mask is entirely foreground: inverted or blank annotation?"))
-    # The middle half of the range, never its ends: a 1-bit mask (0 and 1) has no mid-grey.
-    mid = float(hist[max(1, round(full * 0.25)) : min(full - 1, round(full * 0.75)) + 1].sum())
-    if mid > MID_GREY_LIMIT:
-        found.append(
-            (
-                "warning",
-                f"{mid:.0%} of mask pixels are mid-grey (soft or resampled mask); they are "
-                f"binarised at {threshold}. Re-export a binary mask if that is wrong",
-            )
-        )
-    return found
+def _split_file(split: str) -> str:
+    """A split's file as the report names it: relative to the dataset folder."""
+    return DatasetDir(Path()).split(split).as_posix()
 
 
 def _check_pair(
@@ -164,17 +126,16 @@ def _check_pair(
     """Problems of one name: (level, message, file)."""
     found: list[tuple[Level, str, str | None]] = []
     shapes: dict[str, tuple[int, int]] = {}
-    for kind in ("images", "masks"):
+    for kind, folder in index.folders.items():
         try:
             path = index.find(kind, name)
         except DataError as exc:
-            found.append(
-                ("error", f"{exc}; add it or remove the name from the split", f"{kind}/{name}.*")
-            )
+            found.append(("error", f"{exc}; add it or remove the name from the split",
+                          f"{_relative(folder, index.root)}/{name}.*"))
             continue
         file = _relative(path, index.root)
         try:
-            if kind == "images":
+            if kind == "image":
                 shapes[kind] = read_image(path, max_pixels).shape[:2]
             else:
                 values, full = read_mask_values(path, max_pixels)
@@ -182,15 +143,15 @@ def _check_pair(
                 found.extend((level, msg, file) for level, msg in mask_problems(values, full))
         except DataError as exc:
             found.append(("error", f"{exc}", file))
-    if len(shapes) == 2 and shapes["images"] != shapes["masks"]:
-        (ih, iw), (mh, mw) = shapes["images"], shapes["masks"]
+    if len(shapes) == 2 and shapes["image"] != shapes["mask"]:
+        (ih, iw), (mh, mw) = shapes["image"], shapes["mask"]
         hint = " (transposed: EXIF orientation on one of them?)" if (ih, iw) == (mw, mh) else ""
         found.append(
             (
                 "error",
                 f"image is {ih}x{iw} but mask is {mh}x{mw} (HxW){hint}; "
                 "fix the pair or leave it out",
-                _relative(index.find("masks", name), index.root),
+                _relative(index.find("mask", name), index.root),
             )
         )
     return found
@@ -207,16 +168,17 @@ def _unlistable_and_orphans(index: FolderIndex, listed: set[str]) -> list[Proble
             examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             found.append(Problem("info", "entries that are not image files (hidden, subfolders, "
                                  f"other types), not used: {len(names)} ({examples})",
-                                 file=f"{kind}/"))
-    for name, paths in sorted(index.files["images"].items()):
+                                 file=f"{_relative(index.folders[kind], index.root)}/"))
+    for name, paths in sorted(index.files["image"].items()):
         why = unlistable(name)
         found += [Problem("warning", f"{why}, so no split can use this image; rename the file",
                           file=_relative(path, index.root)) for path in paths if why]
-    orphans = sorted(index.files["masks"].keys() - index.files["images"].keys() - listed)
+    orphans = sorted(index.files["mask"].keys() - index.files["image"].keys() - listed)
+    images = _relative(index.folders["image"], index.root)
     for name in orphans:
-        found += [Problem("warning", f"mask without an image (no images/{name}.* file): add "
+        found += [Problem("warning", f"mask without an image (no {images}/{name}.* file): add "
                           "the image or remove the mask", file=_relative(path, index.root))
-                  for path in index.files["masks"][name]]
+                  for path in index.files["mask"][name]]
     return found
 
 
@@ -224,8 +186,6 @@ def require_prepared(root: Path, splits: list[str]) -> None:
     """Refuse, in one line that leads to ``data prepare``, a dataset folder that does not
     exist or lists none of ``splits`` (a raw release: images and masks, no split files); a
     prepared one missing some split files gets a line per file in the report instead."""
-    from condseg.data.prepare import DATASETS  # prepare imports this module
-
     prepare = (f"prepare it with `condseg data prepare DATASET RAW OUT` (a public release: "
                f"{', '.join(DATASETS)}) or `condseg data prepare folder IMAGES MASKS OUT` "
                "(your own images and masks)")
@@ -233,8 +193,8 @@ def require_prepared(root: Path, splits: list[str]) -> None:
         raise DataError(f"dataset folder {root} not found; {prepare}")
     if not root.is_dir():
         raise DataError(f"dataset folder {root} is a file, not a folder; {prepare}")
-    if splits and not any((root / f"{split}.txt").is_file() for split in splits):
-        listed = ", ".join(f"{split}.txt" for split in splits)
+    if splits and not any(DatasetDir(root).has_split(split) for split in splits):
+        listed = ", ".join(map(_split_file, splits))
         raise DataError(f"{root} is not a prepared dataset (no {listed}; a raw release?); "
                         f"{prepare}")
 
@@ -250,13 +210,13 @@ def check_dataset(
     ``splits`` None (or empty) checks train and val (both required) and test when present.
     Decoding runs in a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults
     to the CPU count. ``max_pixels`` is the readers' pixel limit (None: the default
-    :data:`condseg.data.dataset.MAX_PIXELS`).
+    :data:`condseg.data.reading.MAX_PIXELS`).
     """
     start = time.perf_counter()
     root = Path(root)
     problems: list[Problem] = []
     if not splits:  # None, or an empty list from a CLI option that was not given
-        wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if (root / f"{s}.txt").is_file())]
+        wanted = [*DEFAULT_SPLITS, *(s for s in OPTIONAL_SPLITS if DatasetDir(root).has_split(s))]
     else:
         wanted = list(splits)
     require_prepared(root, wanted)
@@ -265,21 +225,22 @@ def check_dataset(
         try:
             names_of[split] = read_split(root, split)
         except DataError as exc:
-            problems.append(Problem("error", str(exc), split=split, file=f"{split}.txt"))
+            problems.append(Problem("error", str(exc), split=split, file=_split_file(split)))
             continue
         if not names_of[split]:
             problems.append(
-                Problem("error", f"{split}.txt lists no names", split, None, f"{split}.txt")
+                Problem("error", f"{_split_file(split)} lists no names", split, None,
+                        _split_file(split))
             )
         for name, count in Counter(names_of[split]).items():
             if count > 1:
                 problems.append(
                     Problem(
                         "warning",
-                        f"listed {count} times in {split}.txt: remove the duplicates",
+                        f"listed {count} times in {_split_file(split)}: remove the duplicates",
                         split,
                         name,
-                        f"{split}.txt",
+                        _split_file(split),
                     )
                 )
     splits_of: dict[str, list[str]] = {}
@@ -288,7 +249,7 @@ def check_dataset(
             splits_of.setdefault(name, []).append(split)
     for name, in_splits in splits_of.items():
         if len(in_splits) > 1:
-            files = " and ".join(f"{s}.txt" for s in in_splits)
+            files = " and ".join(map(_split_file, in_splits))
             problems.append(
                 Problem(
                     "error",
@@ -313,14 +274,14 @@ def check_dataset(
             split = ", ".join(splits_of[name])
             problems.extend(Problem(level, msg, split, name, file) for level, msg, file in found)
     problems.extend(_unlistable_and_orphans(index, set(splits_of)))
-    unlisted = sorted(n for n in set(index.files["images"]) - set(splits_of) if not unlistable(n))
+    unlisted = sorted(n for n in set(index.files["image"]) - set(splits_of) if not unlistable(n))
     if unlisted and names_of:
         examples = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
         problems.append(
             Problem(
                 "info",
                 f"{len(unlisted)} images are in no checked split ({examples}); they are not used",
-                file="images/",
+                file=f"{_relative(index.folders['image'], root)}/",
             )
         )
     return CheckReport(

@@ -14,7 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from condseg.data.dataset import DataError, write_split
+from condseg.data.reading import DataError
+from condseg.data.split_files import write_split
+from condseg.layout import DatasetDir
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -115,17 +117,18 @@ def synthesize(
             f"{out} is not empty; choose an empty folder or pass --overwrite (overwrite=True) "
             "to replace a previous synthetic dataset"
         )
-    for kind in ("images", "masks"):
-        (out / kind).mkdir(parents=True, exist_ok=True)
-        for stale in (out / kind).glob("synth_*.png"):
+    layout = DatasetDir(out)
+    for folder in (layout.images, layout.masks):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("synth_*.png"):
             stale.unlink()
     names = [f"synth_{i:04d}" for i in range(n_train + n_val)]
     for i, name in enumerate(names):
         image, mask = synthesize_pair(np.random.default_rng([seed, i]), size)
-        cv2.imwrite(str(out / "images" / f"{name}.png"), image[:, :, ::-1])
-        cv2.imwrite(str(out / "masks" / f"{name}.png"), mask)
-    write_split(out / "train.txt", names[:n_train])
-    write_split(out / "val.txt", names[n_train:])
+        cv2.imwrite(str(layout.images / f"{name}.png"), image[:, :, ::-1])
+        cv2.imwrite(str(layout.masks / f"{name}.png"), mask)
+    write_split(layout.split("train"), names[:n_train])
+    write_split(layout.split("val"), names[n_train:])
     info = {
         "generator": "condseg.data.synthetic",
         "seed": seed,
