@@ -40,6 +40,7 @@ def data_prepare(
 
     from condseg.data.prepare import prepare, prepare_folder
     from condseg.errors import OptionError
+    from condseg.layout import DatasetDir
 
     with user_errors():
         if len(paths) != (3 if dataset == "folder" else 2):
@@ -57,7 +58,7 @@ def data_prepare(
                                   f"{dataset} has its own split")
             path = prepare(dataset, *paths, seed=seed, link=link, images=images, masks=masks,
                            swap=swap, max_pixels=max_pixels)
-    info = json.loads((path / "split_info.json").read_text())
+    info = json.loads(DatasetDir(path).split_info.read_text())
     counts = ", ".join(f"{s} {n}" for s, n in info["counts"].items() if "/" not in s)
     lines = [f"wrote {escape(str(path))} ({counts}; split: {escape(info['source'])})"]
     if info.get("mask_suffixes"):
