@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import condseg
 from condseg import cli
 from condseg.config import ConfigError, RunConfig, load_config
-from condseg.methods import list_methods
+from condseg.recipes import list_methods
 
 SOURCE = Path(condseg.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")

@@ -309,7 +309,7 @@ def training_loss(model: str) -> Loss:
     """The loss of the first method stage that trains ``model`` (ConDSeg: stage 2's, Net_0:
     stage 1's), else BCE + Dice."""
     from condseg.config import load_config
-    from condseg.methods import list_methods
+    from condseg.recipes import list_methods
 
     for method in list_methods():
         cfg = load_config("default", [f"method={method}"])

@@ -170,8 +170,8 @@ def main(
 def models() -> None:
     """List the available model names, with the method stages that train each."""
     from condseg.config import load_config
-    from condseg.methods import list_methods
     from condseg.models.registry import describe_models
+    from condseg.recipes import list_methods
 
     trained_by: dict[str, list[str]] = {}
     for method in list_methods():
@@ -189,7 +189,7 @@ def models() -> None:
 def methods() -> None:
     """List the training methods with their stages (model, loss, optimiser, schedule, epochs)."""
     from condseg.config import load_config
-    from condseg.methods import METHODS
+    from condseg.recipes import METHODS
 
     for name, description in METHODS.describe().items():
         cfg = load_config("default", [f"method={name}"])

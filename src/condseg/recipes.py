@@ -1,9 +1,10 @@
 """Methods: a method is a named recipe — its model and its ordered training stages, written as
 the configuration they stand for (the keys of :class:`condseg.config.RunConfig`).
 
-A family registers its method from its own folder (``models/condseg/recipe.py``); a user
+A family registers its method from its own folder (``methods/condseg/recipe.py``); a user
 registers theirs with :func:`register_method` and trains it like any other. Presets, files and
-``key=value`` overrides are merged onto the recipe, so every value stays configurable.
+``key=value`` overrides are merged onto the recipe, so every value stays configurable. The
+registry lives below the configuration, which reads recipes through it without knowing a family.
 """
 
 from __future__ import annotations
@@ -13,20 +14,15 @@ from typing import Any
 
 from condseg.registry import Registry
 
-
-def _load_packaged() -> None:
-    from condseg.models import load_families
-
-    load_families()  # the families register their methods
+METHODS: Registry[dict[str, Any]] = Registry("method")
 
 
-METHODS: Registry[dict[str, Any]] = Registry("method", load=_load_packaged)
-
-
-def register_method(name: str, recipe: dict[str, Any], description: str = "") -> None:
+def register_method(name: str, recipe: dict[str, Any], *, description: str = "") -> dict[str, Any]:
     """Register ``recipe`` (a dict of run-config keys with at least ``model`` and ``stages``)
-    as the method ``name``; it is checked the first time a config uses it."""
-    METHODS.add(name, {"description": description, **recipe, "method": name}, description)
+    as the method ``name``; it is checked the first time a config uses it. (A recipe is data,
+    so unlike the other ``register_*`` this one is not a decorator.)"""
+    return METHODS.register(name, {"description": description, **recipe, "method": name},
+                            description=description)
 
 
 def method_recipe(name: str) -> dict[str, Any]:

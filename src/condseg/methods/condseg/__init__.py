@@ -1,5 +1,13 @@
-"""ConDSeg (Lei et al., AAAI 2025): the networks, their losses and the two-stage recipe."""
+"""ConDSeg (Lei et al., AAAI 2025): the networks (the full model, its PVT variant, Net_0), their
+losses (``condseg-cr``, ``condseg-sid``), the two-stage recipe and the import of the authors'
+checkpoints. Documented in docs/models.md, "ConDSeg family"."""
 
 from __future__ import annotations
 
-from condseg.models.condseg import losses, model, net0, recipe  # noqa: F401  (registrations)
+from condseg.methods.condseg import (  # noqa: F401  (registrations)
+    convert,
+    losses,
+    model,
+    net0,
+    recipe,
+)

@@ -1,8 +1,8 @@
-"""Plug-ins that attach to any host model declaring its sites (``plugin_sites``): UAFR and PDCR
-(Liu et al., "Contrastive and selective hidden embeddings for medical image segmentation"), the
-paper's loss, and the DeepLabV3+ method with its ablations."""
+"""UAFR and PDCR (Liu et al., "Contrastive and selective hidden embeddings for medical image
+segmentation"): plug-ins that attach to any host declaring its sites (``plugin_sites``, see
+``models/plugins.py``), the paper's losses (``ce``, ``ce-pdcr``) and the DeepLabV3+ recipe.
+Documented in docs/models.md, "PDCR and UAFR plug-ins"."""
 
-from condseg.models.plugins import losses, pdcr, recipe, uafr  # noqa: F401  (registrations)
-from condseg.models.plugins.attach import PLUGINS, attach_plugins
+from __future__ import annotations
 
-__all__ = ["PLUGINS", "attach_plugins"]
+from condseg.methods.pdcr_uafr import losses, pdcr, recipe, uafr  # noqa: F401  (registrations)
