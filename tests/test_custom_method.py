@@ -88,3 +88,23 @@ def test_a_recipe_that_cannot_work_is_refused_before_anything_is_written(
     with pytest.raises(condseg.CondsegError, match=r"30x30 .*multiples of 4.*batch_hook sizes"):
         condseg.train(config, data, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_register_takes_the_name_the_item_and_a_keyword_description() -> None:
+    from condseg.registry import Registry
+
+    things: Registry[object] = Registry("thing")
+
+    @things.register("decorated", description="as a decorator")
+    def decorated() -> None: ...
+
+    def called() -> None: ...
+
+    assert things.register("called", called, description="as a call") is called
+    assert things.get("decorated") is decorated
+    assert things.describe() == {"called": "as a call", "decorated": "as a decorator"}
+    with pytest.raises(condseg.CondsegError, match="a thing named 'called' is registered"):
+        things.register("called", decorated)
+    # The earlier positional description is refused where it stands, not registered as a loss.
+    with pytest.raises(TypeError, match=r"register\(name, item, description=\.\.\.\)"):
+        condseg.register_loss("positional", "a description")
