@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, ModelError
 from condseg.models.base import (
-    ModelError,
     ModelOutput,
     SegmentationModel,
     WrappedModel,

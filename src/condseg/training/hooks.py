@@ -10,7 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from condseg.config import ConfigError, RunConfig
+from condseg.config import RunConfig
+from condseg.errors import ConfigError
 from condseg.registry import Registry
 
 
