@@ -29,13 +29,14 @@ from condseg.data.synthetic import synthesize
 from condseg.errors import (
     CondsegError,
     ConversionError,
+    ExportError,
     ModelError,
     ModelFileError,
     NonFiniteOutputError,
 )
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.engine import prepare
-from condseg.inference.export import ExportError, export_onnx
+from condseg.inference.export import export_onnx
 from condseg.inference.predict import predict
 from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model

@@ -23,6 +23,14 @@ class InputNotFoundError(CondsegError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class OutputError(CondsegError):
+    """An output folder cannot be used; the message names the path and the cause."""
+
+
+class OutputBusyError(OutputError):
+    """Another condseg process holds the output folder."""
+
+
 class RegistryError(CondsegError):
     """An unknown or doubly registered name (a loss, method, plug-in, hook, view, converter)."""
 
@@ -61,6 +69,14 @@ class WeightsUnavailableError(CondsegError):
 
 class ConversionError(CondsegError):
     """A file that is not a checkpoint of the authors' code of a packaged method."""
+
+
+class ExecutionError(CondsegError):
+    """A device or precision this machine or this model cannot run."""
+
+
+class ExportError(CondsegError):
+    """The model cannot be exported as asked, or the exported graph disagrees with PyTorch."""
 
 
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
