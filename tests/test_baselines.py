@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from condseg import cli
 from condseg.config import load_config
 from condseg.data.synthetic import synthesize
+from condseg.errors import ModelError, WeightsUnavailableError
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.export import export_onnx
 from condseg.inference.predict import predict_files
-from condseg.models.base import ModelError, ModelOutput
-from condseg.models.encoders import WeightsUnavailableError
+from condseg.models.base import ModelOutput
 from condseg.models.model_file import load_model
 from condseg.models.registry import create_model
 from condseg.training import train

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from condseg.methods.condseg import window_aggregate as wa
+from condseg.methods.condseg.cdfa import CDFA
 from condseg.models.base import use_plain_kernels
-from condseg.models.condseg import window_aggregate as wa
-from condseg.models.condseg.cdfa import CDFA
 from condseg.models.registry import create_model
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from condseg.config import ConfigError, RunConfig, list_presets, load_config
-from condseg.errors import CondsegError
+from condseg.config import RunConfig, list_presets, load_config
+from condseg.errors import CondsegError, ConfigError
 
 PAPER_PRESETS = {"kvasir-seg", "kvasir-sessile", "glas", "isic2016", "isic2017", "demo"}
 TABLE_PRESETS = {"table3-net0", "table3-net0-cr", "table3-one-stage", "table3-two-stage-no-cr",

@@ -1,6 +1,7 @@
-"""A method defined entirely in this file — its own tiny model, its own loss, SGD with a poly
-schedule, one stage — registered through the public API and trained, evaluated and predicted
-with ``condseg.train`` and the CLI, without touching package code. It is the worked example of
+"""A method defined outside the package — its own tiny model, its own loss, SGD with a poly
+schedule, one stage, in the folder-shaped module ``tests/custom_method/`` and registered with
+the ``register_*`` calls of the packaged families — trained, evaluated and predicted with
+``condseg.train`` and the CLI, without touching package code. It is the worked example of
 docs/architecture.md ("Adding a method")."""
 
 from __future__ import annotations
@@ -10,56 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 from typer.testing import CliRunner
 
 import condseg
 from condseg.cli import app
 from condseg.data.synthetic import synthesize
-
-
-@condseg.register_model("tiny-fcn", description="two strided convolutions (a test method)")
-class TinyFCN(condseg.SegmentationModel):
-    input_divisor = 4  # two stride-2 convolutions
-
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        )
-        self.head = nn.Conv2d(width, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> condseg.ModelOutput:
-        logits = F.interpolate(self.head(self.encoder(x)), size=x.shape[-2:], mode="bilinear")
-        return condseg.ModelOutput(logits)
-
-
-@condseg.register_loss("weighted-bce", "BCE with a foreground weight (a test loss)")
-class WeightedBCE(condseg.Loss):
-    def __init__(self, pos_weight: float = 1.0) -> None:
-        super().__init__()
-        self.pos_weight = pos_weight
-
-    def forward(self, outputs, target):
-        weight = torch.tensor(self.pos_weight, device=target.device)
-        return {"loss": F.binary_cross_entropy_with_logits(
-            outputs["image"].mask.float(), target, pos_weight=weight)}
-
-
-condseg.register_method("tiny", {
-    "model": {"name": "tiny-fcn", "options": {"width": 8}, "pretrained": False},
-    "data": {"size": 32, "batch_size": 4, "num_workers": 0},
-    "stages": {"train": {
-        "loss": {"name": "weighted-bce", "options": {"pos_weight": 2.0}},
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
-                      "weight_decay": 1e-4},
-        "schedule": {"name": "poly", "power": 0.9},
-        "max_epochs": 3,
-    }},
-}, description="A tiny FCN trained with SGD + poly (test method)")
+from custom_method.model import TinyFCN  # importing the package registers the method
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +88,23 @@ def test_a_recipe_that_cannot_work_is_refused_before_anything_is_written(
     with pytest.raises(condseg.CondsegError, match=r"30x30 .*multiples of 4.*batch_hook sizes"):
         condseg.train(config, data, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_register_takes_the_name_the_item_and_a_keyword_description() -> None:
+    from condseg.registry import Registry
+
+    things: Registry[object] = Registry("thing")
+
+    @things.register("decorated", description="as a decorator")
+    def decorated() -> None: ...
+
+    def called() -> None: ...
+
+    assert things.register("called", called, description="as a call") is called
+    assert things.get("decorated") is decorated
+    assert things.describe() == {"called": "as a call", "decorated": "as a decorator"}
+    with pytest.raises(condseg.CondsegError, match="a thing named 'called' is registered"):
+        things.register("called", decorated)
+    # The earlier positional description is refused where it stands, not registered as a loss.
+    with pytest.raises(TypeError, match=r"register\(name, item, description=\.\.\.\)"):
+        condseg.register_loss("positional", "a description")

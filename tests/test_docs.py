@@ -44,7 +44,7 @@ def test_readme_lists_every_registered_method() -> None:
     named = [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
     # A fresh process: other tests register methods of their own in this one.
     packaged = subprocess.run(
-        [sys.executable, "-c", "from condseg.methods import list_methods; "
+        [sys.executable, "-c", "from condseg.recipes import list_methods; "
                                "print(*list_methods())"],
         capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert sorted(named) == sorted(packaged)

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from condseg.cli import app
 from condseg.data.synthetic import synthesize
+from condseg.errors import ModelError
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.engine import (
     Execution,
@@ -26,7 +27,7 @@ from condseg.inference.engine import (
     prepare,
 )
 from condseg.inference.predict import Predictor, predict, predict_files
-from condseg.models.base import ModelError, training_memory_format
+from condseg.models.base import training_memory_format
 from condseg.models.fusion import fold_batchnorm, foldable_pairs
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from condseg.cli import app
 from condseg.data.synthetic import synthesize
+from condseg.errors import EnsembleError
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.options import InferenceOptions
 from condseg.inference.predict import predict
-from condseg.models.ensemble import Ensemble, EnsembleError, build_ensemble, save_ensemble
+from condseg.models.ensemble import Ensemble, build_ensemble, save_ensemble
 from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model
 

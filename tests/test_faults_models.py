@@ -24,16 +24,23 @@ from typer.testing import CliRunner
 
 import condseg
 from condseg.cli import app
-from condseg.convert import ConversionError, load_official
+from condseg.convert import load_official
 from condseg.data.synthetic import synthesize
-from condseg.errors import CondsegError
+from condseg.errors import (
+    CondsegError,
+    ConversionError,
+    ExportError,
+    ModelError,
+    ModelFileError,
+    NonFiniteOutputError,
+)
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.engine import prepare
-from condseg.inference.export import ExportError, export_onnx
+from condseg.inference.export import export_onnx
 from condseg.inference.predict import predict
 from condseg.layout import StageDir
-from condseg.models.base import ModelError, ModelOutput, NonFiniteOutputError, SegmentationModel
-from condseg.models.model_file import ModelFileError, load_model, read_header, save_model
+from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model, list_models, register_model
 from condseg.training.checkpoints import CheckpointError, previous_of, resume_point
 

@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from condseg.data.dataset import DataError, read_mask
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, ModelError, ModelFileError
 from condseg.inference.predict import predict, predict_files
-from condseg.models.base import ModelError, ModelOutput, SegmentationModel
-from condseg.models.model_file import ModelFileError, load_model, read_header, save_model
+from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -14,14 +14,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from condseg.cli import app
-from condseg.errors import CondsegError
+from condseg.errors import CondsegError, ModelError
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.engine import prepare
 from condseg.inference.options import InferenceOptions
 from condseg.inference.predict import predict, predict_arrays, predict_files
 from condseg.inference.sliding import SlidingWindow
 from condseg.inference.tta import DIHEDRAL, FLIPS, TTA
-from condseg.models.base import ModelError, ModelOutput, SegmentationModel, eval_mode
+from condseg.models.base import ModelOutput, SegmentationModel, eval_mode
 from condseg.models.ensemble import mean_probability_logits
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import register_model

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from condseg.errors import LossError
 from condseg.losses import create_loss, mask_loss
+from condseg.methods.condseg.losses import consistency_loss, stage1_loss, stage2_loss
 from condseg.models.base import ModelOutput
-from condseg.models.condseg.losses import consistency_loss, stage1_loss, stage2_loss
 
 # One 2x2 image, pixels in row-major order. ln 3 makes sigmoid exact: sigmoid(ln 3) = 3/4.
 Z = [0.0, math.log(3), -math.log(3), 2.0]
@@ -184,7 +185,7 @@ def test_stage2_beta_clamped_for_empty_prediction() -> None:
     assert math.isfinite(parts["loss"].item())
     custom = stage2_loss(out(t(Z), zero, t(Z), t(Z)), t(Y), min_mean=0.1)
     assert custom["beta_fg"].item() == pytest.approx(1 / math.tanh(0.1), rel=1e-6)
-    with pytest.raises(ValueError, match="min_mean"):
+    with pytest.raises(LossError, match=r"loss\.options\.min_mean must be > 0"):
         stage2_loss(out(t(Z), zero, t(Z), t(Z)), t(Y), min_mean=0.0)
 
 

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 import condseg
 from condseg import cli
-from condseg.config import ConfigError, RunConfig, load_config
-from condseg.methods import list_methods
+from condseg.config import RunConfig, load_config
+from condseg.errors import ConfigError
+from condseg.recipes import list_methods
 
 SOURCE = Path(condseg.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
@@ -168,7 +169,8 @@ def test_a_non_model_file_given_as_a_model_says_what_a_model_file_is(tmp_path: P
 def test_a_non_checkpoint_given_to_convert_or_as_weights_is_named_not_unpickled(
     tmp_path: Path,
 ) -> None:
-    from condseg.models.pretrained import WeightsUnavailableError, read_state_dict
+    from condseg.errors import WeightsUnavailableError
+    from condseg.models.pretrained import read_state_dict
 
     files = _foreign_files(tmp_path)
     for kind in ("png", "text"):

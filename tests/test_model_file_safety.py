@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from condseg.cli import app
-from condseg.convert import ConversionError, load_official
-from condseg.models.model_file import ModelFileError, load_model, read_header, save_model
+from condseg.convert import load_official
+from condseg.errors import ConversionError, ModelFileError
+from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "condseg"

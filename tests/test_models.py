@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condseg.convert import ConversionError, load_official, rename_key
-from condseg.errors import CondsegError
+from condseg.convert import load_official, rename_key
+from condseg.errors import CondsegError, ConversionError
+from condseg.methods.condseg.cdfa import CDFA
 from condseg.models.base import ModelOutput
-from condseg.models.condseg.cdfa import CDFA
 from condseg.models.registry import create_model, list_models
 
 
@@ -212,7 +212,8 @@ def test_unreachable_hub_means_cache_only_not_a_minute_of_retries(monkeypatch) -
 
     from huggingface_hub import constants
 
-    from condseg.models.encoders import WeightsUnavailableError, with_imagenet_weights
+    from condseg.errors import WeightsUnavailableError
+    from condseg.models.encoders import with_imagenet_weights
 
     def unreachable(*args, **kwargs):
         raise OSError("no route")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condseg.config import ConfigError, OptimizerConfig, ScheduleConfig, load_config
+from condseg.config import OptimizerConfig, ScheduleConfig, load_config
+from condseg.errors import ConfigError
 from condseg.models.registry import create_model
 from condseg.training.hooks import BatchHook, MultiScale, as_trained
 from condseg.training.optim import build_optimizer, build_scheduler, lr_factor

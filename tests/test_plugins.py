@@ -14,23 +14,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from condseg.config import ConfigError, load_config
+from condseg.config import load_config
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import geometric_augmentation
+from condseg.errors import ConfigError, ModelError
 from condseg.evaluation.evaluate import evaluate
 from condseg.inference.export import export_onnx
 from condseg.inference.predict import predict_files
-from condseg.models.base import ModelError, ModelOutput, SegmentationModel
-from condseg.models.model_file import load_model
-from condseg.models.plugins.attach import attach_plugins
-from condseg.models.plugins.losses import (
+from condseg.methods.pdcr_uafr.losses import (
     CePdcrLoss,
     affinity,
     class_ratios,
     patch_ratios,
     term_loss,
 )
-from condseg.models.plugins.pdcr import (
+from condseg.methods.pdcr_uafr.pdcr import (
     Term,
     chain_field,
     grid_indices,
@@ -39,7 +37,10 @@ from condseg.models.plugins.pdcr import (
     layer_chain,
     terms_of,
 )
-from condseg.models.plugins.uafr import UAFR, reweight, uncertainty
+from condseg.methods.pdcr_uafr.uafr import UAFR, reweight, uncertainty
+from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.models.model_file import load_model
+from condseg.models.plugins import attach_plugins
 from condseg.models.registry import create_model
 from condseg.training import train
 

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 from condseg.cli import app
 from condseg.config import load_config
 from condseg.convert import detect_architecture, rename_key
-from condseg.methods import list_methods
-from condseg.models.base import ModelError, use_plain_kernels
+from condseg.errors import ModelError
+from condseg.methods.msnet.subtraction import BoxFilter, Difference
+from condseg.models.base import use_plain_kernels
 from condseg.models.model_file import load_model
-from condseg.models.msnet.subtraction import BoxFilter, Difference
 from condseg.models.registry import create_model
+from condseg.recipes import list_methods
 from condseg.training.hooks import create_batch_hook
 
 AUTHORS_MEAN = tuple(v / 255 for v in (124.55, 118.90, 102.94))

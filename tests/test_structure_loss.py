@@ -12,12 +12,11 @@ import torchvision
 from safetensors.torch import load_file
 
 import condseg
-from condseg.config import ConfigError
+from condseg.errors import ConfigError, WeightsUnavailableError
 from condseg.losses import create_loss
 from condseg.losses.lossnet import LossNet
 from condseg.losses.structure import structure_parts
 from condseg.models.base import ModelOutput
-from condseg.models.pretrained import WeightsUnavailableError
 from condseg.training.module import SegmentationModule
 
 

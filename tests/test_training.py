@@ -14,7 +14,7 @@ from rich.console import Console
 from condseg.config import RunConfig, load_config
 from condseg.data.synthetic import synthesize
 from condseg.losses import create_loss
-from condseg.models.condseg.losses import ConsistencyLoss
+from condseg.methods.condseg.losses import ConsistencyLoss
 from condseg.models.model_file import load_model, read_header
 from condseg.models.registry import create_model
 from condseg.training import TrainingError, TrainResult, train

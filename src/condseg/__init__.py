@@ -37,12 +37,12 @@ _API = {
     "Execution": "condseg.inference.engine",
     "Loss": "condseg.losses.base",
     "register_loss": "condseg.losses.base",
-    "register_method": "condseg.methods",
+    "register_method": "condseg.recipes",
     "load_config": "condseg.config",
     "train": "condseg.training.run",
     "cross_validate": "condseg.training.cv",
     "CondsegError": "condseg.errors",
-    "ModelError": "condseg.models.base",
+    "ModelError": "condseg.errors",
 }
 
 __all__ = ["__version__", *_API]

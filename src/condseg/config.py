@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from condseg.errors import CondsegError, first_line
+from condseg.errors import ConfigError, first_line
+from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
 #: Most values a YAML text may stand for once its aliases are expanded. An alias repeats a
@@ -34,10 +35,6 @@ Triple = tuple[float, float, float]
 #: stand for billions of values and exhaust the memory of whatever walks them; a real config
 #: has a few hundred.
 MAX_YAML_VALUES = 100_000
-
-
-class ConfigError(CondsegError):
-    """A preset, YAML file or override that cannot be turned into a :class:`RunConfig`."""
 
 
 class _Section(BaseModel):
@@ -338,8 +335,6 @@ def _current_name(raw: dict[str, Any], parents: list[str], node: dict[str, Any])
     only sets options, the model of the method's recipe."""
     if "name" in node or parents != ["model"]:
         return node.get("name")
-    from condseg.methods import method_recipe
-
     method = raw.get("method", RunConfig.model_fields["method"].default)
     return method_recipe(method)["model"]["name"] if isinstance(method, str) else None
 
@@ -387,8 +382,6 @@ def _section_type(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate ``raw`` merged onto the recipe of the method it names (default ``condseg``)."""
-    from condseg.methods import method_recipe
-
     method = raw.get("method", RunConfig.model_fields["method"].default)
     if not isinstance(method, str):
         raise ConfigError(f"{source}: method must be a name, got {method!r}")

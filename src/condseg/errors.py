@@ -28,6 +28,62 @@ class OptionError(CondsegError, ValueError):
     another option; the message names the option (its keyword and its command-line flag)."""
 
 
+class OutputError(CondsegError):
+    """An output folder cannot be used; the message names the path and the cause."""
+
+
+class OutputBusyError(OutputError):
+    """Another condseg process holds the output folder."""
+
+
+class RegistryError(CondsegError):
+    """An unknown or doubly registered name (a loss, method, plug-in, hook, view, converter)."""
+
+
+class ConfigError(CondsegError):
+    """A preset, YAML file or override that cannot be turned into a run configuration."""
+
+
+class LossError(ConfigError):
+    """A loss option that cannot work (the message names the option)."""
+
+
+class ModelError(CondsegError):
+    """A model name, option or input size the model cannot take."""
+
+
+class PluginError(ModelError):
+    """A plug-in that cannot attach to a model, or a plug-in option that cannot work."""
+
+
+class NonFiniteOutputError(ModelError):
+    """A model gave NaN probabilities (its computation overflowed, or its weights are bad)."""
+
+
+class EnsembleError(CondsegError):
+    """Members that cannot be averaged (no members, different input sizes)."""
+
+
+class ModelFileError(CondsegError):
+    """A file that cannot be used as a condseg model file (the message names the file)."""
+
+
+class WeightsUnavailableError(CondsegError):
+    """ImageNet weights could neither be downloaded nor read from a local file."""
+
+
+class ConversionError(CondsegError):
+    """A file that is not a checkpoint of the authors' code of a packaged method."""
+
+
+class ExecutionError(CondsegError):
+    """A device or precision this machine or this model cannot run."""
+
+
+class ExportError(CondsegError):
+    """The model cannot be exported as asked, or the exported graph disagrees with PyTorch."""
+
+
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
     """Raise before writing anything if an output would replace an existing file, or (even
     with ``overwrite``) a folder."""

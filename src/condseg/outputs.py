@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from condseg.errors import CondsegError
+from condseg.errors import OutputBusyError, OutputError
 from condseg.interrupt import Interrupted
 
 LOCK = ".condseg.lock"
@@ -43,14 +43,6 @@ ENVIRONMENT_ERRNOS = frozenset({
     errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO, errno.EFBIG,
     errno.EMFILE, errno.ENFILE, errno.ETXTBSY, errno.EXDEV,
 })
-
-
-class OutputError(CondsegError):
-    """An output folder cannot be used; the message names the path and the cause."""
-
-
-class OutputBusyError(OutputError):
-    """Another condseg process holds the output folder."""
 
 
 def describe(error: OSError, path: Path | None = None) -> str:

@@ -108,5 +108,5 @@ def resize_probabilities(probs: torch.Tensor, shape: Sequence[int]) -> np.ndarra
 #: Extra named views of a training sample (a stage lists them in ``views``): builders of an
 #: albumentations transform applied to the geometrically augmented image.
 VIEWS: Registry[Callable[[], A.Compose]] = Registry("view")
-VIEWS.add("strong", strong_photometric,
-          "ConDSeg's strong photometric view: colour jitter, grey p 0.5, Gaussian blur")
+VIEWS.register("strong", strong_photometric, description=(
+    "ConDSeg's strong photometric view: colour jitter, grey p 0.5, Gaussian blur"))

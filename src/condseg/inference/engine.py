@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from condseg.errors import CondsegError
+from condseg.errors import ExecutionError, ModelError
 from condseg.models.base import (
-    ModelError,
     ModelOutput,
     SegmentationModel,
     WrappedModel,
@@ -37,10 +36,6 @@ from condseg.models.fusion import fold_batchnorm
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DEVICES = "auto, cpu, cuda or cuda:N"
-
-
-class ExecutionError(CondsegError):
-    """A device or precision this machine or this model cannot run."""
 
 
 def cpu_supports_bf16() -> bool:

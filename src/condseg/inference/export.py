@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.onnx import symbolic_helper
 
-from condseg.errors import CondsegError, first_line, refuse_existing
+from condseg.errors import ExportError, first_line, refuse_existing
 from condseg.models.base import (
     SegmentationModel,
     eval_mode,
@@ -53,10 +53,6 @@ class ExportReport:
     path: Path
     outputs: list[str]
     max_abs_diff: float | None
-
-
-class ExportError(CondsegError):
-    """The model cannot be exported as asked, or the exported graph disagrees with PyTorch."""
 
 
 def _require(*modules: str) -> None:

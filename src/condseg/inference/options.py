@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from condseg.errors import OptionError
+from condseg.errors import ModelError, OptionError
 from condseg.inference.sliding import SlidingWindow
 from condseg.inference.tta import TTA
-from condseg.models.base import ModelError, SegmentationModel, input_size, require_model
+from condseg.models.base import SegmentationModel, input_size, require_model
 
 
 def check_threshold(threshold: float) -> float:

@@ -13,19 +13,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from condseg.errors import LossError
 from condseg.models.base import ModelOutput
 from condseg.registry import Registry
 
-
-def _load_packaged() -> None:
-    import condseg.losses.mask
-    import condseg.losses.structure  # noqa: F401
-    from condseg.models import load_families
-
-    load_families()  # family losses
-
-
-LOSSES: Registry[type[Loss]] = Registry("loss", load=_load_packaged)
+LOSSES: Registry[type[Loss]] = Registry("loss")
 
 
 class Loss(nn.Module):
@@ -40,16 +32,15 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-def register_loss(name: str, description: str = ""):
-    """Decorator registering a :class:`Loss` subclass under ``name``."""
-    return LOSSES.register(name, description)
+def register_loss(name: str, loss: type[Loss] | None = None, *, description: str = "") -> Any:
+    """Register a :class:`Loss` subclass under ``name`` (without ``loss``: a decorator that
+    does)."""
+    return LOSSES.register(name, loss, description=description)
 
 
 def create_loss(name: str, **options: Any) -> Loss:
-    from condseg.config import ConfigError
-
     cls = LOSSES.get(name)
     try:
         return cls(**options)
     except TypeError as error:
-        raise ConfigError(f"bad option for loss {name!r}: {error}") from error
+        raise LossError(f"bad option for loss {name!r}: {error}") from error

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from condseg.errors import first_line
-from condseg.models.pretrained import WeightsUnavailableError, host_reachable, read_state_dict
+from condseg.errors import WeightsUnavailableError, first_line
+from condseg.models.pretrained import host_reachable, read_state_dict
 
 #: ``torchvision.models.vgg16().features`` slices ending at relu1_2, relu2_2, relu3_3, relu4_3.
 BLOCKS = ((0, 4), (4, 9), (9, 16), (16, 23))

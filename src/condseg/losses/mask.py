@@ -57,7 +57,7 @@ def mask_loss(logits: Tensor, target: Tensor) -> Tensor:
     return per_image_mask_loss(logits, target).mean()
 
 
-@register_loss("bce-dice", "BCE + soft Dice on the mask, per image (ConDSeg's L_mask)")
+@register_loss("bce-dice", description="BCE + soft Dice on the mask, per image (ConDSeg's L_mask)")
 class BceDiceLoss(Loss):
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
         return {"loss": mask_loss(outputs["image"].mask, target)}

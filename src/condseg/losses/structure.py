@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from condseg.config import ConfigError
+from condseg.errors import LossError
 from condseg.losses.base import Loss, register_loss
 from condseg.losses.mask import check_shapes
 from condseg.models.base import ModelOutput
@@ -40,7 +40,8 @@ def structure_parts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return wbce, wiou
 
 
-@register_loss("structure", "weighted BCE + weighted IoU (MSNet, M2SNet, CHNet), + LossNet")
+@register_loss("structure",
+               description="weighted BCE + weighted IoU (MSNet, M2SNet, CHNet), + LossNet")
 class StructureLoss(Loss):
     """wBCE + wIoU, plus ``lossnet_weight`` · LossNet (frozen ImageNet VGG-16 features) when
     ``lossnet``; ``lossnet_weights`` is a local VGG-16 file for machines without network."""
@@ -49,9 +50,9 @@ class StructureLoss(Loss):
                  lossnet_weights: str | Path | None = None) -> None:
         super().__init__()
         if lossnet_weight < 0:
-            raise ConfigError(f"loss.options.lossnet_weight must be >= 0, got {lossnet_weight}")
+            raise LossError(f"loss.options.lossnet_weight must be >= 0, got {lossnet_weight}")
         if lossnet_weights is not None and not lossnet:
-            raise ConfigError(
+            raise LossError(
                 f"loss.options.lossnet_weights={lossnet_weights} is given but LossNet is off; "
                 "set loss.options.lossnet=true, or drop loss.options.lossnet_weights"
             )

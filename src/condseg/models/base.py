@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from condseg.errors import CondsegError
+from condseg.errors import ModelError, NonFiniteOutputError
 
 #: timm's IMAGENET_DEFAULT_MEAN/STD: the normalisation of a model whose encoder has no config.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,14 +27,6 @@ Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None]
 #: Largest input side one may ask a model for (a model file's, export's): 8192 is far above any
 #: training size and keeps a forged header or a typo from asking for a huge input.
 MAX_INPUT_SIDE = 8192
-
-
-class ModelError(CondsegError):
-    """A model name, option or input size the model cannot take."""
-
-
-class NonFiniteOutputError(ModelError):
-    """A model gave NaN probabilities (its computation overflowed, or its weights are bad)."""
 
 
 class ModelOutput(NamedTuple):
@@ -98,7 +90,7 @@ class SegmentationModel(nn.Module):
         return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
     def plugin_sites(self) -> dict[str, PluginSite]:
-        """Named sites for plug-ins (``models/plugins``), encoder stages first (``encoder1``,
+        """Named sites for plug-ins (``models/plugins.py``), encoder stages first (``encoder1``,
         ...) then decoder blocks (``decoder1``, ...); none unless the model declares them."""
         return {}
 

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import timm
 from torch import nn
 
-from condseg.models.base import ModelError, PluginSite
-from condseg.models.pretrained import WeightsUnavailableError, host_reachable
+from condseg.errors import ModelError, WeightsUnavailableError
+from condseg.models.base import PluginSite
+from condseg.models.pretrained import host_reachable
 
 #: The pretrained tag used for each encoder name when ImageNet weights are asked for.
 DEFAULT_TAGS = {"resnet50": "resnet50.tv_in1k", "pvt_v2_b2": "pvt_v2_b2.in1k"}

@@ -19,14 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condseg.errors import CondsegError
+from condseg.errors import EnsembleError
 from condseg.models.base import ModelOutput, SegmentationModel, require_model
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, register_model
-
-
-class EnsembleError(CondsegError):
-    """Members that cannot be averaged (no members, different input sizes)."""
 
 
 def mean_probability_logits(logits: Sequence[Tensor]) -> Tensor:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
-from condseg.errors import CondsegError, InputNotFoundError, OutputExistsError, first_line
+from condseg.errors import InputNotFoundError, ModelFileError, OutputExistsError, first_line
 from condseg.filekind import file_kind
 from condseg.files import atomic_file
 from condseg.models.base import MAX_INPUT_SIDE, SegmentationModel, require_model
@@ -37,10 +37,6 @@ _SOURCE_MARKS = re.compile(r"[:/\\]")
 MODEL_FILE = ("a model file is a .safetensors file with a condseg JSON header, written by "
               "`condseg train` (RUN/<stage>/model.safetensors), `condseg cv`, "
               "`condseg convert-official` or condseg.save_model")
-
-
-class ModelFileError(CondsegError):
-    """A file that cannot be used as a condseg model file (the message names the file)."""
 
 
 def save_model(

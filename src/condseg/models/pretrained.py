@@ -14,12 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from condseg.errors import CondsegError, first_line
+from condseg.errors import WeightsUnavailableError, first_line
 from condseg.filekind import file_kind, is_torch_file
-
-
-class WeightsUnavailableError(CondsegError):
-    """ImageNet weights could neither be downloaded nor read from a local file."""
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:

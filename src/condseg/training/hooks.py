@@ -10,7 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from condseg.config import ConfigError, RunConfig
+from condseg.config import RunConfig
+from condseg.errors import ConfigError
 from condseg.registry import Registry
 
 
@@ -41,8 +42,8 @@ BATCH_HOOKS: Registry[Callable[..., BatchHook]] = Registry("batch hook")
 AUTHORS_SCALES = tuple(s / 352 for s in (224, 256, 288, 320, 352))
 
 
-@BATCH_HOOKS.register("multiscale", "each batch resized to one size drawn from `sizes`, by "
-                                    "default the authors' 0.64-1.0 x data.size")
+@BATCH_HOOKS.register("multiscale", description="each batch resized to one size drawn from "
+                      "`sizes`, by default the authors' 0.64-1.0 x data.size")
 class MultiScale(BatchHook):
     """Resize every image tensor of a batch (the image and its views: bilinear) and the mask
     (bilinear, then threshold 0.5, so it stays binary) to one size drawn per batch from

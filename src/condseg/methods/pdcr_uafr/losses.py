@@ -2,7 +2,7 @@
 
 Cross-entropy of the binary mask is BCE on the model's one logit — the same as a two-class
 softmax cross-entropy on the logits (0, z). PDCR (Eq. 12) is computed from the terms the
-``pdcr`` plug-in puts into the auxiliary outputs (:mod:`condseg.models.plugins.pdcr`) and the
+``pdcr`` plug-in puts into the auxiliary outputs (:mod:`condseg.methods.pdcr_uafr.pdcr`) and the
 target mask, all pairs of a term at once:
 
 * foreground ratio φ of each patch (Eq. 4) over M = 2 classes (background, foreground), the
@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from condseg.errors import LossError
 from condseg.losses.base import Loss, register_loss
 from condseg.losses.mask import bce, check_shapes
+from condseg.methods.pdcr_uafr.pdcr import Term, terms_of
 from condseg.models.base import ModelOutput
-from condseg.models.plugins.pdcr import Term, terms_of
 
 
 def patch_ratios(mask: Tensor, boxes: Tensor) -> Tensor:
@@ -96,7 +97,7 @@ def term_loss(term: Term, target: Tensor, tau: float = 1.0, position: bool = Tru
     return dragsaw(similarities(term.a, term.b, pos_a, pos_b), w, tau).mean()
 
 
-@register_loss("ce", "cross-entropy of the mask: BCE on the one logit, per image")
+@register_loss("ce", description="cross-entropy of the mask: BCE on the one logit, per image")
 class CrossEntropyLoss(Loss):
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
         logits = outputs["image"].mask
@@ -104,7 +105,7 @@ class CrossEntropyLoss(Loss):
         return {"loss": bce(logits, target).mean()}
 
 
-@register_loss("ce-pdcr", "cross-entropy + weight · PDCR (needs the pdcr plug-in)")
+@register_loss("ce-pdcr", description="cross-entropy + weight · PDCR (needs the pdcr plug-in)")
 class CePdcrLoss(CrossEntropyLoss):
     """CE + ``weight`` · Σ_terms PDCR, at temperature ``tau``; ``position`` appends each
     patch's position to its vector (the paper's patch position encoding)."""
@@ -112,16 +113,14 @@ class CePdcrLoss(CrossEntropyLoss):
     def __init__(self, weight: float = 0.01, tau: float = 1.0, position: bool = True) -> None:
         super().__init__()
         if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+            raise LossError(f"loss.options.tau must be positive, got {tau}")
         self.weight, self.tau, self.position = weight, tau, position
 
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
-        from condseg.config import ConfigError
-
         ce = super().forward(outputs, target)["loss"]
         terms = terms_of(outputs["image"].aux)
         if not terms:
-            raise ConfigError(
+            raise LossError(
                 "loss ce-pdcr found no PDCR features in the model's outputs: add the pdcr "
                 "plug-in (model.options.plugins.pdcr={}) or use the loss ce")
         pdcr = sum(term_loss(term, target, self.tau, self.position) for term in terms)

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from condseg.models.base import ModelError
+from condseg.errors import ModelError
 from condseg.models.blocks import CBR, Upsample
 
 

@@ -16,15 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from condseg.models.base import ModelError, PluginSite, SegmentationModel
+from condseg.errors import PluginError
+from condseg.models.base import PluginSite, SegmentationModel
 from condseg.registry import Registry
 
-
-def _load_packaged() -> None:
-    import condseg.models.plugins  # noqa: F401  (registers uafr and pdcr)
-
-
-PLUGINS: Registry[type[Plugin]] = Registry("plug-in", load=_load_packaged)
+PLUGINS: Registry[type[Plugin]] = Registry("plug-in")
 
 
 class Plugin(nn.Module):
@@ -37,11 +33,17 @@ class Plugin(nn.Module):
         super().__init__()
 
 
+def register_plugin(name: str, plugin: type[Plugin] | None = None, *,
+                    description: str = "") -> Any:
+    """Register a :class:`Plugin` subclass under ``name`` (without it: a decorator that does)."""
+    return PLUGINS.register(name, plugin, description=description)
+
+
 def plugin_specs(spec: Any) -> dict[str, dict[str, Any]]:
     """The ``plugins`` option as {name: options}: a list of names, or a mapping whose values
     are options (a mapping, or null for the defaults) or ``false`` (left out)."""
     if isinstance(spec, str) or not isinstance(spec, Iterable | Mapping):
-        raise ModelError(f"plugins must be a list of names or a mapping of name to options, "
+        raise PluginError(f"plugins must be a list of names or a mapping of name to options, "
                          f"got {spec!r}")
     items = spec.items() if isinstance(spec, Mapping) else ((name, {}) for name in spec)
     out: dict[str, dict[str, Any]] = {}
@@ -49,7 +51,7 @@ def plugin_specs(spec: Any) -> dict[str, dict[str, Any]]:
         if options is False:
             continue
         if options is not None and not isinstance(options, Mapping):
-            raise ModelError(f"options of plug-in {name!r} must be a mapping (or false to leave "
+            raise PluginError(f"options of plug-in {name!r} must be a mapping (or false to leave "
                              f"it out), got {options!r}")
         out[str(name)] = dict(options or {})
     return out
@@ -62,7 +64,7 @@ def attach_plugins(model: SegmentationModel, spec: Any) -> None:
         return
     sites = model.plugin_sites()
     if not sites:
-        raise ModelError(f"{model.name} declares no plug-in sites, so plug-ins "
+        raise PluginError(f"{model.name} declares no plug-in sites, so plug-ins "
                          f"({', '.join(specs)}) cannot attach to it; use a model that does")
     classes = {name: PLUGINS.get(name) for name in specs}
     plugins = nn.ModuleDict()
@@ -70,7 +72,7 @@ def attach_plugins(model: SegmentationModel, spec: Any) -> None:
         try:
             plugins[name] = classes[name](model, sites, **specs[name])
         except TypeError as error:
-            raise ModelError(f"bad option for plug-in {name!r}: {error}") from error
+            raise PluginError(f"bad option for plug-in {name!r}: {error}") from error
     model.plugins = plugins
 
 
@@ -81,6 +83,6 @@ def pick_sites(
     names = list(names)
     unknown = [name for name in names if name not in sites]
     if unknown:
-        raise ModelError(f"plug-in {plugin}: no site {', '.join(map(repr, unknown))} on this "
+        raise PluginError(f"plug-in {plugin}: no site {', '.join(map(repr, unknown))} on this "
                          f"model; its sites: {', '.join(sites)}")
     return {name: site for name, site in sites.items() if name in names}

@@ -7,7 +7,7 @@ model and fine-tuned ten times slower than the rest.
 
 from __future__ import annotations
 
-from condseg.methods import register_method
+from condseg.recipes import register_method
 
 _PLATEAU = {"name": "plateau", "patience": 30, "factor": 0.1, "monitor": "val/loss"}
 
@@ -38,5 +38,6 @@ RECIPE = {
     },
 }
 
-register_method("condseg", RECIPE,
-                "ConDSeg: Net_0 + Consistency Reinforcement, then the full network (paper)")
+register_method(
+    "condseg", RECIPE,
+    description="ConDSeg: Net_0 + Consistency Reinforcement, then the full network (paper)")

@@ -3,7 +3,7 @@ a comparison differs in the network only (``docs/decisions.md``, Baselines)."""
 
 from __future__ import annotations
 
-from condseg.methods import register_method
+from condseg.recipes import register_method
 
 TRAIN_STAGE = {
     "loss": {"name": "bce-dice"},
@@ -26,5 +26,5 @@ for _name, _description in (
             "data": {"size": 256, "batch_size": 4},
             "stages": {"train": TRAIN_STAGE},
         },
-        _description,
+        description=_description,
     )

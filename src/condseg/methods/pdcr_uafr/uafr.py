@@ -16,8 +16,9 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condseg.models.base import ModelError, PluginSite, SegmentationModel
-from condseg.models.plugins.attach import PLUGINS, Plugin, pick_sites
+from condseg.errors import PluginError
+from condseg.models.base import PluginSite, SegmentationModel
+from condseg.models.plugins import Plugin, pick_sites, register_plugin
 
 
 def uncertainty(scores: Tensor) -> Tensor:
@@ -43,7 +44,7 @@ class UAFR(nn.Module):
     ) -> None:
         super().__init__()
         if classes < 2:
-            raise ModelError(f"UAFR needs at least 2 classes (the entropy is normalised by "
+            raise PluginError(f"UAFR needs at least 2 classes (the entropy is normalised by "
                              f"log M), got classes={classes}")
         hidden = hidden or classes
         self.score = nn.Sequential(
@@ -57,7 +58,8 @@ class UAFR(nn.Module):
         return reweight(q, self.score(q))
 
 
-@PLUGINS.register("uafr", "uncertainty-aware feature re-weighting after each chosen site")
+@register_plugin("uafr",
+                 description="uncertainty-aware feature re-weighting after each chosen site")
 class UAFRPlugin(Plugin):
     """UAFR after each of ``sites`` (default: every encoder stage and decoder block the host
     declares, as the paper's DeepLabV3+ — not the ASPP neck)."""

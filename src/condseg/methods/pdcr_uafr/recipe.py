@@ -6,7 +6,7 @@ batches of 64; the recipe keeps the project's 256 px and batch 4 (``data.size``,
 
 from __future__ import annotations
 
-from condseg.methods import register_method
+from condseg.recipes import register_method
 
 RECIPE = {
     "model": {"name": "deeplabv3plus",
@@ -23,5 +23,6 @@ RECIPE = {
     }},
 }
 
-register_method("deeplabv3plus-pdcr-uafr", RECIPE,
-                "DeepLabV3+ (smp, ResNet-50) with UAFR and H-PDCR, CE + 0.01 PDCR (Liu et al.)")
+register_method(
+    "deeplabv3plus-pdcr-uafr", RECIPE,
+    description="DeepLabV3+ (smp, ResNet-50) with UAFR and H-PDCR, CE + 0.01 PDCR (Liu et al.)")

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condseg.models.base import ModelError
+from condseg.errors import ModelError
+from condseg.methods.condseg.window_aggregate import compose_attention, window_aggregate
 from condseg.models.blocks import CBR
-from condseg.models.condseg.window_aggregate import compose_attention, window_aggregate
 
 CDFAMode = Literal["official", "paper"]
 

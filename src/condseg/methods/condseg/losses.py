@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from condseg.errors import LossError
 from condseg.losses.base import Loss, register_loss
 from condseg.losses.mask import (
     bce,
@@ -83,7 +84,8 @@ def stage2_loss(out: ModelOutput, target: Tensor, min_mean: float = 0.01) -> dic
     ``fg``, ``bg`` (unweighted by β), ``compl``, ``beta_fg``, ``beta_bg``.
     """
     if min_mean <= 0:
-        raise ValueError(f"min_mean must be > 0 so that beta stays finite; got {min_mean}")
+        raise LossError(
+            f"loss.options.min_mean must be > 0 so that beta stays finite; got {min_mean}")
     check_shapes(out.mask, target, "out.mask and target")
     target = target.float()
     mask = per_image_mask_loss(out.mask, target)
@@ -110,7 +112,8 @@ def stage2_loss(out: ModelOutput, target: Tensor, min_mean: float = 0.01) -> dic
     return {"loss": loss, **{k: v.mean().detach() for k, v in parts.items()}}
 
 
-@register_loss("condseg-cr", "ConDSeg stage 1: L_mask on both views + consistency (Eq. 7)")
+@register_loss("condseg-cr",
+               description="ConDSeg stage 1: L_mask on both views + consistency (Eq. 7)")
 class ConsistencyLoss(Loss):
     """Net_0 on the image and its strong view; ``consistency=False`` is L_mask on the image
     alone (Table 3's Net_0 without CR), which needs no strong view."""
@@ -128,7 +131,8 @@ class ConsistencyLoss(Loss):
         return stage1_loss(outputs["image"].mask, outputs["strong"].mask, target, self.threshold)
 
 
-@register_loss("condseg-sid", "ConDSeg stage 2: L_mask + β-weighted SID losses + L_compl")
+@register_loss("condseg-sid",
+               description="ConDSeg stage 2: L_mask + β-weighted SID losses + L_compl")
 class DecouplingLoss(Loss):
     def __init__(self, min_mean: float = 0.01) -> None:
         super().__init__()

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from condseg.models.base import ModelError, ModelOutput, PluginSite, SegmentationModel
-from condseg.models.plugins.attach import PLUGINS, Plugin, pick_sites
+from condseg.errors import PluginError
+from condseg.models.base import ModelOutput, PluginSite, SegmentationModel
+from condseg.models.plugins import Plugin, pick_sites, register_plugin
 
 #: §V-A: N per layer, in the order of the host's sites (encoder stages, then decoder blocks).
 PAPER_SAMPLES = (128, 64, 32, 8, 8, 8, 8, 8)
@@ -106,7 +107,7 @@ def layer_chain(model: nn.Module, path: str) -> list[tuple[int, int, int, int]]:
         if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
             padding = getattr(module, "padding", 0)
             if isinstance(padding, str):
-                raise ModelError(f"RF-PDCR cannot follow the receptive field through {name} "
+                raise PluginError(f"RF-PDCR cannot follow the receptive field through {name} "
                                  f"(padding {padding!r}); use the hierarchical patches there")
             dilation = getattr(module, "dilation", 1)
             chain.append((_pair(module.kernel_size)[0], _pair(module.stride)[0],
@@ -114,7 +115,8 @@ def layer_chain(model: nn.Module, path: str) -> list[tuple[int, int, int, int]]:
     return chain
 
 
-@PLUGINS.register("pdcr", "patch-dragsaw contrastive regularisation (training-only features)")
+@register_plugin("pdcr",
+                 description="patch-dragsaw contrastive regularisation (training-only features)")
 class PDCRPlugin(Plugin):
     """H-PDCR on single ``layers`` and ``cross`` pairs of sites, RF-PDCR on the single-layer
     terms of the sites in ``receptive_field`` (encoder stages only).
@@ -144,11 +146,11 @@ class PDCRPlugin(Plugin):
                       *(name for name in sites if name.startswith("decoder"))]
         pairs = [tuple(pair) for pair in cross]
         if any(len(pair) != 2 or pair[0] == pair[1] for pair in pairs):
-            raise ModelError(f"pdcr cross must list pairs of two different sites, got {cross!r}")
+            raise PluginError(f"pdcr cross must list pairs of two different sites, got {cross!r}")
         if not layers and not pairs:
-            raise ModelError("pdcr needs at least one site in layers or one pair in cross")
+            raise PluginError("pdcr needs at least one site in layers or one pair in cross")
         if not patches or any(int(p) < 1 or int(p) % 2 == 0 for p in patches):
-            raise ModelError(f"pdcr patches must be odd sides >= 1, got {patches!r}")
+            raise PluginError(f"pdcr patches must be odd sides >= 1, got {patches!r}")
         self.layers, self.pairs = list(layers), pairs
         self.patches = [int(p) for p in patches]
         used = pick_sites(sites, {*self.layers, *(s for pair in pairs for s in pair)}, "pdcr")
@@ -158,12 +160,12 @@ class PDCRPlugin(Plugin):
                                                                       len(PAPER_SAMPLES) - 1)]))
                         for name in used}
         if samples or min(self.samples.values()) < 1:
-            raise ModelError(f"pdcr samples: give N >= 1 for sites in use ({', '.join(used)}), "
+            raise PluginError(f"pdcr samples: give N >= 1 for sites in use ({', '.join(used)}), "
                              f"got {samples or self.samples}")
         self.fields = {}
         for name in receptive_field:
             if name not in self.layers or not name.startswith("encoder"):
-                raise ModelError(f"pdcr receptive_field names {name!r}: RF-PDCR applies to the "
+                raise PluginError(f"pdcr receptive_field names {name!r}: RF-PDCR applies to the "
                                  "single-layer term of an encoder site listed in layers")
             self.fields[name] = chain_field(layer_chain(model, sites[name].path))
         crossed = sorted({s for pair in pairs for s in pair}, key=order.index)

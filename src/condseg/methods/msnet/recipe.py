@@ -1,5 +1,5 @@
 """The one-stage recipes of MSNet and M2SNet, from the authors' training code (which CHNet's
-authors reuse: ``models/chnet/recipe.py`` builds on :func:`authors_recipe`).
+authors reuse: ``methods/chnet/recipe.py`` builds on :func:`authors_recipe`).
 
 SGD with Nesterov momentum, the triangular per-epoch schedule, 352-pixel images with a
 horizontal flip only, each batch resized to one of 224..352 (0.64-1.0 of the input size: the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from condseg.methods import register_method
+from condseg.recipes import register_method
 
 #: The authors' normalisation on 0–255 values (RGB), in our [0, 1] units.
 MEAN = tuple(v / 255 for v in (124.55, 118.90, 102.94))
@@ -46,5 +46,5 @@ for _name, _description in (
         _name,
         authors_recipe(_name, batch_size=16, epochs=50, lr=0.05, encoder_lr=0.005,
                        loss={"name": "structure", "options": {"lossnet": True}}),
-        _description,
+        description=_description,
     )

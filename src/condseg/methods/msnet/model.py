@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condseg.models.base import ModelError, ModelOutput, SegmentationModel
+from condseg.errors import ModelError
+from condseg.methods.msnet.subtraction import Difference, conv_bn_relu, resize_to
+from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
-from condseg.models.msnet.subtraction import Difference, conv_bn_relu, resize_to
 from condseg.models.registry import register_model
 
 #: Strides of the five levels the network expects from its encoder (a ResNet's stem and stages).

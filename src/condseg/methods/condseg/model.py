@@ -10,11 +10,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from condseg.models.base import ModelError, ModelOutput, PluginSite, SegmentationModel
+from condseg.errors import ModelError
+from condseg.methods.condseg.cdfa import CDFA, CDFAMode
+from condseg.methods.condseg.decoder import OutputHead, SizeAwareDecoder
+from condseg.methods.condseg.sid import SID, aux_head, guidance
+from condseg.models.base import ModelOutput, PluginSite, SegmentationModel
 from condseg.models.blocks import FEM, resize
-from condseg.models.condseg.cdfa import CDFA, CDFAMode
-from condseg.models.condseg.decoder import OutputHead, SizeAwareDecoder
-from condseg.models.condseg.sid import SID, aux_head, guidance
 from condseg.models.encoders import (
     create_encoder,
     encoder_channels,

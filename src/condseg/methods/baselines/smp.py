@@ -15,12 +15,8 @@ from typing import Any
 
 import torch
 
-from condseg.models.base import (
-    ModelError,
-    ModelOutput,
-    PluginSite,
-    SegmentationModel,
-)
+from condseg.errors import ModelError
+from condseg.models.base import ModelOutput, PluginSite, SegmentationModel
 from condseg.models.encoders import encoder_sites, with_imagenet_weights
 from condseg.models.registry import register_model
 
@@ -103,6 +99,5 @@ for _name, _architecture, _description in (
     ("unetplusplus", "UnetPlusPlus", "U-Net++ (smp), ResNet-50 encoder"),
     ("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3+ (smp), ResNet-50 encoder, output stride 16"),
 ):
-    register_model(_name, description=_description, defaults={"encoder": "resnet50"})(
-        partial(SmpModel, _architecture)
-    )
+    register_model(_name, partial(SmpModel, _architecture), description=_description,
+                   defaults={"encoder": "resnet50"})

@@ -1,0 +1,8 @@
+"""UAFR and PDCR (Liu et al., "Contrastive and selective hidden embeddings for medical image
+segmentation"): plug-ins that attach to any host declaring its sites (``plugin_sites``, see
+``models/plugins.py``), the paper's losses (``ce``, ``ce-pdcr``) and the DeepLabV3+ recipe.
+Documented in docs/models.md, "PDCR and UAFR plug-ins"."""
+
+from __future__ import annotations
+
+from condseg.methods.pdcr_uafr import losses, pdcr, recipe, uafr  # noqa: F401  (registrations)
