@@ -22,9 +22,9 @@ from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.transforms import VIEWS
 from condseg.errors import CondsegError, first_line
 from condseg.losses.base import Loss, create_loss
-from condseg.recipes import METHODS, list_methods
 from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.registry import create_model, model_options
+from condseg.recipes import METHODS, list_methods
 from condseg.training.hooks import BatchHook, create_batch_hook
 
 
