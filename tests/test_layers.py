@@ -27,12 +27,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "outputs", "progress", "epoch_log"),
     ("config",),  # schema + merge; reads recipes through the method registry (recipes)
     ("data",),
+    ("viz",),  # drawing from arrays (overlays, maps, figures); imports only epoch_log
     ("models",),  # the contract, registries, blocks, encoders, model files, plug-in attachment
     ("losses",),  # the loss contract and the shared losses
     ("methods",),  # one folder per family
     ("inference",),
     ("evaluation",),
-    ("viz",),
     ("training",),
     ("convert", "bench", "demo"),
     ("cli", "__init__", "__main__"),  # the public API and the command
@@ -49,35 +49,11 @@ ALLOWED_UPWARD: set[tuple[str, str]] = {
     ("condseg.models.model_file", "condseg"),
 }
 
-#: Imports that close a cycle through a function-level import: the loader (every family
-#: registers itself in the registries that load it) and, pending, data's check and prepare.
+#: Imports that close a cycle through a function-level import: only the loader (every family
+#: registers itself in the registries that load it).
 CYCLE_EDGES: set[tuple[str, str]] = {
     (LOADER, FAMILIES),
-    # Pending (data/): check lists the public datasets' names from prepare, which imports it.
-    ("condseg.data.check", "condseg.data.prepare"),
 }
-
-#: Known violations in areas other branches of issue 17 are reshaping (training/, evaluation/,
-#: data/, cli, bench); the lead removes each entry as its branch lands. The test fails on an
-#: entry that is no longer needed, so that none outlives its violation.
-PENDING_UPWARD: set[tuple[str, str]] = {
-    # Prediction and evaluation write PNGs and overlays with viz (save_png, overlay, save_maps),
-    # a module that imports nothing of condseg: its drawing primitives belong below inference,
-    # its figures (prediction_grid, curves) where they are.
-    ("condseg.inference.predict", "condseg.viz"),
-    ("condseg.evaluation.evaluate", "condseg.viz"),
-    ("condseg.evaluation.compare", "condseg.viz"),
-    # compare's figures call the public condseg.predict instead of condseg.inference.
-    ("condseg.evaluation.compare", "condseg"),
-}
-PENDING_LONG_FILES: set[str] = {
-    "condseg/cli.py",  # becomes the package cli/ (h17-cli)
-    "condseg/data/dataset.py",
-    "condseg/data/prepare.py",
-    "condseg/evaluation/compare.py",  # becomes the package evaluation/compare/
-    "condseg/training/run.py",  # split along Lightning's lines
-}
-
 
 def layer_of(module: str) -> int:
     parts = module.split(".")
@@ -192,10 +168,10 @@ def upward_imports() -> set[tuple[str, str]]:
 
 def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
     found = upward_imports()
-    unexplained = sorted(found - ALLOWED_UPWARD - PENDING_UPWARD)
+    unexplained = sorted(found - ALLOWED_UPWARD)
     assert not unexplained, "imports from a lower layer to a higher one: " + ", ".join(
         f"{m} -> {t}" for m, t in unexplained)
-    stale = sorted((ALLOWED_UPWARD | PENDING_UPWARD) - found)
+    stale = sorted(ALLOWED_UPWARD - found)
     assert not stale, f"allowed upward imports that no longer exist (remove them): {stale}"
 
 
@@ -214,7 +190,5 @@ def test_no_source_file_over_the_limit() -> None:
     lengths = {str(path.relative_to(SRC)): len(path.read_text().splitlines())
                for path in PACKAGE.rglob("*.py")}
     long = {path for path, lines in lengths.items() if lines > MAX_LINES}
-    assert not long - PENDING_LONG_FILES, f"files over {MAX_LINES} lines: " + ", ".join(
-        f"{p} ({lengths[p]})" for p in sorted(long - PENDING_LONG_FILES))
-    stale = sorted(PENDING_LONG_FILES - long)
-    assert not stale, f"long files now within {MAX_LINES} lines (remove them): {stale}"
+    assert not long, f"files over {MAX_LINES} lines: " + ", ".join(
+        f"{p} ({lengths[p]})" for p in sorted(long))

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from condseg.evaluation.names import display_name
-
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -220,10 +218,10 @@ def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
 
 def plot_validation_curves(
     logs: Mapping[str, str | Path], out_png: str | Path,
-    keys: Sequence[str] = ("val_mdsc", "val_mask_loss"), *, pdf: bool = False,
+    titles: Mapping[str, str], *, pdf: bool = False,
 ) -> list[str]:
-    """Validation mDSC and loss per epoch, one line per run, one panel per metric (the
-    ConDSeg paper's Fig. 5) from each run's ``metrics.csv``.
+    """One panel per key of ``titles`` (its title drawn above it), one line per run: the
+    ConDSeg paper's Fig. 5 (validation mDSC and loss per epoch) from each run's ``metrics.csv``.
 
     Logs that cannot be read or hold no validation values are left out; the labels drawn are
     returned. Raises ValueError (and writes nothing) when no log has any.
@@ -232,6 +230,7 @@ def plot_validation_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    keys = list(titles)
     values: dict[str, dict[str, dict[int, float]]] = {}
     for label, path in logs.items():
         try:
@@ -252,16 +251,11 @@ def plot_validation_curves(
             ax.plot(epochs, [series[e] for e in epochs], marker=".", label=_plain(label))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(_CURVE_TITLES.get(key, key))
+        ax.set_title(titles[key])
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     save_figure(fig, out_png, pdf=pdf)
     return list(values)
-
-
-_CURVE_TITLES = {"val_mdsc": f"validation {display_name('dice')} (%)",
-                 "val_mask_loss": "validation L_mask",
-                 "val_miou": f"validation {display_name('iou')} (%)"}
 
 
 def _plain(text: str) -> str:

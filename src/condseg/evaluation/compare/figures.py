@@ -15,6 +15,7 @@ import torch
 
 from condseg.errors import CondsegError
 from condseg.evaluation.compare.result import CompareError, Comparison, Entry
+from condseg.evaluation.names import display_name
 from condseg.evaluation.overlap import overlap_scores
 
 FIGURE_FILES = ("predictions.png", "predictions.pdf", "curves.png", "curves.pdf")
@@ -200,6 +201,11 @@ def dice(mask: np.ndarray, truth: np.ndarray) -> float:
     return float(scores["dice"][0])
 
 
+#: The panels of the curves figure (the paper's Fig. 5), by ``metrics.csv`` column.
+CURVE_TITLES = {"val_mdsc": f"validation {display_name('dice')} (%)",
+                "val_mask_loss": "validation L_mask"}
+
+
 def curves_figure(result: Comparison, out_png: Path) -> FigureResult:
     """Validation mDSC and loss per epoch of each run's final stage, one line per run."""
     from condseg.viz import plot_validation_curves
@@ -216,7 +222,7 @@ def curves_figure(result: Comparison, out_png: Path) -> FigureResult:
     if not logs:
         return [], [*notes, "curves.png not written: no input has a training log"]
     try:
-        drawn = plot_validation_curves(logs, out_png, pdf=True)
+        drawn = plot_validation_curves(logs, out_png, CURVE_TITLES, pdf=True)
     except ValueError as exc:
         return [], [*notes, f"curves.png not written: {exc}"]
     notes += [f"{label} has no curve in curves.png: its log has no validation rows"
