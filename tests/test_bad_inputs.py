@@ -21,8 +21,8 @@ from condseg.data.check import CheckReport, check_dataset
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.index import image_files
 from condseg.data.masks import read_mask
-from condseg.data.reading import DataError, _read_pillow, _read_tifffile, image_size, read_image
-from condseg.errors import CondsegError
+from condseg.data.reading import _read_pillow, _read_tifffile, image_size, read_image
+from condseg.errors import CondsegError, DataError
 
 H, W = 24, 32
 RNG = np.random.default_rng(0)

@@ -21,8 +21,8 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from condseg.cli import app
+from condseg.errors import CompareError
 from condseg.evaluation.compare import (
-    CompareError,
     ImageChoice,
     best_labels,
     compare,

@@ -16,12 +16,12 @@ from condseg.cli import app
 from condseg.config import load_config
 from condseg.data.dataset import read_split
 from condseg.data.synthetic import synthesize
+from condseg.errors import CrossValidationError
 from condseg.evaluation.metrics import METRIC_NAMES
 from condseg.inference.predict import predict
 from condseg.models.ensemble import Ensemble
 from condseg.models.model_file import load_model
 from condseg.training.cv import (
-    CrossValidationError,
     cross_validate,
     fold_overrides,
     list_folds,

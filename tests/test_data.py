@@ -18,7 +18,7 @@ from condseg.data.dataset import SegmentationDataset, train_and_val_datasets
 from condseg.data.index import find_pair
 from condseg.data.masks import read_mask
 from condseg.data.prepare import packaged_split
-from condseg.data.reading import DataError, image_size, read_image
+from condseg.data.reading import image_size, read_image
 from condseg.data.split_files import read_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import (
@@ -27,6 +27,7 @@ from condseg.data.transforms import (
     resize_mask,
     strong_photometric,
 )
+from condseg.errors import DataError
 from condseg.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

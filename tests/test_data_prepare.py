@@ -13,8 +13,9 @@ import pytest
 from condseg.data.check import check_dataset
 from condseg.data.masks import read_mask
 from condseg.data.prepare import DATASETS, packaged_split, prepare
-from condseg.data.reading import DataError, read_image
+from condseg.data.reading import read_image
 from condseg.data.split_files import read_split
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 pipeline = importlib.import_module("condseg.data.prepare.pipeline")

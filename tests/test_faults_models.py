@@ -27,6 +27,7 @@ from condseg.cli import app
 from condseg.convert import load_official
 from condseg.data.synthetic import synthesize
 from condseg.errors import (
+    CheckpointError,
     CondsegError,
     ConversionError,
     ExportError,
@@ -42,7 +43,7 @@ from condseg.layout import StageDir
 from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model, list_models, register_model
-from condseg.training.checkpoints import CheckpointError, previous_of, resume_point
+from condseg.training.checkpoints import previous_of, resume_point
 
 TINY = "test-faults-conv"
 SIZE = 16

@@ -24,8 +24,9 @@ from condseg.data.check import check_dataset
 from condseg.data.masks import read_mask
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown, unlistable
 from condseg.data.prepare import prepare, prepare_folder
-from condseg.data.reading import DataError, image_size, read_image
+from condseg.data.reading import image_size, read_image
 from condseg.data.split_files import read_split, write_split
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 from condseg.models.base import ModelOutput, SegmentationModel
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from condseg.data.dataset import DataError, read_mask
-from condseg.errors import CondsegError, ModelError, ModelFileError
+from condseg.data.dataset import read_mask
+from condseg.errors import CondsegError, DataError, ModelError, ModelFileError
 from condseg.inference.predict import predict, predict_files
 from condseg.models.base import ModelOutput, SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model

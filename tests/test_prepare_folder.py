@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from condseg.cli import app
 from condseg.data.check import check_dataset
 from condseg.data.prepare import prepare_folder
-from condseg.data.reading import DataError
 from condseg.data.split_files import read_split
+from condseg.errors import DataError
 
 SQUARE = np.pad(np.full((4, 4), 255, np.uint8), 2)
 N, N_EMPTY = 40, 10  # pairs, of which the first N_EMPTY have an empty mask

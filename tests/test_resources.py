@@ -20,9 +20,9 @@ from condseg import cli
 from condseg.children import PARENT_ENV
 from condseg.config import load_config
 from condseg.data.synthetic import synthesize
+from condseg.errors import ResourceError
 from condseg.training import resources, train
 from condseg.training import trainer as trainer_module
-from condseg.training.resources import ResourceError
 
 TINY = ["data.size=32", "data.batch_size=4", "data.num_workers=0", "progress_bar=false"]
 

@@ -13,11 +13,12 @@ from rich.console import Console
 
 from condseg.config import RunConfig, load_config
 from condseg.data.synthetic import synthesize
+from condseg.errors import TrainingError
 from condseg.losses import create_loss
 from condseg.methods.condseg.losses import ConsistencyLoss
 from condseg.models.model_file import load_model, read_header
 from condseg.models.registry import create_model
-from condseg.training import TrainingError, TrainResult, train
+from condseg.training import TrainResult, train
 from condseg.training import stage as stage_module
 from condseg.training import trainer as trainer_module
 from condseg.training.module import SegmentationModule

@@ -84,6 +84,34 @@ class ExportError(CondsegError):
     """The model cannot be exported as asked, or the exported graph disagrees with PyTorch."""
 
 
+class DataError(CondsegError):
+    """Bad or missing input data; the message names the file and what to do about it."""
+
+
+class CheckpointError(CondsegError):
+    """A checkpoint of an unfinished stage is damaged beyond what resuming can work around."""
+
+
+class TrainingError(CondsegError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+class NonFiniteLossError(CondsegError):
+    """The training loss became NaN or infinite; the run stops before the step is applied."""
+
+
+class CrossValidationError(CondsegError):
+    """A cross-validation that cannot run as asked; the message says what to do."""
+
+
+class ResourceError(CondsegError):
+    """The run asks for an accelerator, devices, strategy or nodes this machine cannot give."""
+
+
+class CompareError(CondsegError, ValueError):
+    """An input folder that cannot be compared (the message names it and what to do)."""
+
+
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
     """Raise before writing anything if an output would replace an existing file, or (even
     with ``overwrite``) a folder."""

@@ -11,10 +11,11 @@ from condseg.data.dataset import SegmentationDataset, train_and_val_datasets
 from condseg.data.index import find_pair, image_files
 from condseg.data.masks import read_mask
 from condseg.data.prepare import DATASETS, prepare, prepare_folder
-from condseg.data.reading import MAX_PIXELS, DataError, read_image
+from condseg.data.reading import MAX_PIXELS, read_image
 from condseg.data.split_files import read_split, write_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import geometric_augmentation, strong_photometric
+from condseg.errors import DataError
 
 __all__ = [
     "DATASETS",

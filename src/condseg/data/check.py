@@ -18,8 +18,9 @@ from condseg.data.index import FolderIndex
 from condseg.data.masks import Level, mask_problems, read_mask_values
 from condseg.data.names import shown, unlistable
 from condseg.data.prepare import DATASETS
-from condseg.data.reading import DataError, read_image
+from condseg.data.reading import read_image
 from condseg.data.split_files import read_split
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}

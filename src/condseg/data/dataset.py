@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from condseg.data.index import FolderIndex, find_pair, image_files
 from condseg.data.masks import read_mask
-from condseg.data.reading import MAX_PIXELS, DataError, image_size, read_image
+from condseg.data.reading import MAX_PIXELS, image_size, read_image
 from condseg.data.split_files import read_split, write_split
 from condseg.data.transforms import (
     VIEWS,
@@ -29,6 +29,7 @@ from condseg.data.transforms import (
     resize_mask,
     to_tensor,
 )
+from condseg.errors import DataError
 
 if TYPE_CHECKING:
     from condseg.config import Augmentation, DataConfig

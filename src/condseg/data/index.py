@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from condseg.data.names import IMAGE_EXTENSIONS, name_key, scan_folder
-from condseg.data.reading import DataError
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from condseg.data.names import TIFF_EXTENSIONS
-from condseg.errors import CondsegError
+from condseg.errors import DataError
 
 #: Default pixel limit of every reader (``max_pixels=None``): above the largest images of the
 #: public releases (ISIC, about 30 MP), far below what a decompression bomb or an accidental
@@ -41,10 +41,6 @@ _ORIENTATIONS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
     8: lambda a: np.rot90(a),
 }
-
-
-class DataError(CondsegError):
-    """Bad or missing input data; the message names the file and what to do about it."""
 
 
 def _too_large(path: str | Path, kind: str, pixels: int, limit: int) -> DataError:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from condseg.data.names import name_key, unlistable
-from condseg.data.reading import DataError
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from condseg.data.reading import DataError
 from condseg.data.split_files import write_split
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from condseg.data.check import check_dataset
-from condseg.data.dataset import DataError, SegmentationDataset
-from condseg.errors import OptionError, refuse_existing
+from condseg.data.dataset import SegmentationDataset
+from condseg.errors import DataError, OptionError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.evaluation.names import display_name, formatted, unit
 from condseg.inference.engine import Execution

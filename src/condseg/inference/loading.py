@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from condseg.data.dataset import DataError, read_image, read_mask
+from condseg.data.dataset import read_image, read_mask
 from condseg.data.transforms import resize_image, to_tensor
-from condseg.errors import OptionError
+from condseg.errors import DataError, OptionError
 
 #: At most this many loading workers by default: decoding a batch is far cheaper than the
 #: network's pass over it, so more only take cores from the model.

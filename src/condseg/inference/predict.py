@@ -21,10 +21,10 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from condseg.data.dataset import DataError, read_image
+from condseg.data.dataset import read_image
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
-from condseg.errors import ModelError, OptionError, refuse_existing
+from condseg.errors import DataError, ModelError, OptionError, refuse_existing
 from condseg.inference.engine import Execution, prepare
 from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from condseg.training.module import NonFiniteLossError
-from condseg.training.plan import TrainingError
+from condseg.errors import NonFiniteLossError, TrainingError
 from condseg.training.results import TrainResult
 from condseg.training.run import train
 

@@ -18,14 +18,10 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from condseg.errors import CondsegError
+from condseg.errors import CheckpointError
 from condseg.layout import StageDir
 
 PREVIOUS_SUFFIX = ".previous.ckpt"
-
-
-class CheckpointError(CondsegError):
-    """A checkpoint of an unfinished stage is damaged beyond what resuming can work around."""
 
 
 def previous_of(path: Path) -> Path:

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from condseg.config import RunConfig, load_config
 from condseg.data.check import require_prepared
-from condseg.errors import CondsegError, refuse_existing
+from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.evaluation.names import percent
@@ -43,10 +43,6 @@ from condseg.training.results import TrainResult
 from condseg.training.run import train
 
 _SHOWN = ("dice", "iou", "recall", "precision")  # the printed columns (paper's Table 1)
-
-
-class CrossValidationError(CondsegError):
-    """A cross-validation that cannot run as asked; the message says what to do."""
 
 
 @dataclass

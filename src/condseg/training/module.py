@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from condseg.config import StageConfig
-from condseg.errors import CondsegError
+from condseg.errors import NonFiniteLossError
 from condseg.evaluation.overlap import overlap_scores
 from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
@@ -27,10 +27,6 @@ from condseg.training.plan import StageParts
 
 VAL_SCORES = ("iou", "dice", "recall", "precision")
 _VAL_NAMES = {"iou": "miou", "dice": "mdsc", "recall": "recall", "precision": "precision"}
-
-
-class NonFiniteLossError(CondsegError):
-    """The training loss became NaN or infinite; the run stops before the step is applied."""
 
 
 class SegmentationModule(L.LightningModule):

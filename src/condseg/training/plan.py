@@ -20,16 +20,12 @@ import torch
 
 from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.transforms import VIEWS
-from condseg.errors import CondsegError, first_line
+from condseg.errors import CondsegError, TrainingError, first_line
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.registry import create_model, model_options
 from condseg.recipes import METHODS, list_methods
 from condseg.training.hooks import BatchHook, create_batch_hook
-
-
-class TrainingError(CondsegError):
-    """Training cannot start or continue; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,11 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 from condseg.children import die_with_parent, record_parent
 from condseg.config import RunConfig
-from condseg.errors import CondsegError
+from condseg.errors import ResourceError
 from condseg.inference.loading import usable_cores
 
 #: Packages a family of strategies needs besides Lightning.
 _STRATEGY_PACKAGES = {"deepspeed": "deepspeed", "xla": "torch_xla", "single_xla": "torch_xla"}
-
-
-class ResourceError(CondsegError):
-    """The run asks for an accelerator, devices, strategy or nodes this machine cannot give."""
 
 
 def _available_accelerators() -> dict[str, int]:

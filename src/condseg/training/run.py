@@ -26,11 +26,12 @@ from pathlib import Path
 from rich.console import Console
 
 from condseg.config import RunConfig
+from condseg.errors import TrainingError
 from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.layout import DatasetDir, EvalDir, RunDir
 from condseg.models.model_file import load_model
 from condseg.training.logs import RunLog
-from condseg.training.plan import TrainingError, plan_stages, stage_parts
+from condseg.training.plan import plan_stages, stage_parts
 from condseg.training.recipe import print_header, resolve_precision
 from condseg.training.resources import check_resources, check_shares
 from condseg.training.results import StageResult, TrainResult

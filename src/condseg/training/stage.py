@@ -12,6 +12,7 @@ from rich.console import Console
 
 from condseg.config import RunConfig
 from condseg.epoch_log import write_epoch_log
+from condseg.errors import NonFiniteLossError, TrainingError
 from condseg.evaluation.names import display_name, percent
 from condseg.layout import RunDir, StageDir
 from condseg.models.base import SegmentationModel
@@ -20,8 +21,8 @@ from condseg.models.registry import create_model
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, resume_point
 from condseg.training.datamodule import SegmentationDataModule
 from condseg.training.hooks import as_trained
-from condseg.training.module import NonFiniteLossError, SegmentationModule
-from condseg.training.plan import StageParts, StagePlan, TrainingError
+from condseg.training.module import SegmentationModule
+from condseg.training.plan import StageParts, StagePlan
 from condseg.training.results import StageResult, TrainResult
 from condseg.training.start import is_main_process
 from condseg.training.trainer import build_trainer

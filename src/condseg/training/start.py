@@ -13,10 +13,10 @@ from rich.console import Console
 
 from condseg.config import RunConfig, load_config
 from condseg.data.check import check_dataset
+from condseg.errors import TrainingError
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, RunDir
 from condseg.outputs import claim, entries
-from condseg.training.plan import TrainingError
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
 RESUMABLE_CHANGES = (

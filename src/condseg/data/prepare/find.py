@@ -16,7 +16,8 @@ import numpy as np
 
 from condseg.data.names import name_key, skip_reason
 from condseg.data.prepare.spec import DatasetSpec, examples
-from condseg.data.reading import DataError, colour_and_alpha, read_values
+from condseg.data.reading import colour_and_alpha, read_values
+from condseg.errors import DataError
 
 SWAP_SAMPLE = 8  # files of each kind looked at to tell whether images and masks are swapped
 

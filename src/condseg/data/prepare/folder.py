@@ -9,7 +9,7 @@ from pathlib import Path
 from condseg.data.prepare.pipeline import convert
 from condseg.data.prepare.spec import ANY_IMAGE, DatasetSpec, Sample
 from condseg.data.prepare.stratify import k_folds, proportional_cut, shuffled_strata
-from condseg.data.reading import DataError
+from condseg.errors import DataError
 
 #: Mask name suffixes recognised by ``prepare folder`` (after ``_`` or ``-``, any case).
 MASK_SUFFIXES = ("mask", "segmentation", "seg", "gt", "label", "labels")

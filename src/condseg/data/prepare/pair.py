@@ -14,7 +14,8 @@ from condseg.data.masks import mask_problems, read_mask_values
 from condseg.data.names import unlistable
 from condseg.data.prepare.find import Found
 from condseg.data.prepare.spec import DatasetSpec, Sample
-from condseg.data.reading import DataError, image_size
+from condseg.data.reading import image_size
+from condseg.errors import DataError
 
 
 def _relative(path: Path, root: Path) -> Path:

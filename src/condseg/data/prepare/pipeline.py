@@ -29,8 +29,8 @@ from condseg.data.masks import read_mask_values
 from condseg.data.prepare.find import check_swapped, find_files
 from condseg.data.prepare.pair import pair_samples
 from condseg.data.prepare.spec import DatasetSpec, Sample, examples
-from condseg.data.reading import DataError
 from condseg.data.split_files import write_split
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 from condseg.outputs import check_staged, staged
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from condseg.data.prepare.pipeline import convert
 from condseg.data.prepare.spec import ANY_IMAGE, DatasetSpec, Sample, SplitSource, examples
 from condseg.data.prepare.stratify import k_folds, proportional_cut, shuffled_strata
-from condseg.data.reading import DataError
 from condseg.data.split_files import split_names
+from condseg.errors import DataError
 from condseg.layout import DatasetDir
 
 #: Folder names (case-insensitive) recognised as holding a release's images and its masks.

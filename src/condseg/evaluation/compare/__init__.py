@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from condseg.errors import refuse_existing
+from condseg.errors import CompareError, refuse_existing
 from condseg.evaluation.compare.figures import (
     FIGURE_FILES,
     ImageChoice,
@@ -38,7 +38,6 @@ from condseg.evaluation.compare.inputs import (
     validation_notes,
 )
 from condseg.evaluation.compare.result import (
-    CompareError,
     Comparison,
     best_labels,
     degenerate_notes,

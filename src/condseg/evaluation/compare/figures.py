@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from condseg.errors import CondsegError
-from condseg.evaluation.compare.result import CompareError, Comparison, Entry
+from condseg.errors import CompareError, CondsegError
+from condseg.evaluation.compare.result import Comparison, Entry
 from condseg.evaluation.names import display_name
 from condseg.evaluation.overlap import overlap_scores
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from condseg.config import ConfigError, read_yaml
-from condseg.errors import InputNotFoundError
-from condseg.evaluation.compare.result import CompareError, Entry, Evaluation, RunInfo
+from condseg.errors import CompareError, InputNotFoundError
+from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
 from condseg.layout import EvalDir, RunDir, StageDir
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from condseg.errors import CondsegError
 from condseg.evaluation.names import MISSING, TABLE_METRICS, display_name, percent
 from condseg.evaluation.stats import PairedTest
 from condseg.layout import RunDir
@@ -17,10 +16,6 @@ from condseg.layout import RunDir
 EMPTY_MARK = "†"
 EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as 100 (0/0); "
               "such values are not ranked")
-
-
-class CompareError(CondsegError, ValueError):
-    """An input folder that cannot be compared (the message names it and what to do)."""
 
 
 @dataclass
