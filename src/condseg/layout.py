@@ -116,8 +116,8 @@ class StageDir:
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """One training run: its configuration, log, stages and evaluations."""
+class _Started:
+    """A folder a training command started: its configuration and its console log."""
 
     path: Path
 
@@ -128,6 +128,11 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "train.log"
+
+
+@dataclass(frozen=True)
+class RunDir(_Started):
+    """One training run: its configuration, log, stages and evaluations."""
 
     def stage(self, name: str) -> StageDir:
         return StageDir(self.path / name)
@@ -157,18 +162,8 @@ class RunDir:
 
 
 @dataclass(frozen=True)
-class CVDir:
+class CVDir(_Started):
     """A cross-validation: its runs, their aggregate, the ensemble and its test evaluation."""
-
-    path: Path
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def log(self) -> Path:
-        return self.path / "train.log"
 
     @property
     def runs_table(self) -> Path:
