@@ -1,7 +1,7 @@
 """``condseg benchmark``: speed, peak memory and arithmetic of each execution path of a model.
 
-Each path runs in its own freshly spawned process, so that its peak RSS (``ru_maxrss``, which only
-ever grows) is its own and not that of a path measured before it in the same process. Inference
+Each path runs in its own fresh process (forked from a server that has only imported torch and
+Lightning), so that its peak RSS (``ru_maxrss``, which only ever grows) is its own. Inference
 runs the inference engine's own paths (:mod:`condseg.inference.engine`), exactly what
 ``predict`` and ``evaluate`` run:
 
@@ -17,12 +17,10 @@ A training step (``train=True``) is the Lightning module's own (nothing folds in
 of the first method stage that trains the model (:func:`~condseg.training.plan.training_plan`),
 then the backward pass and the optimiser step; ``plain`` in float32 NCHW with the plain
 kernels, the others with the fast kernels and their autocast in the layout ``condseg train``
-uses (:func:`~condseg.models.base.training_memory_format`). All
-children seed the same generator before building the model, so their weights and inputs are
-identical and the parent reports how far each path's mask probabilities drift from
-the plain path's, and each path's speed and memory relative to plain. FLOPs come from torch's
-own counter (``torch.utils.flop_counter``: convolutions and matrix products). Only measured
-figures are printed — timing on a shared machine is not a test.
+uses (:func:`~condseg.models.base.training_memory_format`). All children seed the same
+generator before building the model, so their weights and inputs are identical and the parent
+reports each path's drift of mask probabilities, speed and memory relative to plain. FLOPs
+come from ``torch.utils.flop_counter``. Only measured figures are printed.
 """
 
 from __future__ import annotations
@@ -153,7 +151,7 @@ def run_benchmark(
     threads: int | None = None,
     rounds: int = 1,
 ) -> list[BenchResult]:
-    """Measure each path in its own spawned process, ``rounds`` times in turn (default, fast,
+    """Measure each path in its own fresh process, ``rounds`` times in turn (default, fast,
     plain, default, ...: a slow spell of a shared machine then hits every path alike; the times
     of all rounds are pooled, the peaks are the highest); fill in each path's drift, speed-up
     and memory relative to "plain"."""
@@ -174,12 +172,23 @@ def run_benchmark(
         for path in paths:
             job = _Job(path, model, dict(model_options or {}), size, batch_size, train, repeats,
                        warmup, threads or usable_cores(), device)
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(1, mp_context=_fresh_processes(train)) as pool:
                 runs[path].append(pool.submit(_measure, job, os.getloadavg()[0]).result())
     measured = {path: (_pooled([r for r, _ in done]), done[0][1]) for path, done in runs.items()}
     plain = measured.get("plain")
     return [result if plain is None or path == "plain" else _relative(result, probs, *plain)
             for path, (result, probs) in measured.items()]
+
+
+def _fresh_processes(train: bool) -> multiprocessing.context.BaseContext:
+    """Processes that start with the imports done and nothing run (Lightning alone takes ~10 s
+    to import on a 2-core CPU, which ``spawn`` would pay per path and round)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["torch", "condseg.bench", *(["condseg.training.module"] if train else [])])
+    return context
 
 
 def _pooled(results: list[BenchResult]) -> BenchResult:
