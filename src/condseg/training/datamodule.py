@@ -8,8 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from condseg.config import DataConfig
-from condseg.data.dataset import SegmentationDataset
-from condseg.data.transforms import VIEWS, geometric_augmentation
+from condseg.data.dataset import SegmentationDataset, train_and_val_datasets
 from condseg.training.plan import StagePlan
 
 
@@ -26,17 +25,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set: SegmentationDataset | None = None
 
     def setup(self, stage: str) -> None:
-        data, aug = self.data, self.plan.cfg.augmentation
-        common = {"size": data.size, "mean": self.mean, "std": self.std, "exclude": data.skip,
-                  "max_pixels": data.max_pixels}
-        self.train_set = SegmentationDataset(
-            data.root, data.train_split,
-            augment=geometric_augmentation(aug.rotate, aug.p_rotate, aug.p_flip,
-                                           p_vflip=aug.p_vflip, scale=aug.scale,
-                                           shear=aug.shear, shift=aug.shift),
-            views={view: VIEWS.get(view)() for view in self.plan.cfg.views}, **common,
-        )
-        self.val_set = SegmentationDataset(data.root, data.val_split, **common)
+        self.train_set, self.val_set = train_and_val_datasets(
+            self.data, self.plan.cfg.augmentation, self.plan.cfg.views, self.mean, self.std)
 
     def train_dataloader(self) -> DataLoader:
         # The last batch is dropped unless it is the only one (a split smaller than a batch).
