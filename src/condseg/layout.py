@@ -49,11 +49,6 @@ class EvalDir:
     def is_complete(self) -> bool:
         return self.summary.is_file()
 
-    @classmethod
-    def holds_one(cls, path: Path) -> bool:
-        """Whether ``path`` is an evaluation folder (it has a summary)."""
-        return cls(Path(path)).is_complete()
-
 
 @dataclass(frozen=True)
 class StageDir:
