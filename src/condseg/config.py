@@ -14,7 +14,7 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -30,6 +30,7 @@ from condseg.errors import ConfigError, first_line
 from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
+M = TypeVar("M", bound=BaseModel)
 #: Most values a YAML text may stand for once its aliases are expanded. An alias repeats a
 #: node without repeating its text, so a few lines of nested aliases (a "billion laughs") can
 #: stand for billions of values and exhaust the memory of whatever walks them; a real config
@@ -393,10 +394,15 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
             f"({', '.join(recipe['stages'])}); a preset written for another method cannot be "
             "switched with method=... (register a method to add stages)"
         )
-    raw = _merge(recipe, raw)
-    _check_keys(raw, RunConfig)
+    return validated(RunConfig, _merge(recipe, raw), source)
+
+
+def validated(cls: type[M], raw: dict[str, Any], source: str) -> M:
+    """``raw`` as a ``cls`` section: an unknown key is named with the valid ones, invalid values
+    are one line (a run config; a study file reads its own schema the same way)."""
+    _check_keys(raw, cls)
     try:
-        return RunConfig.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"

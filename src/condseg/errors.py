@@ -69,7 +69,15 @@ class ModelFileError(CondsegError):
 
 
 class WeightsUnavailableError(CondsegError):
-    """ImageNet weights could neither be downloaded nor read from a local file."""
+    """ImageNet weights could neither be downloaded nor read from a local file. ``what`` names
+    them in a few words and ``without`` is the ``key=value`` setting that trains without them,
+    when there is one (``condseg study`` applies it with ``pretrained: auto`` and records
+    why)."""
+
+    def __init__(self, message: str, *, what: str = "", without: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what
+        self.without = without
 
 
 class ConversionError(CondsegError):
@@ -106,6 +114,10 @@ class CrossValidationError(CondsegError):
 
 class ResourceError(CondsegError):
     """The run asks for an accelerator, devices, strategy or nodes this machine cannot give."""
+
+
+class StudyError(CondsegError):
+    """A study file, option or folder that cannot be used (the message names it)."""
 
 
 class CompareError(CondsegError, ValueError):

@@ -20,6 +20,14 @@ spelling a file name, so the layout is written down here and nowhere else::
       <run>/                            RunDir (fold<k>, seed<s> or fold<k>-seed<s>)
       evaluation/<test split>/          EvalDir of the ensemble
 
+    STUDY/                              StudyDir
+      study.yaml  protocol.json         the study as given; what each method receives
+      study.log  study.md               the console's copy; the report
+      runs/<method>/<run>/              RunDir (seed<s>, fold<k> or fold<k>-seed<s>)
+      jobs/<method>/<run>/              JobDir: the run's starting config, its attempts, and
+                                        the launcher's files (logs, submission)
+      comparison/                       compare's tables and figures over every run
+
 Only names live here; what a file holds belongs to its writer.
 """
 
@@ -232,3 +240,57 @@ class DatasetDir:
         return sorted(int(p.name) for p in self.folds.iterdir()
                       if p.name.isdigit() and all(self.split(s).is_file()
                                                   for s in self.fold_splits(int(p.name))))
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """The launcher's side of one study run: the configuration it starts from, one record per
+    attempt (wall time, peak memory, exit status), and the launcher's own files."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def attempts(self) -> Path:
+        return self.path / "attempts.jsonl"
+
+    @property
+    def launcher(self) -> Path:
+        """submitit's folder: the job's stdout/stderr logs and its submission files."""
+        return self.path / "submitit"
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    """A study: every (method, seed or fold) run, their jobs, the comparison and the report."""
+
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "study.yaml"
+
+    @property
+    def protocol(self) -> Path:
+        return self.path / "protocol.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "study.log"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "study.md"
+
+    @property
+    def comparison(self) -> Path:
+        return self.path / "comparison"
+
+    def run(self, method: str, name: str) -> RunDir:
+        return RunDir(self.path / "runs" / method / name)
+
+    def job(self, method: str, name: str) -> JobDir:
+        return JobDir(self.path / "jobs" / method / name)

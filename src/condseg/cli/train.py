@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from condseg.cli.options import int_list
 from condseg.cli.render import console, user_errors
 
 TrainingPrecision = Annotated[str | None, typer.Option(
@@ -128,7 +129,7 @@ def cv(
 
     quiet_lightning()
     with user_errors():
-        seed_list = _int_list(seeds, "--seeds") if seeds else None
+        seed_list = int_list(seeds, "--seeds") if seeds else None
         cfg = run_config(config, list(overrides or []), folder=out, method=method, model=model,
                          precision=precision)
         cv_dir = out or _default_run_dir(f"{run_name(config, cfg)}-cv")
@@ -137,16 +138,6 @@ def cv(
     if result.ensemble_file is not None:
         console.print(f"cross-validation folder: {result.cv_dir}; ensemble: "
                       f"{result.ensemble_file}", highlight=False)
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    from condseg.errors import OptionError
-
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise OptionError(f"{option} takes comma-separated integers, e.g. 0,1,2; got "
-                          f"{text!r}") from error
 
 
 def presets() -> None:

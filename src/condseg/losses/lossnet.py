@@ -125,5 +125,6 @@ def _torchvision_weights() -> dict[str, Tensor]:
             f"LossNet needs ImageNet VGG-16 weights ({type(error).__name__}: "
             f"{first_line(error)}). Where "
             f"there is no network, download {_WEIGHTS.url} elsewhere and pass it with "
-            f"{_WEIGHTS_KEY}=PATH, or train without LossNet with {_OFF}"
+            f"{_WEIGHTS_KEY}=PATH, or train without LossNet with {_OFF}",
+            what="LossNet's ImageNet VGG-16 weights", without=_OFF,
         ) from error

@@ -77,7 +77,8 @@ def with_imagenet_weights(
         raise WeightsUnavailableError(
             f"could not load ImageNet weights for encoder '{tag}' ({type(error).__name__}: "
             f"{error}). Where there is no network, download them elsewhere and pass the file "
-            "with model.weights=PATH, or train from scratch with model.pretrained=false."
+            "with model.weights=PATH, or train from scratch with model.pretrained=false.",
+            what=f"ImageNet weights of encoder '{tag}'", without="model.pretrained=false",
         ) from error
 
 

@@ -20,7 +20,7 @@ import torch
 
 from condseg.config import RunConfig, StageConfig, load_config
 from condseg.data.transforms import VIEWS
-from condseg.errors import CondsegError, TrainingError, first_line
+from condseg.errors import CondsegError, TrainingError, WeightsUnavailableError, first_line
 from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.registry import create_model, model_options
@@ -53,9 +53,7 @@ class StagePlan:
         try:
             loss = create_loss(cfg.loss.name, **cfg.loss.options)
         except CondsegError as error:  # a loss names its keys "loss.options.x": make them full
-            full = re.sub(r"(?<![\w.])loss\.options\.", f"stages.{name}.loss.options.",
-                          str(error))
-            raise type(error)(f"stages.{name}: {full}") from error
+            raise _in_stage(error, name) from error
         for view in cfg.views:
             VIEWS.get(view)
         missing = [v for v in loss.views if v not in cfg.views]
@@ -74,6 +72,20 @@ class StagePlan:
         return (f"{self.name}: {self.model}{f' ({init})' if init else ''}; loss "
                 f"{self.cfg.loss.name}; {opt.name} lr {opt.lr:g}{encoder}; "
                 f"{self.cfg.schedule.name}; {self.max_epochs} epochs")
+
+
+def _in_stage(error: CondsegError, name: str) -> CondsegError:
+    """``error`` of a stage's loss with its keys ("loss.options.x") made full
+    ("stages.NAME.loss.options.x"), in the message and in the setting that avoids it."""
+
+    def full(text: str) -> str:
+        return re.sub(r"(?<![\w.])loss\.options\.", f"stages.{name}.loss.options.", text)
+
+    if isinstance(error, WeightsUnavailableError):
+        without = full(error.without) if error.without is not None else None
+        return WeightsUnavailableError(f"stages.{name}: {full(str(error))}", what=error.what,
+                                       without=without)
+    return type(error)(f"stages.{name}: {full(str(error))}")
 
 
 def stage_model(config: RunConfig, name: str) -> tuple[str, dict[str, Any]]:
@@ -178,3 +190,15 @@ def training_plan(model: str) -> StagePlan | None:
             if plan.model == model:
                 return plan
     return None
+
+
+def fetch_weights(config: RunConfig) -> None:
+    """Get (download, or find in the cache or a local file) every pretrained weight the
+    config's trained stages will load — an encoder's ImageNet weights where no earlier stage
+    provides the encoder, a loss's fixed network (LossNet's VGG) — raising the
+    :class:`~condseg.errors.WeightsUnavailableError` training would raise, before any run."""
+    for plan in plan_stages(config, config.stages_to_train()).values():
+        plan.create_loss()
+        if config.model.pretrained and not plan.init:
+            create_model(plan.model, pretrained=True, weights=config.model.weights,
+                         **plan.options)

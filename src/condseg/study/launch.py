@@ -1,0 +1,197 @@
+"""Starting a study's runs as jobs through submitit: here (``local``: at most ``jobs`` at once,
+the CPU threads split between them, each started only when the memory it is expected to need is
+free) or on a SLURM cluster (``slurm``: every run submitted, SLURM schedules them).
+
+A run that fails is reported with its log and the others go on. When the study is stopped
+(Ctrl-C, SIGTERM), its jobs stop their training cleanly (each keeps its last checkpoint) and
+the study says how to continue; when the study is killed outright, its local jobs end with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+from rich.console import Console
+
+from condseg.inference.loading import usable_cores
+from condseg.interrupt import Interrupted
+from condseg.study.job import RunJob, Watched
+from condseg.study.runs import Attempt, StudyRun
+from condseg.study.spec import Launcher
+
+#: A run's expected peak memory before this study has measured any.
+DEFAULT_MEMORY_GB = 4.0
+_POLL_S = 1.0
+_STOP_WAIT_S = 120.0  # how long stopped jobs get to end cleanly
+
+
+@dataclass
+class Outcome:
+    """How a run's job ended in this call."""
+
+    run: StudyRun
+    attempt: Attempt | None  # None: the job ended without recording one (killed)
+    log: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return self.attempt is not None and self.attempt.exit_code == 0
+
+
+def launch(
+    runs: list[StudyRun], launcher: Launcher, data: Path, console: Console
+) -> list[Outcome]:
+    """Run the jobs of ``runs`` (in order) and return how each ended."""
+    if not runs:
+        return []
+    jobs = launcher.jobs if launcher.name == "local" else len(runs)
+    threads = max(1, usable_cores() // min(jobs, len(runs))) if launcher.name == "local" else None
+    watch = Watched.this_process() if launcher.name == "local" else None
+    if launcher.name == "local":
+        console.print(f"{len(runs)} run(s), at most {jobs} at once, {threads} CPU thread(s) "
+                      "each", highlight=False)
+    pending, running, ended = deque(runs), {}, []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and _memory_allows(
+                    pending[0], runs, launcher, bool(running), console):
+                run = pending.popleft()
+                job = _submit(run, launcher, data, threads, watch)
+                running[job] = (run, time.time())
+                console.print(f"started {run.label} ({'continued' if run.run.is_run() else 'new'}"
+                              f"; log {job.paths.stdout})", highlight=False)
+            time.sleep(_POLL_S)
+            for job in [j for j in running if j.done()]:
+                run, since = running.pop(job)
+                ended.append(_ended(run, job, since, console))
+    except Interrupted:
+        _stop(list(running), launcher, console)
+        raise
+    return ended
+
+
+def _memory_allows(
+    run: StudyRun, runs: list[StudyRun], launcher: Launcher, busy: bool, console: Console
+) -> bool:
+    """Whether ``run`` may start now: locally, when the memory it is expected to need is
+    available, or nothing else of the study runs (it then starts alone, with a warning)."""
+    if launcher.name != "local":
+        return True
+    needed = launcher.memory_gb or expected_memory_gb(run, runs)
+    free = available_memory_gb()
+    if free is None or free >= needed:
+        return True
+    if busy:
+        return False
+    console.print(f"[yellow]warning:[/] {run.label} is expected to need {needed:.1f} GB and "
+                  f"{free:.1f} GB are available; starting it alone", highlight=False)
+    return True
+
+
+def expected_memory_gb(run: StudyRun, runs: list[StudyRun]) -> float:
+    """The largest peak measured in this study for the run's method, else for any method,
+    else :data:`DEFAULT_MEMORY_GB`."""
+    for group in ([r for r in runs if r.method == run.method], runs):
+        peaks = [a.peak_rss_mb for r in group for a in r.attempts() if a.exit_code == 0]
+        if peaks:
+            return max(peaks) / 1024
+    return DEFAULT_MEMORY_GB
+
+
+def available_memory_gb() -> float | None:
+    """MemAvailable of ``/proc/meminfo`` in GB; None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        return None
+    return None
+
+
+def _submit(
+    run: StudyRun, launcher: Launcher, data: Path, threads: int | None, watch: Watched | None
+) -> submitit.Job[int]:
+    """Submit the run's job; the job's processes ignore Ctrl-C (the training takes it)."""
+    executor = make_executor(launcher, run)
+    task = RunJob(str(run.run.path), str(run.job.path), str(data), threads, watch)
+    with _sigint_ignored():
+        return executor.submit(task)
+
+
+def make_executor(launcher: Launcher, run: StudyRun) -> submitit.Executor:
+    """submitit's executor for one run: its folder is the run's job folder."""
+    folder = run.job.launcher
+    name = f"condseg-{run.method}-{run.name}"
+    if launcher.name == "local":
+        executor = submitit.LocalExecutor(folder)
+        executor.update_parameters(timeout_min=60 * 24 * 365)  # a study's runs have no limit
+        return executor
+    slurm = launcher.slurm
+    executor = submitit.SlurmExecutor(folder)
+    executor.update_parameters(
+        job_name=name, time=slurm.timeout_min, gpus_per_node=slurm.gpus_per_node,
+        cpus_per_task=slurm.cpus_per_task, ntasks_per_node=1,
+        **({"partition": slurm.partition} if slurm.partition else {}),
+        **({"mem": slurm.mem_gb} if slurm.mem_gb else {}),
+        **({"additional_parameters": dict(slurm.additional)} if slurm.additional else {}),
+    )
+    return executor
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ended(run: StudyRun, job: submitit.Job[int], since: float, console: Console) -> Outcome:
+    attempt = next((a for a in reversed(run.attempts()) if a.started_at >= since - 1), None)
+    outcome = Outcome(run, attempt, job.paths.stdout)
+    if outcome.ok:
+        console.print(f"finished {run.label} in {attempt.wall_s:.0f} s, peak "
+                      f"{attempt.peak_rss_mb / 1024:.2f} GB", highlight=False)
+    else:
+        why = (f"exit status {attempt.exit_code}" if attempt is not None
+               else "ended without a record (killed)")
+        error = last_error(job.paths.stdout)
+        console.print(f"[red]failed[/] {run.label}: {why}{f': {error}' if error else ''} "
+                      f"(log {job.paths.stdout})", highlight=False)
+    return outcome
+
+
+def last_error(log: Path) -> str | None:
+    """The last ``error:`` line of a job's log (the one line condseg prints for a failure)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line for line in lines if line.startswith(("error:", "Traceback", "interrupted:"))]
+    return found[-1] if found else None
+
+
+def _stop(jobs: list[submitit.Job[int]], launcher: Launcher, console: Console) -> None:
+    """Stop the running jobs: their training ends cleanly, keeping its last checkpoint."""
+    if not jobs:
+        return
+    console.print(f"stopping {len(jobs)} running job(s)", highlight=False)
+    for job in jobs:
+        if launcher.name == "local":  # the controller passes SIGTERM on to the job
+            os.kill(int(job.job_id), signal.SIGTERM)
+        else:
+            job.cancel(check=False)
+    deadline = time.monotonic() + _STOP_WAIT_S
+    while launcher.name == "local" and time.monotonic() < deadline and not all(
+            j.done() for j in jobs):
+        time.sleep(_POLL_S)

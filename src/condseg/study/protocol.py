@@ -1,0 +1,165 @@
+"""What every method of a study receives: its own recipe, with the study's shared protocol,
+budget and overrides on top, and whatever it had to give up to run here.
+
+Each method's configuration is ``condseg train --method M`` plus ``key=value`` overrides in a
+fixed order — the protocol (size, batch, precision, pretrained), the budget (epochs), the
+study's overrides, the method's own, and last the fallbacks for weights that cannot be had
+(``pretrained: auto``). Every value that then differs from the recipe is a :class:`Change`
+with its reason: nothing a recipe gives up is silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from condseg.config import RunConfig
+from condseg.errors import CondsegError, StudyError, WeightsUnavailableError, first_line
+from condseg.study.spec import Budget, MethodEntry, StudySpec
+from condseg.training.plan import fetch_weights
+from condseg.training.request import run_config
+
+PROTOCOL, BUDGET, STUDY, OWN = ("the study's protocol", "the study's budget",
+                                "the study's overrides", "its own overrides")
+#: Keys a study sets per run (seed, fold) and the dataset: not changes of the recipe.
+_PER_RUN = ("seed", "data.root", "data.train_split", "data.val_split")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A value of a method's recipe that its runs in the study do not have, and why."""
+
+    key: str
+    recipe: Any
+    value: Any
+    reason: str
+
+
+@dataclass
+class MethodProtocol:
+    """One method of the study as its runs receive it."""
+
+    name: str
+    method: str
+    overrides: list[str]
+    changes: list[Change] = field(default_factory=list)
+
+    def config(self) -> RunConfig:
+        return run_config(None, self.overrides, method=self.method)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> MethodProtocol:
+        changes = [Change(**c) for c in raw.get("changes", [])]
+        return cls(raw["name"], raw["method"], list(raw["overrides"]), changes)
+
+
+def resolve(spec: StudySpec, entry: MethodEntry) -> MethodProtocol:
+    """The overrides and changes of one method of ``spec``; weights are fetched (or their
+    absence found) now, so that no run fails for them later."""
+    method = entry.method_name
+    groups = [(PROTOCOL, protocol_overrides(spec)), (STUDY, list(spec.overrides)),
+              (OWN, list(entry.overrides))]
+    try:
+        base = _load(method, [o for _, items in groups for o in items])
+        groups.insert(1, (BUDGET, budget_overrides(spec.budget, base)))
+        overrides = [o for _, items in groups for o in items]
+        fallbacks = _weight_fallbacks(method, overrides, spec.protocol.pretrained)
+    except CondsegError as error:
+        raise StudyError(f"method {entry.name}: {first_line(error)}") from error
+    groups += fallbacks
+    overrides += [o for _, items in fallbacks for o in items]
+    return MethodProtocol(entry.name, method, overrides, _changes(method, groups))
+
+
+def protocol_overrides(spec: StudySpec) -> list[str]:
+    """The shared protocol as overrides (what it leaves to each recipe gives none)."""
+    protocol = spec.protocol
+    found = []
+    if protocol.size is not None:
+        found.append(f"data.size={protocol.size}")
+    if protocol.batch_size is not None:
+        found.append(f"data.batch_size={protocol.batch_size}")
+    if protocol.precision is not None:
+        found.append(f"precision={protocol.precision}")
+    if protocol.pretrained == "none":
+        found.append("model.pretrained=false")
+    return found
+
+
+def budget_overrides(budget: Budget, config: RunConfig) -> list[str]:
+    """max_epochs of each trained stage: ``epochs`` each, or ``total_epochs`` shared as the
+    recipe shares its epochs (largest remainders; every stage at least one)."""
+    stages = config.stages_to_train()
+    if budget.epochs is not None:
+        epochs = {name: budget.epochs for name in stages}
+    elif budget.total_epochs is not None:
+        epochs = _shares(budget.total_epochs, {s: config.stages[s].max_epochs for s in stages})
+    else:
+        return []
+    return [f"stages.{name}.max_epochs={n}" for name, n in epochs.items()]
+
+
+def _shares(total: int, weights: dict[str, int]) -> dict[str, int]:
+    if total < len(weights):
+        raise StudyError(f"budget.total_epochs={total} is fewer than the {len(weights)} stages "
+                         f"({', '.join(weights)}) that train; give at least {len(weights)}")
+    whole = sum(weights.values())
+    exact = {name: total * w / whole for name, w in weights.items()}
+    shares = {name: max(1, int(value)) for name, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda n: exact[n] - int(exact[n]), reverse=True)
+    for name in by_remainder[: total - sum(shares.values())]:
+        shares[name] += 1
+    return shares
+
+
+def _weight_fallbacks(
+    method: str, overrides: list[str], pretrained: str
+) -> list[tuple[str, list[str]]]:
+    """The settings that train without each weight that cannot be had, with the reason, in
+    the order they were found; ``pretrained: imagenet`` refuses instead."""
+    found: list[tuple[str, list[str]]] = []
+    for _ in range(8):  # each fallback removes one need; a method has a few at most
+        try:
+            fetch_weights(_load(method, overrides + [o for _, (o,) in found]))
+            return found
+        except WeightsUnavailableError as error:
+            if pretrained == "imagenet" or error.without is None or any(
+                    error.without == o for _, (o,) in found):
+                hint = (" (pretrained: auto trains without them and records it)"
+                        if pretrained == "imagenet" and error.without else "")
+                raise StudyError(f"{first_line(error)}{hint}") from error
+            found.append((f"{error.what or 'weights'} unavailable here", [error.without]))
+    raise StudyError(f"more than 8 weights cannot be had: {[o for _, (o,) in found]}")
+
+
+def _load(method: str, overrides: list[str]) -> RunConfig:
+    return run_config(None, overrides, method=method)
+
+
+def _changes(method: str, groups: list[tuple[str, list[str]]]) -> list[Change]:
+    """Every value that differs from the recipe, with the last group that set it."""
+    steps = [_flat(_load(method, []).model_dump(mode="json"))]
+    applied: list[str] = []
+    for _, items in groups:
+        applied += items
+        steps.append(_flat(_load(method, applied).model_dump(mode="json")) if items
+                     else steps[-1])
+    recipe, final = steps[0], steps[-1]
+    changes = []
+    for key in sorted(set(recipe) | set(final)):
+        if recipe.get(key) == final.get(key) or key in _PER_RUN:
+            continue
+        last = max(i for i in range(1, len(steps)) if steps[i].get(key) != steps[i - 1].get(key))
+        changes.append(Change(key, recipe.get(key), final.get(key), groups[last - 1][0]))
+    return changes
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a JSON tree (lists are leaves)."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, item in tree.items()
+                for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}

@@ -1,0 +1,120 @@
+"""What a study shows: the protocol every method receives with what each recipe gave up (on
+the console before any run), and ``study.md`` — protocol, machine, every run's wall time and
+peak memory, what each recipe gave up, and the comparison."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from condseg import __version__
+from condseg.evaluation.compare.tables import OUTPUT_FILES
+from condseg.inference.loading import usable_cores
+from condseg.study.protocol import MethodProtocol
+from condseg.study.spec import StudySpec
+
+if TYPE_CHECKING:
+    from condseg.study.run import StudyResult
+
+
+def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console: Console) -> None:
+    """What every method receives (one row each) and what each recipe gave up, and why."""
+    table = Table(title=f"Study protocol: {protocol_line(spec)}")
+    for name in ("method", "stages (epochs)", "size", "batch", "precision", "pretrained"):
+        table.add_column(name)
+    for protocol in protocols:
+        table.add_row(*_receives(protocol))
+    console.print(table)
+    for protocol in protocols:
+        for line in change_lines(protocol):
+            console.print(f"[yellow]gave up:[/] {protocol.name}: {line}", highlight=False)
+
+
+def protocol_line(spec: StudySpec) -> str:
+    runs = (f"folds 0-{spec.folds - 1}" if spec.folds else "") + (
+        f"{', ' if spec.folds else ''}seeds {', '.join(map(str, spec.seed_list))}"
+        if spec.seeds is not None or not spec.folds else "")
+    return f"{spec.data}; {runs}; {spec.budget.describe()}"
+
+
+def _receives(protocol: MethodProtocol) -> list[str]:
+    config = protocol.config()
+    stages = ", ".join(f"{s} ({config.stages[s].max_epochs})" for s in config.stages_to_train())
+    return [protocol.name if protocol.name == protocol.method
+            else f"{protocol.name} ({protocol.method})", stages, str(config.data.size),
+            str(config.data.batch_size), config.precision, str(config.model.pretrained).lower()]
+
+
+def change_lines(protocol: MethodProtocol) -> list[str]:
+    """``key: recipe -> value (reason)`` for every value that differs from the recipe."""
+    return [f"{c.key}: {_show(c.recipe)} -> {_show(c.value)} ({c.reason})"
+            for c in protocol.changes]
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(
+        value)
+
+
+def machine() -> str:
+    """The machine in one line: CPU model and usable cores, memory, GPUs, torch."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return (f"{cpu}, {usable_cores()} usable cores ({'native' if bf16 else 'no native'} CPU "
+            f"bf16); GPUs: {', '.join(gpus) or 'none'}; torch {torch.__version__}, condseg "
+            f"{__version__}")
+
+
+def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
+    """``STUDY/study.md``."""
+    study = result.study
+    lines = [f"# Study {spec.description or study.path.name}", "",
+             f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; this call took "
+             f"{wall_s / 60:.1f} min.", "", "## Protocol", "",
+             f"- data: `{spec.data}`", f"- runs: {protocol_line(spec).split('; ', 1)[1]}",
+             f"- launcher: {spec.launcher.name}, {spec.launcher.jobs} job(s) at once",
+             f"- machine: {machine()}",
+             f"- study-wide overrides: {', '.join(spec.overrides) or 'none'}", "",
+             "| method | stages (epochs) | size | batch | precision | pretrained |",
+             "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(_receives(p)) + " |" for p in result.protocols]
+    lines += ["", "## What each recipe gave up", ""]
+    for protocol in result.protocols:
+        changes = change_lines(protocol)
+        lines += [f"- **{protocol.name}**: " + ("nothing" if not changes else "")]
+        lines += [f"  - `{line}`" for line in changes]
+    lines += ["", "## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
+              "| host |", "|---|---|---:|---:|---:|---|"]
+    stages = {p.name: p.config().stages_to_train() for p in result.protocols}
+    for run in result.runs:
+        attempts = run.attempts()
+        status = "finished" if run.is_finished(stages[run.method]) else (
+            f"failed (exit {attempts[-1].exit_code})" if attempts else "not run")
+        wall = sum(a.wall_s for a in attempts)
+        peak = max((a.peak_rss_mb for a in attempts), default=0) / 1024
+        hosts = ", ".join(sorted({a.host for a in attempts}))
+        lines.append(f"| {run.label} | {status} | {wall:.0f} | {peak:.2f} | {len(attempts)} | "
+                     f"{hosts} |")
+    lines += ["", "Peak memory: the largest resident set of a run's training process (and of "
+              "the processes it waited for), per attempt.", "", "## Comparison", ""]
+    table = study.comparison / OUTPUT_FILES[0]
+    lines += ([table.read_text().strip(), "", f"Tables, paired statistics and figures: "
+               f"`{study.comparison.name}/`."] if result.comparison is not None and
+              table.is_file() else ["No run has finished yet."])
+    study.report.write_text("\n".join(lines) + "\n")
+    return study.report

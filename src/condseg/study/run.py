@@ -1,0 +1,166 @@
+"""``condseg study``: resolve what every method receives, train every (method, seed or fold)
+run as a job, compare the runs, and write the report.
+
+A study folder is continued by running the study again (``condseg study --out STUDY``): finished
+runs are skipped, interrupted ones continue from their checkpoints, failed ones are tried again.
+Methods and seeds may be added to a study; its data, folds, protocol, budget and overrides
+may not change (that is another study). What a method received is resolved once, when it
+joins the study, and kept in ``protocol.json``: a continued run never silently changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from condseg.data.check import require_prepared
+from condseg.errors import StudyError
+from condseg.evaluation.compare import Comparison, compare
+from condseg.interrupt import Interrupted
+from condseg.layout import DatasetDir, StudyDir
+from condseg.outputs import claim
+from condseg.study.launch import Outcome, launch
+from condseg.study.protocol import MethodProtocol, resolve
+from condseg.study.report import print_protocol, write_report
+from condseg.study.runs import StudyRun, plan_runs
+from condseg.study.spec import StudySpec, read_study
+from condseg.training.logs import RunLog
+
+
+@dataclass
+class StudyResult:
+    study: StudyDir
+    protocols: list[MethodProtocol]
+    runs: list[StudyRun]
+    outcomes: list[Outcome] = field(default_factory=list)  # the jobs of this call
+    comparison: Comparison | None = None
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def run_study(
+    spec: StudySpec, out: str | Path, *, console: Console | None = None, dry_run: bool = False
+) -> StudyResult:
+    """Run (or continue) the study ``spec`` in ``out``; with ``dry_run`` only resolve and print
+    what every method receives and which runs there are."""
+    console = console or Console(soft_wrap=True)
+    study = StudyDir(Path(out))
+    data = _check_data(spec)
+    spec = spec.model_copy(update={"data": data})
+    previous = _previous(study, spec)
+    protocols = [previous.get(entry.name) or resolve(spec, entry) for entry in spec.methods]
+    runs = plan_runs(spec, study)
+    print_protocol(spec, protocols, console)
+    result = StudyResult(study, protocols, runs)
+    if dry_run:
+        console.print(f"{len(runs)} run(s): {', '.join(r.label for r in runs)} (dry run: "
+                      "nothing started)", highlight=False)
+        return result
+    with claim(study.path, keep=lambda _: True), RunLog(console) as log:
+        log.attach(study.log)
+        study.spec.write_text(spec.to_yaml())
+        study.protocol.write_text(json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
+        started = time.time()
+        try:
+            result.outcomes = launch(_to_train(runs, protocols, data, console), spec.launcher,
+                                     data, console)
+        except Interrupted as stop:
+            stop.resume = f"condseg study --out {study.path}"
+            raise
+        finished = _finished(runs, protocols)
+        if finished:
+            result.comparison = compare(
+                [r.run.path for r in finished], labels=[r.method for r in finished],
+                out_dir=study.comparison, figure_dir=study.comparison, pool=True,
+                overwrite=True, console=console)
+        write_report(result, spec, time.time() - started)
+        console.print(f"wrote {study.report}", highlight=False)
+    return result
+
+
+def continue_source(out: Path | None) -> Path | None:
+    """The study file a study folder was run with, when there is one (continuing it)."""
+    spec = StudyDir(out).spec if out is not None else None
+    return spec if spec is not None and spec.is_file() else None
+
+
+def _check_data(spec: StudySpec) -> Path:
+    if spec.data is None:
+        raise StudyError("no dataset: pass --data DIR or set data: in the study file")
+    root = spec.data.resolve()
+    require_prepared(root, ["train", "val"])
+    if spec.folds:
+        have = DatasetDir(root).fold_numbers()
+        missing = [k for k in range(spec.folds) if k not in have]
+        if missing:
+            raise StudyError(
+                f"--folds {spec.folds}: {root} has no fold {missing} (its folds: "
+                f"{have or 'none'}); prepare them with `condseg data prepare folder IMAGES "
+                f"MASKS OUT --folds {spec.folds}`")
+    return root
+
+
+def _previous(study: StudyDir, spec: StudySpec) -> dict[str, MethodProtocol]:
+    """What the study folder's methods received, reused; another experiment is refused."""
+    if not study.spec.is_file():
+        if study.path.is_dir() and any(study.path.iterdir()):
+            raise StudyError(f"{study.path} is not empty and holds no study ({study.spec.name}); "
+                             "choose a new --out")
+        return {}
+    before = read_study(study.spec, {})
+    changed = _changed(before.experiment(), spec.experiment())
+    if changed:
+        raise StudyError(
+            f"{study.path} holds a study with other {', '.join(changed)}; continue it as it is "
+            f"(`condseg study --out {study.path}`, which may add methods and seeds), or choose "
+            "a new --out")
+    entries = {e.name: e for e in before.methods}
+    for entry in spec.methods:
+        if entry.name in entries and entries[entry.name] != entry:
+            raise StudyError(
+                f"method {entry.name} of {study.path} was run as {entries[entry.name]!r}; give "
+                "the new one another name ({name: NEW, method: ..., overrides: [...]})")
+    saved = json.loads(study.protocol.read_text()) if study.protocol.is_file() else []
+    return {p["name"]: MethodProtocol.from_json(p) for p in saved}
+
+
+def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(before) | set(after))
+    found = []
+    for key in keys:
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def _to_train(
+    runs: list[StudyRun], protocols: list[MethodProtocol], data: Path, console: Console
+) -> list[StudyRun]:
+    """The runs not finished yet, each with its starting configuration written."""
+    by_name = {p.name: p for p in protocols}
+    todo = []
+    for run in runs:
+        config = run.config(by_name[run.method], data)
+        if run.is_finished(config.stages_to_train()):
+            continue
+        if not run.run.is_run():
+            run.job.path.mkdir(parents=True, exist_ok=True)
+            run.job.config.write_text(config.to_yaml())
+        todo.append(run)
+    done = len(runs) - len(todo)
+    console.print(f"{len(runs)} run(s): {done} finished, {len(todo)} to train", highlight=False)
+    return todo
+
+
+def _finished(runs: list[StudyRun], protocols: list[MethodProtocol]) -> list[StudyRun]:
+    stages = {p.name: p.config().stages_to_train() for p in protocols}
+    return [r for r in runs if r.is_finished(stages[r.method])]

@@ -1,0 +1,84 @@
+"""A study's runs: one per (method, seed or fold), each an ordinary training run in
+``STUDY/runs/<method>/<run>/`` with its job folder beside it, and what their jobs recorded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from condseg.config import RunConfig
+from condseg.layout import DatasetDir, JobDir, RunDir, StudyDir
+from condseg.study.protocol import MethodProtocol
+from condseg.study.spec import StudySpec
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One job's training of a run, as the job recorded it."""
+
+    started: str
+    wall_s: float
+    peak_rss_mb: float
+    exit_code: int
+    host: str
+    command: str
+
+    @property
+    def started_at(self) -> float:
+        return datetime.fromisoformat(self.started).timestamp()
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One training run of the study."""
+
+    method: str  # the study's name for the method (its row)
+    name: str  # seed<s>, fold<k> or fold<k>-seed<s>
+    seed: int
+    fold: int | None
+    run: RunDir
+    job: JobDir
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.name}"
+
+    def is_finished(self, stages: list[str]) -> bool:
+        """Every stage trained and the final model evaluated."""
+        return (all(self.run.stage(s).is_finished() for s in stages)
+                and bool(self.run.evaluations()))
+
+    def attempts(self) -> list[Attempt]:
+        """What the run's jobs recorded, oldest first (a killed job records nothing)."""
+        try:
+            lines = self.job.attempts.read_text().splitlines()
+        except OSError:
+            return []
+        return [Attempt(**json.loads(line)) for line in lines if line.strip()]
+
+    def config(self, protocol: MethodProtocol, data: Path) -> RunConfig:
+        """The method's configuration for this run: its seed, its fold's splits, the data."""
+        config = protocol.config()
+        update: dict[str, object] = {"root": data}
+        if self.fold is not None:
+            update["train_split"], update["val_split"] = DatasetDir.fold_splits(self.fold)
+        return config.model_copy(update={"seed": self.seed,
+                                         "data": config.data.model_copy(update=update)})
+
+
+def plan_runs(spec: StudySpec, study: StudyDir) -> list[StudyRun]:
+    """Every run of the study, method by method: one per seed, per fold, or per both."""
+    folds: list[int | None] = list(range(spec.folds)) if spec.folds else [None]
+    seeds = spec.seed_list
+    runs = []
+    for entry in spec.methods:
+        for fold in folds:
+            for seed in seeds:
+                parts = ([f"fold{fold}"] if fold is not None else []) + (
+                    [f"seed{seed}"] if fold is None or spec.seeds is not None else [])
+                name = "-".join(parts)
+                runs.append(StudyRun(entry.name, name, seed, fold, study.run(entry.name, name),
+                                     study.job(entry.name, name)))
+    return runs
