@@ -233,6 +233,15 @@ class DatasetDir:
         """The (train, val) split names of fold ``fold``."""
         return f"folds/{fold}/train", f"folds/{fold}/val"
 
+    @staticmethod
+    def every_fold(split: str) -> str:
+        """``folds/<k>/<part>`` as ``folds/*/<part>``, the part of every fold at once (what a
+        comparison pooling fold runs names its column); other splits as they are."""
+        parts = split.split("/")
+        if len(parts) == 3 and parts[0] == "folds" and parts[1].isdigit():
+            return f"folds/*/{parts[2]}"
+        return split
+
     def fold_numbers(self) -> list[int]:
         """The folds with both lists, in order."""
         if not self.folds.is_dir():

@@ -76,7 +76,8 @@ def compare(
              "per_image.csv); the first is the reference for the statistics."
     )],
     label: Annotated[list[str] | None, typer.Option(
-        help="Row label of each input, in order (repeat once per input)."
+        help="Row label of each input, in order (repeat once per input; with --pool, inputs "
+             "of one label form one row)."
     )] = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for compare.md, compare.csv, compare.tex and stats.csv."
@@ -89,10 +90,14 @@ def compare(
              "input's Dice against the others'), or image names NAME,NAME."
     )] = "4",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    pool: Annotated[bool, typer.Option(
+        "--pool", help="Runs of one method (or one --label) form one row: the mean ± std over "
+                       "them; the folds' splits folds/<k>/val are one column folds/*/val."
+    )] = False,
 ) -> None:
     """Methods side by side as in the paper's Table 1, with paired per-image Dice statistics."""
     from condseg.evaluation.compare import compare as run_compare
 
     with user_errors():
         run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, images=images,
-                    overwrite=overwrite, console=console)
+                    overwrite=overwrite, console=console, pool=pool)

@@ -3,13 +3,15 @@
 Inputs are training run folders (``config.yaml``; their evaluations are ``RUN/evaluation/*/``:
 training writes the test split's, or the validation split's when the dataset has no test split)
 or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evaluate --out``).
-Each input is a row; each dataset (data root name / split) contributes mIoU, mDSC, recall and
-precision in percent. The first input is the reference: every later input evaluated on the
-same images gets a paired Wilcoxon test and a bootstrap interval of its per-image Dice gain.
+Each input is a row (or, with ``pool``, the runs of one method are one row: :mod:`.pool`); each
+dataset (data root name / split) contributes mIoU, mDSC, recall and precision in percent. The
+first row is the reference: every later row evaluated on the same images gets a paired
+Wilcoxon test and a bootstrap interval of its per-image Dice gain.
 
 The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`.result`),
-adds the paired statistics (:mod:`.statistics`), and shows it as tables (:mod:`.tables`) and
-figures (:mod:`.figures`); :func:`compare` does all of it in that order.
+pools runs when asked (:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and
+shows it as tables (:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of
+it in that order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from condseg.evaluation.compare.inputs import (
     stage_names,
     validation_notes,
 )
+from condseg.evaluation.compare.pool import pool_entries, pool_notes
 from condseg.evaluation.compare.result import (
     Comparison,
     best_labels,
@@ -65,10 +68,13 @@ def compare(
     images: int | str | Sequence[str] = 4,
     overwrite: bool = False,
     console: Console | None = None,
+    pool: bool = False,
 ) -> Comparison:
     """Build the comparison of ``inputs`` (the first is the reference), write the tables to
     ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
-    ``images`` chooses the rows of predictions.png (:func:`parse_images`).
+    ``images`` chooses the rows of predictions.png (:func:`parse_images`). With ``pool``, the
+    inputs of one label (``labels`` may repeat; else the method) form one row, the mean ± std
+    over them (:mod:`.pool`).
 
     Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
     are not there are refused, before anything is written or any model is loaded.
@@ -81,12 +87,15 @@ def compare(
     refuse_existing(planned, overwrite)
 
     entries = [read_input(Path(p)) for p in inputs]
-    assign_labels(entries, labels)
-    columns = assign_columns(entries)
-    stats, notes = paired_statistics(entries)
+    assign_labels(entries, labels, pool)
+    columns = assign_columns(entries, pool)
+    notes = [*validation_notes(entries, columns), *protocol_notes(entries, columns)]
+    if pool:
+        entries = pool_entries(entries)
+        notes += pool_notes(entries)
+    stats, stat_notes = paired_statistics(entries)
     result = Comparison(entries=entries, columns=columns, stats=stats,
-                        notes=[*validation_notes(entries, columns),
-                               *protocol_notes(entries, columns), *notes])
+                        notes=[*notes, *stat_notes], pooled=pool)
     result.notes += degenerate_notes(result)
     chosen = figure_images(result, choice) if figure_dir is not None else None
     if out_dir is not None:

@@ -118,11 +118,14 @@ def write_figures(
     result: Comparison, figure_dir: Path, chosen: tuple[Path, list[str]] | str
 ) -> FigureResult:
     """predictions.png/.pdf (the paper's Fig. 2) of the ``chosen`` images and curves.png/.pdf
-    (its Fig. 5), each skipped with a note when nothing can be drawn."""
+    (its Fig. 5), each skipped with a note when nothing can be drawn. A pooled row is drawn
+    from its first run (its entry's model and log), as a note says."""
     figure_dir.mkdir(parents=True, exist_ok=True)
     written, notes = prediction_figure(result, figure_dir / "predictions.png", chosen)
     more_written, more_notes = curves_figure(result, figure_dir / "curves.png")
-    return written + more_written, notes + more_notes
+    first_runs = [f"{entry.label} in the figures is its first run, {entry.pooled[0].source}"
+                  for entry in result.entries if entry.n_runs > 1]
+    return written + more_written, notes + more_notes + first_runs
 
 
 def model_file(entry: Entry) -> Path | None:

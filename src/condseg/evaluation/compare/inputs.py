@@ -14,7 +14,7 @@ from typing import Any
 from condseg.config import ConfigError, read_yaml
 from condseg.errors import CompareError, InputNotFoundError
 from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
-from condseg.layout import EvalDir, RunDir, StageDir
+from condseg.layout import DatasetDir, EvalDir, RunDir, StageDir
 
 
 def read_evaluation(path: Path) -> Evaluation:
@@ -141,19 +141,28 @@ def method_name(entry: Entry) -> str:
     return entry.source.name
 
 
-def assign_labels(entries: Sequence[Entry], labels: Sequence[str] | None) -> None:
-    """Explicit labels in input order, else method names made unique by their folder name."""
+def assign_labels(
+    entries: Sequence[Entry], labels: Sequence[str] | None, pool: bool = False
+) -> None:
+    """Explicit labels in input order, else method names made unique by their folder name.
+    With ``pool``, inputs of one label are runs of one row: labels may repeat and method
+    names are kept as they are."""
     if labels:
         if len(labels) != len(entries):
             raise CompareError(
                 f"got {len(labels)} labels for {len(entries)} inputs; give one --label per input"
             )
-        if len(set(labels)) != len(labels):
-            raise CompareError(f"labels must be unique, got {', '.join(labels)}")
+        if not pool and len(set(labels)) != len(labels):
+            raise CompareError(f"labels must be unique, got {', '.join(labels)}; or give "
+                               "--pool to pool the inputs of one label into one row")
         for entry, label in zip(entries, labels, strict=True):
             entry.label = label
         return
     names = [method_name(e) for e in entries]
+    if pool:
+        for entry, name in zip(entries, names, strict=True):
+            entry.label = name
+        return
     taken: set[str] = set()
     for entry, name in zip(entries, names, strict=True):
         label = name
@@ -167,16 +176,17 @@ def assign_labels(entries: Sequence[Entry], labels: Sequence[str] | None) -> Non
         entry.label = label
 
 
-def assign_columns(entries: Sequence[Entry]) -> list[str]:
+def assign_columns(entries: Sequence[Entry], pool: bool = False) -> list[str]:
     """Name each evaluation's dataset column (data root name / split, plus the resolution
-    protocol when the inputs differ in it) and return the columns in order of appearance."""
+    protocol when the inputs differ in it) and return the columns in order of appearance.
+    With ``pool``, the splits ``folds/<k>/val`` of every fold are one column ``folds/*/val``."""
     evaluations = [e for entry in entries for e in entry.evaluations]
     resolutions = {e.protocol.get("resolution") for e in evaluations}
     columns: list[str] = []
     for entry in entries:
         seen: dict[str, Path] = {}
         for evaluation in entry.evaluations:
-            evaluation.column = column_name(evaluation.protocol, len(resolutions) > 1)
+            evaluation.column = column_name(evaluation.protocol, len(resolutions) > 1, pool)
             if evaluation.column in seen:
                 raise CompareError(
                     f"{entry.source} has two evaluations of {evaluation.column} "
@@ -189,9 +199,12 @@ def assign_columns(entries: Sequence[Entry]) -> list[str]:
     return columns
 
 
-def column_name(protocol: Mapping[str, Any], with_resolution: bool) -> str:
+def column_name(
+    protocol: Mapping[str, Any], with_resolution: bool, every_fold: bool = False
+) -> str:
     root = str(protocol.get("data_root") or "").rstrip("/\\")
-    name = f"{Path(root).name or 'data'}/{protocol.get('split', '?')}"
+    split = str(protocol.get("split", "?"))
+    name = f"{Path(root).name or 'data'}/{DatasetDir.every_fold(split) if every_fold else split}"
     return f"{name} ({protocol.get('resolution', '?')})" if with_resolution else name
 
 

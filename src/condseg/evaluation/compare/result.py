@@ -20,13 +20,24 @@ EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as
 
 @dataclass
 class Evaluation:
-    """One evaluation folder: its protocol, summary metrics and per-image scores."""
+    """One evaluation folder: its protocol, summary metrics and per-image scores; or the
+    evaluations of several runs on one column pooled into one (:mod:`.pool`)."""
 
     path: Path
     protocol: dict[str, Any]
     metrics: dict[str, dict[str, Any]]
     per_image: dict[str, dict[str, float | None]]
     column: str = ""
+    pooled: list[Evaluation] = field(default_factory=list)  # the runs' own; empty: one run
+
+    def empty_predictions(self) -> int:
+        """Images whose prediction was empty on a non-empty mask: precision 1 by 0/0 with
+        recall 0 (a prediction with any true pixel has recall > 0); of a pooled evaluation,
+        those of all its runs."""
+        if self.pooled:
+            return sum(e.empty_predictions() for e in self.pooled)
+        return sum(s.get("precision") == 1 and s.get("recall") == 0
+                   for s in self.per_image.values())
 
 
 @dataclass
@@ -52,12 +63,18 @@ class RunInfo:
 
 @dataclass
 class Entry:
-    """One input: a row of the table."""
+    """One input, or the inputs of one label pooled into one (:mod:`.pool`): a row of the
+    table."""
 
     source: Path
     label: str
     evaluations: list[Evaluation]
     run: RunInfo | None = None
+    pooled: list[Entry] = field(default_factory=list)  # the inputs of the row; empty: one
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.pooled) or 1
 
     def evaluation(self, column: str) -> Evaluation | None:
         return next((e for e in self.evaluations if e.column == column), None)
@@ -82,6 +99,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     figure_images: list[str] = field(default_factory=list)  # the rows of predictions.png
+    pooled: bool = False  # rows are runs pooled by label: values are mean ± std over runs
 
     @property
     def labels(self) -> list[str]:
@@ -110,12 +128,21 @@ class Comparison:
         mean = self.mean(label, column, metric)
         return None if mean is None else 100 * mean
 
-    def empty_predictions(self, label: str, column: str) -> int:
-        """Images of ``label`` on ``column`` whose prediction was empty on a non-empty mask:
-        precision 1 by 0/0 with recall 0 (a prediction with any true pixel has recall > 0)."""
+    def spread(self, label: str, column: str, metric: str) -> float | None:
+        """Population std of a pooled value over its runs, in percent; None unless the value
+        pools at least two runs (one run has no spread to show)."""
         evaluation = self.entry(label).evaluation(column)
-        scores = evaluation.per_image.values() if evaluation is not None else ()
-        return sum(s.get("precision") == 1 and s.get("recall") == 0 for s in scores)
+        if evaluation is None or not evaluation.pooled:
+            return None
+        figures = evaluation.metrics.get(metric, {})
+        std = figures.get("std")
+        return 100 * float(std) if std is not None and figures.get("n", 0) >= 2 else None
+
+    def empty_predictions(self, label: str, column: str) -> int:
+        """Images of ``label`` on ``column`` predicted empty
+        (:meth:`Evaluation.empty_predictions`)."""
+        evaluation = self.entry(label).evaluation(column)
+        return evaluation.empty_predictions() if evaluation is not None else 0
 
     def degenerate(self, label: str, column: str, metric: str) -> bool:
         """Whether the value counts 0/0 = 1 scores the method earned by predicting nothing (a
@@ -127,11 +154,14 @@ class Comparison:
                    for column in self.columns for metric in TABLE_METRICS)
 
     def text(self, label: str, column: str, metric: str, missing: str = MISSING) -> str:
-        """The value as printed in the tables: two decimals, marked when degenerate."""
+        """The value as printed in the tables: two decimals, ``± std`` over the runs of a
+        pooled value, marked when degenerate."""
         mean = self.mean(label, column, metric)
         if mean is None:
             return missing
-        return percent(mean) + (EMPTY_MARK if self.degenerate(label, column, metric) else "")
+        spread = self.spread(label, column, metric)
+        shown = percent(mean) if spread is None else f"{percent(mean)} ± {spread:.2f}"
+        return shown + (EMPTY_MARK if self.degenerate(label, column, metric) else "")
 
     def headers(self) -> list[str]:
         """``"<column> <metric name>"`` for every column and metric of the table."""
@@ -141,6 +171,11 @@ class Comparison:
     def values(self, label: str) -> list[float | None]:
         """The row of ``label``: percent per column and metric, in the order of headers()."""
         return [self.value(label, c, m) for c in self.columns for m in TABLE_METRICS]
+
+    def spreads(self, label: str) -> list[float | None]:
+        """The std over runs of the row of ``label`` (:meth:`spread`), in the order of
+        headers()."""
+        return [self.spread(label, c, m) for c in self.columns for m in TABLE_METRICS]
 
 
 def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
@@ -158,8 +193,9 @@ def best_labels(result: Comparison, column: str, metric: str) -> set[str]:
 
 
 def degenerate_notes(result: Comparison) -> list[str]:
-    """How many empty predictions each marked precision counts."""
+    """How many empty predictions each marked precision counts (of a pooled row: in all its
+    runs)."""
     return [f"{label} on {column}: precision counts {n} image(s) with an empty prediction as "
-            "100 (0/0); not ranked"
+            f"100 (0/0){' in its runs' if result.pooled else ''}; not ranked"
             for label in result.labels for column in result.columns
             if (n := result.empty_predictions(label, column))]

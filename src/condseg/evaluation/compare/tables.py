@@ -25,7 +25,10 @@ _SHOWN_NAMES = [display_name(metric) for metric in TABLE_METRICS]
 
 def print_tables(result: Comparison, console: Console) -> None:
     """The Table 1 layout (best of each column in bold) and the paired statistics."""
-    table = Table(title=f"Comparison ({len(result.entries)} methods, percent)",
+    runs = sum(entry.n_runs for entry in result.entries)
+    title = (f"Comparison ({len(result.entries)} methods, {runs} runs, percent: mean ± std over "
+             "runs)" if result.pooled else f"Comparison ({len(result.entries)} methods, percent)")
+    table = Table(title=title,
                   caption=EMPTY_NOTE if result.any_degenerate() else None)
     table.add_column("Method")
     for column in result.columns:
@@ -94,12 +97,27 @@ def _write_csv(path: Path, rows: list[list[str]]) -> None:
 
 
 def table_csv_rows(result: Comparison) -> list[list[str]]:
-    """Header and one row per method; percent values, empty cell = missing."""
-    rows = [["method", "source", *result.headers()]]
+    """Header and one row per method; percent values, empty cell = missing. Pooled rows add
+    their number of runs, every run's folder (separated by ``;``) and after each value its
+    std over runs (``<header> std``, empty for a value of one run)."""
+    if not result.pooled:
+        rows = [["method", "source", *result.headers()]]
+        for entry in result.entries:
+            rows.append([entry.label, str(entry.source), *_cells(result.values(entry.label))])
+        return rows
+    headers = [name for header in result.headers() for name in (header, f"{header} std")]
+    rows = [["method", "runs", "sources", *headers]]
     for entry in result.entries:
-        rows.append([entry.label, str(entry.source)]
-                    + ["" if v is None else f"{v:.4f}" for v in result.values(entry.label)])
+        pairs = zip(_cells(result.values(entry.label)), _cells(result.spreads(entry.label)),
+                    strict=True)
+        rows.append([entry.label, str(entry.n_runs),
+                     ";".join(str(run.source) for run in entry.pooled)]
+                    + [cell for pair in pairs for cell in pair])
     return rows
+
+
+def _cells(values: Sequence[float | None]) -> list[str]:
+    return ["" if v is None else f"{v:.4f}" for v in values]
 
 
 def stats_csv_rows(result: Comparison) -> list[list[str]]:
@@ -152,7 +170,7 @@ def latex_table(result: Comparison) -> str:
         for column in result.columns:
             for metric in TABLE_METRICS:
                 text = result.text(label, column, metric, missing="--")
-                text = text.replace(EMPTY_MARK, "$^\\dagger$")
+                text = text.replace(EMPTY_MARK, "$^\\dagger$").replace("±", "$\\pm$")
                 best = label in best_labels(result, column, metric)
                 cells.append(f"\\textbf{{{text}}}" if best else text)
         lines.append(" & ".join(cells) + " \\\\")
