@@ -1,6 +1,6 @@
 """The ``condseg`` command: parses arguments, then calls the library (nothing else lives here).
 
-One module per group of commands (``data``, ``train``, ``infer``, ``report``); ``render`` holds
+One module per group of commands (``data``, ``train``, ``infer``, ``report``, ``study``); ``render`` holds
 the console and how a failure is shown, ``options`` the options several modules share. The
 commands are registered here, in the order ``condseg --help`` lists them.
 
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from condseg.cli import data, infer, report, train
+from condseg.cli import data, infer, report, study, train
 from condseg.cli.render import console, user_errors
 
 __all__ = ["app", "console", "main", "user_errors"]
@@ -63,3 +63,4 @@ app.command("benchmark")(report.benchmark)
 app.command("convert-official")(report.convert_official)
 app.command("demo")(report.demo)
 app.command("compare")(report.compare)
+app.command("study")(study.study)

@@ -21,8 +21,11 @@ from condseg.training.request import run_config
 
 PROTOCOL, BUDGET, STUDY, OWN = ("the study's protocol", "the study's budget",
                                 "the study's overrides", "its own overrides")
-#: Keys a study sets per run (seed, fold) and the dataset: not changes of the recipe.
-_PER_RUN = ("seed", "data.root", "data.train_split", "data.val_split")
+#: Keys a study sets per run (seed, fold) and the dataset, and settings of logging and input
+#: speed that do not change what is trained: not changes of the recipe.
+_NOT_RECIPE = ("seed", "data.root", "data.train_split", "data.val_split", "data.num_workers",
+               "progress_bar", "log_every_n_steps", "checkpoint_every_n_steps",
+               "checkpoint_every_minutes", "keep_best_checkpoint", "log_images_every_n_epochs")
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def _changes(method: str, groups: list[tuple[str, list[str]]]) -> list[Change]:
     recipe, final = steps[0], steps[-1]
     changes = []
     for key in sorted(set(recipe) | set(final)):
-        if recipe.get(key) == final.get(key) or key in _PER_RUN:
+        if recipe.get(key) == final.get(key) or key in _NOT_RECIPE:
             continue
         last = max(i for i in range(1, len(steps)) if steps[i].get(key) != steps[i - 1].get(key))
         changes.append(Change(key, recipe.get(key), final.get(key), groups[last - 1][0]))

@@ -34,7 +34,7 @@ def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console
     console.print(table)
     for protocol in protocols:
         for line in change_lines(protocol):
-            console.print(f"[yellow]gave up:[/] {protocol.name}: {line}", highlight=False)
+            console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {line}", highlight=False)
 
 
 def protocol_line(spec: StudySpec) -> str:
