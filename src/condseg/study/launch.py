@@ -14,7 +14,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +141,7 @@ def make_executor(launcher: Launcher, run: StudyRun) -> submitit.Executor:
         job_name=name, time=slurm.timeout_min, gpus_per_node=slurm.gpus_per_node,
         cpus_per_task=slurm.cpus_per_task, ntasks_per_node=1,
         **({"partition": slurm.partition} if slurm.partition else {}),
-        **({"mem": slurm.mem_gb} if slurm.mem_gb else {}),
+        **({"mem": f"{slurm.mem_gb:g}GB"} if slurm.mem_gb else {}),
         **({"additional_parameters": dict(slurm.additional)} if slurm.additional else {}),
     )
     return executor
@@ -188,7 +188,8 @@ def _stop(jobs: list[submitit.Job[int]], launcher: Launcher, console: Console) -
     console.print(f"stopping {len(jobs)} running job(s)", highlight=False)
     for job in jobs:
         if launcher.name == "local":  # the controller passes SIGTERM on to the job
-            os.kill(int(job.job_id), signal.SIGTERM)
+            with suppress(ProcessLookupError):  # it has just ended
+                os.kill(int(job.job_id), signal.SIGTERM)
         else:
             job.cancel(check=False)
     deadline = time.monotonic() + _STOP_WAIT_S

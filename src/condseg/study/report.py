@@ -96,7 +96,7 @@ def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
     lines += ["", "## What each recipe gave up", ""]
     for protocol in result.protocols:
         changes = change_lines(protocol)
-        lines += [f"- **{protocol.name}**: " + ("nothing" if not changes else "")]
+        lines += [f"- **{protocol.name}**:" + ("" if changes else " nothing")]
         lines += [f"  - `{line}`" for line in changes]
     lines += ["", "## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
               "| host |", "|---|---|---:|---:|---:|---|"]
@@ -113,8 +113,11 @@ def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
     lines += ["", "Peak memory: the largest resident set of a run's training process (and of "
               "the processes it waited for), per attempt.", "", "## Comparison", ""]
     table = study.comparison / OUTPUT_FILES[0]
-    lines += ([table.read_text().strip(), "", f"Tables, paired statistics and figures: "
-               f"`{study.comparison.name}/`."] if result.comparison is not None and
-              table.is_file() else ["No run has finished yet."])
+    if result.comparison is not None and table.is_file():
+        lines += [table.read_text().strip(), ""]
+        lines += [f"- {note}" for note in result.comparison.notes]
+        lines += ["", f"Tables, paired statistics and figures: `{study.comparison.name}/`."]
+    else:
+        lines.append("No run has finished yet.")
     study.report.write_text("\n".join(lines) + "\n")
     return study.report
