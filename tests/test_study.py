@@ -223,9 +223,9 @@ def test_a_study_folder_is_continued_only_as_the_same_experiment(
         run_study(_spec(data, methods=["unet"]), out.path, dry_run=True)
     (out.path / "mine.txt").unlink()
     out.spec.write_text(_spec(data, methods=["unet"], budget={"epochs": 2}).to_yaml())
-    with pytest.raises(StudyError, match="holds a study with other budget.epochs"):
+    with pytest.raises(StudyError, match=r"holds a study with other budget\.epochs"):
         run_study(_spec(data, methods=["unet"], budget={"epochs": 3}), out.path, dry_run=True)
-    with pytest.raises(StudyError, match="method unet of .* was run as"):
+    with pytest.raises(StudyError, match=r"method unet of .* was run as"):
         run_study(_spec(data, methods=[{"name": "unet", "overrides": ["seed=1"]}],
                         budget={"epochs": 2}), out.path, dry_run=True)
     more = run_study(_spec(data, methods=["unet", "chnet"], seeds=[0, 1], budget={"epochs": 2}),

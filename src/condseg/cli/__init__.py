@@ -1,6 +1,7 @@
 """The ``condseg`` command: parses arguments, then calls the library (nothing else lives here).
 
-One module per group of commands (``data``, ``train``, ``infer``, ``report``, ``study``); ``render`` holds
+One module per group of commands (``data``, ``train``, ``infer``, ``report``,
+``study``); ``render`` holds
 the console and how a failure is shown, ``options`` the options several modules share. The
 commands are registered here, in the order ``condseg --help`` lists them.
 
