@@ -1,9 +1,8 @@
 """The ``condseg`` command: parses arguments, then calls the library (nothing else lives here).
 
-One module per group of commands (``data``, ``train``, ``infer``, ``report``,
-``study``); ``render`` holds
-the console and how a failure is shown, ``options`` the options several modules share. The
-commands are registered here, in the order ``condseg --help`` lists them.
+One module per group of commands (``data``, ``train``, ``infer``, ``report``, ``study``);
+``render`` holds the console and how a failure is shown, ``options`` the options several
+modules share. The commands are registered here, in the order ``condseg --help`` lists them.
 
 Library modules are imported inside each command so that ``condseg --help`` starts quickly.
 Errors a user can fix (``condseg.errors.CondsegError``: bad data, a missing file, a wrong option)
