@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inference",),
     ("evaluation",),
     ("training",),
-    ("convert", "bench", "demo"),
+    ("convert", "bench", "demo", "study"),
     ("cli", "__init__", "__main__"),  # the public API and the command
 )
 
@@ -47,6 +47,7 @@ ALLOWED_UPWARD: set[tuple[str, str]] = {
     (LOADER, FAMILIES),
     # The version a model file records: a constant __init__ defines and which imports nothing.
     ("condseg.models.model_file", "condseg"),
+    ("condseg.study.report", "condseg"),  # and the one a study's report records
 }
 
 #: Imports that close a cycle through a function-level import: only the loader (every family

@@ -8,20 +8,20 @@ import platform
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from condseg import __version__
+from condseg.evaluation.compare import Comparison
 from condseg.evaluation.compare.tables import OUTPUT_FILES
 from condseg.inference.loading import usable_cores
+from condseg.layout import StudyDir
 from condseg.study.protocol import MethodProtocol
+from condseg.study.runs import StudyRun
 from condseg.study.spec import StudySpec
-
-if TYPE_CHECKING:
-    from condseg.study.run import StudyResult
 
 
 def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console: Console) -> None:
@@ -80,9 +80,11 @@ def machine() -> str:
             f"{__version__}")
 
 
-def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
+def write_report(
+    study: StudyDir, spec: StudySpec, protocols: Sequence[MethodProtocol],
+    runs: Sequence[StudyRun], comparison: Comparison | None, wall_s: float,
+) -> Path:
     """``STUDY/study.md``."""
-    study = result.study
     lines = [f"# Study {spec.description or study.path.name}", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; this call took "
              f"{wall_s / 60:.1f} min.", "", "## Protocol", "",
@@ -92,16 +94,16 @@ def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
              f"- study-wide overrides: {', '.join(spec.overrides) or 'none'}", "",
              "| method | stages (epochs) | size | batch | precision | pretrained |",
              "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(_receives(p)) + " |" for p in result.protocols]
+    lines += ["| " + " | ".join(_receives(p)) + " |" for p in protocols]
     lines += ["", "## What each recipe gave up", ""]
-    for protocol in result.protocols:
+    for protocol in protocols:
         changes = change_lines(protocol)
         lines += [f"- **{protocol.name}**:" + ("" if changes else " nothing")]
         lines += [f"  - `{line}`" for line in changes]
     lines += ["", "## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
               "| host |", "|---|---|---:|---:|---:|---|"]
-    stages = {p.name: p.config().stages_to_train() for p in result.protocols}
-    for run in result.runs:
+    stages = {p.name: p.config().stages_to_train() for p in protocols}
+    for run in runs:
         attempts = run.attempts()
         status = "finished" if run.is_finished(stages[run.method]) else (
             f"failed (exit {attempts[-1].exit_code})" if attempts else "not run")
@@ -113,9 +115,9 @@ def write_report(result: StudyResult, spec: StudySpec, wall_s: float) -> Path:
     lines += ["", "Peak memory: the largest resident set of a run's training process (and of "
               "the processes it waited for), per attempt.", "", "## Comparison", ""]
     table = study.comparison / OUTPUT_FILES[0]
-    if result.comparison is not None and table.is_file():
+    if comparison is not None and table.is_file():
         lines += [table.read_text().strip(), ""]
-        lines += [f"- {note}" for note in result.comparison.notes]
+        lines += [f"- {note}" for note in comparison.notes]
         lines += ["", f"Tables, paired statistics and figures: `{study.comparison.name}/`."]
     else:
         lines.append("No run has finished yet.")

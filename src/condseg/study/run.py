@@ -79,7 +79,7 @@ def run_study(
                 [r.run.path for r in finished], labels=[r.method for r in finished],
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
                 overwrite=True, console=console)
-        write_report(result, spec, time.time() - started)
+        write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
         console.print(f"wrote {study.report}", highlight=False)
     return result
 
