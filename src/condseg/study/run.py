@@ -22,13 +22,14 @@ from condseg.errors import StudyError
 from condseg.evaluation.compare import Comparison, compare
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
-from condseg.outputs import claim
+from condseg.outputs import claim, entries
 from condseg.study.launch import Outcome, launch
 from condseg.study.protocol import MethodProtocol, resolve
 from condseg.study.report import print_protocol, write_report
 from condseg.study.runs import StudyRun, plan_runs
 from condseg.study.spec import StudySpec, read_study
 from condseg.training.logs import RunLog
+from condseg.training.start import check_data
 
 
 @dataclass
@@ -62,18 +63,26 @@ def run_study(
         console.print(f"{len(runs)} run(s): {', '.join(r.label for r in runs)} (dry run: "
                       "nothing started)", highlight=False)
         return result
+    by_name = {p.name: p for p in protocols}
+    todo = [r for r in runs if not r.is_finished(by_name[r.method].config().stages_to_train())]
+    if todo:  # the dataset checked once, not by every run
+        check_data(data, todo[0].config(by_name[todo[0].method], data), console)
     with claim(study.path, keep=lambda _: True), RunLog(console) as log:
         log.attach(study.log)
         study.spec.write_text(spec.to_yaml())
         study.protocol.write_text(json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
+        console.print(f"{len(runs)} run(s): {len(runs) - len(todo)} finished, {len(todo)} to "
+                      "train", highlight=False)
+        for run in todo:
+            _write_start(run, by_name[run.method], data)
         started = time.time()
         try:
-            result.outcomes = launch(_to_train(runs, protocols, data, console), spec.launcher,
-                                     data, console)
+            result.outcomes = launch(todo, spec.launcher, data, console)
         except Interrupted as stop:
             stop.resume = f"condseg study --out {study.path}"
             raise
-        finished = _finished(runs, protocols)
+        finished = [r for r in runs if r not in todo or
+                    r.is_finished(by_name[r.method].config().stages_to_train())]
         if finished:
             result.comparison = compare(
                 [r.run.path for r in finished], labels=[r.method for r in finished],
@@ -94,7 +103,7 @@ def _check_data(spec: StudySpec) -> Path:
     if spec.data is None:
         raise StudyError("no dataset: pass --data DIR or set data: in the study file")
     root = spec.data.resolve()
-    require_prepared(root, ["train", "val"])
+    require_prepared(root, list(DatasetDir.fold_splits(0)) if spec.folds else ["train", "val"])
     if spec.folds:
         have = DatasetDir(root).fold_numbers()
         missing = [k for k in range(spec.folds) if k not in have]
@@ -109,7 +118,7 @@ def _check_data(spec: StudySpec) -> Path:
 def _previous(study: StudyDir, spec: StudySpec) -> dict[str, MethodProtocol]:
     """What the study folder's methods received, reused; another experiment is refused."""
     if not study.spec.is_file():
-        if study.path.is_dir() and any(study.path.iterdir()):
+        if study.path.is_dir() and entries(study.path):
             raise StudyError(f"{study.path} is not empty and holds no study ({study.spec.name}); "
                              "choose a new --out")
         return {}
@@ -120,11 +129,11 @@ def _previous(study: StudyDir, spec: StudySpec) -> dict[str, MethodProtocol]:
             f"{study.path} holds a study with other {', '.join(changed)}; continue it as it is "
             f"(`condseg study --out {study.path}`, which may add methods and seeds), or choose "
             "a new --out")
-    entries = {e.name: e for e in before.methods}
+    known = {e.name: e for e in before.methods}
     for entry in spec.methods:
-        if entry.name in entries and entries[entry.name] != entry:
+        if entry.name in known and known[entry.name] != entry:
             raise StudyError(
-                f"method {entry.name} of {study.path} was run as {entries[entry.name]!r}; give "
+                f"method {entry.name} of {study.path} was run as {known[entry.name]!r}; give "
                 "the new one another name ({name: NEW, method: ..., overrides: [...]})")
     saved = json.loads(study.protocol.read_text()) if study.protocol.is_file() else []
     return {p["name"]: MethodProtocol.from_json(p) for p in saved}
@@ -142,25 +151,8 @@ def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _to_train(
-    runs: list[StudyRun], protocols: list[MethodProtocol], data: Path, console: Console
-) -> list[StudyRun]:
-    """The runs not finished yet, each with its starting configuration written."""
-    by_name = {p.name: p for p in protocols}
-    todo = []
-    for run in runs:
-        config = run.config(by_name[run.method], data)
-        if run.is_finished(config.stages_to_train()):
-            continue
-        if not run.run.is_run():
-            run.job.path.mkdir(parents=True, exist_ok=True)
-            run.job.config.write_text(config.to_yaml())
-        todo.append(run)
-    done = len(runs) - len(todo)
-    console.print(f"{len(runs)} run(s): {done} finished, {len(todo)} to train", highlight=False)
-    return todo
-
-
-def _finished(runs: list[StudyRun], protocols: list[MethodProtocol]) -> list[StudyRun]:
-    stages = {p.name: p.config().stages_to_train() for p in protocols}
-    return [r for r in runs if r.is_finished(stages[r.method])]
+def _write_start(run: StudyRun, protocol: MethodProtocol, data: Path) -> None:
+    """The configuration a run not yet started starts from (its job folder's config.yaml)."""
+    if not run.run.is_run():
+        run.job.path.mkdir(parents=True, exist_ok=True)
+        run.job.config.write_text(run.config(protocol, data).to_yaml())
