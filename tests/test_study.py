@@ -300,3 +300,24 @@ def test_a_study_killed_with_sigkill_is_continued_to_its_comparison(tmp_path: Pa
     assert "`model.pretrained: true -> false (the study's protocol)`" in report
     received = json.loads((out / "protocol.json").read_text())
     assert [p["name"] for p in received] == ["condseg", "unet"]
+
+
+def test_the_epoch_lines_of_running_jobs_are_passed_on_once_and_whole(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from condseg.study.launch import EpochLines
+
+    console = Console(record=True, width=200)
+    run = plan_runs(_spec(tmp_path, methods=["unet"]), StudyDir(tmp_path / "S"))[0]
+    log = tmp_path / "job.log"
+    log.write_text("submitit INFO starting\ntrain epoch 1/4: train loss 0.5 (ETA 0:01:00)\n"
+                   "train epoch 2/4: tra")
+    lines = EpochLines(console)
+    lines.show(run, log)
+    with log.open("a") as f:
+        f.write("in loss 0.4\nnoise\n")
+    lines.show(run, log)
+    lines.show(run, tmp_path / "missing.log")
+    assert console.export_text().splitlines() == [
+        "unet/seed0: train epoch 1/4: train loss 0.5 (ETA 0:01:00)",
+        "unet/seed0: train epoch 2/4: train loss 0.4"]

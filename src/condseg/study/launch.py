@@ -10,6 +10,7 @@ the study says how to continue; when the study is killed outright, its local job
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from condseg.study.spec import Launcher
 DEFAULT_MEMORY_GB = 4.0
 _POLL_S = 1.0
 _STOP_WAIT_S = 120.0  # how long stopped jobs get to end cleanly
+_EPOCH = re.compile(r"^\S+ epoch \d+/\d+: ")  # training's line at the end of each epoch
 
 
 @dataclass
@@ -58,7 +60,7 @@ def launch(
     if launcher.name == "local":
         console.print(f"{len(runs)} run(s), at most {jobs} at once, {threads} CPU thread(s) "
                       "each", highlight=False)
-    pending, running, ended = deque(runs), {}, []
+    pending, running, ended, progress = deque(runs), {}, [], EpochLines(console)
     try:
         while pending or running:
             while pending and len(running) < jobs and _memory_allows(
@@ -69,6 +71,8 @@ def launch(
                 console.print(f"started {run.label} ({'continued' if run.run.is_run() else 'new'}"
                               f"; log {job.paths.stdout})", highlight=False)
             time.sleep(_POLL_S)
+            for job, (run, _) in running.items():
+                progress.show(run, job.paths.stdout)
             for job in [j for j in running if j.done()]:
                 run, since = running.pop(job)
                 ended.append(_ended(run, job, since, console))
@@ -76,6 +80,29 @@ def launch(
         _stop(list(running), launcher, console)
         raise
     return ended
+
+
+class EpochLines:
+    """The end-of-epoch lines of the running jobs' logs, passed on as they are written
+    (``condseg/seed0: stage1 epoch 2/4: train loss ...``), so that a long study shows it is
+    alive."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.read: dict[Path, int] = {}
+
+    def show(self, run: StudyRun, log: Path) -> None:
+        try:
+            with log.open("rb") as f:
+                f.seek(self.read.get(log, 0))
+                text = f.read()
+        except OSError:
+            return
+        whole = text[: text.rfind(b"\n") + 1]  # a line still being written waits
+        self.read[log] = self.read.get(log, 0) + len(whole)
+        for line in whole.decode(errors="replace").splitlines():
+            if _EPOCH.match(line):
+                self.console.print(f"{run.label}: {line}", highlight=False)
 
 
 def _memory_allows(
