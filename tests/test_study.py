@@ -108,6 +108,8 @@ def test_budget_rules() -> None:
     assert budget_overrides(Budget(), config) == []
     assert budget_overrides(Budget(epochs=7), config) == [
         "stages.stage1.max_epochs=7", "stages.stage2.max_epochs=7"]
+    assert protocol._shares(3, {"a": 1, "b": 1, "c": 1000}) == {"a": 1, "b": 1, "c": 1}
+    assert protocol._shares(10, {"a": 300, "b": 300}) == {"a": 5, "b": 5}
     with pytest.raises(StudyError, match="total_epochs=1 is fewer than the 2 stages"):
         budget_overrides(Budget(total_epochs=1), config)
     with pytest.raises(ValueError, match="not both"):
@@ -188,7 +190,7 @@ def test_slurm_jobs_ask_for_what_the_study_says(tmp_path: Path) -> None:
         job = executor.submit(RunJob(str(run.run.path), str(run.job.path), str(tmp_path)))
         sbatch = job.paths.submission_file.read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --cpus-per-task=6", "#SBATCH --mem=40GB", "#SBATCH --time=90",
+                 "#SBATCH --cpus-per-task=6", "#SBATCH --mem=40960MB", "#SBATCH --time=90",
                  "#SBATCH --account=lab", "#SBATCH --job-name=condseg-unet-seed0"):
         assert line in sbatch
     assert str(run.job.launcher) in sbatch  # logs under the study folder
@@ -228,9 +230,26 @@ def test_a_study_folder_is_continued_only_as_the_same_experiment(
     with pytest.raises(StudyError, match=r"method unet of .* was run as"):
         run_study(_spec(data, methods=[{"name": "unet", "overrides": ["seed=1"]}],
                         budget={"epochs": 2}), out.path, dry_run=True)
-    more = run_study(_spec(data, methods=["unet", "chnet"], seeds=[0, 1], budget={"epochs": 2}),
-                     out.path, dry_run=True)  # methods and seeds may be added
-    assert [r.label for r in more.runs][-1] == "chnet/seed1"
+    more = run_study(_spec(data, methods=["chnet"], seeds=[1], budget={"epochs": 2}),
+                     out.path, dry_run=True)  # methods and seeds are added to those it has
+    assert [r.label for r in more.runs] == ["unet/seed0", "unet/seed1", "chnet/seed0",
+                                            "chnet/seed1"]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"folds": 3}, r"has no fold \[0, 1, 2\] \(its folds: none\)"),
+    ({"protocol": {"size": 100}}, r"method unet: .*100"),
+    ({"launcher": {"name": "slurm"}}, "needs SLURM's sbatch"),
+])
+def test_a_study_that_cannot_run_is_refused_before_any_run(
+    tmp_path: Path, offline: list[RunConfig], monkeypatch: pytest.MonkeyPatch, changes: dict,
+    message: str
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    data = synthesize(tmp_path / "data", n_train=4, n_val=2, size=64)
+    with pytest.raises(StudyError, match=message):
+        run_study(_spec(data, methods=["unet"], **changes), tmp_path / "S", dry_run=True)
+    assert not (tmp_path / "S").exists()
 
 
 # --------------------------------------------------------------------------- a whole study
@@ -321,3 +340,29 @@ def test_the_epoch_lines_of_running_jobs_are_passed_on_once_and_whole(tmp_path: 
     assert console.export_text().splitlines() == [
         "unet/seed0: train epoch 1/4: train loss 0.5 (ETA 0:01:00)",
         "unet/seed0: train epoch 2/4: train loss 0.4"]
+
+
+def test_a_job_warned_of_its_time_limit_stops_its_training_records_it_and_is_requeued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SLURM requeue path without SLURM: checkpoint() while the training runs."""
+    from datetime import datetime, timezone
+
+    from submitit.helpers import DelayedSubmission
+
+    from condseg.study import job as job_module
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "77")
+    (tmp_path / "job").mkdir()
+    task = RunJob(str(tmp_path / "run"), str(tmp_path / "job"), str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(job_module, "_attempt", job_module._Attempt(
+        process, ["train", "--resume", "RUN"], datetime.now(timezone.utc), time.monotonic()))
+    again = task.checkpoint()
+    assert isinstance(again, DelayedSubmission) and again.function is task
+    assert process.returncode == -signal.SIGTERM
+    record = json.loads((tmp_path / "job" / "attempts.jsonl").read_text())
+    assert (record["exit_code"], record["job_id"], record["command"]) == (
+        -signal.SIGTERM, "77", "condseg train --resume RUN")
+    assert job_module._attempt is None  # recorded once

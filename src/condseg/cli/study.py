@@ -22,7 +22,8 @@ def study(
         help="Comma-separated seeds: one run per method and seed (default: one run, seed 0).")]
     = None,
     folds: Annotated[int | None, typer.Option(
-        min=1, help="Train on the dataset's folds 0..K-1 (DATA/folds/K/): one run per fold.")]
+        min=1, help="Train on the dataset's folds 0..K-1 (DATA/folds/<k>/train.txt, val.txt): "
+                    "one run per fold.")]
     = None,
     budget: Annotated[str | None, typer.Option(
         help="epochs=N (every trained stage), total_epochs=N (a method's stages share N as its "
@@ -63,7 +64,8 @@ def study(
         min=1, help="SLURM time limit per job in minutes (a job that reaches it is requeued "
                     "and continues from its last checkpoint).")] = None,
     dry_run: Annotated[bool, typer.Option(
-        help="Print what every method receives and the runs; start nothing.")] = False,
+        help="Resolve what every method receives (fetching the ImageNet weights the runs "
+             "would load), print it and the runs; train nothing.")] = False,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value config overrides for every method, e.g. data.num_workers=0.")] = None,
 ) -> None:
@@ -79,7 +81,7 @@ def study(
         if config is not None and preset is not None:
             raise OptionError("give --config FILE or --preset NAME, not both")
         source = config or preset or continue_source(out)
-        changes = _changes(
+        changes = _given(
             data=str(data.resolve()) if data is not None else None,
             methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
             seeds=int_list(seeds, "--seeds") if seeds else None, folds=folds,
@@ -88,7 +90,7 @@ def study(
                             pretrained=pretrained),
             launcher=_given(name=launcher, jobs=jobs, memory_gb=memory_gb, slurm=_given(
                 partition=partition, gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb,
-                timeout_min=time)))
+                timeout_min=time))) or {}
         if overrides:
             changes["overrides"] = list(overrides)
         spec = read_study(source, changes)
@@ -106,10 +108,6 @@ def _given(**values: Any) -> dict[str, Any] | None:
     """The options given (None and empty sections left out), or None when none was."""
     given = {k: v for k, v in values.items() if v is not None}
     return given or None
-
-
-def _changes(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _budget(text: str) -> dict[str, int]:

@@ -48,38 +48,68 @@ class Outcome:
         return self.attempt is not None and self.attempt.exit_code == 0
 
 
+@dataclass
+class _Running:
+    """A started job: its run, the GPUs it was given (local), where its log began."""
+
+    run: StudyRun
+    gpus: str | None
+    log_from: int
+
+
 def launch(
     runs: list[StudyRun], launcher: Launcher, data: Path, console: Console
 ) -> list[Outcome]:
     """Run the jobs of ``runs`` (in order) and return how each ended."""
     if not runs:
         return []
-    jobs = launcher.jobs if launcher.name == "local" else len(runs)
-    threads = max(1, usable_cores() // min(jobs, len(runs))) if launcher.name == "local" else None
-    watch = Watched.this_process() if launcher.name == "local" else None
-    if launcher.name == "local":
+    local = launcher.name == "local"
+    jobs = launcher.jobs if local else len(runs)
+    threads = max(1, usable_cores() // min(jobs, len(runs))) if local else None
+    watch = Watched.this_process() if local else None
+    groups = gpu_groups(min(jobs, len(runs))) if local else []
+    if local:
         console.print(f"{len(runs)} run(s), at most {jobs} at once, {threads} CPU thread(s) "
-                      "each", highlight=False)
-    pending, running, ended, progress = deque(runs), {}, [], EpochLines(console)
+                      f"each{f', GPUs {groups}' if groups else ''}", highlight=False)
+    pending, ended, progress = deque(runs), [], EpochLines(console)
+    running: dict[submitit.Job[int], _Running] = {}
     try:
         while pending or running:
             while pending and len(running) < jobs and _memory_allows(
-                    pending[0], runs, launcher, bool(running), console):
+                    pending[0], runs, launcher, [r.run for r in running.values()], console):
                 run = pending.popleft()
-                job = _submit(run, launcher, data, threads, watch)
-                running[job] = (run, time.time())
+                gpus = min(groups, key=lambda g: sum(r.gpus == g for r in running.values()),
+                           default=None)
+                job, log_from = _submit(run, launcher, data, threads, watch, gpus)
+                running[job] = _Running(run, gpus, log_from)
+                progress.read[job.paths.stdout] = log_from
                 console.print(f"started {run.label} ({'continued' if run.run.is_run() else 'new'}"
                               f"; log {job.paths.stdout})", highlight=False)
             time.sleep(_POLL_S)
-            for job, (run, _) in running.items():
-                progress.show(run, job.paths.stdout)
+            for job, started in running.items():
+                progress.show(started.run, job.paths.stdout)
             for job in [j for j in running if j.done()]:
-                run, since = running.pop(job)
-                ended.append(_ended(run, job, since, console))
+                ended.append(_ended(job, running.pop(job), console))
     except Interrupted:
         _stop(list(running), launcher, console)
         raise
     return ended
+
+
+def gpu_groups(jobs: int) -> list[str]:
+    """The GPUs of this machine (those ``CUDA_VISIBLE_DEVICES`` leaves) dealt to ``jobs``
+    groups (fewer when there are fewer GPUs), as ``CUDA_VISIBLE_DEVICES`` values; none on a
+    machine without CUDA."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in visible.split(",")][:count] if visible else [str(i) for i in
+                                                                           range(count)]
+    n = min(jobs, len(ids))
+    return [",".join(ids[k::n]) for k in range(n)]
 
 
 class EpochLines:
@@ -106,20 +136,27 @@ class EpochLines:
 
 
 def _memory_allows(
-    run: StudyRun, runs: list[StudyRun], launcher: Launcher, busy: bool, console: Console
+    run: StudyRun, runs: list[StudyRun], launcher: Launcher, running: list[StudyRun],
+    console: Console,
 ) -> bool:
-    """Whether ``run`` may start now: locally, when the memory it is expected to need is
-    available, or nothing else of the study runs (it then starts alone, with a warning)."""
+    """Whether ``run`` may start now: locally, when the memory available, less what the
+    running runs are expected to need (a run just started has not taken its memory yet), covers
+    what it is expected to need — or when nothing else of the study runs (it then starts
+    alone, with a warning)."""
     if launcher.name != "local":
         return True
-    needed = launcher.memory_gb or expected_memory_gb(run, runs)
+    expected = {r.label: launcher.memory_gb or expected_memory_gb(r, runs) for r in [run, *running]}
     free = available_memory_gb()
-    if free is None or free >= needed:
+    if free is None:
         return True
-    if busy:
+    left = free - sum(expected[r.label] for r in running)
+    if left >= expected[run.label]:
+        return True
+    if running:
         return False
-    console.print(f"[yellow]warning:[/] {run.label} is expected to need {needed:.1f} GB and "
-                  f"{free:.1f} GB are available; starting it alone", highlight=False)
+    console.print(f"[yellow]warning:[/] {run.label} is expected to need "
+                  f"{expected[run.label]:.1f} GB and {free:.1f} GB are available; starting it "
+                  "alone", highlight=False)
     return True
 
 
@@ -127,7 +164,7 @@ def expected_memory_gb(run: StudyRun, runs: list[StudyRun]) -> float:
     """The largest peak measured in this study for the run's method, else for any method,
     else :data:`DEFAULT_MEMORY_GB`."""
     for group in ([r for r in runs if r.method == run.method], runs):
-        peaks = [a.peak_rss_mb for r in group for a in r.attempts() if a.exit_code == 0]
+        peaks = [a.peak_rss_mb for r in group for a in r.attempts()]
         if peaks:
             return max(peaks) / 1024
     return DEFAULT_MEMORY_GB
@@ -145,13 +182,19 @@ def available_memory_gb() -> float | None:
 
 
 def _submit(
-    run: StudyRun, launcher: Launcher, data: Path, threads: int | None, watch: Watched | None
-) -> submitit.Job[int]:
-    """Submit the run's job; the job's processes ignore Ctrl-C (the training takes it)."""
+    run: StudyRun, launcher: Launcher, data: Path, threads: int | None, watch: Watched | None,
+    gpus: str | None,
+) -> tuple[submitit.Job[int], int]:
+    """Submit the run's job (its processes ignore Ctrl-C: the training takes it); returns it
+    and the size its log had (a log is appended to when a process id comes again)."""
     executor = make_executor(launcher, run)
-    task = RunJob(str(run.run.path), str(run.job.path), str(data), threads, watch)
+    task = RunJob(str(run.run.path), str(run.job.path), str(data), threads, watch, gpus)
     with _sigint_ignored():
-        return executor.submit(task)
+        job = executor.submit(task)
+    try:
+        return job, job.paths.stdout.stat().st_size
+    except OSError:
+        return job, 0
 
 
 def make_executor(launcher: Launcher, run: StudyRun) -> submitit.Executor:
@@ -168,7 +211,7 @@ def make_executor(launcher: Launcher, run: StudyRun) -> submitit.Executor:
         job_name=name, time=slurm.timeout_min, gpus_per_node=slurm.gpus_per_node,
         cpus_per_task=slurm.cpus_per_task, ntasks_per_node=1,
         **({"partition": slurm.partition} if slurm.partition else {}),
-        **({"mem": f"{slurm.mem_gb:g}GB"} if slurm.mem_gb else {}),
+        **({"mem": f"{round(slurm.mem_gb * 1024)}MB"} if slurm.mem_gb else {}),
         **({"additional_parameters": dict(slurm.additional)} if slurm.additional else {}),
     )
     return executor
@@ -183,25 +226,29 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _ended(run: StudyRun, job: submitit.Job[int], since: float, console: Console) -> Outcome:
-    attempt = next((a for a in reversed(run.attempts()) if a.started_at >= since - 1), None)
-    outcome = Outcome(run, attempt, job.paths.stdout)
+def _ended(job: submitit.Job[int], started: _Running, console: Console) -> Outcome:
+    run, log = started.run, job.paths.stdout
+    attempt = next((a for a in reversed(run.attempts()) if a.job_id == str(job.job_id)), None)
+    outcome = Outcome(run, attempt, log)
     if outcome.ok:
         console.print(f"finished {run.label} in {attempt.wall_s:.0f} s, peak "
                       f"{attempt.peak_rss_mb / 1024:.2f} GB", highlight=False)
     else:
         why = (f"exit status {attempt.exit_code}" if attempt is not None
                else "ended without a record (killed)")
-        error = last_error(job.paths.stdout)
+        error = last_error(log, started.log_from)
         console.print(f"[red]failed[/] {run.label}: {why}{f': {error}' if error else ''} "
-                      f"(log {job.paths.stdout})", highlight=False)
+                      f"(log {log})", highlight=False)
     return outcome
 
 
-def last_error(log: Path) -> str | None:
-    """The last ``error:`` line of a job's log (the one line condseg prints for a failure)."""
+def last_error(log: Path, start: int = 0) -> str | None:
+    """The last ``error:`` (or traceback, or interruption) line of a job's log from byte
+    ``start`` on: the one line condseg prints for a failure."""
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        with log.open("rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
     found = [line for line in lines if line.startswith(("error:", "Traceback", "interrupted:"))]

@@ -16,7 +16,7 @@ from typing import Any
 from condseg.config import RunConfig
 from condseg.errors import CondsegError, StudyError, WeightsUnavailableError, first_line
 from condseg.study.spec import Budget, MethodEntry, StudySpec
-from condseg.training.plan import fetch_weights
+from condseg.training.plan import check_stages, fetch_weights
 from condseg.training.request import run_config
 
 PROTOCOL, BUDGET, STUDY, OWN = ("the study's protocol", "the study's budget",
@@ -48,7 +48,7 @@ class MethodProtocol:
     changes: list[Change] = field(default_factory=list)
 
     def config(self) -> RunConfig:
-        return run_config(None, self.overrides, method=self.method)
+        return _load(self.method, self.overrides)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +74,12 @@ def resolve(spec: StudySpec, entry: MethodEntry) -> MethodProtocol:
         raise StudyError(f"method {entry.name}: {first_line(error)}") from error
     groups += fallbacks
     overrides += [o for _, items in fallbacks for o in items]
-    return MethodProtocol(entry.name, method, overrides, _changes(method, groups))
+    received = MethodProtocol(entry.name, method, overrides, _changes(method, groups))
+    try:  # a size or option a network cannot take fails here, not in every run
+        check_stages(received.config())
+    except CondsegError as error:
+        raise StudyError(f"method {entry.name}: {first_line(error)}") from error
+    return received
 
 
 def protocol_overrides(spec: StudySpec) -> list[str]:
@@ -113,8 +118,10 @@ def _shares(total: int, weights: dict[str, int]) -> dict[str, int]:
     exact = {name: total * w / whole for name, w in weights.items()}
     shares = {name: max(1, int(value)) for name, value in exact.items()}
     by_remainder = sorted(exact, key=lambda n: exact[n] - int(exact[n]), reverse=True)
-    for name in by_remainder[: total - sum(shares.values())]:
+    for name in by_remainder[: max(0, total - sum(shares.values()))]:
         shares[name] += 1
+    while sum(shares.values()) > total:  # the minimum of one took epochs from the budget
+        shares[max(shares, key=shares.__getitem__)] -= 1
     return shares
 
 
@@ -139,6 +146,7 @@ def _weight_fallbacks(
 
 
 def _load(method: str, overrides: list[str]) -> RunConfig:
+    """``condseg train --method METHOD`` with ``overrides``."""
     return run_config(None, overrides, method=method)
 
 

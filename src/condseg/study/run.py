@@ -11,6 +11,7 @@ joins the study, and kept in ``protocol.json``: a continued run never silently c
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,11 @@ def run_study(
     what every method receives and which runs there are."""
     console = console or Console(soft_wrap=True)
     study = StudyDir(Path(out))
-    data = _check_data(spec)
-    spec = spec.model_copy(update={"data": data})
-    previous = _previous(study, spec)
+    data = _dataset_root(spec)
+    spec, previous = _continued(study, spec.model_copy(update={"data": data}))
+    if spec.launcher.name == "slurm" and shutil.which("sbatch") is None:
+        raise StudyError("--launcher slurm needs SLURM's sbatch, which is not on this machine's "
+                         "PATH; run the study on a node of the cluster, or use --launcher local")
     protocols = [previous.get(entry.name) or resolve(spec, entry) for entry in spec.methods]
     runs = plan_runs(spec, study)
     print_protocol(spec, protocols, console)
@@ -99,11 +102,12 @@ def continue_source(out: Path | None) -> Path | None:
     return spec if spec is not None and spec.is_file() else None
 
 
-def _check_data(spec: StudySpec) -> Path:
+def _dataset_root(spec: StudySpec) -> Path:
+    """The study's prepared dataset, with the folds it asks for."""
     if spec.data is None:
         raise StudyError("no dataset: pass --data DIR or set data: in the study file")
     root = spec.data.resolve()
-    require_prepared(root, list(DatasetDir.fold_splits(0)) if spec.folds else ["train", "val"])
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
     if spec.folds:
         have = DatasetDir(root).fold_numbers()
         missing = [k for k in range(spec.folds) if k not in have]
@@ -112,18 +116,25 @@ def _check_data(spec: StudySpec) -> Path:
                 f"--folds {spec.folds}: {root} has no fold {missing} (its folds: "
                 f"{have or 'none'}); prepare them with `condseg data prepare folder IMAGES "
                 f"MASKS OUT --folds {spec.folds}`")
+    require_prepared(root, list(DatasetDir.fold_splits(0)) if spec.folds else ["train", "val"])
     return root
 
 
-def _previous(study: StudyDir, spec: StudySpec) -> dict[str, MethodProtocol]:
-    """What the study folder's methods received, reused; another experiment is refused."""
+def _continued(
+    study: StudyDir, spec: StudySpec
+) -> tuple[StudySpec, dict[str, MethodProtocol]]:
+    """The study to run in ``study``: ``spec`` itself in a new folder; in a study folder, its
+    methods and seeds with those of ``spec`` added, and what its methods received (reused).
+    Another experiment is refused."""
     if not study.spec.is_file():
         if study.path.is_dir() and entries(study.path):
             raise StudyError(f"{study.path} is not empty and holds no study ({study.spec.name}); "
                              "choose a new --out")
-        return {}
+        return spec, {}
     before = read_study(study.spec, {})
     changed = _changed(before.experiment(), spec.experiment())
+    if spec.folds and (before.seeds is None) != (spec.seeds is None):
+        changed.append("seeds (a k-fold study's runs are named by fold alone without them)")
     if changed:
         raise StudyError(
             f"{study.path} holds a study with other {', '.join(changed)}; continue it as it is "
@@ -135,8 +146,12 @@ def _previous(study: StudyDir, spec: StudySpec) -> dict[str, MethodProtocol]:
             raise StudyError(
                 f"method {entry.name} of {study.path} was run as {known[entry.name]!r}; give "
                 "the new one another name ({name: NEW, method: ..., overrides: [...]})")
+    methods = [*before.methods, *(e for e in spec.methods if e.name not in known)]
+    seeds = None if before.seeds is None and spec.seeds is None else list(dict.fromkeys(
+        [*before.seed_list, *spec.seed_list]))
+    merged = spec.model_copy(update={"methods": methods, "seeds": seeds})
     saved = json.loads(study.protocol.read_text()) if study.protocol.is_file() else []
-    return {p["name"]: MethodProtocol.from_json(p) for p in saved}
+    return merged, {p["name"]: MethodProtocol.from_json(p) for p in saved}
 
 
 def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from condseg.config import RunConfig
@@ -24,10 +23,7 @@ class Attempt:
     exit_code: int
     host: str
     command: str
-
-    @property
-    def started_at(self) -> float:
-        return datetime.fromisoformat(self.started).timestamp()
+    job_id: str = ""  # the launcher's id of the job that made the attempt
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class StudyRun:
             lines = self.job.attempts.read_text().splitlines()
         except OSError:
             return []
-        return [Attempt(**json.loads(line)) for line in lines if line.strip()]
+        return [attempt for line in lines if (attempt := _attempt(line)) is not None]
 
     def config(self, protocol: MethodProtocol, data: Path) -> RunConfig:
         """The method's configuration for this run: its seed, its fold's splits, the data."""
@@ -66,6 +62,15 @@ class StudyRun:
             update["train_split"], update["val_split"] = DatasetDir.fold_splits(self.fold)
         return config.model_copy(update={"seed": self.seed,
                                          "data": config.data.model_copy(update=update)})
+
+
+def _attempt(line: str) -> Attempt | None:
+    """One line of ``attempts.jsonl``; a line a killed job left half-written is None."""
+    try:
+        record = json.loads(line)
+        return Attempt(**{k: v for k, v in record.items() if k in Attempt.__dataclass_fields__})
+    except (ValueError, TypeError):
+        return None
 
 
 def plan_runs(spec: StudySpec, study: StudyDir) -> list[StudyRun]:

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    field_validator,
+    model_validator,
+)
 
 from condseg.config import read_yaml, validated
 from condseg.errors import ConfigError, StudyError
@@ -129,7 +136,7 @@ class StudySpec(_Strict):
     description: str = ""
     data: Path | None = None  # a prepared dataset (relative to the study file)
     methods: list[MethodEntry] = Field(min_length=1)  # the first is the statistics' reference
-    seeds: list[int] | None = Field(None, min_length=1)  # None: one run, seed 0
+    seeds: list[NonNegativeInt] | None = Field(None, min_length=1)  # None: one run, seed 0
     folds: int | None = Field(None, gt=0)  # the dataset's folds 0..K-1
     protocol: Protocol = Field(default_factory=Protocol)
     budget: Budget = Field(default_factory=Budget)

@@ -202,3 +202,10 @@ def fetch_weights(config: RunConfig) -> None:
         if config.model.pretrained and not plan.init:
             create_model(plan.model, pretrained=True, weights=config.model.weights,
                          **plan.options)
+
+
+def check_stages(config: RunConfig) -> None:
+    """Refuse, as a run's start would, a trained stage that cannot work (a network that
+    cannot be built, an input size it cannot take, a loss without its views)."""
+    for plan in plan_stages(config, config.stages_to_train()).values():
+        stage_parts(plan, config)
