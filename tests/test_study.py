@@ -110,7 +110,7 @@ def test_budget_rules() -> None:
         "stages.stage1.max_epochs=7", "stages.stage2.max_epochs=7"]
     assert protocol._shares(3, {"a": 1, "b": 1, "c": 1000}) == {"a": 1, "b": 1, "c": 1}
     assert protocol._shares(10, {"a": 300, "b": 300}) == {"a": 5, "b": 5}
-    with pytest.raises(StudyError, match="total_epochs=1 is fewer than the 2 stages"):
+    with pytest.raises(StudyError, match=r"total_epochs \(1\) is fewer than the 2 stages"):
         budget_overrides(Budget(total_epochs=1), config)
     with pytest.raises(ValueError, match="not both"):
         Budget(epochs=1, total_epochs=2)

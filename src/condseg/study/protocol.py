@@ -112,7 +112,7 @@ def budget_overrides(budget: Budget, config: RunConfig) -> list[str]:
 
 def _shares(total: int, weights: dict[str, int]) -> dict[str, int]:
     if total < len(weights):
-        raise StudyError(f"budget.total_epochs={total} is fewer than the {len(weights)} stages "
+        raise StudyError(f"budget.total_epochs ({total}) is fewer than the {len(weights)} stages "
                          f"({', '.join(weights)}) that train; give at least {len(weights)}")
     whole = sum(weights.values())
     exact = {name: total * w / whole for name, w in weights.items()}
