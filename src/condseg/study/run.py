@@ -21,6 +21,7 @@ from rich.console import Console
 from condseg.data.check import require_prepared
 from condseg.errors import StudyError
 from condseg.evaluation.compare import Comparison, compare
+from condseg.files import atomic_file
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
@@ -72,8 +73,8 @@ def run_study(
         check_data(data, todo[0].config(by_name[todo[0].method], data), console)
     with claim(study.path, keep=lambda _: True), RunLog(console) as log:
         log.attach(study.log)
-        study.spec.write_text(spec.to_yaml())
-        study.protocol.write_text(json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
+        _write(study.spec, spec.to_yaml())  # whole or not at all: a continuation reads them
+        _write(study.protocol, json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
         console.print(f"{len(runs)} run(s): {len(runs) - len(todo)} finished, {len(todo)} to "
                       "train", highlight=False)
         for run in todo:
@@ -164,6 +165,11 @@ def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
         elif a != b:
             found.append(f"{prefix}{key}")
     return found
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _write_start(run: StudyRun, protocol: MethodProtocol, data: Path) -> None:
