@@ -41,7 +41,6 @@ class Outcome:
 
     run: StudyRun
     attempt: Attempt | None  # None: the job ended without recording one (killed)
-    log: Path | None
 
     @property
     def ok(self) -> bool:
@@ -229,7 +228,7 @@ def _sigint_ignored() -> Iterator[None]:
 def _ended(job: submitit.Job[int], started: _Running, console: Console) -> Outcome:
     run, log = started.run, job.paths.stdout
     attempt = next((a for a in reversed(run.attempts()) if a.job_id == str(job.job_id)), None)
-    outcome = Outcome(run, attempt, log)
+    outcome = Outcome(run, attempt)
     if outcome.ok:
         console.print(f"finished {run.label} in {attempt.wall_s:.0f} s, peak "
                       f"{attempt.peak_rss_mb / 1024:.2f} GB", highlight=False)
