@@ -14,6 +14,25 @@ KVASIR = SHARED / "data" / "kvasir-seg"
 torch.set_num_threads(max(torch.get_num_threads(), 1))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-bf16", choices=("machine", "native", "emulated"), default="machine",
+        help="what condseg takes this CPU's bf16 to be (in the test process): native as on a CPU "
+             "with AVX512-BF16 or AMX, emulated as on one without, so that `precision: auto` and "
+             "the inference default resolve as they would there; machine: as this CPU is")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the suite as on the other kind of CPU: an expectation that depends on what `auto`
+    resolves to then fails on any machine, not only on the kind it was not made on."""
+    choice = request.config.getoption("--cpu-bf16")
+    if choice != "machine":
+        native = choice == "native"
+        for where in ("condseg.inference.engine", "condseg.training.recipe"):
+            monkeypatch.setattr(f"{where}.cpu_supports_bf16", lambda: native)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "deterministic_weights.py").is_file():

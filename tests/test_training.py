@@ -33,7 +33,10 @@ def tiny_config(*overrides: str) -> RunConfig:
         "stages.stage2.limit_train_batches=2", "progress_bar=false",
         # The recipe's stage-2 flips, with which the seeded loss record was made.
         "stages.stage2.augmentation.p_flip=0.3", "log_every_n_steps=1",
-        "keep_best_checkpoint=true", *overrides,  # these tests read best.ckpt
+        "keep_best_checkpoint=true",  # these tests read best.ckpt
+        # The loss record was made in float32: `auto` would pick bf16-mixed on a CPU with
+        # native bf16, and the record would then hold only on the other kind of CPU.
+        "precision=32", *overrides,
     ])
 
 
