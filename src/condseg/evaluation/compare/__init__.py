@@ -30,10 +30,15 @@ from condseg.evaluation.compare.figures import (
     parse_images,
     write_figures,
 )
+from condseg.evaluation.compare.identity import (
+    identical_notes,
+    protocol_notes,
+    refuse_duplicates,
+    unrecorded_notes,
+)
 from condseg.evaluation.compare.inputs import (
     assign_columns,
     assign_labels,
-    protocol_notes,
     read_input,
     read_run,
     stage_names,
@@ -87,9 +92,11 @@ def compare(
     refuse_existing(planned, overwrite)
 
     entries = [read_input(Path(p)) for p in inputs]
+    refuse_duplicates(entries)
     assign_labels(entries, labels, pool)
-    columns = assign_columns(entries, pool)
-    notes = [*validation_notes(entries, columns), *protocol_notes(entries, columns)]
+    columns, notes = assign_columns(entries, pool)
+    notes += [*validation_notes(entries, columns), *protocol_notes(entries, columns),
+              *unrecorded_notes(entries, columns), *identical_notes(entries, columns)]
     if pool:
         entries = pool_entries(entries)
         notes += pool_notes(entries)
