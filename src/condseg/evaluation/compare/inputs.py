@@ -189,12 +189,14 @@ def assign_columns(entries: Sequence[Entry], pool: bool = False) -> tuple[list[s
         evaluation.column = column_name(evaluation.protocol, with_resolution, pool)
     notes = []
     for column, tails in roots_to_tell_apart(evaluations).items():
-        for evaluation in (e for e in evaluations if e.column == column):
+        shown: dict[str, None] = {}  # the new columns, in order, once
+        for evaluation in [e for e in evaluations if e.column == column]:
+            root = root_of(evaluation)
             evaluation.column = column_name(evaluation.protocol, with_resolution, pool,
-                                            tails[root_of(evaluation)])
-        shown = ", ".join(f"{name} ({root})" for root, name in tails.items())
+                                            tails[root])
+            shown[f"{evaluation.column} ({root})"] = None
         notes.append(f"{column} names different datasets, shown apart and never paired or "
-                     f"pooled with each other: {shown}")
+                     f"pooled with each other: {', '.join(shown)}")
     columns: list[str] = []
     for entry in entries:
         seen: dict[str, Path] = {}
