@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from condseg.cli import app
@@ -40,31 +41,38 @@ def notes_of(result: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def twin_datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A model file and two different datasets, both folders named ``data`` with the same
-    image names (``a/data`` and ``b/data``: other seeds, so other masks)."""
+def twin_datasets(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[list[Path], Path, Path]:
+    """Two model files (seeds 0 and 1) and two different datasets, both folders named ``data``
+    with the same image names (``a/data`` and ``b/data``: other seeds, so other masks)."""
     import condseg
     from condseg.data.synthetic import synthesize
 
     root = tmp_path_factory.mktemp("twins")
-    model = condseg.create_model("condseg-net0", encoder="resnet18")
-    path = condseg.save_model(root / "net0.safetensors", model, mean=[0.485, 0.456, 0.406],
-                              std=[0.229, 0.224, 0.225], input_size=64)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = condseg.create_model("condseg-net0", encoder="resnet18")
+        paths.append(condseg.save_model(root / f"net0-seed{seed}.safetensors", model,
+                                        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                                        input_size=64))
     a = synthesize(root / "a" / "data", n_train=1, n_val=4, size=64, seed=0)
     b = synthesize(root / "b" / "data", n_train=1, n_val=4, size=64, seed=1)
     assert (a / "val.txt").read_text() == (b / "val.txt").read_text()
-    return path, a, b
+    return paths, a, b
 
 
 def test_an_evaluation_records_its_data_and_model_and_two_datasets_of_one_name_stay_apart(
-    twin_datasets: tuple[Path, Path, Path], tmp_path: Path
+    twin_datasets: tuple[list[Path], Path, Path], tmp_path: Path
 ) -> None:
     """Two datasets called ``data`` with the same image names used to be one column, paired
     image by image; now each is its own column, named by as much of its root as tells them
-    apart, and nothing is paired across them."""
+    apart, and nothing is paired across them. Two seeds on one dataset (what a study
+    compares) are still one column, paired and pooled."""
     import condseg
 
-    model_file, a, b = twin_datasets
+    (model_file, seed1), a, b = twin_datasets
     model = condseg.load_model(model_file)
     folders = []
     for data in (a, b):
@@ -85,6 +93,12 @@ def test_an_evaluation_records_its_data_and_model_and_two_datasets_of_one_name_s
     pooled = compare(folders, labels=["net0", "net0"], pool=True)
     assert pooled.columns == ["a/data/val", "b/data/val"]
     assert [len(e.pooled) for e in pooled.entries[0].evaluations] == [1, 1]  # one run a cell
+
+    other_seed = tmp_path / "seed1"
+    evaluate(condseg.load_model(seed1), a, split="val", out_dir=other_seed, workers=0, size=64)
+    seeds = compare([folders[0], other_seed], labels=["seed 0", "seed 1"])
+    assert seeds.columns == ["data/val"] and len(seeds.stats) == 1
+    assert compare([folders[0], other_seed], labels=["m", "m"], pool=True).entries[0].n_runs == 2
 
 
 def test_the_dataset_digest_follows_the_names_and_the_mask_bytes(tmp_path: Path) -> None:

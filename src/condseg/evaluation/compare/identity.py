@@ -80,9 +80,9 @@ def refuse_duplicates(entries: Sequence[Entry]) -> None:
             if first is not entry:
                 raise CompareError(f"{first.source} and {entry.source} both give the evaluation "
                                    f"{real}; give each run or evaluation once")
-    evaluations = [e for entry in entries for e in entry.evaluations]
-    for a, b in combinations(evaluations, 2):
-        if _measurement(a) == _measurement(b) and _same_model(a, b):
+    measured = [(e, _measurement(e)) for entry in entries for e in entry.evaluations]
+    for (a, key_a), (b, key_b) in combinations(measured, 2):
+        if key_a == key_b and _same_model(a, b):
             raise CompareError(
                 f"{a.path} and {b.path} evaluate the same model on the same data under the same "
                 "protocol (a run and its copy?), so they would count as two runs; give one of them")
