@@ -9,9 +9,10 @@ first row is the reference: every later row evaluated on the same images gets a 
 Wilcoxon test and a bootstrap interval of its per-image Dice gain.
 
 The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`.result`),
-pools runs when asked (:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and
-shows it as tables (:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of
-it in that order.
+keeps apart what is not comparable and refuses what would count twice (:mod:`.identity`: by
+the dataset, protocol and model each evaluation recorded), pools runs when asked
+(:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and shows it as tables
+(:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of it in that order.
 """
 
 from __future__ import annotations
