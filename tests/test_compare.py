@@ -477,9 +477,10 @@ def test_figure_prepares_each_model_once_and_shows_what_predict_writes(
 
     model_file, data = model_and_data
     names = (data / "val.txt").read_text().split()
-    inputs = [write_evaluation(tmp_path / label, [0.5] * 4, names=names, data_root=str(data),
+    # one model file, scored differently: identical scores would be one evaluation twice
+    inputs = [write_evaluation(tmp_path / label, [dice] * 4, names=names, data_root=str(data),
                                split="val", model=label, model_file=str(model_file))
-              for label in ("first", "second")]
+              for label, dice in (("first", 0.5), ("second", 0.6))]
     prepared, drawn = [], {}
     original_prepare, original_grid = inference.prepare, viz.prediction_grid
 

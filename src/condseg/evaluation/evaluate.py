@@ -11,6 +11,7 @@ engine (the fast path by default) while DataLoader workers load the next batches
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ def evaluate(
     protocol = {
         "data_root": str(data_root),
         "split": split,
+        "dataset": dataset_identity(data_root, dataset.names, [m for _, m in dataset.pairs]),
         "resolution": resolution,
         "input_size": list(size),
         "threshold": threshold,
@@ -175,11 +177,37 @@ def evaluate(
         "model": model.name,
         "method": ((model.meta or {}).get("config") or {}).get("method"),
         "model_file": (model.meta or {}).get("path"),
+        "model_digest": _file_digest((model.meta or {}).get("path")),
     }
     result = EvaluationResult(rows=rows, summary=summarize(rows), protocol=protocol)
     if out_dir is not None:
         write_results(result, out_dir, overwrite=True)
     return result
+
+
+def dataset_identity(
+    data_root: str | Path, names: list[str], masks: list[Path]
+) -> dict[str, str]:
+    """What ``compare`` pairs and pools evaluations by, since folder and image names do not
+    identify a dataset: the data root resolved, a digest of the sorted image names and one of
+    the mask files' bytes in that order (cheap beside the evaluation that reads them)."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    listed = "\n".join(names[i] for i in order).encode("utf-8", "surrogateescape")
+    masks_digest = hashlib.sha256()
+    for i in order:
+        content = Path(masks[i]).read_bytes()
+        masks_digest.update(len(content).to_bytes(8, "little") + content)
+    return {"root": str(Path(data_root).resolve()),
+            "names": hashlib.sha256(listed).hexdigest(), "masks": masks_digest.hexdigest()}
+
+
+def _file_digest(path: str | None) -> str | None:
+    """The model file's sha256: a copy of a run evaluates the same weights under another
+    path, and a file retrained in place other weights under the same one."""
+    if path is None or not Path(path).is_file():
+        return None
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) -> None:

@@ -9,9 +9,10 @@ first row is the reference: every later row evaluated on the same images gets a 
 Wilcoxon test and a bootstrap interval of its per-image Dice gain.
 
 The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`.result`),
-pools runs when asked (:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and
-shows it as tables (:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of
-it in that order.
+keeps apart what is not comparable and refuses what would count twice (:mod:`.identity`: by
+the dataset, protocol and model each evaluation recorded), pools runs when asked
+(:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and shows it as tables
+(:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of it in that order.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from condseg.evaluation.compare.figures import (
     parse_images,
     write_figures,
 )
+from condseg.evaluation.compare.identity import (
+    identical_notes,
+    protocol_notes,
+    refuse_duplicates,
+    unrecorded_notes,
+)
 from condseg.evaluation.compare.inputs import (
     assign_columns,
     assign_labels,
-    protocol_notes,
     read_input,
     read_run,
     stage_names,
@@ -87,9 +93,11 @@ def compare(
     refuse_existing(planned, overwrite)
 
     entries = [read_input(Path(p)) for p in inputs]
+    refuse_duplicates(entries)
     assign_labels(entries, labels, pool)
-    columns = assign_columns(entries, pool)
-    notes = [*validation_notes(entries, columns), *protocol_notes(entries, columns)]
+    columns, notes = assign_columns(entries, pool)
+    notes += [*validation_notes(entries, columns), *protocol_notes(entries, columns),
+              *unrecorded_notes(entries, columns), *identical_notes(entries, columns)]
     if pool:
         entries = pool_entries(entries)
         notes += pool_notes(entries)

@@ -1,6 +1,6 @@
 """Reading the inputs of a comparison: run folders and evaluation folders (their paths are
 :mod:`condseg.layout`'s), each input's label and each evaluation's dataset column, and the notes
-about what the inputs hold (validation splits, differing protocols)."""
+about what the inputs hold (validation splits, datasets of one name told apart)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from condseg.config import ConfigError, read_yaml
 from condseg.errors import CompareError, InputNotFoundError
+from condseg.evaluation.compare.identity import root_of, roots_to_tell_apart
 from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
 from condseg.layout import DatasetDir, EvalDir, RunDir, StageDir
 
@@ -176,17 +177,30 @@ def assign_labels(
         entry.label = label
 
 
-def assign_columns(entries: Sequence[Entry], pool: bool = False) -> list[str]:
+def assign_columns(entries: Sequence[Entry], pool: bool = False) -> tuple[list[str], list[str]]:
     """Name each evaluation's dataset column (data root name / split, plus the resolution
-    protocol when the inputs differ in it) and return the columns in order of appearance.
-    With ``pool``, the splits ``folds/<k>/val`` of every fold are one column ``folds/*/val``."""
+    protocol when the inputs differ in it) and return the columns in order of appearance, and
+    notes. With ``pool``, the splits ``folds/<k>/val`` of every fold are one column
+    ``folds/*/val``. Different datasets of one name get a column per data root
+    (:func:`.identity.roots_to_tell_apart`)."""
     evaluations = [e for entry in entries for e in entry.evaluations]
-    resolutions = {e.protocol.get("resolution") for e in evaluations}
+    with_resolution = len({e.protocol.get("resolution") for e in evaluations}) > 1
+    for evaluation in evaluations:
+        evaluation.column = column_name(evaluation.protocol, with_resolution, pool)
+    notes = []
+    for column, tails in roots_to_tell_apart(evaluations).items():
+        shown: dict[str, None] = {}  # the new columns, in order, once
+        for evaluation in [e for e in evaluations if e.column == column]:
+            root = root_of(evaluation)
+            evaluation.column = column_name(evaluation.protocol, with_resolution, pool,
+                                            tails[root])
+            shown[f"{evaluation.column} ({root})"] = None
+        notes.append(f"{column} names different datasets, shown apart and never paired or "
+                     f"pooled with each other: {', '.join(shown)}")
     columns: list[str] = []
     for entry in entries:
         seen: dict[str, Path] = {}
         for evaluation in entry.evaluations:
-            evaluation.column = column_name(evaluation.protocol, len(resolutions) > 1, pool)
             if evaluation.column in seen:
                 raise CompareError(
                     f"{entry.source} has two evaluations of {evaluation.column} "
@@ -196,15 +210,18 @@ def assign_columns(entries: Sequence[Entry], pool: bool = False) -> list[str]:
             seen[evaluation.column] = evaluation.path
             if evaluation.column not in columns:
                 columns.append(evaluation.column)
-    return columns
+    return columns, notes
 
 
 def column_name(
-    protocol: Mapping[str, Any], with_resolution: bool, every_fold: bool = False
+    protocol: Mapping[str, Any], with_resolution: bool, every_fold: bool = False,
+    root: str | None = None,
 ) -> str:
-    root = str(protocol.get("data_root") or "").rstrip("/\\")
+    """``<data root name>/<split>`` (``root``: the root as shown instead of its name)."""
+    recorded = str(protocol.get("data_root") or "").rstrip("/\\")
     split = str(protocol.get("split", "?"))
-    name = f"{Path(root).name or 'data'}/{DatasetDir.every_fold(split) if every_fold else split}"
+    shown = root or Path(recorded).name or "data"
+    name = f"{shown}/{DatasetDir.every_fold(split) if every_fold else split}"
     return f"{name} ({protocol.get('resolution', '?')})" if with_resolution else name
 
 
@@ -222,16 +239,3 @@ def _is_validation(evaluation: Evaluation, run: RunInfo | None) -> bool:
     split = str(evaluation.protocol.get("split", ""))
     data = (run.config.get("data") or {}) if run is not None else {}
     return split == data.get("val_split", "val") or split.rsplit("/", 1)[-1] == "val"
-
-
-def protocol_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
-    """Warn when evaluations in one column used different input sizes or thresholds."""
-    notes = []
-    for column in columns:
-        evaluations = [e for entry in entries if (e := entry.evaluation(column)) is not None]
-        for key in ("input_size", "threshold"):
-            values = {json.dumps(e.protocol.get(key)) for e in evaluations}
-            if len(values) > 1:
-                shown = ", ".join(sorted(values))
-                notes.append(f"{column}: the evaluations differ in {key} ({shown})")
-    return notes
