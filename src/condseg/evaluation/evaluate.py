@@ -206,8 +206,11 @@ def _file_digest(path: str | None) -> str | None:
     path, and a file retrained in place other weights under the same one."""
     if path is None or not Path(path).is_file():
         return None
-    with Path(path).open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:  # hashlib.file_digest is Python >= 3.11
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) -> None:
