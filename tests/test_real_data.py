@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from condseg.config import load_config
+from condseg.config import RunConfig, load_config
 from condseg.data.index import find_pair
 from condseg.data.reading import image_size
 from condseg.data.split_files import read_split
@@ -41,9 +41,9 @@ def _epoch_means(stage_dir: Path, column: str) -> list[float]:
         return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
 
 
-def test_kvasir_two_stages_evaluate_and_predict(kvasir_dir: Path, tmp_path: Path) -> None:
-    root = _subset(kvasir_dir, tmp_path / "kvasir")
-    config = load_config("default", [
+def real_data_config() -> RunConfig:
+    """Small and from scratch (no ImageNet weights offline), in the precision stated."""
+    return load_config("default", [
         "model.pretrained=false", "model.options.width=32", "model.options.encoder=resnet18",
         "data.size=128",
         "data.batch_size=8", "data.num_workers=0", "progress_bar=false", "log_every_n_steps=1",
@@ -52,7 +52,11 @@ def test_kvasir_two_stages_evaluate_and_predict(kvasir_dir: Path, tmp_path: Path
         "stages.stage1.optimizer.encoder_lr=1e-3", "stages.stage2.max_epochs=4",
         "stages.stage2.optimizer.lr=1e-3", "stages.stage2.optimizer.encoder_lr=1e-4",
     ])
-    result = train(config, root, tmp_path / "run")
+
+
+def test_kvasir_two_stages_evaluate_and_predict(kvasir_dir: Path, tmp_path: Path) -> None:
+    root = _subset(kvasir_dir, tmp_path / "kvasir")
+    result = train(real_data_config(), root, tmp_path / "run")
 
     stage1 = _epoch_means(tmp_path / "run" / "stage1", "train/loss_epoch")
     assert len(stage1) == 4

@@ -138,6 +138,20 @@ def test_precision_auto_is_bf16_mixed_only_where_the_hardware_runs_bf16(
     assert resolve_precision(load_config("demo", ["precision=32"])).precision == "32"
 
 
+@pytest.mark.parametrize("cpu_bf16", [True, False])
+def test_the_runs_whose_figures_are_recorded_state_their_precision(
+    monkeypatch: pytest.MonkeyPatch, cpu_bf16: bool
+) -> None:
+    """A record made in float32 holds on every CPU only if its run says float32: ``auto`` is
+    bf16-mixed on a CPU with AVX512-BF16 or AMX, 32 elsewhere. Checked for each kind of CPU,
+    for the seeded loss record and for the real-data run whose losses must decrease."""
+    from test_real_data import real_data_config
+
+    monkeypatch.setattr("condseg.training.recipe.cpu_supports_bf16", lambda: cpu_bf16)
+    for config in tiny_config(), real_data_config():
+        assert resolve_precision(config).precision == "32"
+
+
 def test_model_file_holds_the_best_checkpoint(two_stage: dict) -> None:
     result: TrainResult = two_stage["result"]
     ckpt = torch.load(result.run_dir / "stage1/checkpoints/best.ckpt", weights_only=True)
