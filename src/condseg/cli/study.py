@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -114,7 +115,7 @@ def _budget(text: str) -> dict[str, int]:
     from condseg.errors import OptionError
 
     key, sep, value = text.partition("=")
-    if not sep or key not in ("epochs", "total_epochs") or not value.isdigit():
+    if not sep or key not in ("epochs", "total_epochs") or not re.fullmatch("[0-9]+", value):
         raise OptionError(f"--budget takes epochs=N or total_epochs=N; got {text!r}")
     return {key: int(value)}
 

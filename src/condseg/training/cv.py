@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from condseg.config import RunConfig, load_config
+from condseg.config import RunConfig, load_config, validated
 from condseg.data.check import require_prepared
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
@@ -233,6 +233,8 @@ def _plan(
             "with `condseg data prepare folder IMAGES MASKS OUT --folds 5`, or give seeds "
             "(--seeds 0,1,2) for a multi-seed run on its train/val split")
     seed_list = list(dict.fromkeys(seeds)) if seeds else [config.seed]
+    for seed in seed_list:  # every run's seed checked now, not when its turn comes
+        validated(RunConfig, {**config.model_dump(mode="json"), "seed": seed}, f"seed {seed}")
 
     def name(fold: int | None, seed: int) -> str:
         parts = [f"fold{fold}"] if fold is not None else []

@@ -37,6 +37,7 @@ from condseg.training.resources import check_resources, check_shares
 from condseg.training.results import StageResult, TrainResult
 from condseg.training.stage import run_stage
 from condseg.training.start import (
+    check_batches,
     check_data,
     held,
     is_main_process,
@@ -82,7 +83,9 @@ def _train(
     run = RunDir(Path(out_dir))
     with held(run, stage):
         if is_main_process():
-            check_shares(config, processes, check_data(config.data.root, config, console))
+            sizes = check_data(config.data.root, config, console)
+            check_shares(config, processes, sizes)
+            check_batches(config, plans.values(), processes, sizes)
             if resume:  # a refused resume is logged in the run it concerns
                 log.attach(run.log)
             prepare_run_dir(run, config, resume)
