@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,7 +114,7 @@ def _budget(text: str) -> dict[str, int]:
     from condseg.errors import OptionError
 
     key, sep, value = text.partition("=")
-    if not sep or key not in ("epochs", "total_epochs") or not re.fullmatch("[0-9]+", value):
+    if not sep or key not in ("epochs", "total_epochs") or not value.isdecimal():
         raise OptionError(f"--budget takes epochs=N or total_epochs=N; got {text!r}")
     return {key: int(value)}
 

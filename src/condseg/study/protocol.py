@@ -189,6 +189,10 @@ def read_protocols(path: Path, spec: StudySpec) -> dict[str, MethodProtocol]:
                          f"{redo}") from None
     methods = {entry.name: entry.method_name for entry in spec.methods}
     for received in saved:
+        edited = StudyError(f"{path} was edited: what it records for method {received.name} "
+                            f"is not what its overrides give; {redo}")
+        if methods.get(received.name, received.method) != received.method:
+            raise edited
         try:
             found = _changes(received.method, [("", received.overrides)])
         except CondsegError as error:
@@ -196,10 +200,8 @@ def read_protocols(path: Path, spec: StudySpec) -> dict[str, MethodProtocol]:
                              f"{redo}") from None
         recorded = [(c.key, c.recipe, c.value) for c in received.changes
                     if not _same(c.recipe, c.value)]  # as an earlier condseg recorded them
-        if methods.get(received.name, received.method) != received.method or recorded != [
-                (c.key, c.recipe, c.value) for c in found]:
-            raise StudyError(f"{path} was edited: what it records for method {received.name} "
-                             f"is not what its overrides give; {redo}")
+        if recorded != [(c.key, c.recipe, c.value) for c in found]:
+            raise edited
     return {received.name: received for received in saved}
 
 

@@ -37,7 +37,7 @@ _PRESETS = ("configs", "studies")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class MethodEntry(_Strict):

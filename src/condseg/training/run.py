@@ -117,7 +117,7 @@ def select_stages(config: RunConfig, stage: str | int) -> list[str]:
         return config.stages_to_train()
     if str(stage) in config.stages:
         return [str(stage)]
-    if str(stage).isdigit() and 1 <= int(stage) <= len(names):
+    if str(stage).isdecimal() and 1 <= int(stage) <= len(names):
         return [names[int(stage) - 1]]
     raise TrainingError(f"stage must be 'all', a stage name or number of method "
                         f"{config.method!r} ({', '.join(names)}); got {stage!r}")
