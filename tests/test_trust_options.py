@@ -111,9 +111,10 @@ def test_a_warm_up_longer_than_its_stage_is_refused() -> None:
       "stages.stage2.optimizer.nesterov=true"],
      r"stages\.stage2: optimizer sgd .* refuses its options \(Nesterov momentum requires"),
     (["stages.stage2.limit_train_batches=0.4"],
-     r"stages\.stage2\.limit_train_batches=0\.4 of the 2 batch\(es\) of each process is none"),
+     r"stages\.stage2\.limit_train_batches is 0\.4, which of the 2 batch\(es\) of each "
+     r"process is none"),
     (["stages.stage2.limit_val_batches=0.5"],
-     r"stages\.stage2\.limit_val_batches=0\.5 of the 1 batch\(es\)"),
+     r"stages\.stage2\.limit_val_batches is 0\.5, which of the 1 batch\(es\)"),
     (["model.options.width=15"], r"stages\.stage2: model 'condseg' cannot be built"),
 ])
 def test_a_later_stage_that_cannot_train_is_refused_before_the_first_starts(

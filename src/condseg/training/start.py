@@ -132,6 +132,6 @@ def check_batches(
             share = getattr(plan.cfg, key)
             if isinstance(share, float) and int(count * share) < 1:
                 raise TrainingError(
-                    f"stages.{plan.name}.{key}={share:g} of the {count} batch(es) of each "
-                    f"process is none; give a share of at least {1 / count:.3g}, or a number "
-                    f"of batches ({key}=1)")
+                    f"stages.{plan.name}.{key} is {share:g}, which of the {count} batch(es) "
+                    f"of each process is none; give a share of at least {1 / count:.3g}, or a "
+                    "number of batches (an integer, such as 1)")
