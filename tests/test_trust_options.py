@@ -144,6 +144,7 @@ def test_seeds_and_numbers_of_the_command_line_are_refused_in_one_line(
     cases = [
         (["train", "--data", str(data), "--seed", "4294967295"], "seed must be at most"),
         (["train", "--data", str(data), "--stage", "²"], "stage must be 'all'"),
+        (["train", "--data", str(data), "--fold", "-1"], "has no fold [-1]; its folds are none"),
         (["cv", "--data", str(data), "--seeds", "0,4294967295"], "seed must be at most"),
         (["cv", "--data", str(data), "--seeds", "-1"], "seed: Input should be greater"),
         (["study", "--data", str(data), "--methods", "unet", "--budget", "epochs=²"],

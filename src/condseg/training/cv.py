@@ -213,19 +213,26 @@ def _finished(
     return all(path.is_file() for path in [*outputs, *runs])
 
 
+def check_folds(root: Path, folds: Sequence[int] | None) -> list[int]:
+    """The folds of the dataset at ``root``, refusing any of ``folds`` it does not have (``cv
+    --fold``, ``train --fold``) before anything is trained."""
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
+    dataset = DatasetDir(root)
+    available = dataset.fold_numbers()
+    missing = [k for k in folds if k not in available] if folds is not None else []
+    if missing or (folds is not None and not folds):
+        raise CrossValidationError(
+            f"{root} has no fold {missing or folds}; its folds are {available or 'none'} "
+            f"({dataset.folds}/<k>/train.txt and val.txt)")
+    return available
+
+
 def _plan(
     config: RunConfig, root: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
-    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
+    available = check_folds(root, folds)
     dataset = DatasetDir(root)
-    available = dataset.fold_numbers()
-    if folds is not None:
-        missing = [k for k in folds if k not in available]
-        if missing or not folds:
-            raise CrossValidationError(
-                f"{root} has no fold {missing or folds}; its folds are {available or 'none'} "
-                f"({dataset.folds}/<k>/train.txt and val.txt)")
     chosen: list[int | None] = list(folds if folds is not None else available) or [None]
     if chosen == [None] and not seeds:
         raise CrossValidationError(
