@@ -24,12 +24,12 @@ from condseg.layout import StudyDir
 from condseg.models.registry import create_model
 from condseg.recipes import list_methods
 from condseg.study import protocol
-from condseg.study.launch import last_error
+from condseg.study.launch import last_error, launch
 from condseg.study.protocol import resolve
 from condseg.study.report import write_report
 from condseg.study.run import run_study
 from condseg.study.runs import plan_runs
-from condseg.study.spec import read_study
+from condseg.study.spec import Launcher, read_study
 from condseg.training import train
 from condseg.training.cv import cross_validate
 from condseg.training.optim import configure
@@ -198,6 +198,21 @@ def test_a_failed_job_s_reason_is_taken_from_wherever_it_wrote_it(tmp_path: Path
     assert last_error({out: out.stat().st_size, err: 0}) == \
         "Traceback: ValueError: 4294967296 is not in bounds"
     assert last_error({tmp_path / "missing.out": 0}) is None
+
+
+def test_a_failed_job_s_line_gives_its_reason_and_its_logs(tmp_path: Path, data: Path) -> None:
+    """A real local job whose training refuses its config: the study's line says why."""
+    spec = read_study(None, {"data": str(data), "methods": ["unet"]})
+    run = plan_runs(spec, StudyDir(tmp_path / "S"))[0]
+    run.job.path.mkdir(parents=True)
+    run.job.config.write_text("method: unet\nseed: -1\n")  # as no study writes it
+    console = Console(record=True, file=io.StringIO(), width=500, soft_wrap=True)
+    [outcome] = launch([run], Launcher(), data, console)
+    text = console.export_text()
+    assert not outcome.ok and outcome.attempt is not None
+    assert "failed unet/seed0: exit status 2: error: " in text, text
+    assert "seed: Input should be greater than or equal to 0 (got -1)" in text
+    assert "_log.out, " in text and "_log.err)" in text  # both logs named
 
 
 @pytest.mark.parametrize("length", [255, 256, 300])
