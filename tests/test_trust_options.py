@@ -26,7 +26,7 @@ from condseg.recipes import list_methods
 from condseg.study import protocol
 from condseg.study.launch import last_error, launch
 from condseg.study.protocol import resolve
-from condseg.study.report import write_report
+from condseg.study.report import print_protocol, write_report
 from condseg.study.run import run_study
 from condseg.study.runs import plan_runs
 from condseg.study.spec import Launcher, read_study
@@ -238,6 +238,15 @@ def test_an_empty_section_set_to_null_is_not_something_a_recipe_gave_up(
     keys = [change.key for change in resolve(spec, spec.methods[0]).changes]
     assert "stages.train.batch_hook.name" in keys  # the hook itself was given up
     assert "stages.train.batch_hook.options" not in keys and "stages.train.batch_hook" not in keys
+
+
+def test_the_console_shows_every_value_a_recipe_gave_up(no_downloads: None) -> None:
+    """A value in brackets is printed, not taken for Rich markup."""
+    spec = read_study(None, {"data": "/d", "methods": [
+        {"name": "unet", "overrides": ["description='[draft] mine'"]}]})
+    console = Console(record=True, file=io.StringIO(), width=300, soft_wrap=True)
+    print_protocol(spec, [resolve(spec, spec.methods[0])], console)
+    assert "-> [draft] mine (its own overrides)" in console.export_text()
 
 
 def _study_folder(tmp_path: Path, data: Path) -> tuple[StudyDir, Path]:

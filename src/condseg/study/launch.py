@@ -85,7 +85,7 @@ def launch(
                 running[job] = _Running(run, gpus, log_from)
                 progress.read[job.paths.stdout] = log_from[job.paths.stdout]
                 console.print(f"started {run.label} ({'continued' if run.run.is_run() else 'new'}"
-                              f"; log {job.paths.stdout})", highlight=False)
+                              f"; log {job.paths.stdout})", highlight=False, markup=False)
             time.sleep(_POLL_S)
             for job, started in running.items():
                 progress.show(started.run, job.paths.stdout)
@@ -133,7 +133,7 @@ class EpochLines:
         self.read[log] = self.read.get(log, 0) + len(whole)
         for line in whole.decode(errors="replace").splitlines():
             if _EPOCH.match(line):
-                self.console.print(f"{run.label}: {line}", highlight=False)
+                self.console.print(f"{run.label}: {line}", highlight=False, markup=False)
 
 
 def _memory_allows(

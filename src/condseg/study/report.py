@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from condseg import __version__
@@ -34,7 +35,8 @@ def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console
     console.print(table)
     for protocol in protocols:
         for line in change_lines(protocol):
-            console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {line}", highlight=False)
+            console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {escape(line)}",
+                          highlight=False)
 
 
 def protocol_line(spec: StudySpec) -> str:

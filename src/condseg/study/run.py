@@ -95,7 +95,7 @@ def run_study(
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
                 overwrite=True, console=console)
         write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
-        console.print(f"wrote {study.report}", highlight=False)
+        console.print(f"wrote {study.report}", highlight=False, markup=False)
     return result
 
 
