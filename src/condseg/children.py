@@ -30,7 +30,7 @@ def die_with_parent() -> None:
     """In a child of the process named by :data:`PARENT_ENV`: be killed when it dies, and exit
     at once if it has died already; elsewhere nothing."""
     parent = os.environ.get(PARENT_ENV, "")
-    if not parent.isdigit() or int(parent) == os.getpid() or sys.platform != "linux":
+    if not parent.isdecimal() or int(parent) == os.getpid() or sys.platform != "linux":
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

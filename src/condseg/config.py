@@ -14,17 +14,10 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from condseg.errors import ConfigError, first_line
 from condseg.recipes import method_recipe
@@ -36,12 +29,17 @@ M = TypeVar("M", bound=BaseModel)
 #: stand for billions of values and exhaust the memory of whatever walks them; a real config
 #: has a few hundred.
 MAX_YAML_VALUES = 100_000
+MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned (numpy, Lightning)
+MAX_EPOCHS = 1_000_000  # of a stage; far beyond any training, well within every counter
+MAX_CHECKPOINT_MINUTES = 7 * 24 * 60  # a week: timedelta and the clock stay exact
+BatchLimit = Annotated[int | float, Field(gt=0)]  # a share (float, at most 1) or a count (int)
 
 
 class _Section(BaseModel):
-    """Unknown keys are errors: a misspelt key must never silently fall back to a default."""
+    """Unknown keys are errors: a misspelt key must never silently fall back to a default; no
+    number is infinite or NaN."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -118,9 +116,10 @@ class OptimizerConfig(_Section):
     lr: float = Field(1e-4, gt=0)
     encoder_lr: float | None = Field(None, gt=0)  # None: lr
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)  # sgd
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.999)  # adam, adamw
 
 
 class ScheduleConfig(_Section):
@@ -130,7 +129,9 @@ class ScheduleConfig(_Section):
     warmup_epochs: int = Field(0, ge=0)  # linear warm-up before poly/cosine/constant
     patience: int = Field(30, ge=0)  # plateau
     factor: float = Field(0.1, gt=0, lt=1)  # plateau
-    monitor: str = "val/loss"  # plateau
+    # plateau: a validation value the module logs every epoch
+    monitor: Literal["val/loss", "val/miou", "val/mdsc", "val/recall", "val/precision"] = (
+        "val/loss")
     power: float = Field(0.9, gt=0)  # poly
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # poly, cosine: the floor as a share of lr
 
@@ -154,10 +155,22 @@ class StageConfig(_Section):
     augmentation: Augmentation = Field(default_factory=Augmentation)
     views: list[str] = Field(default_factory=list)  # extra named views of a sample
     batch_hook: HookConfig | None = None
-    max_epochs: int = Field(300, gt=0)
-    early_stop_patience: int = Field(100, gt=0)
-    limit_train_batches: int | float = Field(1.0, ge=0)
-    limit_val_batches: int | float = Field(1.0, gt=0)
+    max_epochs: int = Field(300, gt=0, le=MAX_EPOCHS)
+    early_stop_patience: int = Field(100, gt=0, le=MAX_EPOCHS)
+    limit_train_batches: BatchLimit = 1.0
+    limit_val_batches: BatchLimit = 1.0
+
+    @model_validator(mode="after")
+    def _limits_and_warmup(self) -> StageConfig:
+        for limit in ("limit_train_batches", "limit_val_batches"):
+            if isinstance(getattr(self, limit), float) and getattr(self, limit) > 1:
+                raise ValueError(f"{limit}: a share of the batches is at most 1.0, a number "
+                                 "of them an integer")
+        warmup = self.schedule.warmup_epochs
+        if self.schedule.name in ("poly", "cosine", "constant") and warmup >= self.max_epochs:
+            raise ValueError(f"schedule.warmup_epochs ({warmup}) must be fewer than max_epochs "
+                             f"({self.max_epochs})")
+        return self
 
 
 class RunConfig(_Section):
@@ -167,7 +180,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     stages: dict[str, StageConfig] = Field(min_length=1)  # in training order
     train_stages: list[str] | None = Field(None, min_length=1)  # what `train` runs; None: all
-    seed: int = 42
+    seed: int = Field(42, ge=0)  # stage k is seeded with seed + k (within MAX_SEED)
     # auto: bf16-mixed where the training device runs bf16 natively, else 32; resolved when a
     # run starts (training.recipe.resolve_precision) and recorded resolved in config.yaml.
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
@@ -184,7 +197,7 @@ class RunConfig(_Section):
     progress_bar: bool = True  # a live bar on a terminal, plain lines in a log file
     # last.ckpt is also written within an epoch: every N steps when set, else every M minutes.
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
-    checkpoint_every_minutes: float | None = Field(10.0, gt=0)
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0, le=MAX_CHECKPOINT_MINUTES)
     # A finished stage keeps last.ckpt (to extend it) and its model file; best.ckpt, the same
     # weights with the optimiser's state, is removed unless kept.
     keep_best_checkpoint: bool = False
@@ -199,6 +212,9 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _stage_references(self) -> RunConfig:
         names = list(self.stages)
+        if self.seed + len(names) > MAX_SEED:
+            raise ValueError(f"seed must be at most {MAX_SEED - len(names)}: stage k is seeded "
+                             f"with seed + k, and seeds are 32-bit")
         for name in self.train_stages or ():
             if name not in self.stages:
                 raise ValueError(f"train_stages names {name!r}; the stages are {names}")
@@ -404,11 +420,15 @@ def validated(cls: type[M], raw: dict[str, Any], source: str) -> M:
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{source}: invalid value — {problems}") from None
+
+
+def _problem(err: Any) -> str:
+    """One invalid value: where, why, and the value itself (not a whole section's)."""
+    where = ".".join(str(p) for p in err["loc"])
+    got = "" if isinstance(err["input"], (dict, list)) else f" (got {err['input']!r})"
+    return f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}{got}"
 
 
 def load_config(

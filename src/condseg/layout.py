@@ -238,7 +238,7 @@ class DatasetDir:
         """``folds/<k>/<part>`` as ``folds/*/<part>``, the part of every fold at once (what a
         comparison pooling fold runs names its column); other splits as they are."""
         parts = split.split("/")
-        if len(parts) == 3 and parts[0] == "folds" and parts[1].isdigit():
+        if len(parts) == 3 and parts[0] == "folds" and parts[1].isdecimal():
             return f"folds/*/{parts[2]}"
         return split
 
@@ -247,7 +247,7 @@ class DatasetDir:
         if not self.folds.is_dir():
             return []
         return sorted(int(p.name) for p in self.folds.iterdir()
-                      if p.name.isdigit() and all(self.split(s).is_file()
+                      if p.name.isdecimal() and all(self.split(s).is_file()
                                                   for s in self.fold_splits(int(p.name))))
 
 

@@ -114,7 +114,7 @@ def _budget(text: str) -> dict[str, int]:
     from condseg.errors import OptionError
 
     key, sep, value = text.partition("=")
-    if not sep or key not in ("epochs", "total_epochs") or not value.isdigit():
+    if not sep or key not in ("epochs", "total_epochs") or not value.isdecimal():
         raise OptionError(f"--budget takes epochs=N or total_epochs=N; got {text!r}")
     return {key: int(value)}
 

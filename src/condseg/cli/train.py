@@ -78,7 +78,7 @@ def train(
 ) -> None:
     """Train a method's stages (default: ConDSeg's two-stage recipe)."""
     from condseg.training import train as run_training
-    from condseg.training.cv import fold_overrides
+    from condseg.training.cv import check_folds, fold_overrides
     from condseg.training.logs import quiet_lightning
     from condseg.training.request import check_resume, run_config, run_name
 
@@ -89,6 +89,9 @@ def train(
         extra = list(overrides or []) + (fold_overrides(fold) if fold is not None else [])
         cfg = run_config(config, extra, folder=resume, epochs=epochs, stage=stage,
                          method=method, model=model, precision=precision, seed=seed)
+        root = data or cfg.data.root
+        if fold is not None and root is not None:  # not "not a prepared dataset"
+            check_folds(root, [fold])
         suffix = f"-fold{fold}" if fold is not None else ""
         run_dir = resume or out or _default_run_dir(run_name(config, cfg) + suffix)
         result = run_training(cfg, data, run_dir, stage=stage, resume=resume is not None)

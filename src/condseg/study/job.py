@@ -141,7 +141,7 @@ class RunJob(Checkpointable):
 
 def _slurm_cpus() -> int | None:
     value = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdecimal() else None
 
 
 def _die_with_parent() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import submitit
 from rich.console import Console
+from rich.markup import escape
 
 from condseg.inference.loading import usable_cores
 from condseg.interrupt import Interrupted
@@ -49,11 +50,12 @@ class Outcome:
 
 @dataclass
 class _Running:
-    """A started job: its run, the GPUs it was given (local), where its log began."""
+    """A started job: its run, the GPUs it was given (local), where its logs (stdout, stderr)
+    began."""
 
     run: StudyRun
     gpus: str | None
-    log_from: int
+    log_from: dict[Path, int]
 
 
 def launch(
@@ -81,9 +83,9 @@ def launch(
                            default=None)
                 job, log_from = _submit(run, launcher, data, threads, watch, gpus)
                 running[job] = _Running(run, gpus, log_from)
-                progress.read[job.paths.stdout] = log_from
+                progress.read[job.paths.stdout] = log_from[job.paths.stdout]
                 console.print(f"started {run.label} ({'continued' if run.run.is_run() else 'new'}"
-                              f"; log {job.paths.stdout})", highlight=False)
+                              f"; log {job.paths.stdout})", highlight=False, markup=False)
             time.sleep(_POLL_S)
             for job, started in running.items():
                 progress.show(started.run, job.paths.stdout)
@@ -131,7 +133,7 @@ class EpochLines:
         self.read[log] = self.read.get(log, 0) + len(whole)
         for line in whole.decode(errors="replace").splitlines():
             if _EPOCH.match(line):
-                self.console.print(f"{run.label}: {line}", highlight=False)
+                self.console.print(f"{run.label}: {line}", highlight=False, markup=False)
 
 
 def _memory_allows(
@@ -183,17 +185,20 @@ def available_memory_gb() -> float | None:
 def _submit(
     run: StudyRun, launcher: Launcher, data: Path, threads: int | None, watch: Watched | None,
     gpus: str | None,
-) -> tuple[submitit.Job[int], int]:
+) -> tuple[submitit.Job[int], dict[Path, int]]:
     """Submit the run's job (its processes ignore Ctrl-C: the training takes it); returns it
-    and the size its log had (a log is appended to when a process id comes again)."""
+    and the sizes its logs had (a log is appended to when a process id comes again)."""
     executor = make_executor(launcher, run)
     task = RunJob(str(run.run.path), str(run.job.path), str(data), threads, watch, gpus)
     with _sigint_ignored():
         job = executor.submit(task)
-    try:
-        return job, job.paths.stdout.stat().st_size
-    except OSError:
-        return job, 0
+    sizes = {}
+    for log in (job.paths.stdout, job.paths.stderr):
+        try:
+            sizes[log] = log.stat().st_size
+        except OSError:
+            sizes[log] = 0
+    return job, sizes
 
 
 def make_executor(launcher: Launcher, run: StudyRun) -> submitit.Executor:
@@ -226,7 +231,7 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _ended(job: submitit.Job[int], started: _Running, console: Console) -> Outcome:
-    run, log = started.run, job.paths.stdout
+    run, logs = started.run, f"{job.paths.stdout}, {job.paths.stderr}"
     attempt = next((a for a in reversed(run.attempts()) if a.job_id == str(job.job_id)), None)
     outcome = Outcome(run, attempt)
     if outcome.ok:
@@ -235,23 +240,32 @@ def _ended(job: submitit.Job[int], started: _Running, console: Console) -> Outco
     else:
         why = (f"exit status {attempt.exit_code}" if attempt is not None
                else "ended without a record (killed)")
-        error = last_error(log, started.log_from)
-        console.print(f"[red]failed[/] {run.label}: {why}{f': {error}' if error else ''} "
-                      f"(log {log})", highlight=False)
+        error = last_error(started.log_from)
+        console.print(f"[red]failed[/] {run.label}: {why}{f': {escape(error)}' if error else ''}"
+                      f" (logs {escape(logs)})", highlight=False)
     return outcome
 
 
-def last_error(log: Path, start: int = 0) -> str | None:
-    """The last ``error:`` (or traceback, or interruption) line of a job's log from byte
-    ``start`` on: the one line condseg prints for a failure."""
-    try:
-        with log.open("rb") as f:
-            f.seek(start)
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
+def last_error(logs: dict[Path, int]) -> str | None:
+    """Why a job failed, from its logs (each from the byte it began at in this call): the last
+    ``error:`` or ``interrupted:`` line condseg printed, else the last line of a traceback (a
+    bug's, on stderr), as ``Traceback: ValueError: ...``. What it calls "above" is in the log."""
+    lines = []
+    for log, start in logs.items():
+        try:
+            with log.open("rb") as f:
+                f.seek(start)
+                lines += f.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+    found = [line for line in lines if line.startswith(("error:", "interrupted:"))]
+    if found:
+        return re.sub(r"\babove\b", "in its log", found[-1])
+    start = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=None)
+    if start is None:
         return None
-    found = [line for line in lines if line.startswith(("error:", "Traceback", "interrupted:"))]
-    return found[-1] if found else None
+    last = [line for line in lines[start + 1:] if line.strip() and not line[0].isspace()]
+    return f"Traceback: {last[-1]}" if last else "Traceback"
 
 
 def _stop(jobs: list[submitit.Job[int]], launcher: Launcher, console: Console) -> None:

@@ -10,7 +10,9 @@ with its reason: nothing a recipe gives up is silent.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from condseg.config import RunConfig
@@ -161,11 +163,46 @@ def _changes(method: str, groups: list[tuple[str, list[str]]]) -> list[Change]:
     recipe, final = steps[0], steps[-1]
     changes = []
     for key in sorted(set(recipe) | set(final)):
-        if recipe.get(key) == final.get(key) or key in _NOT_RECIPE:
+        if _same(recipe.get(key), final.get(key)) or key in _NOT_RECIPE:
             continue
         last = max(i for i in range(1, len(steps)) if steps[i].get(key) != steps[i - 1].get(key))
         changes.append(Change(key, recipe.get(key), final.get(key), groups[last - 1][0]))
     return changes
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or both nothing: an empty section's options (``{}``) under a section set to null
+    are not something the recipe gave up."""
+    return a == b or all(v is None or v == {} or v == [] for v in (a, b))
+
+
+def read_protocols(path: Path, spec: StudySpec) -> dict[str, MethodProtocol]:
+    """What the methods of a study folder received (``protocol.json``), refused in one line
+    when this study did not write it so: unreadable, of another method, or edited so that its
+    overrides no longer give the changes it records (the report would show a protocol that is
+    not in effect)."""
+    redo = "restore it, or start the study again in a new --out"
+    try:
+        saved = [MethodProtocol.from_json(raw) for raw in json.loads(path.read_text())]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise StudyError(f"{path} is not what this study wrote ({first_line(error)}); "
+                         f"{redo}") from None
+    methods = {entry.name: entry.method_name for entry in spec.methods}
+    for received in saved:
+        edited = StudyError(f"{path} was edited: what it records for method {received.name} "
+                            f"is not what its overrides give; {redo}")
+        if methods.get(received.name, received.method) != received.method:
+            raise edited
+        try:
+            found = _changes(received.method, [("", received.overrides)])
+        except CondsegError as error:
+            raise StudyError(f"{path}: method {received.name}: {first_line(error)}; "
+                             f"{redo}") from None
+        recorded = [(c.key, c.recipe, c.value) for c in received.changes
+                    if not _same(c.recipe, c.value)]  # as an earlier condseg recorded them
+        if recorded != [(c.key, c.recipe, c.value) for c in found]:
+            raise edited
+    return {received.name: received for received in saved}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from condseg import __version__
 from condseg.evaluation.compare import Comparison
-from condseg.evaluation.compare.tables import OUTPUT_FILES
+from condseg.evaluation.compare.tables import OUTPUT_FILES, markdown_cell, markdown_row
 from condseg.inference.loading import usable_cores
 from condseg.layout import StudyDir
 from condseg.study.protocol import MethodProtocol
@@ -34,7 +35,8 @@ def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console
     console.print(table)
     for protocol in protocols:
         for line in change_lines(protocol):
-            console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {line}", highlight=False)
+            console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {escape(line)}",
+                          highlight=False)
 
 
 def protocol_line(spec: StudySpec) -> str:
@@ -84,22 +86,25 @@ def write_report(
     study: StudyDir, spec: StudySpec, protocols: Sequence[MethodProtocol],
     runs: Sequence[StudyRun], comparison: Comparison | None, wall_s: float,
 ) -> Path:
-    """``STUDY/study.md``."""
-    lines = [f"# Study {spec.description or study.path.name}", "",
+    """``STUDY/study.md``; every name and value in it through
+    :func:`~condseg.evaluation.compare.tables.markdown_cell` (a folder's name cannot break it)."""
+    md = markdown_cell
+    lines = [f"# Study {md(spec.description or study.path.name)}", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; this call took "
              f"{wall_s / 60:.1f} min.", "", "## Protocol", "",
-             f"- data: `{spec.data}`", f"- runs: {protocol_line(spec).split('; ', 1)[1]}",
+             f"- data: `{md(str(spec.data))}`",
+             f"- runs: {md(protocol_line(spec).split('; ', 1)[1])}",
              f"- launcher: {spec.launcher.name}, {spec.launcher.jobs} job(s) at once",
-             f"- machine: {machine()}",
-             f"- study-wide overrides: {', '.join(spec.overrides) or 'none'}", "",
+             f"- machine: {md(machine())}",
+             f"- study-wide overrides: {md(', '.join(spec.overrides)) or 'none'}", "",
              "| method | stages (epochs) | size | batch | precision | pretrained |",
              "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(_receives(p)) + " |" for p in protocols]
+    lines += [markdown_row(_receives(p)) for p in protocols]
     lines += ["", "## What each recipe gave up", ""]
     for protocol in protocols:
         changes = change_lines(protocol)
         lines += [f"- **{protocol.name}**:" + ("" if changes else " nothing")]
-        lines += [f"  - `{line}`" for line in changes]
+        lines += [f"  - `{md(line)}`" for line in changes]
     lines += ["", "## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
               "| host |", "|---|---|---:|---:|---:|---|"]
     stages = {p.name: p.config().stages_to_train() for p in protocols}
@@ -110,14 +115,14 @@ def write_report(
         wall = sum(a.wall_s for a in attempts)
         peak = max((a.peak_rss_mb for a in attempts), default=0) / 1024
         hosts = ", ".join(sorted({a.host for a in attempts}))
-        lines.append(f"| {run.label} | {status} | {wall:.0f} | {peak:.2f} | {len(attempts)} | "
-                     f"{hosts} |")
+        lines.append(markdown_row([run.label, status, f"{wall:.0f}", f"{peak:.2f}",
+                                   str(len(attempts)), hosts]))
     lines += ["", "Peak memory: the largest resident set of a run's training process (and of "
               "the processes it waited for), per attempt.", "", "## Comparison", ""]
     table = study.comparison / OUTPUT_FILES[0]
     if comparison is not None and table.is_file():
         lines += [table.read_text().strip(), ""]
-        lines += [f"- {note}" for note in comparison.notes]
+        lines += [f"- {md(note)}" for note in comparison.notes]
         lines += ["", f"Tables, paired statistics and figures: `{study.comparison.name}/`."]
     else:
         lines.append("No run has finished yet.")

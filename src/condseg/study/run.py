@@ -26,7 +26,7 @@ from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
 from condseg.study.launch import Outcome, launch
-from condseg.study.protocol import MethodProtocol, resolve
+from condseg.study.protocol import MethodProtocol, read_protocols, resolve
 from condseg.study.report import print_protocol, write_report
 from condseg.study.runs import StudyRun, plan_runs
 from condseg.study.spec import StudySpec, read_study
@@ -61,13 +61,15 @@ def run_study(
                          "PATH; run the study on a node of the cluster, or use --launcher local")
     protocols = [previous.get(entry.name) or resolve(spec, entry) for entry in spec.methods]
     runs = plan_runs(spec, study)
+    by_name = {p.name: p for p in protocols}
+    for run in runs:  # each run's configuration valid (its seeds) before anything is written
+        run.config(by_name[run.method], data)
     print_protocol(spec, protocols, console)
     result = StudyResult(study, protocols, runs)
     if dry_run:
         console.print(f"{len(runs)} run(s): {', '.join(r.label for r in runs)} (dry run: "
                       "nothing started)", highlight=False)
         return result
-    by_name = {p.name: p for p in protocols}
     todo = [r for r in runs if not r.is_finished(by_name[r.method].config().stages_to_train())]
     if todo:  # the dataset checked once, not by every run
         check_data(data, todo[0].config(by_name[todo[0].method], data), console)
@@ -93,7 +95,7 @@ def run_study(
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
                 overwrite=True, console=console)
         write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
-        console.print(f"wrote {study.report}", highlight=False)
+        console.print(f"wrote {study.report}", highlight=False, markup=False)
     return result
 
 
@@ -151,8 +153,9 @@ def _continued(
     seeds = None if before.seeds is None and spec.seeds is None else list(dict.fromkeys(
         [*before.seed_list, *spec.seed_list]))
     merged = spec.model_copy(update={"methods": methods, "seeds": seeds})
-    saved = json.loads(study.protocol.read_text()) if study.protocol.is_file() else []
-    return merged, {p["name"]: MethodProtocol.from_json(p) for p in saved}
+    if not study.protocol.is_file():
+        return merged, {}
+    return merged, read_protocols(study.protocol, merged)
 
 
 def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:

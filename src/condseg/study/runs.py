@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from condseg.config import RunConfig
+from condseg.config import RunConfig, validated
 from condseg.layout import DatasetDir, JobDir, RunDir, StudyDir
 from condseg.study.protocol import MethodProtocol
 from condseg.study.spec import StudySpec
@@ -55,13 +55,14 @@ class StudyRun:
         return [attempt for line in lines if (attempt := _attempt(line)) is not None]
 
     def config(self, protocol: MethodProtocol, data: Path) -> RunConfig:
-        """The method's configuration for this run: its seed, its fold's splits, the data."""
-        config = protocol.config()
-        update: dict[str, object] = {"root": data}
+        """The method's configuration for this run: its seed, its fold's splits, the data;
+        validated whole (a seed too large for the method's stages is refused here)."""
+        raw = protocol.config().model_dump(mode="json")
+        raw["seed"], raw["data"]["root"] = self.seed, str(data)
         if self.fold is not None:
-            update["train_split"], update["val_split"] = DatasetDir.fold_splits(self.fold)
-        return config.model_copy(update={"seed": self.seed,
-                                         "data": config.data.model_copy(update=update)})
+            raw["data"]["train_split"], raw["data"]["val_split"] = DatasetDir.fold_splits(
+                self.fold)
+        return validated(RunConfig, raw, f"run {self.label}")
 
 
 def _attempt(line: str) -> Attempt | None:

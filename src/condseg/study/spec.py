@@ -13,29 +13,31 @@ import difflib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
     field_validator,
     model_validator,
 )
 
-from condseg.config import read_yaml, validated
+from condseg.config import MAX_EPOCHS, MAX_SEED, read_yaml, validated
 from condseg.errors import ConfigError, StudyError
 from condseg.recipes import list_methods
 
-#: Folder and row names: letters, digits, ``-``, ``_`` and ``.``.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Folder and row names: letters, digits, ``-``, ``_`` and ``.``, within NAME_MAX (255 bytes
+#: on Linux's file systems), as each names the folders of its runs and jobs.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+#: Most folds of a study: each is a run of every method.
+MAX_FOLDS = 1000
 _PRESETS = ("configs", "studies")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class MethodEntry(_Strict):
@@ -55,7 +57,8 @@ class MethodEntry(_Strict):
     @classmethod
     def _folder_name(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError("a method's name is a folder name: letters, digits, - _ .")
+            raise ValueError("a method's name is a folder name: letters, digits, - _ ., at most "
+                             "255 of them")
         return value
 
     @model_validator(mode="after")
@@ -89,8 +92,8 @@ class Budget(_Strict):
     """How long each method trains: every trained stage ``epochs`` epochs, or ``total_epochs``
     shared by a method's stages in proportion to its recipe's, or (neither) the recipe's own."""
 
-    epochs: int | None = Field(None, gt=0)
-    total_epochs: int | None = Field(None, gt=0)
+    epochs: int | None = Field(None, gt=0, le=MAX_EPOCHS)
+    total_epochs: int | None = Field(None, gt=0, le=MAX_EPOCHS)
 
     @model_validator(mode="after")
     def _one_rule(self) -> Budget:
@@ -136,8 +139,9 @@ class StudySpec(_Strict):
     description: str = ""
     data: Path | None = None  # a prepared dataset (relative to the study file)
     methods: list[MethodEntry] = Field(min_length=1)  # the first is the statistics' reference
-    seeds: list[NonNegativeInt] | None = Field(None, min_length=1)  # None: one run, seed 0
-    folds: int | None = Field(None, gt=0)  # the dataset's folds 0..K-1
+    # None: one run, seed 0; each run's own seeds (seed + k for stage k) are checked with it
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(None, min_length=1)
+    folds: int | None = Field(None, gt=0, le=MAX_FOLDS)  # the dataset's folds 0..K-1
     protocol: Protocol = Field(default_factory=Protocol)
     budget: Budget = Field(default_factory=Budget)
     overrides: list[str] = Field(default_factory=list)  # key=value for every method

@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from condseg.config import RunConfig, load_config
+from condseg.config import RunConfig, load_config, validated
 from condseg.data.check import require_prepared
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
@@ -213,19 +213,26 @@ def _finished(
     return all(path.is_file() for path in [*outputs, *runs])
 
 
+def check_folds(root: Path, folds: Sequence[int] | None) -> list[int]:
+    """The folds of the dataset at ``root``, refusing any of ``folds`` it does not have (``cv
+    --fold``, ``train --fold``) before anything is trained."""
+    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
+    dataset = DatasetDir(root)
+    available = dataset.fold_numbers()
+    missing = [k for k in folds if k not in available] if folds is not None else []
+    if missing or (folds is not None and not folds):
+        raise CrossValidationError(
+            f"{root} has no fold {missing or folds}; its folds are {available or 'none'} "
+            f"({dataset.folds}/<k>/train.txt and val.txt)")
+    return available
+
+
 def _plan(
     config: RunConfig, root: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, int | None, int]]:
     """(run name, fold or None, seed) of every run asked for."""
-    require_prepared(root, [])  # a missing folder is not "a dataset without folds"
+    available = check_folds(root, folds)
     dataset = DatasetDir(root)
-    available = dataset.fold_numbers()
-    if folds is not None:
-        missing = [k for k in folds if k not in available]
-        if missing or not folds:
-            raise CrossValidationError(
-                f"{root} has no fold {missing or folds}; its folds are {available or 'none'} "
-                f"({dataset.folds}/<k>/train.txt and val.txt)")
     chosen: list[int | None] = list(folds if folds is not None else available) or [None]
     if chosen == [None] and not seeds:
         raise CrossValidationError(
@@ -233,6 +240,8 @@ def _plan(
             "with `condseg data prepare folder IMAGES MASKS OUT --folds 5`, or give seeds "
             "(--seeds 0,1,2) for a multi-seed run on its train/val split")
     seed_list = list(dict.fromkeys(seeds)) if seeds else [config.seed]
+    for seed in seed_list:  # every run's seed checked now, not when its turn comes
+        validated(RunConfig, {**config.model_dump(mode="json"), "seed": seed}, f"seed {seed}")
 
     def name(fold: int | None, seed: int) -> str:
         parts = [f"fold{fold}"] if fold is not None else []

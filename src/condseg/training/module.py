@@ -22,7 +22,7 @@ from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
 from condseg.models.base import SegmentationModel, training_memory_format, use_plain_kernels
 from condseg.training.hooks import BatchHook
-from condseg.training.optim import build_optimizer, build_scheduler
+from condseg.training.optim import configure
 from condseg.training.plan import StageParts
 
 VAL_SCORES = ("iou", "dice", "recall", "precision")
@@ -126,6 +126,4 @@ class SegmentationModule(L.LightningModule):
         }
 
     def configure_optimizers(self) -> dict:
-        optimizer = build_optimizer(self.model, self.cfg.optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": build_scheduler(optimizer, self.cfg.schedule, self.cfg.max_epochs)}
+        return configure(self.model, self.cfg)

@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from condseg.config import OptimizerConfig, ScheduleConfig
+from condseg.config import OptimizerConfig, ScheduleConfig, StageConfig
 from condseg.models.base import SegmentationModel
 
 
@@ -42,6 +42,15 @@ def build_optimizer(model: SegmentationModel, cfg: OptimizerConfig) -> torch.opt
                                weight_decay=cfg.weight_decay)
     optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return optimizer(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def configure(model: SegmentationModel, cfg: StageConfig) -> dict:
+    """The optimiser and schedule of a stage as Lightning's ``configure_optimizers`` returns
+    them; built before any stage trains on the stage's network laid out on the meta device, so
+    that a value torch refuses (SGD's Nesterov without momentum) is found then."""
+    optimizer = build_optimizer(model, cfg.optimizer)
+    return {"optimizer": optimizer,
+            "lr_scheduler": build_scheduler(optimizer, cfg.schedule, cfg.max_epochs)}
 
 
 def build_scheduler(

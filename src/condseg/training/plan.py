@@ -26,6 +26,7 @@ from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.registry import create_model, model_options
 from condseg.recipes import METHODS, list_methods
 from condseg.training.hooks import BatchHook, create_batch_hook
+from condseg.training.optim import configure
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class StageParts:
 
 def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
     """The loss and batch hook of ``plan``, with its network laid out on the meta device (no
-    memory, no download) to check the input sizes it will be given."""
+    memory, no download) to check the input sizes it will be given and to build its optimiser
+    and schedule."""
     name, cfg = plan.name, plan.cfg
     try:
         with torch.device("meta"):
@@ -136,6 +138,12 @@ def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
             f" and model.options.{k}" for k in cfg.model.inherit)
         raise TrainingError(f"stages.{name}: model {plan.model!r} cannot be built from "
                             f"{key} ({first_line(error)})") from error
+    try:
+        configure(network, cfg)
+    except ValueError as error:  # torch's refusal of a value of the stage's config
+        raise TrainingError(f"stages.{name}: optimizer {cfg.optimizer.name} or schedule "
+                            f"{cfg.schedule.name} refuses its options ({first_line(error)}); "
+                            f"fix stages.{name}.optimizer / schedule") from error
     loss = plan.create_loss()
     hook = None
     if cfg.batch_hook is not None:

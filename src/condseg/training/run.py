@@ -37,6 +37,7 @@ from condseg.training.resources import check_resources, check_shares
 from condseg.training.results import StageResult, TrainResult
 from condseg.training.stage import run_stage
 from condseg.training.start import (
+    check_batches,
     check_data,
     held,
     is_main_process,
@@ -82,7 +83,9 @@ def _train(
     run = RunDir(Path(out_dir))
     with held(run, stage):
         if is_main_process():
-            check_shares(config, processes, check_data(config.data.root, config, console))
+            sizes = check_data(config.data.root, config, console)
+            check_shares(config, processes, sizes)
+            check_batches(config, plans.values(), processes, sizes)
             if resume:  # a refused resume is logged in the run it concerns
                 log.attach(run.log)
             prepare_run_dir(run, config, resume)
@@ -114,7 +117,7 @@ def select_stages(config: RunConfig, stage: str | int) -> list[str]:
         return config.stages_to_train()
     if str(stage) in config.stages:
         return [str(stage)]
-    if str(stage).isdigit() and 1 <= int(stage) <= len(names):
+    if str(stage).isdecimal() and 1 <= int(stage) <= len(names):
         return [names[int(stage) - 1]]
     raise TrainingError(f"stage must be 'all', a stage name or number of method "
                         f"{config.method!r} ({', '.join(names)}); got {stage!r}")

@@ -4,7 +4,7 @@ compared with the one it was started with), and the dataset checked."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from condseg.errors import TrainingError
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, RunDir
 from condseg.outputs import claim, entries
+from condseg.training.plan import StagePlan
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
 RESUMABLE_CHANGES = (
@@ -113,3 +114,24 @@ def check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int
     if data.skip:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
     return report.split_sizes
+
+
+def check_batches(
+    config: RunConfig, plans: Iterable[StagePlan], processes: int, split_sizes: Mapping[str, int]
+) -> None:
+    """A share of the batches (``limit_*_batches`` below 1.0) must leave each stage at least one
+    batch of training and of validation per process: Lightning refuses it only as that stage
+    starts, after the earlier ones have trained."""
+    data, total = config.data, max(1, processes * config.num_nodes)
+    train = -(-split_sizes.get(data.train_split, 0) // total)  # a process's share, rounded up
+    val = -(-split_sizes.get(data.val_split, 0) // total)
+    batches = {"limit_train_batches": max(1, train // data.batch_size),  # the last one dropped
+               "limit_val_batches": max(1, -(-val // data.batch_size))}
+    for plan in plans:
+        for key, count in batches.items():
+            share = getattr(plan.cfg, key)
+            if isinstance(share, float) and int(count * share) < 1:
+                raise TrainingError(
+                    f"stages.{plan.name}.{key} is {share:g}, which of the {count} batch(es) "
+                    f"of each process is none; give a share of at least {1 / count:.3g}, or a "
+                    "number of batches (an integer, such as 1)")

@@ -37,7 +37,7 @@ class ImageChoice:
 def parse_images(spec: int | str | Sequence[str]) -> ImageChoice:
     """``4`` (evenly spaced), ``"worst:4"`` / ``"best:4"`` (:func:`ranked_images`) or image
     names (``"a,b"``, or a list); a single name that is a number is written ``"12,"``."""
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdecimal()):
         count = int(spec)
         if count < 1:
             raise CompareError(f"--images must be at least 1, got {spec}")
@@ -45,7 +45,7 @@ def parse_images(spec: int | str | Sequence[str]) -> ImageChoice:
     if isinstance(spec, str):
         rank, colon, count_text = spec.strip().partition(":")
         if colon and rank in ("best", "worst"):
-            if not count_text.strip().isdigit() or int(count_text) < 1:
+            if not count_text.strip().isdecimal() or int(count_text) < 1:
                 raise CompareError(f"--images {spec}: give {rank}:K with K a whole number of "
                                    "images, at least 1 (e.g. worst:4)")
             return ImageChoice(count=int(count_text), rank=rank)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def stats_csv_rows(result: Comparison) -> list[list[str]]:
 def markdown_table(result: Comparison) -> str:
     """A GitHub Markdown table; the best value of each column in bold."""
     header = ["Method", *result.headers()]
-    lines = [_md_row(header), _md_row(["---"] + ["---:"] * (len(header) - 1))]
+    lines = [markdown_row(header), markdown_row(["---"] + ["---:"] * (len(header) - 1))]
     for label in result.labels:
         cells = [label]
         for column in result.columns:
@@ -143,14 +144,23 @@ def markdown_table(result: Comparison) -> str:
                 text = result.text(label, column, metric)
                 cells.append(f"**{text}**" if label in best_labels(result, column, metric)
                              else text)
-        lines.append(_md_row(cells))
+        lines.append(markdown_row(cells))
     if result.any_degenerate():
         lines += ["", EMPTY_NOTE]
     return "\n".join(lines) + "\n"
 
 
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+def markdown_row(cells: Sequence[str]) -> str:
+    """One row of a Markdown table, every cell through :func:`markdown_cell`."""
+    return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as a cell of a Markdown table (or a list item): ``|`` and ``\\`` escaped, a line
+    break or other control character written as its escape (``\\n``), so that no name (a
+    folder's) can end the cell, the row or the table."""
+    return "".join("\\" + ch if ch in "|\\" else ch.encode("unicode_escape").decode()
+                   if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
 
 
 def latex_table(result: Comparison) -> str:
