@@ -47,6 +47,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from condseg.errors import OptionError, first_line
+from condseg.files import write_text
 from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.inference.loading import usable_cores
 from condseg.models.base import SegmentationModel
@@ -423,7 +424,7 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     document = {"machine": machine, "results": results, "skipped": report.skipped}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_text(path, json.dumps(document, indent=2) + "\n")
     return path
 
 

@@ -14,6 +14,7 @@ from condseg.config import RunConfig
 from condseg.epoch_log import write_epoch_log
 from condseg.errors import NonFiniteLossError, TrainingError
 from condseg.evaluation.names import display_name, percent
+from condseg.files import writing
 from condseg.layout import RunDir, StageDir
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model
@@ -51,7 +52,8 @@ def run_stage(
     start = _resume_point(plan.name, stage, console) if resume else None
     last = stage.last_checkpoint
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=start)
+        with writing(stage.path, reads=True):  # Lightning's logs name no file on a full disk
+            trainer.fit(module, datamodule=data, ckpt_path=start)
     except NonFiniteLossError as exc:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch had finished"
         raise TrainingError(
