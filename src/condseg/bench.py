@@ -422,10 +422,8 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     }
     results = [{**asdict(r), "images_per_s": r.images_per_s} for r in report.results]
     document = {"machine": machine, "results": results, "skipped": report.skipped}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(document, indent=2) + "\n")
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text(Path(path), json.dumps(document, indent=2) + "\n")
 
 
 def _processor() -> str:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 #: A full disk or quota, or a short write (None: what a library reports without an errno).
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None})
-STAGED_PATTERN = ".*.tmp"  # what atomic_file stages: .NAME.XXXXXXXX.tmp
 
 
 def current_umask() -> int:
@@ -128,15 +127,16 @@ def write_image(path: Path, pixels: np.ndarray) -> Path:
 
 def clear_staged(folder: Path) -> list[Path]:
     """Remove the temporary files a killed process left staged under ``folder`` (which this
-    process holds); returns them."""
-    stale = [p for p in folder.rglob(STAGED_PATTERN) if p.is_file() and _is_staged(p.name)]
+    process holds): :func:`atomic_file`'s and safetensors' own (``.tmpXXXXXX``). Returns them."""
+    stale = [p for p in folder.rglob(".*") if p.is_file() and _is_staged(p.name)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
 
 
 def _is_staged(name: str) -> bool:
-    """``.NAME.XXXXXXXX.tmp``, with mkstemp's eight random characters."""
+    """``.NAME.XXXXXXXX.tmp`` (mkstemp's eight random characters) or ``.tmpXXXXXX``."""
+    if name.startswith(".tmp") and len(name) == 10 and name[4:].isalnum():
+        return True
     stem = name.removesuffix(".tmp")
-    random = stem.rpartition(".")[2]
-    return len(random) == 8 and stem.startswith(".") and stem.count(".") >= 2
+    return stem != name and stem.startswith(".") and len(stem.rpartition(".")[2]) == 8
