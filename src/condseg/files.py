@@ -59,12 +59,14 @@ def free_space(folder: Path) -> str:
 
 def cannot_write(path: Path, error: OSError) -> OutputError:
     """The one-line error of a failed write into ``path`` (a file or a folder)."""
-    folder = path if path.is_dir() else path.parent
-    cause = error.strerror or str(error)
+    inside = path.is_dir()
+    folder = path if inside else path.parent
+    what = f"{'into ' if inside else ''}{path} ({error.strerror or error})"
     if error.errno in FULL:
-        return OutputError(f"cannot write {path} ({cause}): {folder} has {free_space(folder)} "
-                           "free; make room there, or write the output elsewhere")
-    return OutputError(f"cannot write {path} ({cause}); choose a writable output folder")
+        return OutputError(f"cannot write {what}: {'it' if inside else folder} has "
+                           f"{free_space(folder)} free; make room there, or write the output "
+                           "elsewhere")
+    return OutputError(f"cannot write {what}; choose a writable output folder")
 
 
 @contextmanager
