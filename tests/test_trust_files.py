@@ -6,9 +6,12 @@ cleared on resume; ``progress_bar=false`` keeps the epoch lines; finished runs c
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
+import re
 import resource
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,13 +30,14 @@ from condseg.data.split_files import write_split
 from condseg.data.synthetic import synthesize
 from condseg.epoch_log import write_epoch_log
 from condseg.errors import OutputError
-from condseg.files import atomic_file
+from condseg.files import atomic_file, clear_staged
 from condseg.inference.predict import save_probability
 from condseg.layout import RunDir, StageDir
 from condseg.models.model_file import save_model
 from condseg.models.registry import create_model
 from condseg.training import train
-from condseg.training.checkpoints import AtomicCheckpointIO, previous_of
+from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, previous_of
+from condseg.training.progress import ProgressLines, progress_callbacks
 from condseg.training.results import StageResult
 from condseg.viz import plot_curves, save_png
 
@@ -279,3 +283,97 @@ def test_only_the_machines_errors_are_turned_into_a_write_error(tmp_path: Path) 
             atomic_file(tmp_path / "a.txt"):
         raise OSError(SHORT_WRITE)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 5: what a killed process left half-written -----------------------------------------------
+
+LIGHTNING_HEADER = "epoch,lr-Adam,step,train/loss_epoch,train/loss_step,val/loss,val/miou\n"
+
+
+def test_lightning_logs_a_kill_left_half_written_are_read_for_what_they_hold(
+    tmp_path: Path
+) -> None:
+    """One attempt's log per way a kill leaves it: whole, empty, only learning rates flushed
+    (no ``epoch`` column yet), a torn last row (cut inside a number, or short of cells)."""
+    logs = {
+        0: LIGHTNING_HEADER + ",0.001,0,,,,\n0,,0,,0.9,,\n0,,1,,,0.5,0.6\n0,,1,0.8,,,\n",
+        1: "",
+        2: "lr-Adam,step\n0.001,2\n",
+        3: LIGHTNING_HEADER + "1,,3,,0.7,,\n1,,3,,,0.4,0.7\n1,,3,0.6",
+        4: LIGHTNING_HEADER + "2,,5,,0.5,,\n2,,5,,,0.3,0.8\n2,,5,0.4,,,\n2,,6,,0.4e",
+    }
+    for version, text in logs.items():
+        path = tmp_path / "csv" / f"version_{version}" / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    with (write_epoch_log(tmp_path)).open() as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == [1, 2, 3]
+    assert float(rows[1]["train_loss"]) == 0.8 and float(rows[1]["val_miou"]) == 60
+    assert float(rows[2]["train_loss"]) == 0.7  # the torn epoch mean: its steps' mean
+    assert float(rows[3]["train_loss"]) == 0.4 and float(rows[3]["val_miou"]) == 80
+    assert not _staged(tmp_path)
+
+
+def test_a_resume_clears_what_a_killed_process_was_writing(tmp_path: Path) -> None:
+    """Staged files (condseg's and safetensors') go; the user's own files stay."""
+    run = RunDir(tmp_path / "run")
+    checkpoints = run.stage("stage1").checkpoints
+    checkpoints.mkdir(parents=True)
+    left = [checkpoints / ".last.ckpt.k3j_9x0a.tmp", run.path / "stage1" / ".tmpAb12Cd",
+            run.path / "evaluation" / "val" / ".summary.json.0a1b2c3d.tmp"]
+    mine = [run.path / "notes.tmp", run.path / ".my.tmp", checkpoints / "last.ckpt"]
+    for path in [*left, *mine]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert sorted(clear_staged(run.path)) == sorted(left)
+    assert all(p.exists() for p in mine) and not any(p.exists() for p in left)
+
+
+def test_a_run_killed_twice_resumes_extends_and_ends_clean(
+    trained: dict, data: Path, tmp_path: Path
+) -> None:
+    """What two kills leave — a log begun without its header, an empty one, a checkpoint
+    half-staged, the checkpoint before the last, a torn line in train.log — does not stop
+    the resumed run at its end, and the finished run keeps none of it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    stage = RunDir(run).stage("stage1")
+    for version, text in ((1, "lr-Adam,step\n0.001,2\n"), (2, "")):
+        (stage.csv_logs / f"version_{version}").mkdir()
+        (stage.csv_logs / f"version_{version}" / "metrics.csv").write_text(text)
+    (stage.checkpoints / ".last.ckpt.x1y2z3w4.tmp").write_bytes(b"half a checkpo")
+    shutil.copy(stage.last_checkpoint, previous_of(stage.last_checkpoint))
+    with (run / "train.log").open("a") as f:
+        f.write("stage1 epoch 2/2 step 1/2 lo")
+    console = Console(record=True, width=200, force_terminal=False)
+    train(load_config("demo", [*TINY, "stages.stage1.max_epochs=2"]), data, run, resume=True,
+          console=console)
+    assert [int(r["epoch"]) for r in csv.DictReader(stage.metrics.open())] == [1, 2]
+    assert not _staged(run) and not list(run.rglob(f"*{PREVIOUS_SUFFIX}"))
+    log = (run / "train.log").read_text().splitlines()
+    torn = log.index("stage1 epoch 2/2 step 1/2 lo")
+    assert any(line.startswith("stage1 epoch 2/2: train loss") for line in log[torn + 1:])
+
+
+# --- 7: the epoch lines of a batch job --------------------------------------------------------
+
+
+def test_progress_bar_false_keeps_the_epoch_lines_in_the_output_and_train_log(
+    trained: dict
+) -> None:
+    """``progress_bar=false`` (what batch jobs set) drops the bar and the step lines only."""
+    log = (trained["run"] / "train.log").read_text()
+    for text in (trained["console"], log):
+        assert re.search(r"^stage1 epoch 1/1: train loss \d+\.\d{4}, val L_mask .* mIoU "
+                         r"\d+\.\d\d%", text, re.MULTILINE), text
+        assert " step " not in text
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_off_prints_each_epoch_where_the_run_log_copies_it(terminal: bool) -> None:
+    """On a terminal too: the lines go to the console, which train.log copies."""
+    console = Console(force_terminal=terminal)
+    callbacks = progress_callbacks(console, "stage1", False, 50, log=Console())
+    assert len(callbacks) == 1 and isinstance(callbacks[0], ProgressLines)
+    assert callbacks[0].console is console and callbacks[0].every_n_steps is None
