@@ -35,6 +35,7 @@ from condseg.inference.predict import save_probability
 from condseg.layout import RunDir, StageDir
 from condseg.models.model_file import save_model
 from condseg.models.registry import create_model
+from condseg.outputs import claim
 from condseg.training import train
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, AtomicCheckpointIO, previous_of
 from condseg.training.progress import ProgressLines, progress_callbacks
@@ -86,7 +87,7 @@ def trained(data: Path, no_tmpdir: Path, tmp_path_factory: pytest.TempPathFactor
     """A tiny run trained as a batch job would (progress_bar=false, output not a terminal),
     with nothing to stage its files in but their own folders."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    console = Console(record=True, width=200, force_terminal=False)
+    console = Console(record=True, width=200, force_terminal=False, soft_wrap=True)
     result = train(load_config("demo", TINY), data, run, console=console)
     return {"run": run, "result": result, "console": console.export_text()}
 
@@ -377,3 +378,56 @@ def test_progress_off_prints_each_epoch_where_the_run_log_copies_it(terminal: bo
     callbacks = progress_callbacks(console, "stage1", False, 50, log=Console())
     assert len(callbacks) == 1 and isinstance(callbacks[0], ProgressLines)
     assert callbacks[0].console is console and callbacks[0].every_n_steps is None
+
+
+# --- 7: what a finished run keeps, and pruning it ----------------------------------------------
+
+
+def test_a_finished_run_says_what_it_keeps_to_be_extended_and_how_to_remove_it(
+    trained: dict
+) -> None:
+    run = trained["run"]
+    assert ("kept to extend this run with more epochs: stage1/checkpoints/last.ckpt ("
+            in trained["console"])
+    assert f"`condseg prune {run}` removes them, keeping the model files" in trained["console"]
+    assert "condseg prune" in (run / "train.log").read_text()
+
+
+def test_prune_removes_only_what_finished_stages_keep_to_be_extended(
+    trained: dict, data: Path, tmp_path: Path
+) -> None:
+    """Over a study-like folder: a finished run, an unfinished one (it resumes from its
+    checkpoint) and a run in use. A dry run removes nothing; a pruned stage says why it
+    cannot be extended, and is still reused as finished."""
+    study = tmp_path / "study"
+    done, unfinished, busy = (study / "runs" / name for name in ("done", "unfinished", "busy"))
+    for run in (done, unfinished, busy):
+        shutil.copytree(trained["run"], run)
+    (unfinished / "stage1" / "result.json").unlink()
+    shutil.copy(done / "stage1" / "checkpoints" / "last.ckpt",
+                done / "stage1" / "checkpoints" / "last.previous.ckpt")
+    checkpoints = sorted(study.rglob("*.ckpt"))
+    runner = CliRunner()
+
+    dry = runner.invoke(cli.app, ["prune", str(study), "--dry-run"])
+    assert dry.exit_code == 0 and f"would remove {done / 'stage1/checkpoints/last.ckpt'} (" \
+        in dry.output
+    assert sorted(study.rglob("*.ckpt")) == checkpoints
+    with claim(busy):
+        result = runner.invoke(cli.app, ["prune", str(study)])
+    assert result.exit_code == 0, result.output
+    assert f"left alone: {busy} is in use by another condseg process" in result.output
+    assert "removed 2 checkpoint(s)" in result.output
+    assert sorted(study.rglob("*.ckpt")) == sorted(
+        p for p in checkpoints if p.is_relative_to(unfinished) or p.is_relative_to(busy))
+    assert (done / "stage1" / "model.safetensors").is_file()
+
+    config = (done / "config.yaml").read_bytes()
+    extend = runner.invoke(cli.app, ["train", "--resume", str(done), "--data", str(data),
+                                     "stages.stage1.max_epochs=2"])
+    assert extend.exit_code == 2
+    assert (f"({done / 'stage1/checkpoints/last.ckpt'} was removed, by condseg prune or by "
+            "hand)") in extend.output.splitlines()[-1]
+    assert (done / "config.yaml").read_bytes() == config  # the refused start changed nothing
+    again = runner.invoke(cli.app, ["train", "--resume", str(done), "--data", str(data)])
+    assert again.exit_code == 0 and "stage1 already finished" in again.output, again.output

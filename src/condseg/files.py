@@ -48,13 +48,17 @@ def current_umask() -> int:
     return mask
 
 
+def amount(size: float) -> str:
+    """A number of bytes for a message, in MB or GB."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
 def free_space(folder: Path) -> str:
     """What the file system holding ``folder`` has left for this user, for a message."""
     try:
-        free = shutil.disk_usage(folder).free
+        return amount(shutil.disk_usage(folder).free)
     except OSError:
         return "an unknown amount of space"
-    return f"{free / 1e9:.1f} GB" if free >= 1e9 else f"{free / 1e6:.1f} MB"
 
 
 def cannot_write(path: Path, error: OSError) -> OutputError:

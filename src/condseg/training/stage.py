@@ -78,13 +78,26 @@ def _resume_point(name: str, stage: StageDir, console: Console) -> str | None:
     stage without one to extend it from is refused."""
     start, warning = resume_point(stage)
     if start is None and stage.is_finished():
-        raise TrainingError(
-            f"{name} has finished, but no readable checkpoint is left to extend it from "
-            f"({stage.last_checkpoint} is damaged); its model file {stage.model_file} is kept. "
-            "Restore the checkpoint, or extend it in a new run")
+        raise _not_extendable(name, stage)
     if warning and is_main_process():
         console.print(f"warning: {warning}", highlight=False, markup=False)
     return start
+
+
+def check_extendable(name: str, stage: StageDir) -> None:
+    """Refuse before the run is touched (its config.yaml rewritten with more epochs) to extend
+    the finished stage ``name`` when no checkpoint is left to extend it from."""
+    if resume_point(stage)[0] is None:
+        raise _not_extendable(name, stage)
+
+
+def _not_extendable(name: str, stage: StageDir) -> TrainingError:
+    last = stage.last_checkpoint
+    why = "is damaged" if last.is_file() else "was removed, by condseg prune or by hand"
+    return TrainingError(
+        f"{name} has finished, but no readable checkpoint is left to extend it from ({last} "
+        f"{why}); its model file {stage.model_file} is kept. Restore the checkpoint, or extend "
+        "it in a new run")
 
 
 def _finish(
