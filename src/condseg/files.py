@@ -82,11 +82,12 @@ def writing(path: Path, reads: bool = False) -> Iterator[None]:
     a bug and passes through."""
     try:
         yield
-    except OutputError:
-        raise
     except OSError as error:
-        full = error.errno in FULL and error.errno is not None and error.filename is None
-        if full if reads else error.errno in ENVIRONMENT_ERRNOS or error.errno is None:
+        if reads:
+            turned = error.errno in FULL - {None} and error.filename is None
+        else:
+            turned = error.errno in ENVIRONMENT_ERRNOS or error.errno is None
+        if turned:
             raise cannot_write(path, error) from error
         raise
 

@@ -156,9 +156,9 @@ def prune(
         report = remove(folders, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path, size in report.removed:
-        console.print(f"{verb} {path} ({amount(size)})", highlight=False)
+        console.print(f"{verb} {path} ({amount(size)})", highlight=False, markup=False)
     for busy in report.busy:
-        console.print(f"left alone: {busy}", highlight=False)
+        console.print(f"left alone: {busy}", highlight=False, markup=False)
     console.print(f"{verb} {len(report.removed)} checkpoint(s), {amount(report.freed)}; those "
                   "stages can no longer be extended with more epochs", highlight=False)
 
