@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -282,18 +283,28 @@ def test_an_unwritable_out_is_refused_before_the_work(
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_disk_that_fills_during_predict_is_one_line_and_no_half_output(
-    data: Path, model_file: Path, tmp_path: Path
+    data: Path, model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A real ENOSPC from the kernel: the third mask's file is a link to /dev/full."""
+    """A real ENOSPC from the kernel: the third mask's staged file is a link to /dev/full."""
     out = tmp_path / "masks"
-    out.mkdir()
     third = out / f"{sorted((data / 'images').iterdir())[2].stem}.png"
-    third.symlink_to("/dev/full")
-    argv = [*_commands(data, model_file, out)["predict"], "--overwrite"]
-    result = CliRunner().invoke(cli.app, argv)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        if Path(name).name.startswith(f".{third.name}."):
+            os.close(fd)
+            os.unlink(name)
+            os.symlink("/dev/full", name)
+            fd = os.open(name, os.O_WRONLY)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = CliRunner().invoke(cli.app, _commands(data, model_file, out)["predict"])
     assert result.exit_code == 2
-    assert _one_line(result.output) == f"error: {third}: No space left on device"
-    assert list(out.iterdir()) == [third]  # the two masks written before are removed
+    line = _one_line(result.output)
+    assert line.startswith(f"error: cannot write {third} (No space left on device): {out} has ")
+    assert not out.exists()  # the two masks written before are removed, and the folder
 
 
 def test_a_folder_where_a_file_goes_is_refused_even_with_overwrite(

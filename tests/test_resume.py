@@ -35,7 +35,7 @@ OVERRIDES = [
 CHILD = """
 import sys, time
 from pathlib import Path
-import lightning.fabric.plugins.io.torch_io as torch_io
+import torch
 from condseg.config import load_config
 from condseg.training import stage, train
 from condseg.training.module import SegmentationModule
@@ -55,16 +55,15 @@ if moment == "mid-epoch":  # before the third step of the second epoch
         return step(self, batch, i)
     SegmentationModule.training_step = training_step
 elif moment == "checkpoint-write":  # the sixth checkpoint file, half written
-    save, calls = torch_io._atomic_save, []
-    def atomic_save(checkpoint, path):
-        calls.append(path)
+    save, calls = torch.save, []
+    def half_save(checkpoint, f, *args, **kwargs):  # what AtomicCheckpointIO writes with
+        calls.append(f)
+        save(checkpoint, f, *args, **kwargs)
         if len(calls) == 6:
-            save(checkpoint, path)
-            data_ = Path(path).read_bytes()
-            Path(path).write_bytes(data_[: len(data_) // 2])
+            f.truncate(f.tell() // 2)
+            f.flush()
             wait_for_the_kill()
-        save(checkpoint, path)
-    torch_io._atomic_save = atomic_save
+    torch.save = half_save
 elif moment == "between-stages":
     build = stage._build_model
     def build_model(plan, *args, **kwargs):

@@ -47,6 +47,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from condseg.errors import OptionError, first_line
+from condseg.files import write_text
 from condseg.inference.engine import Execution, cpu_supports_bf16
 from condseg.inference.loading import usable_cores
 from condseg.models.base import SegmentationModel
@@ -421,10 +422,8 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     }
     results = [{**asdict(r), "images_per_s": r.images_per_s} for r in report.results]
     document = {"machine": machine, "results": results, "skipped": report.skipped}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text(Path(path), json.dumps(document, indent=2) + "\n")
 
 
 def _processor() -> str:

@@ -14,6 +14,8 @@ import csv
 import math
 from pathlib import Path
 
+from condseg.files import atomic_file
+
 FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val_miou",
                  "val_mdsc", "val_recall", "val_precision")
 #: The training loss of each logged step: an interrupted epoch's mean is taken from these.
@@ -37,32 +39,49 @@ def read_lightning_log(path: Path) -> dict[int, dict[str, float]]:
     """{epoch from 1: {column: value}} of one Lightning ``metrics.csv``: the last finite value
     per epoch, in the table's names and units. Rows without an epoch (learning rates, logged as
     an epoch starts) belong to the epoch of the next row that has one. An epoch whose end a kill
-    interrupted (no epoch mean logged) gets ``train_loss`` as the mean of its logged steps."""
+    interrupted (no epoch mean logged) gets ``train_loss`` as the mean of its logged steps.
+
+    A killed process may have left the file half-written: empty, without its header's
+    ``epoch`` column yet (only learning rates flushed), or with a torn last row. Such a file
+    reads as the epochs it holds whole (none, for the first two)."""
     epochs: dict[int, dict[str, float]] = {}
     steps: dict[int, list[float]] = {}
     pending: dict[str, float] = {}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "epoch" not in reader.fieldnames:
-            raise ValueError(f"{path} is not a Lightning metrics.csv (no 'epoch' column)")
+            return {}
         for row in reader:
-            values = {name: float(cell) for key, cell in row.items()
-                      if cell and key != "epoch" and (name := column_name(key)) is not None}
-            values = {k: 100 * v if k in PERCENT else v for k, v in values.items()
-                      if math.isfinite(v)}
-            if not row["epoch"]:
+            try:
+                values, number, step_loss = _parsed(row)
+            except (ValueError, TypeError):  # a torn row: a kill during the write
+                continue
+            if number is None:
                 pending.update(values)
                 continue
-            number = int(float(row["epoch"])) + 1
             epoch = epochs.setdefault(number, {})
             epoch.update(pending)
             epoch.update(values)
             pending = {}
-            if (step_loss := row.get(STEP_LOSS)) and math.isfinite(float(step_loss)):
-                steps.setdefault(number, []).append(float(step_loss))
+            if step_loss is not None:
+                steps.setdefault(number, []).append(step_loss)
     for number, losses in steps.items():
         epochs[number].setdefault("train_loss", sum(losses) / len(losses))
     return epochs
+
+
+def _parsed(row: dict) -> tuple[dict[str, float], int | None, float | None]:
+    """A Lightning row's finite values in the table's names and units, its epoch from 1 (None
+    on a learning-rate row) and its step loss; ValueError or TypeError for a torn row (too few
+    or too many cells, a number cut short)."""
+    if None in row or None in row.values():
+        raise ValueError("torn row")
+    values = {name: float(cell) for key, cell in row.items()
+              if cell and key != "epoch" and (name := column_name(key)) is not None}
+    values = {k: 100 * v if k in PERCENT else v for k, v in values.items() if math.isfinite(v)}
+    number = int(float(row["epoch"])) + 1 if row["epoch"] else None
+    step_loss = float(row[STEP_LOSS]) if row.get(STEP_LOSS) else None
+    return values, number, step_loss if step_loss is not None and math.isfinite(step_loss) else None
 
 
 def read_epochs(path: Path) -> dict[int, dict[str, float]]:
@@ -96,7 +115,7 @@ def write_epoch_log(stage_dir: Path) -> Path:
     rest = sorted(present - set(FIRST_COLUMNS), key=lambda k: (k.startswith("lr"), k))
     columns = [c for c in FIRST_COLUMNS if c == "epoch" or c in present] + rest
     out = stage_dir / "metrics.csv"
-    with out.open("w", newline="") as f:
+    with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for epoch in sorted(epochs):

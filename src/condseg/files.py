@@ -1,19 +1,37 @@
-"""Outputs written whole, with the permissions the user's umask gives.
+"""Outputs written whole, beside their destination, with the permissions the user's umask
+gives, and a failed write that names where it failed.
 
 Outputs are written into a temporary sibling and renamed into place, so that a kill never
-leaves half a file. :mod:`tempfile` creates its files 0600 and folders 0700 (private by
+leaves half a file, and nothing is staged in ``$TMPDIR`` (a compute node's small ``/tmp`` must
+not stop a run whose own disk has room). :mod:`tempfile` creates its files 0600 (private by
 design), and a rename keeps the mode: without these helpers a model file or a prepared dataset
 would be unreadable to the user's group whatever their umask says. (Folders are staged by
 :func:`condseg.outputs.staged`, whose plain ``mkdir`` already follows the umask.)
+
+A write that fails names the file and, for a full disk, its folder's free space: ``write()``
+names no file, and libraries report a short write as an OSError without an errno (numpy:
+"65536 requested and 47072 written").
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from condseg.errors import OutputError
+from condseg.outputs import ENVIRONMENT_ERRNOS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: A full disk or quota, or a short write (None: what a library reports without an errno).
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None})
 
 
 def current_umask() -> int:
@@ -30,17 +48,102 @@ def current_umask() -> int:
     return mask
 
 
+def amount(size: float) -> str:
+    """A number of bytes for a message, in MB or GB."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def free_space(folder: Path) -> str:
+    """What the file system holding ``folder`` has left for this user, for a message."""
+    try:
+        return amount(shutil.disk_usage(folder).free)
+    except OSError:
+        return "an unknown amount of space"
+
+
+def cannot_write(path: Path, error: OSError) -> OutputError:
+    """The one-line error of a failed write into ``path`` (a file or a folder)."""
+    inside = path.is_dir()
+    folder = path if inside else path.parent
+    what = f"{'into ' if inside else ''}{path} ({error.strerror or error})"
+    if error.errno in FULL:
+        return OutputError(f"cannot write {what}: {'it' if inside else folder} has "
+                           f"{free_space(folder)} free; make room there, or write the output "
+                           "elsewhere")
+    return OutputError(f"cannot write {what}; choose a writable output folder")
+
+
+@contextmanager
+def writing(path: Path, reads: bool = False) -> Iterator[None]:
+    """Turn a failed write in the block into :func:`cannot_write` naming ``path``: an OSError
+    about the machine (:data:`~condseg.outputs.ENVIRONMENT_ERRNOS`) or one without an errno.
+    With ``reads`` (a block that also reads files, as a training does) only a full disk that
+    names no file is turned; an error naming its file already says where. Any other OSError is
+    a bug and passes through."""
+    try:
+        yield
+    except OSError as error:
+        if reads:
+            turned = error.errno in FULL - {None} and error.filename is None
+        else:
+            turned = error.errno in ENVIRONMENT_ERRNOS or error.errno is None
+        if turned:
+            raise cannot_write(path, error) from error
+        raise
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary sibling of ``path`` to write; renamed over ``path`` with the mode a plain
-    ``open()`` would give when the block succeeds, removed when it fails."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        tmp.chmod(0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    ``open()`` would give when the block succeeds, removed when it fails. A failed write is
+    :func:`cannot_write` naming ``path``."""
+    with writing(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            tmp.chmod(0o666 & ~current_umask())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
+
+def write_bytes(path: Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` whole (see :func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole (see :func:`atomic_file`)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_image(path: Path, pixels: np.ndarray) -> Path:
+    """Write a grey or BGR image (the format from the suffix): encoded by OpenCV but written
+    here, since ``cv2.imwrite`` only returns False on a full disk."""
+    import cv2
+
+    encoded, data = cv2.imencode(path.suffix or ".png", pixels)
+    if not encoded:
+        raise ValueError(f"OpenCV cannot encode a {pixels.dtype} {pixels.shape} image as {path}")
+    return write_bytes(path, data.tobytes())
+
+
+def clear_staged(folder: Path) -> list[Path]:
+    """Remove the temporary files a killed process left staged under ``folder`` (which this
+    process holds): :func:`atomic_file`'s and safetensors' own (``.tmpXXXXXX``). Returns them."""
+    stale = [p for p in folder.rglob(".*") if p.is_file() and _is_staged(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _is_staged(name: str) -> bool:
+    """``.NAME.XXXXXXXX.tmp`` (mkstemp's eight random characters) or ``.tmpXXXXXX``."""
+    if name.startswith(".tmp") and len(name) == 10 and name[4:].isalnum():
+        return True
+    stem = name.removesuffix(".tmp")
+    return stem != name and stem.startswith(".") and len(stem.rpartition(".")[2]) == 8

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from condseg.files import atomic_file, write_image
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -62,18 +64,16 @@ def heatmap(prob: np.ndarray) -> np.ndarray:
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write a grey (H, W) or RGB (H, W, 3) uint8 image. Encoded by OpenCV but written by
-    Python, so that a failed write (a full disk, no permission) is an OSError naming the file
-    and the cause, where ``cv2.imwrite`` only returns False."""
-    path = Path(path)
+    """Write a grey (H, W) or RGB (H, W, 3) uint8 image whole; a failed write (a full disk, no
+    permission) is an error naming the file, where ``cv2.imwrite`` only returns False."""
     pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    encoded, data = cv2.imencode(path.suffix or ".png", pixels)
-    if not encoded:
-        raise ValueError(f"OpenCV cannot encode a {image.dtype} {image.shape} image as {path}")
-    try:
-        path.write_bytes(data.tobytes())
-    except OSError as error:  # a failed write() names no file
-        raise OSError(error.errno, error.strerror, str(path)) from error
+    return write_image(Path(path), pixels)
+
+
+def write_figure(fig: Figure, path: Path, **options: object) -> Path:
+    """Save ``fig`` whole, in the format of ``path``'s suffix (see :func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), **options)
     return path
 
 
@@ -114,7 +114,7 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
         ax.legend(fontsize="small")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    write_figure(fig, out_png, dpi=100)
     return out_png
 
 
@@ -210,9 +210,9 @@ def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
     returns the PNG's path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    write_figure(fig, out_png, dpi=100)
     if pdf:
-        fig.savefig(out_png.with_suffix(".pdf"))
+        write_figure(fig, out_png.with_suffix(".pdf"))
     return out_png
 
 

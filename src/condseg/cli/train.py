@@ -1,4 +1,4 @@
-"""Training commands: train, cv, and the lists of what can be trained (models, methods,
+"""Training commands: train, cv, prune, and the lists of what can be trained (models, methods,
 presets)."""
 
 from __future__ import annotations
@@ -141,6 +141,29 @@ def cv(
     if result.ensemble_file is not None:
         console.print(f"cross-validation folder: {result.cv_dir}; ensemble: "
                       f"{result.ensemble_file}", highlight=False)
+
+
+def prune(
+    folders: Annotated[list[Path], typer.Argument(
+        help="Run, cross-validation or study folders (every run under them).")],
+    dry_run: Annotated[bool, typer.Option(
+        help="List what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove the checkpoints that finished stages keep only to be extended (last.ckpt, with
+    the optimiser state). Model files, results, logs and evaluations stay; unfinished stages
+    and runs in use are left alone."""
+    from condseg.files import amount
+    from condseg.training.prune import prune as remove
+
+    with user_errors():
+        report = remove(folders, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path, size in report.removed:
+        console.print(f"{verb} {path} ({amount(size)})", highlight=False, markup=False)
+    for busy in report.busy:
+        console.print(f"left alone: {busy}", highlight=False, markup=False)
+    console.print(f"{verb} {len(report.removed)} checkpoint(s), {amount(report.freed)}; those "
+                  "stages can no longer be extended with more epochs", highlight=False)
 
 
 def presets() -> None:

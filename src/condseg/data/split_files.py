@@ -8,6 +8,7 @@ from pathlib import Path
 
 from condseg.data.names import name_key, unlistable
 from condseg.errors import DataError
+from condseg.files import write_text
 from condseg.layout import DatasetDir
 
 
@@ -48,4 +49,4 @@ def write_split(path: str | Path, names: Iterable[str]) -> None:
         if why is not None or name != name.strip():
             raise DataError(f"cannot list {name!r} in split file {path}: "
                             f"{why or 'its name has surrounding whitespace'}; rename the file")
-    Path(path).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    write_text(Path(path), "".join(f"{n}\n" for n in names))

@@ -16,6 +16,7 @@ import numpy as np
 
 from condseg.data.split_files import write_split
 from condseg.errors import DataError
+from condseg.files import write_image, write_text
 from condseg.layout import DatasetDir
 
 
@@ -125,8 +126,8 @@ def synthesize(
     names = [f"synth_{i:04d}" for i in range(n_train + n_val)]
     for i, name in enumerate(names):
         image, mask = synthesize_pair(np.random.default_rng([seed, i]), size)
-        cv2.imwrite(str(layout.images / f"{name}.png"), image[:, :, ::-1])
-        cv2.imwrite(str(layout.masks / f"{name}.png"), mask)
+        write_image(layout.images / f"{name}.png", np.ascontiguousarray(image[:, :, ::-1]))
+        write_image(layout.masks / f"{name}.png", mask)
     write_split(layout.split("train"), names[:n_train])
     write_split(layout.split("val"), names[n_train:])
     info = {
@@ -136,5 +137,5 @@ def synthesize(
         "n_train": n_train,
         "n_val": n_val,
     }
-    (out / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
     return out

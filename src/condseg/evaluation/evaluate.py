@@ -28,6 +28,7 @@ from condseg.data.dataset import SegmentationDataset
 from condseg.errors import DataError, OptionError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.evaluation.names import display_name, formatted, unit
+from condseg.files import atomic_file, write_text
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -265,12 +266,12 @@ def write_results(
     csv_path, json_path = _files(folder)
     refuse_existing([csv_path, json_path], overwrite)
     folder.path.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="") as f:
+    with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", *METRIC_NAMES], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(result.rows)
     summary = {"protocol": result.protocol, "metrics": result.summary}
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(json_path, json.dumps(summary, indent=2) + "\n")
     return csv_path, json_path
 
 

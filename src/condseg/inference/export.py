@@ -30,6 +30,7 @@ from torch import nn
 from torch.onnx import symbolic_helper
 
 from condseg.errors import ExportError, first_line, refuse_existing
+from condseg.files import atomic_file
 from condseg.models.base import (
     SegmentationModel,
     eval_mode,
@@ -99,9 +100,10 @@ def export_onnx(
     """Export ``model`` to ONNX at ``size`` (default: the model file's input size), checked.
 
     With ``verify`` the graph is run by onnxruntime on a random batch of two and compared with
-    PyTorch; the maximum absolute difference of the logits is returned in the report. A file
-    whose difference exceeds ``tolerance`` is deleted and an error raised, so a wrong graph is
-    never left behind. Height and width are fixed at ``size``; only the batch is dynamic.
+    PyTorch; the maximum absolute difference of the logits is returned in the report. A graph
+    whose difference exceeds ``tolerance`` is not written and an error raised, so a wrong graph
+    is never left behind (the file is staged beside ``path`` and renamed when checked). Height
+    and width are fixed at ``size``; only the batch is dynamic.
     """
     path = Path(path)
     if not (isinstance(opset, int) and opset in OPSETS):
@@ -120,47 +122,47 @@ def export_onnx(
     )
     if opset >= 18:  # below 18 torch's own error (Col2Im needs opset 18) is the right message
         torch.onnx.register_custom_op_symbolic("aten::col2im", _col2im, opset)
-    try:
-        with (eval_mode(wrapper, inference=False), plain_kernels(wrapper),
-              warnings.catch_warnings(), _stderr_dropped_on_error()):
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # H, W are fixed anyway
-            torch.onnx.export(
-                wrapper,
-                (sample,),
-                str(path),
-                input_names=["image"],
-                output_names=outputs,
-                dynamic_axes=axes,
-                opset_version=opset,
-                **options,
+    with atomic_file(path) as tmp:  # a failed or wrong export leaves nothing
+        try:
+            with (eval_mode(wrapper, inference=False), plain_kernels(wrapper),
+                  warnings.catch_warnings(), _stderr_dropped_on_error(path.parent)):
+                warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # H, W are fixed anyway
+                torch.onnx.export(
+                    wrapper,
+                    (sample,),
+                    str(tmp),
+                    input_names=["image"],
+                    output_names=outputs,
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    **options,
+                )
+        except torch.onnx.errors.OnnxExporterError as error:  # an operator the opset lacks
+            raise ExportError(f"{model.name} cannot be exported at opset {opset} "
+                              f"({first_line(error)}); try a higher opset, up to "
+                              f"{OPSETS.stop - 1}") from error
+        finally:
+            if opset >= 18:
+                torch.onnx.unregister_custom_op_symbolic("aten::col2im", opset)
+        _finish_graph(tmp, model, (height, width))
+        diff = _verify(wrapper, tmp, sample, outputs) if verify else None
+        if diff is not None and not diff <= tolerance:
+            raise ExportError(
+                f"ONNX export of {path.name} disagrees with PyTorch (max |diff| {diff:.3g} > "
+                f"{tolerance:g}); nothing was written — try another opset or report the model"
             )
-    except torch.onnx.errors.OnnxExporterError as error:  # an operator the opset lacks
-        raise ExportError(f"{model.name} cannot be exported at opset {opset} "
-                          f"({first_line(error)}); try a higher opset, up to "
-                          f"{OPSETS.stop - 1}") from error
-    finally:
-        if opset >= 18:
-            torch.onnx.unregister_custom_op_symbolic("aten::col2im", opset)
-    _finish_graph(path, model, (height, width))
-    diff = _verify(wrapper, path, sample, outputs) if verify else None
-    if diff is not None and not diff <= tolerance:
-        path.unlink()
-        raise ExportError(
-            f"ONNX export of {path.name} disagrees with PyTorch (max |diff| {diff:.3g} > "
-            f"{tolerance:g}); the file was removed — try another opset or report the model"
-        )
     return ExportReport(path=path, outputs=outputs, max_abs_diff=diff)
 
 
 @contextmanager
-def _stderr_dropped_on_error() -> Iterator[None]:
+def _stderr_dropped_on_error(folder: Path) -> Iterator[None]:
     """Hold the process's stderr aside and pass it on unless the block fails: torch's exporter
     dumps its whole IR graph there (from C++) when the opset lacks an operator, thousands of
-    lines above our one-line error."""
+    lines above our one-line error. It is held in ``folder`` (the output's), not ``$TMPDIR``."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    with tempfile.TemporaryFile(dir=folder) as held:
         os.dup2(held.fileno(), 2)
         failed = False
         try:

@@ -12,6 +12,7 @@ model runs on the inference engine's fast path unless told otherwise
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from condseg.data.dataset import read_image
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
 from condseg.errors import DataError, ModelError, OptionError, refuse_existing
+from condseg.files import write_bytes
 from condseg.inference.engine import Execution, prepare
 from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -267,9 +269,10 @@ def probability_path(out_dir: str | Path, name: str, fmt: str) -> Path:
 def save_probability(path: Path, prob: np.ndarray) -> Path:
     """``.png``: 8-bit grey round(255·p), what the polyp literature's evaluation scripts read;
     ``.npy``: the float32 map itself (``np.load`` reads it; nothing is pickled)."""
-    if path.suffix == ".npy":
-        np.save(path, prob.astype(np.float32), allow_pickle=False)
-        return path
+    if path.suffix == ".npy":  # serialised here: np.save's own short write is no clear error
+        buffer = io.BytesIO()
+        np.save(buffer, prob.astype(np.float32), allow_pickle=False)
+        return write_bytes(path, buffer.getbuffer())
     return save_png(path, np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,7 +88,13 @@ def save_model(
     text = json.dumps(header, default=_json_scalar)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        _save_weights(model, tmp, metadata={META_KEY: text}, force_contiguous=True)
+        try:
+            _save_weights(model, tmp, metadata={META_KEY: text}, force_contiguous=True)
+        except SafetensorError as error:  # a failed write, an OSError in all but its type
+            code = re.search(r"\(os error (\d+)\)", str(error))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from error
     return path
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from condseg import __version__
 from condseg.evaluation.compare import Comparison
 from condseg.evaluation.compare.tables import OUTPUT_FILES, markdown_cell, markdown_row
+from condseg.files import write_text
 from condseg.inference.loading import usable_cores
 from condseg.layout import StudyDir
 from condseg.study.protocol import MethodProtocol
@@ -126,5 +127,5 @@ def write_report(
         lines += ["", f"Tables, paired statistics and figures: `{study.comparison.name}/`."]
     else:
         lines.append("No run has finished yet.")
-    study.report.write_text("\n".join(lines) + "\n")
+    write_text(study.report, "\n".join(lines) + "\n")
     return study.report

@@ -179,4 +179,4 @@ def _write_start(run: StudyRun, protocol: MethodProtocol, data: Path) -> None:
     """The configuration a run not yet started starts from (its job folder's config.yaml)."""
     if not run.run.is_run():
         run.job.path.mkdir(parents=True, exist_ok=True)
-        run.job.config.write_text(run.config(protocol, data).to_yaml())
+        _write(run.job.config, run.config(protocol, data).to_yaml())

@@ -1,9 +1,11 @@
 """Checkpoints that survive a kill: written atomically, the previous one kept, read safely.
 
 Every checkpoint Lightning writes goes through :class:`AtomicCheckpointIO`: to a temporary
-file first, then renamed over the old one, which is kept as ``<name>.previous.ckpt`` — so a kill
-during a write leaves the last complete checkpoint, and a checkpoint damaged later (a truncated
-copy) falls back to the one before it. Checkpoints are only ever read with
+file beside it first (never in ``$TMPDIR``, where Lightning's own writer stages it: a small
+``/tmp`` would stop the run), then renamed over the old one, which is kept as
+``<name>.previous.ckpt`` — so a kill during a write leaves the last complete checkpoint, and a
+checkpoint damaged later (a truncated copy) falls back to the one before it. A full disk is
+one error naming the checkpoint and its folder's free space. Checkpoints are only ever read with
 ``weights_only=True``: a planted file cannot run code.
 """
 
@@ -19,6 +21,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from condseg.errors import CheckpointError
+from condseg.files import atomic_file
 from condseg.layout import StageDir
 
 PREVIOUS_SUFFIX = ".previous.ckpt"
@@ -31,12 +34,15 @@ def previous_of(path: Path) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        if path.is_file():
-            os.replace(path, previous_of(path))
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            with tmp.open("wb") as f:  # through Python: a failed write is an OSError
+                torch.save(checkpoint, f)
+            if path.is_file():
+                os.replace(path, previous_of(path))
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:

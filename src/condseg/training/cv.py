@@ -33,6 +33,7 @@ from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.evaluation.names import percent
+from condseg.files import atomic_file, write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
@@ -259,7 +260,7 @@ def _write_config(cv: CVDir, config: RunConfig) -> None:
                 f"--out, or continue it with its own: --config {cv.config}")
         return
     cv.path.mkdir(parents=True, exist_ok=True)
-    cv.config.write_text(config.to_yaml())
+    write_text(cv.config, config.to_yaml())
 
 
 def _run(
@@ -289,7 +290,7 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
     summaries); print both."""
     rows = [{"run": r.name, "fold": r.fold, "seed": r.seed, **r.metrics} for r in runs]
     summary = summarize(rows)
-    with cv.runs_table.open("w", newline="") as f:
+    with atomic_file(cv.runs_table) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
         writer.writeheader()
         writer.writerows(rows)
@@ -302,7 +303,7 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
         "metrics": summary,
         "ensemble": cv.ensemble.name,
     }
-    cv.summary.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(cv.summary, json.dumps(record, indent=2) + "\n")
     executions = ", ".join(sorted({r.execution for r in runs}))
     table = Table(title=f"validation results of {len(runs)} runs (percent; {executions})")
     table.add_column("run")

@@ -74,8 +74,11 @@ class RunLog:
         self._file: TextIO | None = None
 
     def attach(self, file: Path) -> None:
-        """Copy from now on into ``file`` (a run's or a cross-validation's log)."""
+        """Copy from now on into ``file`` (a run's or a cross-validation's log). A line a
+        killed process left unfinished is ended first, so the resumed run starts a line."""
         self._file = file.open("a", encoding="utf-8")
+        if not _ends_a_line(file):
+            self._file.write("\n")
         self.log = Console(file=self._file, width=LOG_WIDTH, force_terminal=False,
                            no_color=True, highlight=False, emoji=False, soft_wrap=True)
         self.console.push_render_hook(_CopyToLog(self.log))
@@ -92,6 +95,15 @@ class RunLog:
             self.log.print(f"stopped: {type(error).__name__}: {error}", markup=False)
         self._file.close()
         self.log = self._file = None
+
+
+def _ends_a_line(file: Path) -> bool:
+    """Whether ``file`` is empty or its last line is whole."""
+    with file.open("rb") as f:
+        if f.seek(0, 2) == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -53,9 +53,10 @@ class ProgressBar(RichProgressBar):
 
 
 class ProgressLines(Callback):
-    """Plain progress lines: every ``every_n_steps`` training steps, and after each validation."""
+    """Plain progress lines: every ``every_n_steps`` training steps (None: none), and after each
+    validation."""
 
-    def __init__(self, console: Console, stage: str, every_n_steps: int) -> None:
+    def __init__(self, console: Console, stage: str, every_n_steps: int | None) -> None:
         self.console, self.stage, self.every_n_steps = console, stage, every_n_steps
         self._start = time.perf_counter()
         self._losses: list[float] = []
@@ -77,7 +78,7 @@ class ProgressLines(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses.append(float(loss))
-        if (batch_idx + 1) % self.every_n_steps == 0 and self._losses:
+        if self.every_n_steps and (batch_idx + 1) % self.every_n_steps == 0 and self._losses:
             steps = trainer.num_training_batches
             per_step = (time.perf_counter() - self._start) / (batch_idx + 1)
             epoch = sum(self._epochs) / len(self._epochs) if self._epochs else per_step * steps
@@ -106,10 +107,12 @@ class ProgressLines(Callback):
 
 def progress_callbacks(console: Console, stage: str, enabled: bool, every_n_steps: int,
                        log: Console | None = None) -> list[Callback]:
-    """The bar on a terminal, lines elsewhere, nothing when progress is off. The lines also
-    go to ``log`` (the run's train.log): through the console when it prints lines, else alone."""
+    """The bar on a terminal, lines elsewhere. The lines also go to ``log`` (the run's
+    train.log): through the console when it prints lines, else alone. Progress off (what batch
+    jobs set) drops the bar and the step lines; each epoch's line stays, on the console and so
+    in train.log: a long job's log still shows it is alive and how far it got."""
     if not enabled:
-        return []
+        return [ProgressLines(console, stage, None)]
     if not console.is_terminal:
         return [ProgressLines(console, stage, every_n_steps)]
     lines = [ProgressLines(log, stage, every_n_steps)] if log is not None else []

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from condseg.config import StageConfig
+from condseg.files import write_text
 from condseg.layout import RunDir, StageDir
 
 
@@ -33,7 +34,7 @@ class StageResult:
         if self.batch_hook is not None:
             record["batch_hook"] = self.batch_hook
         record["metrics"] = self.metrics
-        stage.result.write_text(json.dumps(record, indent=2))
+        write_text(stage.result, json.dumps(record, indent=2))
 
     @classmethod
     def read(cls, stage: StageDir) -> StageResult | None:

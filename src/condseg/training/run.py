@@ -28,14 +28,16 @@ from rich.console import Console
 from condseg.config import RunConfig
 from condseg.errors import TrainingError
 from condseg.evaluation.evaluate import evaluate, print_table
+from condseg.files import amount
 from condseg.layout import DatasetDir, EvalDir, RunDir
 from condseg.models.model_file import load_model
 from condseg.training.logs import RunLog
 from condseg.training.plan import plan_stages, stage_parts
+from condseg.training.prune import kept_for_resuming
 from condseg.training.recipe import print_header, resolve_precision
 from condseg.training.resources import check_resources, check_shares
 from condseg.training.results import StageResult, TrainResult
-from condseg.training.stage import run_stage
+from condseg.training.stage import check_extendable, run_stage
 from condseg.training.start import (
     check_batches,
     check_data,
@@ -88,6 +90,10 @@ def _train(
             check_batches(config, plans.values(), processes, sizes)
             if resume:  # a refused resume is logged in the run it concerns
                 log.attach(run.log)
+                for name, plan in plans.items():
+                    finished = StageResult.read(run.stage(name))
+                    if finished is not None and finished.extended_by(plan.cfg):
+                        check_extendable(name, run.stage(name))
             prepare_run_dir(run, config, resume)
             if not resume:
                 log.attach(run.log)
@@ -106,7 +112,20 @@ def _train(
             trained = True
         if stage == "all":
             result.evaluation_dir = _evaluate_final(config, result, console, again=trained)
+        if trained and is_main_process():
+            _say_what_is_kept(run, console)
     return result
+
+
+def _say_what_is_kept(run: RunDir, console: Console) -> None:
+    """Name the checkpoints a finished run keeps only to be extended, and how to remove them."""
+    kept = kept_for_resuming(run)
+    if kept:
+        names = ", ".join(str(path.relative_to(run.path)) for path in kept)
+        console.print(f"kept to extend this run with more epochs: {names} "
+                      f"({amount(sum(p.stat().st_size for p in kept))}, with the optimiser "
+                      f"state); `condseg prune {run.path}` removes them, keeping the model files",
+                      highlight=False)
 
 
 def select_stages(config: RunConfig, stage: str | int) -> list[str]:

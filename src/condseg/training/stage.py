@@ -14,6 +14,7 @@ from condseg.config import RunConfig
 from condseg.epoch_log import write_epoch_log
 from condseg.errors import NonFiniteLossError, TrainingError
 from condseg.evaluation.names import display_name, percent
+from condseg.files import writing
 from condseg.layout import RunDir, StageDir
 from condseg.models.base import SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model
@@ -51,7 +52,8 @@ def run_stage(
     start = _resume_point(plan.name, stage, console) if resume else None
     last = stage.last_checkpoint
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=start)
+        with writing(stage.path, reads=True):  # Lightning's logs name no file on a full disk
+            trainer.fit(module, datamodule=data, ckpt_path=start)
     except NonFiniteLossError as exc:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch had finished"
         raise TrainingError(
@@ -76,13 +78,26 @@ def _resume_point(name: str, stage: StageDir, console: Console) -> str | None:
     stage without one to extend it from is refused."""
     start, warning = resume_point(stage)
     if start is None and stage.is_finished():
-        raise TrainingError(
-            f"{name} has finished, but no readable checkpoint is left to extend it from "
-            f"({stage.last_checkpoint} is damaged); its model file {stage.model_file} is kept. "
-            "Restore the checkpoint, or extend it in a new run")
+        raise _not_extendable(name, stage)
     if warning and is_main_process():
         console.print(f"warning: {warning}", highlight=False, markup=False)
     return start
+
+
+def check_extendable(name: str, stage: StageDir) -> None:
+    """Refuse before the run is touched (its config.yaml rewritten with more epochs) to extend
+    the finished stage ``name`` when no checkpoint is left to extend it from."""
+    if resume_point(stage)[0] is None:
+        raise _not_extendable(name, stage)
+
+
+def _not_extendable(name: str, stage: StageDir) -> TrainingError:
+    last = stage.last_checkpoint
+    why = "is damaged" if last.is_file() else "was removed, by condseg prune or by hand"
+    return TrainingError(
+        f"{name} has finished, but no readable checkpoint is left to extend it from ({last} "
+        f"{why}); its model file {stage.model_file} is kept. Restore the checkpoint, or extend "
+        "it in a new run")
 
 
 def _finish(

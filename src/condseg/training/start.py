@@ -14,6 +14,7 @@ from rich.console import Console
 from condseg.config import RunConfig, load_config
 from condseg.data.check import check_dataset
 from condseg.errors import TrainingError
+from condseg.files import clear_staged, write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, RunDir
 from condseg.outputs import claim, entries
@@ -71,6 +72,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
                 f"run directory {run_dir} is not empty; choose a new one, or continue the run in "
                 f"it with --resume {run_dir} (resume=True; e.g. to run stage 2 after stage 1)"
             )
+        clear_staged(run_dir)  # what a killed process was writing: never finished
         if run.config.is_file():
             previous = load_config(run.config)
             changed = _diff(previous.model_dump(mode="json"), config.model_dump(mode="json"))
@@ -86,7 +88,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
             if not changed:
                 return
     run_dir.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(config.to_yaml())
+    write_text(run.config, config.to_yaml())
 
 
 def _diff(a: object, b: object, prefix: str = "") -> list[str]:

@@ -22,7 +22,6 @@ import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from condseg.data.masks import read_mask_values
@@ -31,6 +30,7 @@ from condseg.data.prepare.pair import pair_samples
 from condseg.data.prepare.spec import DatasetSpec, Sample, examples
 from condseg.data.split_files import write_split
 from condseg.errors import DataError
+from condseg.files import atomic_file, write_image, write_text
 from condseg.layout import DatasetDir
 from condseg.outputs import check_staged, staged
 
@@ -58,8 +58,7 @@ def _write_sample(sample: Sample, spec: DatasetSpec, out: DatasetDir, link: bool
         [spec.foreground(*read_mask_values(mask)) for mask in sample.masks]
     )
     target = out.masks / f"{sample.name}.png"
-    if not cv2.imwrite(str(target), np.where(foreground, 255, 0).astype(np.uint8)):
-        raise OSError(f"could not write {target}")
+    write_image(target, np.where(foreground, 255, 0).astype(np.uint8))
 
 
 def convert(
@@ -124,14 +123,15 @@ def convert(
             write_split(layout.split(split), names)
         if skipped:
             _write_not_converted(layout.not_converted, skipped)
-        layout.split_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_text(layout.split_info, json.dumps(info, indent=2) + "\n")
     return out
 
 
 def _write_not_converted(path: Path, skipped: list[tuple[Path, str]]) -> None:
     """``file<TAB>reason`` rows, quoted as CSV quotes them where a file name holds a tab, a
     quote or a line break (``csv.reader(f, delimiter="\\t")`` reads them back)."""
-    with path.open("w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8", errors="surrogateescape",
+                                            newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "reason"])
         writer.writerows((str(file), why) for file, why in skipped)

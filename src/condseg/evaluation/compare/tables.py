@@ -16,6 +16,7 @@ from rich.text import Text
 
 from condseg.evaluation.compare.result import EMPTY_MARK, EMPTY_NOTE, Comparison, best_labels
 from condseg.evaluation.names import MISSING, TABLE_METRICS, display_name
+from condseg.files import atomic_file, write_text
 
 OUTPUT_FILES = ("compare.md", "compare.csv", "compare.tex", "stats.csv")
 _SHOWN_NAMES = [display_name(metric) for metric in TABLE_METRICS]
@@ -85,15 +86,15 @@ def write_tables(result: Comparison, out_dir: Path) -> list[Path]:
     """compare.md, compare.csv, compare.tex and stats.csv in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / n for n in OUTPUT_FILES]
-    paths[0].write_text(markdown_table(result))
+    write_text(paths[0], markdown_table(result))
     _write_csv(paths[1], table_csv_rows(result))
-    paths[2].write_text(latex_table(result))
+    write_text(paths[2], latex_table(result))
     _write_csv(paths[3], stats_csv_rows(result))
     return paths
 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
 
 
