@@ -111,7 +111,8 @@ def test_training_and_the_commands_after_it_stage_nothing_in_tmpdir(
     runner = CliRunner()
     commands = [
         ["evaluate", str(model), "--data", str(data), "--out", str(out / "eval"), "--workers",
-         "0", "--save-probabilities", str(out / "prob"), "--probability-format", "npy"],
+         "0", "--save-probabilities", str(out / "prob"), "--probability-format", "npy",
+         "--resolution", "original"],  # not the run's own protocol: compare takes both
         ["predict", str(model), str(data / "images"), "--out", str(out / "pred"), "--workers",
          "0", "--overlay"],
         ["compare", str(out / "eval"), str(run), "--out", str(out / "compare")],
