@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from condseg.errors import ConfigError, first_line
+from condseg.filekind import refuse_special
 from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
@@ -227,6 +228,8 @@ def list_presets() -> list[str]:
 def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a preset or file and resolve its ``extends:`` chain (child keys win, deep merge)."""
     path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):  # else a preset's name
+        refuse_special(path, "config file", ConfigError, "give the YAML file itself")
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text, source, base_dir = path.read_text(), str(path), path.parent
     else:

@@ -27,6 +27,7 @@ from pydantic import (
 
 from condseg.config import read_yaml, validated
 from condseg.errors import ConfigError, StudyError
+from condseg.filekind import refuse_special
 from condseg.recipes import list_methods
 
 #: Folder and row names: letters, digits, ``-``, ``_`` and ``.``.
@@ -206,6 +207,8 @@ def read_study(source: str | Path | None, changes: dict[str, Any]) -> StudySpec:
 
 def _read(source: str | Path) -> tuple[dict[str, Any], str, Path]:
     path = Path(source)
+    if path.suffix in (".yaml", ".yml"):  # else a preset's name
+        refuse_special(path, "study file", StudyError, "give the YAML file itself")
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text, where, base = path.read_text(), str(path), path.parent
     else:
