@@ -28,6 +28,7 @@ from pydantic import (
 
 from condseg.errors import ConfigError, first_line
 from condseg.filekind import refuse_special
+from condseg.files import read_text
 from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
@@ -37,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 #: stand for billions of values and exhaust the memory of whatever walks them; a real config
 #: has a few hundred.
 MAX_YAML_VALUES = 100_000
+#: What to do with a YAML file that is not UTF-8 (a user's, or a run folder's own, damaged).
+RESAVE = "save it as UTF-8 text"
 
 
 class _Section(BaseModel):
@@ -231,7 +234,7 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
     if path.suffix in (".yaml", ".yml"):  # else a preset's name
         refuse_special(path, "config file", ConfigError, "give the YAML file itself")
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, source, base_dir = path.read_text(), str(path), path.parent
+        text, source, base_dir = read_text(path, ConfigError, RESAVE), str(path), path.parent
     else:
         name = path.name.removesuffix(".yaml")
         resource = resources.files("condseg").joinpath("configs", f"{name}.yaml")

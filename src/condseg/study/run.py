@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 
 from condseg.data.check import require_prepared
-from condseg.errors import StudyError
+from condseg.errors import StudyError, first_line
 from condseg.evaluation.compare import Comparison, compare
-from condseg.files import atomic_file
+from condseg.files import atomic_file, read_json
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
@@ -151,8 +151,22 @@ def _continued(
     seeds = None if before.seeds is None and spec.seeds is None else list(dict.fromkeys(
         [*before.seed_list, *spec.seed_list]))
     merged = spec.model_copy(update={"methods": methods, "seeds": seeds})
-    saved = json.loads(study.protocol.read_text()) if study.protocol.is_file() else []
-    return merged, {p["name"]: MethodProtocol.from_json(p) for p in saved}
+    return merged, _saved_protocols(study)
+
+
+def _saved_protocols(study: StudyDir) -> dict[str, MethodProtocol]:
+    """What the study's methods received, as ``protocol.json`` keeps it (a damaged one is
+    refused by name: resolving the methods again might change their runs)."""
+    if not study.protocol.is_file():
+        return {}
+    todo = ("restore it from a copy of the study, or move it away to resolve the methods "
+            "again (what a method receives may then change)")
+    saved = read_json(study.protocol, list, StudyError, todo)
+    try:
+        return {p["name"]: MethodProtocol.from_json(p) for p in saved}
+    except (KeyError, TypeError, ValueError) as error:  # an entry of another shape
+        raise StudyError(f"{study.protocol} is damaged: an entry is not as condseg writes it "
+                         f"({type(error).__name__}: {first_line(error)}); {todo}") from None
 
 
 def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
