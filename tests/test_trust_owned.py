@@ -87,6 +87,7 @@ NOT_A_LOCK: dict[str, tuple[Callable[[Path, Path], None], str]] = {
 }
 
 
+@pytest.mark.timeout(120)  # a lock followed or re-checked wrongly loops
 @pytest.mark.parametrize("kind", NOT_A_LOCK)
 def test_a_lock_path_that_holds_no_lock_file_is_refused_and_never_written_through(
     kind: str, tmp_path: Path
@@ -112,6 +113,7 @@ def test_a_lock_path_that_holds_no_lock_file_is_refused_and_never_written_throug
         assert sorted(os.listdir(folder)) == sorted([LOCK, STAGED]) and not prepared.exists()
 
 
+@pytest.mark.timeout(120)  # a lock followed or re-checked wrongly loops
 def test_a_foreign_lock_is_one_line_from_the_cli_and_the_users_file_survives(
     data: Path, model_file: Path, tmp_path: Path
 ) -> None:
@@ -132,6 +134,7 @@ def test_a_foreign_lock_is_one_line_from_the_cli_and_the_users_file_survives(
 # --- class 4: a partial folder is cleared only when condseg marked it ------------------------
 
 
+@pytest.mark.timeout(120)  # a lock followed or re-checked wrongly loops
 @pytest.mark.parametrize("kind", ["folder", "link to a folder"])
 def test_a_partial_folder_condseg_did_not_make_is_refused_and_kept(
     kind: str, data: Path, tmp_path: Path
