@@ -25,9 +25,10 @@ from typer.testing import CliRunner
 
 from condseg import cli
 from condseg.data.synthetic import synthesize
-from condseg.errors import CrossValidationError, StudyError, TrainingError
+from condseg.errors import CrossValidationError, DataError, StudyError, TrainingError
+from condseg.evaluation.evaluate import read_results
 from condseg.filekind import file_kind, special
-from condseg.layout import CVDir, StageDir, StudyDir
+from condseg.layout import CVDir, EvalDir, StageDir, StudyDir
 from condseg.outputs import LOCK, STAGED, OutputError, check_staged, claim, staged
 from condseg.study.run import run_study
 from condseg.study.runs import plan_runs
@@ -281,6 +282,27 @@ def test_a_damaged_record_of_a_run_or_cross_validation_is_one_line_naming_it(
     with pytest.raises(CrossValidationError) as error:
         _recorded_metrics(cv)
     assert _one_line(str(error.value)).startswith(f"{cv.summary} is damaged: ")
+
+
+@pytest.mark.parametrize(("summary", "per_image", "words"), [
+    *((damage, b"name,dice\na,0.5\n", words) for damage, words in DAMAGED_JSON.values()),
+    (b'{"metrics": {}}', b"name,dice\na,0.5\n", "has no metrics and protocol"),
+    (b'{"metrics": {}, "protocol": {}}', b"name,dice\na,half\n", "per_image.csv is damaged"),
+    (b'{"metrics": {}, "protocol": {}}', b"name,dice\nna\xefve,0.5\n", "not UTF-8 text"),
+    (b'{"metrics": {}, "protocol": {}}', None, "has summary.json but no per_image.csv"),
+])
+def test_a_damaged_evaluation_a_cross_validation_reuses_is_one_line_naming_it(
+    summary: bytes, per_image: bytes | None, words: str, tmp_path: Path
+) -> None:
+    folder = EvalDir(tmp_path / "cv" / "runs" / "fold0" / "evaluation" / "val")
+    _damage(folder.summary, summary)
+    if per_image is not None:
+        folder.per_image.write_bytes(per_image)
+    with pytest.raises(DataError) as error:
+        read_results(folder.path)
+    line = _one_line(str(error.value))
+    assert line.startswith(str(folder.path)) and words in line
+    assert line.endswith(f"move {folder.path} away to evaluate again")
 
 
 def test_a_run_config_yaml_not_utf8_is_one_line_on_resume(data: Path, tmp_path: Path) -> None:
