@@ -305,6 +305,19 @@ def test_a_damaged_evaluation_a_cross_validation_reuses_is_one_line_naming_it(
     assert line.endswith(f"move {folder.path} away to evaluate again")
 
 
+@pytest.mark.parametrize("damage", [b'{"model_file": "caf\xe9"}', b"{", b'["a list"]'])
+def test_compare_takes_no_model_from_a_damaged_result_json(
+    damage: bytes, tmp_path: Path
+) -> None:
+    from condseg.evaluation.compare.figures import model_file
+    from condseg.evaluation.compare.result import Entry, RunInfo
+
+    run = tmp_path / "run"
+    _damage(StageDir(run / "stage1").result, damage)
+    entry = Entry(run, "run", [], RunInfo(run, {}, "stage1"))
+    assert model_file(entry) is None  # no traceback: the figure notes that no model was found
+
+
 def test_a_run_config_yaml_not_utf8_is_one_line_on_resume(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
