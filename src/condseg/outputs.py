@@ -287,7 +287,7 @@ def _lock(path: Path) -> int:
 
 
 def _is_lock(found: os.stat_result) -> bool:
-    return stat.S_ISREG(found.st_mode) and found.st_nlink == 1
+    return stat.S_ISREG(found.st_mode) and found.st_nlink <= 1  # some file systems say 0
 
 
 def _foreign(path: Path, found: os.stat_result) -> OutputError:
