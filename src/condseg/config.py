@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from condseg.errors import ConfigError, first_line
+from condseg.filekind import refuse_special
+from condseg.files import read_text
 from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
@@ -33,6 +35,8 @@ MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned (numpy, Lightning)
 MAX_EPOCHS = 1_000_000  # of a stage; far beyond any training, well within every counter
 MAX_CHECKPOINT_MINUTES = 7 * 24 * 60  # a week: timedelta and the clock stay exact
 BatchLimit = Annotated[int | float, Field(gt=0)]  # a share (float, at most 1) or a count (int)
+#: What to do with a YAML file that is not UTF-8 (a user's, or a run folder's own, damaged).
+RESAVE = "save it as UTF-8 text"
 
 
 class _Section(BaseModel):
@@ -243,8 +247,10 @@ def list_presets() -> list[str]:
 def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a preset or file and resolve its ``extends:`` chain (child keys win, deep merge)."""
     path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):  # else a preset's name
+        refuse_special(path, "config file", ConfigError, "give the YAML file itself")
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, source, base_dir = path.read_text(), str(path), path.parent
+        text, source, base_dir = read_text(path, ConfigError, RESAVE), str(path), path.parent
     else:
         name = path.name.removesuffix(".yaml")
         resource = resources.files("condseg").joinpath("configs", f"{name}.yaml")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from condseg.errors import ConversionError, InputNotFoundError, first_line, refuse_existing
-from condseg.filekind import file_kind, is_torch_file
+from condseg.filekind import file_kind, is_torch_file, refuse_special
 from condseg.models.base import SegmentationModel
 from condseg.models.converters import CONVERTERS, Converter
 from condseg.models.model_file import first_non_finite, save_model
@@ -73,6 +73,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
 def load_official(path: str | Path) -> SegmentationModel:
     """Build our model and load one of the authors' ``.pth`` checkpoints into it (strictly)."""
     path = Path(path)
+    refuse_special(path, "checkpoint", ConversionError, "pass the authors' .pth file itself")
     if not path.is_file():
         raise InputNotFoundError(f"checkpoint not found: {path}")
     if not is_torch_file(path):

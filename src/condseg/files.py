@@ -1,5 +1,6 @@
 """Outputs written whole, beside their destination, with the permissions the user's umask
-gives, and a failed write that names where it failed.
+gives, and a failed write that names where it failed; and condseg's own records read back
+whole or refused by name.
 
 Outputs are written into a temporary sibling and renamed into place, so that a kill never
 leaves half a file, and nothing is staged in ``$TMPDIR`` (a compute node's small ``/tmp`` must
@@ -16,13 +17,14 @@ names no file, and libraries report a short write as an OSError without an errno
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from condseg.errors import OutputError
 from condseg.outputs import ENVIRONMENT_ERRNOS
@@ -147,3 +149,36 @@ def _is_staged(name: str) -> bool:
         return True
     stem = name.removesuffix(".tmp")
     return stem != name and stem.startswith(".") and len(stem.rpartition(".")[2]) == 8
+
+
+def read_text(path: Path, error: type[Exception], todo: str) -> str:
+    """The UTF-8 text of a file condseg wrote (or a YAML file given to it); one that is not
+    UTF-8 is ``error`` naming it and ``todo``, never a traceback of the decoder."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is damaged: not UTF-8 text (byte {exc.start:,}); {todo}") from None
+
+
+def read_json(path: Path, expect: type, error: type[Exception], todo: str) -> Any:
+    """The JSON value of ``expect``'s type (dict, list) that condseg wrote to ``path``. A
+    damaged file (empty, truncated, not UTF-8, another type) is ``error`` naming it and
+    ``todo``: a run or study folder outlives crashes, copies and editors."""
+    text = read_text(path, error, todo)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        why = "empty" if not text.strip() else f"not JSON ({exc.msg} at line {exc.lineno})"
+        raise error(f"{path} is damaged: {why}; {todo}") from None
+    except RecursionError:
+        raise error(f"{path} is damaged: nested too deeply; {todo}") from None
+    if not isinstance(value, expect):
+        raise error(f"{path} is damaged: it holds {_json_kind(value)} where condseg writes "
+                    f"{_json_kind(expect())}; {todo}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "a JSON object", list: "a JSON array", str: "a string", bool: "true/false"}
+    return "null" if value is None else kinds.get(type(value), "a number")

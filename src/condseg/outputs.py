@@ -11,7 +11,8 @@ command fails or is interrupted, only what this process added is removed, and th
 made; a folder the user made is never removed, nor anything that was there before.
 
 :func:`staged` builds a whole new folder as ``.NAME.partial`` beside it, renamed at the end:
-the folder is complete or absent, and a rerun clears the partial one a killed process left.
+the folder is complete or absent, and a rerun clears the partial one a killed process left
+(marked by :data:`STAGED`: a folder of that name the user made is refused, never emptied).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import inspect
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -31,9 +33,14 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from condseg.errors import OutputBusyError, OutputError
+from condseg.filekind import mode_kind
 from condseg.interrupt import Interrupted
 
 LOCK = ".condseg.lock"
+#: The mark of a partial folder :func:`staged` made: only a marked one is ever cleared.
+STAGED = ".condseg-staged"
+#: Never follow a link, never wait on a FIFO, never leak into a child process.
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -152,15 +159,17 @@ def staged(out: str | Path) -> Iterator[Path]:
     second process building ``out`` is refused, and a partial folder a killed process left is
     cleared and reused. ``out`` may exist as an empty folder (it is replaced at the end)."""
     out = Path(out)
-    partial = _partial(out)
-    held = _acquire(partial)
-    done = False
+    held = _acquire_partial(out)
+    partial, done = held.path, False
     try:
-        held.before = frozenset()  # left by a killed process (its lock was free): cleared
-        held.discard()
+        held.before = frozenset({STAGED})  # what a killed process left is cleared, its mark
+        held.discard()  # kept (a kill in between leaves no partial folder unmarked)
+        held.before = frozenset()
         held.removed.clear()
+        (partial / STAGED).touch()
         yield partial
         try:
+            (partial / STAGED).unlink()
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
             partial.rename(out)
@@ -182,12 +191,22 @@ def staged(out: str | Path) -> Iterator[Path]:
 
 def check_staged(out: str | Path) -> None:
     """Refuse now, before the long work, what :func:`staged` would refuse later (a place that
-    cannot be written, another process building ``out``); nothing is left behind."""
-    _acquire(_partial(Path(out))).release(remove_made=True)
+    cannot be written, another process building ``out``, a partial folder condseg did not
+    make); nothing is left behind."""
+    _acquire_partial(Path(out)).release(remove_made=True)
 
 
-def _partial(out: Path) -> Path:
-    return out.with_name(f".{out.name}.partial")
+def _acquire_partial(out: Path) -> Claim:
+    """The partial folder of ``out``, claimed: made now, or left by a condseg process (it
+    holds :data:`STAGED`); a folder of that name the user made is refused, never emptied."""
+    partial = out.with_name(f".{out.name}.partial")
+    held = _acquire(partial)
+    if partial not in held.made and not (partial / STAGED).is_file():
+        held.release(remove_made=False)
+        raise OutputError(f"{partial} is not a partial folder of condseg (it has no {STAGED} "
+                          f"file), and it would be emptied to build {out}; move it away, or "
+                          "choose another output folder")
+    return held
 
 
 def _acquire(folder: Path) -> Claim:
@@ -223,10 +242,21 @@ def _acquire(folder: Path) -> Claim:
 
 def _lock(path: Path) -> int:
     """An open, exclusively locked ``path`` holding this process's PID and start time. The
-    file found is re-checked after locking: a holder that ended meanwhile unlinked it."""
+    file found is re-checked after locking: a holder that ended meanwhile unlinked it. Only a
+    regular file of one name is a lock: a link is never followed (nor a FIFO waited on), so
+    the file written is never one of the user's (:func:`_foreign`)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            fd = os.open(path, _LOCK_FLAGS, 0o644)
+        except OSError as error:  # a folder (EISDIR), a link (ELOOP), a socket (ENXIO)...
+            with suppress(OSError):
+                if not _is_lock(found := os.lstat(path)):
+                    raise _foreign(path, found) from error
+            raise
+        try:
+            found = os.fstat(fd)
+            if not _is_lock(found):
+                raise _foreign(path, found)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
@@ -238,7 +268,7 @@ def _lock(path: Path) -> int:
             os.close(fd)
             raise
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:
@@ -254,6 +284,17 @@ def _lock(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _is_lock(found: os.stat_result) -> bool:
+    return stat.S_ISREG(found.st_mode) and found.st_nlink <= 1  # some file systems say 0
+
+
+def _foreign(path: Path, found: os.stat_result) -> OutputError:
+    """The one line for a lock path that holds something else than a lock file."""
+    kind = mode_kind(found.st_mode) or f"a file with {found.st_nlink} names (hard links)"
+    return OutputError(f"{path} is {kind}, not a lock file of condseg, which never writes "
+                       "through it; move it away, or choose another output folder")
 
 
 def _holder(fd: int) -> str:

@@ -77,8 +77,8 @@ def scan_folder(folder: str | Path) -> FolderScan:
     """Split the entries of ``folder`` into image files and skipped entries.
 
     An entry with an image extension that is not a readable file (a looping or dangling link, a
-    folder named ``x.png``) counts as an image on purpose: reading it raises a DataError naming
-    it, where filtering it out would drop it silently.
+    folder or a FIFO named ``x.png``) counts as an image on purpose: reading it raises a
+    DataError naming it, without opening it, where filtering it out would drop it silently.
     """
     scan = FolderScan()
     for path in sorted(Path(folder).iterdir()):

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from condseg.data.names import TIFF_EXTENSIONS
 from condseg.errors import DataError
+from condseg.filekind import refuse_special
 
 #: Default pixel limit of every reader (``max_pixels=None``): above the largest images of the
 #: public releases (ISIC, about 30 MP), far below what a decompression bomb or an accidental
@@ -76,7 +77,9 @@ def read_values(
 
 def _open(path: str | Path, kind: str) -> Image.Image:
     """Pillow's lazy open (the header only). Its decompression-bomb warning is silenced since
-    the pixel limit applied is ours; its error (above twice its own limit) names the file."""
+    the pixel limit applied is ours; its error (above twice its own limit) names the file. A
+    FIFO or a device named like an image is refused unopened: opening it would wait forever."""
+    refuse_special(path, kind, DataError, "replace it with the file or leave its name out")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from condseg.data.names import name_key, unlistable
 from condseg.errors import DataError
+from condseg.filekind import refuse_special
 from condseg.files import write_text
 from condseg.layout import DatasetDir
 
@@ -23,6 +24,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     this function silently dropping them.
     """
     path = DatasetDir(Path(root)).split(split)
+    refuse_special(path, "split file", DataError, f"write the {split} names into a text file")
     if not path.is_file():
         raise DataError(
             f"split file {path} not found: write the {split} names (without extension), "

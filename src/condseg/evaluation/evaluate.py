@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,10 +26,10 @@ from rich.table import Table
 
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
-from condseg.errors import DataError, OptionError, refuse_existing
+from condseg.errors import DataError, OptionError, first_line, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.evaluation.names import display_name, formatted, unit
-from condseg.files import atomic_file, write_text
+from condseg.files import atomic_file, read_json, read_text, write_text
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -279,10 +280,20 @@ def read_results(out_dir: str | Path) -> EvaluationResult:
     """What :func:`write_results` wrote to ``out_dir``, as the result object (an empty cell of
     ``per_image.csv`` is a missing value)."""
     folder = EvalDir(Path(out_dir))
-    recorded = json.loads(folder.summary.read_text())
-    with folder.per_image.open(newline="") as f:
+    todo = f"move {folder.path} away to evaluate again"
+    recorded = read_json(folder.summary, dict, DataError, todo)
+    if not all(isinstance(recorded.get(key), dict) for key in ("metrics", "protocol")):
+        raise DataError(f"{folder.summary} is damaged: it has no metrics and protocol as "
+                        f"evaluate writes them; {todo}")
+    try:
+        text = read_text(folder.per_image, DataError, todo)
         rows = [{key: cell if key == "name" else (float(cell) if cell else None)
-                 for key, cell in row.items()} for row in csv.DictReader(f)]
+                 for key, cell in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    except FileNotFoundError:
+        raise DataError(f"{folder.path} is damaged: it has {folder.summary.name} but no "
+                        f"{folder.per_image.name}; {todo}") from None
+    except (ValueError, TypeError, csv.Error) as error:  # a cell not a number, a torn row
+        raise DataError(f"{folder.per_image} is damaged ({first_line(error)}); {todo}") from None
     return EvaluationResult(rows=rows, summary=recorded["metrics"],
                             protocol=recorded["protocol"])
 

@@ -26,6 +26,7 @@ from condseg.data.dataset import read_image
 from condseg.data.names import IMAGE_EXTENSIONS, scan_folder, shown
 from condseg.data.transforms import resize_probabilities
 from condseg.errors import DataError, ModelError, OptionError, refuse_existing
+from condseg.filekind import special
 from condseg.files import write_bytes
 from condseg.inference.engine import Execution, prepare
 from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batching
@@ -289,6 +290,9 @@ def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path
                 report.failed.append(
                     (item, f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
                 )
+        elif (kind := special(item)) is not None:  # a FIFO would be waited on for ever
+            report.failed.append((item, f"{kind}, not a regular file: not opened"))
+            continue
         elif item.is_file() or item.is_symlink():
             files = [item]
         else:

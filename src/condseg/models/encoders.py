@@ -15,6 +15,7 @@ import timm
 from torch import nn
 
 from condseg.errors import ModelError, WeightsUnavailableError
+from condseg.filekind import refuse_special
 from condseg.models.base import PluginSite
 from condseg.models.pretrained import host_reachable
 
@@ -60,6 +61,8 @@ def with_imagenet_weights(
     """
     if weights is not None:
         path = Path(weights)
+        refuse_special(path, "encoder weights file", WeightsUnavailableError,
+                       "pass the file itself, or drop model.weights to use timm's download")
         if not path.is_file():
             raise WeightsUnavailableError(
                 f"encoder weights file not found: {path}. Pass an existing file, or drop "

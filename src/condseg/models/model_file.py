@@ -21,7 +21,7 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from condseg.errors import InputNotFoundError, ModelFileError, OutputExistsError, first_line
-from condseg.filekind import file_kind
+from condseg.filekind import file_kind, refuse_special
 from condseg.files import atomic_file
 from condseg.models.base import MAX_INPUT_SIDE, SegmentationModel, require_model
 
@@ -106,6 +106,8 @@ def read_header(path: str | Path) -> dict[str, Any]:
     :class:`ModelFileError` naming the file, never a traceback from deep inside a model.
     """
     path = Path(path)
+    refuse_special(path, "model file", ModelFileError,
+                   f"give the model file itself ({MODEL_FILE})")
     if not path.is_file():
         raise InputNotFoundError(
             f"model file {path} not found; pass the path of a .safetensors file written by "

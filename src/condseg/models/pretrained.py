@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from condseg.errors import WeightsUnavailableError, first_line
-from condseg.filekind import file_kind, is_torch_file
+from condseg.filekind import file_kind, is_torch_file, refuse_special
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -34,6 +34,8 @@ def read_state_dict(path: str | Path, option: str) -> dict[str, Tensor]:
     ``weights_only=True`` (a planted file cannot run code). ``option`` is the setting that named
     the file, for the error message."""
     path = Path(path)
+    refuse_special(path, "weights file", WeightsUnavailableError,
+                   f"pass the file itself with {option}=PATH")
     if not path.is_file():
         raise WeightsUnavailableError(
             f"weights file not found: {path}; pass an existing file with {option}=PATH"

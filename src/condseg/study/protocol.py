@@ -10,13 +10,13 @@ with its reason: nothing a recipe gives up is silent.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from condseg.config import RunConfig
 from condseg.errors import CondsegError, StudyError, WeightsUnavailableError, first_line
+from condseg.files import read_json
 from condseg.study.spec import Budget, MethodEntry, StudySpec
 from condseg.training.plan import check_stages, fetch_weights
 from condseg.training.request import run_config
@@ -183,8 +183,8 @@ def read_protocols(path: Path, spec: StudySpec) -> dict[str, MethodProtocol]:
     not in effect)."""
     redo = "restore it, or start the study again in a new --out"
     try:
-        saved = [MethodProtocol.from_json(raw) for raw in json.loads(path.read_text())]
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        saved = [MethodProtocol.from_json(raw) for raw in read_json(path, list, StudyError, redo)]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:  # an entry of another shape
         raise StudyError(f"{path} is not what this study wrote ({first_line(error)}); "
                          f"{redo}") from None
     methods = {entry.name: entry.method_name for entry in spec.methods}

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_type_hints
 
 from condseg.config import RunConfig, validated
+from condseg.errors import StudyError
+from condseg.files import read_text
 from condseg.layout import DatasetDir, JobDir, RunDir, StudyDir
 from condseg.study.protocol import MethodProtocol
 from condseg.study.spec import StudySpec
@@ -47,12 +50,23 @@ class StudyRun:
                 and bool(self.run.evaluations()))
 
     def attempts(self) -> list[Attempt]:
-        """What the run's jobs recorded, oldest first (a killed job records nothing)."""
+        """What the run's jobs recorded, oldest first (a killed job records nothing). A line
+        of another shape than a job writes is refused naming the file and the line."""
+        path = self.job.attempts
+        todo = "delete that line or the file (only the record of the run's jobs is lost)"
         try:
-            lines = self.job.attempts.read_text().splitlines()
+            lines = read_text(path, StudyError, todo).splitlines()
         except OSError:
             return []
-        return [attempt for line in lines if (attempt := _attempt(line)) is not None]
+        found = []
+        for number, line in enumerate(lines, 1):
+            try:
+                attempt = _attempt(line)
+            except ValueError as error:
+                raise StudyError(f"{path} is damaged: line {number} {error}; {todo}") from None
+            if attempt is not None:
+                found.append(attempt)
+        return found
 
     def config(self, protocol: MethodProtocol, data: Path) -> RunConfig:
         """The method's configuration for this run: its seed, its fold's splits, the data;
@@ -66,12 +80,20 @@ class StudyRun:
 
 
 def _attempt(line: str) -> Attempt | None:
-    """One line of ``attempts.jsonl``; a line a killed job left half-written is None."""
+    """One line of ``attempts.jsonl``; a line a killed job left half-written is None, one of
+    another shape a ValueError saying how."""
     try:
         record = json.loads(line)
-        return Attempt(**{k: v for k, v in record.items() if k in Attempt.__dataclass_fields__})
-    except (ValueError, TypeError):
+    except ValueError:
         return None
+    if not isinstance(record, dict):
+        raise ValueError("is not a JSON object")
+    types = get_type_hints(Attempt)
+    for key, kind in types.items():
+        value = record.get(key, "" if key == "job_id" else None)
+        if not isinstance(value, (int, float) if kind is float else kind):
+            raise ValueError(f"has no {kind.__name__} {key}")
+    return Attempt(**{key: record.get(key, "") for key in types})
 
 
 def plan_runs(spec: StudySpec, study: StudyDir) -> list[StudyRun]:

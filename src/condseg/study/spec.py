@@ -24,8 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from condseg.config import MAX_EPOCHS, MAX_SEED, read_yaml, validated
+from condseg.config import MAX_EPOCHS, MAX_SEED, RESAVE, read_yaml, validated
 from condseg.errors import ConfigError, StudyError
+from condseg.filekind import refuse_special
+from condseg.files import read_text
 from condseg.recipes import list_methods
 
 #: Folder and row names: letters, digits, ``-``, ``_`` and ``.``, within NAME_MAX (255 bytes
@@ -210,8 +212,10 @@ def read_study(source: str | Path | None, changes: dict[str, Any]) -> StudySpec:
 
 def _read(source: str | Path) -> tuple[dict[str, Any], str, Path]:
     path = Path(source)
+    if path.suffix in (".yaml", ".yml"):  # else a preset's name
+        refuse_special(path, "study file", StudyError, "give the YAML file itself")
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, where, base = path.read_text(), str(path), path.parent
+        text, where, base = read_text(path, StudyError, RESAVE), str(path), path.parent
     else:
         resource = resources.files("condseg").joinpath(*_PRESETS, f"{path.name}.yaml")
         if not resource.is_file():

@@ -33,7 +33,7 @@ from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.evaluation.names import percent
-from condseg.files import atomic_file, write_text
+from condseg.files import atomic_file, read_json, write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
@@ -131,7 +131,7 @@ def _cross_validate(
         _write_config(cv, config)  # refuses a folder of another configuration
         console.print(f"{cv.path} is finished: {cv.summary}, {cv.ensemble}; "
                       "--overwrite aggregates the runs again", highlight=False)
-        summary = json.loads(cv.summary.read_text())["metrics"]  # written by an earlier call
+        summary = _recorded_metrics(cv)  # written by an earlier call
         return CVResult(cv.path, [], summary, cv.ensemble, test.path if test else None)
     if complete:
         test_dir = cv.evaluation(config.data.test_split)
@@ -249,6 +249,15 @@ def _plan(
         return "-".join([*parts, f"seed{seed}"] if seeds else parts)
 
     return [(name(fold, seed), fold, seed) for fold in dict.fromkeys(chosen) for seed in seed_list]
+
+
+def _recorded_metrics(cv: CVDir) -> dict[str, Any]:
+    """The metrics of the summary an earlier call wrote."""
+    todo = "move it away and run the cross-validation again to aggregate its runs anew"
+    metrics = read_json(cv.summary, dict, CrossValidationError, todo).get("metrics")
+    if not isinstance(metrics, dict):
+        raise CrossValidationError(f"{cv.summary} is damaged: it has no metrics; {todo}")
+    return metrics
 
 
 def _write_config(cv: CVDir, config: RunConfig) -> None:

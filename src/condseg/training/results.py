@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from condseg.config import StageConfig
-from condseg.files import write_text
+from condseg.errors import TrainingError
+from condseg.files import read_json, write_text
 from condseg.layout import RunDir, StageDir
 
 
@@ -42,7 +43,13 @@ class StageResult:
         was recorded reads as one that may not be extended."""
         if not stage.is_finished():
             return None
-        record = json.loads(stage.result.read_text())
+        todo = ("restore it, or move it away and resume the run (--resume RUN) to finish "
+                "that stage again")
+        record = read_json(stage.result, dict, TrainingError, todo)
+        if not isinstance(record.get("model_file"), str) or not isinstance(
+                record.get("metrics"), dict):
+            raise TrainingError(f"{stage.result} is damaged: it has no model_file and metrics "
+                                f"as training writes them; {todo}")
         return cls(model_file=record["model_file"],
                    best_checkpoint=record.get("best_checkpoint"),
                    max_epochs=record.get("max_epochs", 0),

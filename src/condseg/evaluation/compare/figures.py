@@ -138,8 +138,8 @@ def model_file(entry: Entry) -> Path | None:
         stage = run.folder.stage(run.final_stage)
         try:
             recorded = json.loads(stage.result.read_text()).get("model_file")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
+        except (OSError, ValueError, AttributeError):  # damaged (not UTF-8, not JSON, a list):
+            recorded = None  # the evaluations' record is the fallback
         if recorded:  # relative to the run; an older run recorded an absolute path
             candidates += [stage.path / Path(recorded).name, run.path / recorded]
     candidates += [Path(e.protocol["model_file"]) for e in entry.evaluations
