@@ -208,7 +208,11 @@ def test_one_evaluation_is_never_counted_twice(tmp_path: Path) -> None:
             with pytest.raises(CompareError, match="give each run or evaluation once") as info:
                 compare([other, *twice], pool=pool)
             assert f"{twice[0]} and {twice[1]} both give the evaluation" in str(info.value)
-    for twin in (copy, again):
+    elsewhere = write_evaluation(  # the same model on another device: the same measurement
+        tmp_path / "gpu", RUN_DICE[::-1], dataset=identity(), model_digest="d1",
+        model_file=str(copy / "m.safetensors"),
+        execution={"device": "cuda", "path": "fast"})
+    for twin in (copy, again, elsewhere):
         for pool in (False, True):
             with pytest.raises(CompareError, match=r"same model .* \(a run and its copy\?\)"):
                 compare([other, run, twin], pool=pool)

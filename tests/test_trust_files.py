@@ -63,13 +63,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(tmp_path_factory.mktemp("synth"), n_train=4, n_val=2, size=64)
 
 
-@pytest.fixture(scope="module")
-def no_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``$TMPDIR`` that cannot be used: a folder that does not exist, and every way into the
-    temporary folder refused (Python would quietly fall back to /tmp otherwise)."""
+@contextmanager
+def tmpdir_refused(missing: Path) -> Iterator[None]:
+    """``$TMPDIR`` that cannot be used within the block: ``missing`` (a folder that does not
+    exist), and every way into the temporary folder refused (Python would quietly fall back to
+    /tmp otherwise)."""
     import matplotlib.pyplot  # noqa: F401  (its cache folder is found once, when imported)
-
-    missing = tmp_path_factory.mktemp("gone") / "tmpdir"
 
     def refused() -> str:
         raise AssertionError("a file was staged in $TMPDIR instead of beside its destination")
@@ -79,16 +78,18 @@ def no_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setattr(tempfile, "tempdir", None)
         patch.setattr(tempfile, "gettempdir", refused)
         patch.setattr(tempfile, "gettempdirb", refused)
-        yield missing
+        yield
+    assert not missing.exists()
 
 
 @pytest.fixture(scope="module")
-def trained(data: Path, no_tmpdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny run trained as a batch job would (progress_bar=false, output not a terminal),
     with nothing to stage its files in but their own folders."""
     run = tmp_path_factory.mktemp("runs") / "run"
     console = Console(record=True, width=200, force_terminal=False, soft_wrap=True)
-    result = train(load_config("demo", TINY), data, run, console=console)
+    with tmpdir_refused(tmp_path_factory.mktemp("gone") / "tmpdir"):
+        result = train(load_config("demo", TINY), data, run, console=console)
     return {"run": run, "result": result, "console": console.export_text()}
 
 
@@ -96,7 +97,7 @@ def trained(data: Path, no_tmpdir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_training_and_the_commands_after_it_stage_nothing_in_tmpdir(
-    trained: dict, data: Path, no_tmpdir: Path, tmp_path: Path
+    trained: dict, data: Path, tmp_path: Path
 ) -> None:
     """Checkpoints (Lightning would stage them in $TMPDIR), the stage's table, figure, model
     file and result, the run's evaluation; then evaluate with probabilities, predict with
@@ -119,13 +120,13 @@ def test_training_and_the_commands_after_it_stage_nothing_in_tmpdir(
     ]
     if _has("onnx"):  # (not installed everywhere)
         commands.append(["export", str(model), "--out", str(out / "model.onnx")])
-    for argv in commands:
-        result = runner.invoke(cli.app, argv)
-        assert result.exit_code == 0, (argv, result.output)
+    with tmpdir_refused(tmp_path / "tmpdir"):
+        for argv in commands:
+            result = runner.invoke(cli.app, argv)
+            assert result.exit_code == 0, (argv, result.output)
     assert len(list((out / "prob").glob("*_prob.npy"))) == 2
     assert (out / "eval" / "summary.json").is_file() and (out / "compare").is_dir()
     assert not _staged(out) and not _staged(run)
-    assert not no_tmpdir.exists()
 
 
 def _has(module: str) -> bool:
@@ -285,6 +286,21 @@ def test_only_the_machines_errors_are_turned_into_a_write_error(tmp_path: Path) 
             atomic_file(tmp_path / "a.txt"):
         raise OSError(SHORT_WRITE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_that_fits_the_folder_is_written_and_one_that_does_not_is_named(
+    tmp_path: Path
+) -> None:
+    """The staged sibling is longer than its destination: a name that fits (250 bytes, as a
+    user's image name may be; multi-byte too) is still written, and one that does not fit is
+    named with advice about names, not about writable folders."""
+    fits = [tmp_path / ("a" * 246 + ".png"), tmp_path / ("é" * 123 + ".png")]
+    for path in fits:
+        save_png(path, np.zeros((4, 4), np.uint8))
+        assert path.is_file()
+    with pytest.raises(OutputError, match="the name is longer than this file system takes"):
+        save_png(tmp_path / ("b" * 256 + ".png"), np.zeros((4, 4), np.uint8))
+    assert sorted(tmp_path.iterdir()) == sorted(fits)
 
 
 # --- 5: what a killed process left half-written -----------------------------------------------

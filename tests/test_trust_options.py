@@ -82,6 +82,8 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     ("data.batch_size=0", "data.batch_size"),
     ("data.num_workers=-1", "data.num_workers"),
     ("stages.stage2.augmentation.rotate=.inf", "stages.stage2.augmentation.rotate"),
+    ("data.std=[0,0,0]", "data.std.0: Input should be greater than 0"),  # a divisor
+    ("data.std=[0.2,-1,0.2]", "data.std.1"),
 ])
 def test_every_numeric_option_is_bounded_in_one_line(override: str, named: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -168,6 +170,46 @@ def test_seeds_and_numbers_of_the_command_line_are_refused_in_one_line(
         assert not out.exists(), args
 
 
+def test_the_numbers_of_the_data_commands_are_refused_in_one_line(
+    tmp_path: Path, data: Path
+) -> None:
+    """The data commands' numbers: seeds outside 32 bits, a split fraction that is NaN or
+    infinite, more folds than images (refused before the folds are built), a synthetic image
+    side beyond memory. Nothing is written."""
+    folder = ["data", "prepare", "folder", str(data / "images"), str(data / "masks")]
+    cases = [
+        ([*folder, "--seed", "-1"], "'--seed': Input should be greater than or equal to 0"),
+        ([*folder, "--split", "0.5,nan"], "--split takes 2 or 3 positive fractions"),
+        ([*folder, "--split", "inf,0.5"], "--split takes 2 or 3 positive fractions"),
+        ([*folder, "--folds", "100000"], "--folds needs 2 to 6 folds"),
+        (["data", "synth", "--seed", "4294967296"], "less than or equal to 4294967295"),
+        (["data", "synth", "--size", "100000"], "size (--size) must be an integer from 8 to"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        result = runner.invoke(app, [*args, str(out)] if args[1] == "synth" else
+                               [*args[:5], str(out), *args[5:]])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output and not out.exists(), args
+
+
+def test_a_benchmark_file_that_cannot_be_written_is_refused_before_measuring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import condseg.bench
+
+    def measured(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measured before its output was checked")
+
+    monkeypatch.setattr(condseg.bench, "benchmark_models", measured)
+    (tmp_path / "file").write_text("")
+    for where, message in ((tmp_path, "is a folder; give a file name"),
+                           (tmp_path / "file" / "b.json", "is not a writable folder")):
+        result = runner.invoke(app, ["benchmark", "--model", "unet", "--json", str(where)])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_cross_validation_refuses_a_seed_or_fold_before_its_first_run(
     tmp_path: Path, data: Path
 ) -> None:
@@ -198,6 +240,9 @@ def test_a_failed_job_s_reason_is_taken_from_wherever_it_wrote_it(tmp_path: Path
     assert last_error({out: out.stat().st_size, err: 0}) == \
         "Traceback: ValueError: 4294967296 is not in bounds"
     assert last_error({tmp_path / "missing.out": 0}) is None
+    out.write_text("error: /data/above/run has 1 error(s) (table above); fix them\n")
+    assert last_error({out: 0}) == \
+        "error: /data/above/run has 1 error(s) (table in its log); fix them"  # a path is kept
 
 
 def test_a_failed_job_s_line_gives_its_reason_and_its_logs(tmp_path: Path, data: Path) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from condseg import cli
@@ -28,12 +29,14 @@ from condseg.data.synthetic import synthesize
 from condseg.errors import CrossValidationError, DataError, StudyError, TrainingError
 from condseg.evaluation.evaluate import read_results
 from condseg.filekind import file_kind, special
+from condseg.files import read_json, read_text
 from condseg.layout import CVDir, EvalDir, StageDir, StudyDir
 from condseg.outputs import LOCK, STAGED, OutputError, check_staged, claim, staged
 from condseg.study.run import run_study
 from condseg.study.runs import plan_runs
 from condseg.study.spec import read_study
 from condseg.training.cv import _recorded_metrics
+from condseg.training.logs import RunLog
 from condseg.training.results import StageResult
 
 runner = CliRunner()
@@ -330,6 +333,21 @@ def test_a_run_config_yaml_not_utf8_is_one_line_on_resume(data: Path, tmp_path: 
 
 
 # --- class 6: special files never block ------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_condseg_s_own_files_that_are_fifos_are_refused_unopened(tmp_path: Path) -> None:
+    """condseg's own records and logs are special files too when someone put one there: a FIFO
+    ``attempts.jsonl`` (read by the study), ``train.log`` (appended to on resume) or a
+    ``result.json`` would block the read or the open; each is refused by name."""
+    for name in ("attempts.jsonl", "train.log", "result.json"):
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(StudyError, match=r"attempts.jsonl is a FIFO .*not opened"):
+        read_text(tmp_path / "attempts.jsonl", StudyError, "move it away")
+    with pytest.raises(TrainingError, match=r"train.log is a FIFO .*not opened"):
+        RunLog(Console()).attach(tmp_path / "train.log")
+    with pytest.raises(TrainingError, match=r"result.json is a FIFO .*not opened"):
+        read_json(tmp_path / "result.json", dict, TrainingError, "run the stage again")
 
 
 def test_special_names_what_a_path_is_without_opening_it(tmp_path: Path) -> None:

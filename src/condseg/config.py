@@ -25,6 +25,7 @@ from condseg.files import read_text
 from condseg.recipes import method_recipe
 
 Triple = tuple[float, float, float]
+Spread = Annotated[float, Field(gt=0)]  # a divisor: zero or less is no normalisation
 M = TypeVar("M", bound=BaseModel)
 #: Most values a YAML text may stand for once its aliases are expanded. An alias repeats a
 #: node without repeating its text, so a few lines of nested aliases (a "billion laughs") can
@@ -71,7 +72,7 @@ class DataConfig(_Section):
     num_workers: int = Field(2, ge=0)
     # None: the normalisation the model's encoder was pretrained with (timm's pretrained_cfg).
     mean: Triple | None = None
-    std: Triple | None = None
+    std: tuple[Spread, Spread, Spread] | None = None
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"  # evaluated at the end of training when ROOT/<test_split>.txt exists

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from condseg.errors import OutputError
+from condseg.filekind import refuse_special
 from condseg.outputs import ENVIRONMENT_ERRNOS
 
 if TYPE_CHECKING:
@@ -65,14 +66,26 @@ def free_space(folder: Path) -> str:
 
 def cannot_write(path: Path, error: OSError) -> OutputError:
     """The one-line error of a failed write into ``path`` (a file or a folder)."""
-    inside = path.is_dir()
+    try:
+        inside = path.is_dir()
+    except OSError:  # a name too long is refused by stat too
+        inside = False
     folder = path if inside else path.parent
     what = f"{'into ' if inside else ''}{path} ({error.strerror or error})"
     if error.errno in FULL:
         return OutputError(f"cannot write {what}: {'it' if inside else folder} has "
                            f"{free_space(folder)} free; make room there, or write the output "
                            "elsewhere")
-    return OutputError(f"cannot write {what}; choose a writable output folder")
+    return OutputError(f"cannot write {what}; {_ADVICE.get(error.errno, _WRITABLE)}")
+
+
+_WRITABLE = "choose a writable output folder"
+_ADVICE = {
+    errno.ENAMETOOLONG: "the name is longer than this file system takes: shorten the name or "
+                        "the output folder's path",
+    errno.ELOOP: "a symbolic link on the way loops: fix the link or choose another output folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output folder",
+}
 
 
 @contextmanager
@@ -100,7 +113,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
     ``open()`` would give when the block succeeds, removed when it fails. A failed write is
     :func:`cannot_write` naming ``path``."""
     with writing(path):
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{_shortened(path.name)}.", suffix=".tmp",
+                                    dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         try:
@@ -109,6 +123,12 @@ def atomic_file(path: Path) -> Iterator[Path]:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _shortened(name: str, limit: int = 200) -> str:
+    """``name`` cut to ``limit`` bytes of UTF-8, so that the staged sibling (14 bytes longer)
+    fits where ``name`` itself fits (255 bytes on most file systems)."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
 def write_bytes(path: Path, data: bytes | memoryview) -> Path:
@@ -153,7 +173,9 @@ def _is_staged(name: str) -> bool:
 
 def read_text(path: Path, error: type[Exception], todo: str) -> str:
     """The UTF-8 text of a file condseg wrote (or a YAML file given to it); one that is not
-    UTF-8 is ``error`` naming it and ``todo``, never a traceback of the decoder."""
+    UTF-8 is ``error`` naming it and ``todo``, never a traceback of the decoder; one that is
+    no regular file (a FIFO would block the read) is refused unopened."""
+    refuse_special(path, "the file", error, todo)
     data = path.read_bytes()
     try:
         return data.decode("utf-8")

@@ -169,7 +169,6 @@ def staged(out: str | Path) -> Iterator[Path]:
         (partial / STAGED).touch()
         yield partial
         try:
-            (partial / STAGED).unlink()
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
             partial.rename(out)
@@ -177,6 +176,7 @@ def staged(out: str | Path) -> Iterator[Path]:
             raise OutputError(f"cannot create {out} ({describe(error)}); was it created by "
                               "another process meanwhile? Choose a new output folder") from error
         held.path, done = out, True
+        (out / STAGED).unlink()  # after the rename: a kill in between leaves no unmarked partial
     except BaseException as error:
         if isinstance(error, Interrupted):
             error.done.append(f"removed the unfinished {partial}")

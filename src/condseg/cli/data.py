@@ -28,7 +28,8 @@ def data_prepare(
         help="folder: K folds in OUT/folds/<k>/ instead of --split.")] = None,
     test: Annotated[float | None, typer.Option(
         help="folder with --folds: fraction held out of all folds as test.txt.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split when none is shipped.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=2**32 - 1, help="Seed of the split when none is shipped.")] = 0,
     link: Annotated[bool, typer.Option(help="Hard-link unchanged images and masks.")] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
@@ -103,7 +104,8 @@ def data_synth(
     train: Annotated[int, typer.Option(help="Training images.")] = 48,
     val: Annotated[int, typer.Option(help="Validation images.")] = 16,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=2**32 - 1, help="Random seed (same seed, same files).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty OUT.")] = False,
 ) -> None:
     """Write the embedded synthetic endoscopy-like dataset (used by the demo and the tests)."""

@@ -33,11 +33,28 @@ def benchmark(
     from condseg.bench import benchmark_models, print_report, write_json
 
     with user_errors():
+        if json_file is not None:  # before minutes of measuring, not after
+            _check_file_output(json_file, "--json")
         report = benchmark_models(model, size=size, batch_size=batch_size, train=train,
                                   repeats=repeats, warmup=warmup, threads=threads, rounds=rounds)
     print_report(report, console)
     if json_file is not None:
-        console.print(f"wrote {write_json(report, json_file)}", highlight=False)
+        with user_errors():
+            console.print(f"wrote {write_json(report, json_file)}", highlight=False)
+
+
+def _check_file_output(path: Path, option: str) -> None:
+    """Refuse a file output that cannot be written: a folder, or a place that is no writable
+    folder."""
+    import os
+
+    from condseg.errors import OutputError
+
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {path.parent} is not a writable folder; choose "
+                          "another place for the file")
 
 
 def convert_official(

@@ -19,6 +19,9 @@ from condseg.errors import DataError
 from condseg.files import write_image, write_text
 from condseg.layout import DatasetDir
 
+MAX_SIZE = 4096  # a side: 48 MB a float image while drawing, a demo's data is 64-256
+MAX_IMAGES = 100_000  # of a split: a synthetic set is for demos and tests
+
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a random coarse grid upsampled bicubically."""
@@ -107,9 +110,12 @@ def synthesize(
 ) -> Path:
     """Write ``out/images/*.png``, ``out/masks/*.png``, ``train.txt``, ``val.txt`` and
     ``synth.json`` (the parameters). Refuses a non-empty ``out`` unless ``overwrite``."""
-    for name, value, least in (("train", n_train, 1), ("val", n_val, 1), ("size", size, 8)):
-        if not (isinstance(value, int) and value >= least):
-            raise DataError(f"{name} (--{name}) must be an integer >= {least}; got {value!r}")
+    for name, value, least, most in (("train", n_train, 1, MAX_IMAGES), ("val", n_val, 1,
+                                      MAX_IMAGES), ("size", size, 8, MAX_SIZE),
+                                      ("seed", seed, 0, 2**32 - 1)):
+        if not (isinstance(value, int) and least <= value <= most):
+            raise DataError(f"{name} (--{name}) must be an integer from {least} to {most}; got "
+                            f"{value!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a folder to write the synthetic dataset into")

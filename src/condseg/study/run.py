@@ -21,7 +21,7 @@ from rich.console import Console
 from condseg.data.check import require_prepared
 from condseg.errors import StudyError
 from condseg.evaluation.compare import Comparison, compare
-from condseg.files import atomic_file
+from condseg.files import write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
@@ -75,8 +75,8 @@ def run_study(
         check_data(data, todo[0].config(by_name[todo[0].method], data), console)
     with claim(study.path, keep=lambda _: True), RunLog(console) as log:
         log.attach(study.log)
-        _write(study.spec, spec.to_yaml())  # whole or not at all: a continuation reads them
-        _write(study.protocol, json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
+        write_text(study.spec, spec.to_yaml())  # whole or not at all: a continuation reads them
+        write_text(study.protocol, json.dumps([p.to_json() for p in protocols], indent=2) + "\n")
         console.print(f"{len(runs)} run(s): {len(runs) - len(todo)} finished, {len(todo)} to "
                       "train", highlight=False)
         for run in todo:
@@ -170,13 +170,8 @@ def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _write(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
 def _write_start(run: StudyRun, protocol: MethodProtocol, data: Path) -> None:
     """The configuration a run not yet started starts from (its job folder's config.yaml)."""
     if not run.run.is_run():
         run.job.path.mkdir(parents=True, exist_ok=True)
-        _write(run.job.config, run.config(protocol, data).to_yaml())
+        write_text(run.job.config, run.config(protocol, data).to_yaml())

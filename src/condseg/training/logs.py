@@ -22,6 +22,9 @@ from rich.console import Console, RenderableType, RenderHook
 from rich.control import Control
 from rich.text import Text
 
+from condseg.errors import TrainingError
+from condseg.filekind import refuse_special
+
 LOG_WIDTH = 120  # of tables and rules in the log; text lines are never wrapped
 GRID_IMAGES = 4  # validation images in TensorBoard's prediction grid
 
@@ -75,7 +78,10 @@ class RunLog:
 
     def attach(self, file: Path) -> None:
         """Copy from now on into ``file`` (a run's or a cross-validation's log). A line a
-        killed process left unfinished is ended first, so the resumed run starts a line."""
+        killed process left unfinished is ended first, so the resumed run starts a line. One
+        that is no regular file (a FIFO would block) is refused unopened."""
+        refuse_special(file, "the run's log", TrainingError,
+                       "move it away; condseg writes its log there")
         self._file = file.open("a", encoding="utf-8")
         if not _ends_a_line(file):
             self._file.write("\n")

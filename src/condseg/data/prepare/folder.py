@@ -45,7 +45,8 @@ def _folder_splits(
         if test is not None:
             raise DataError("--test goes with --folds; with --split give train,val,test fractions")
         fractions = tuple(fractions or (0.8, 0.1, 0.1))
-        if len(fractions) not in (2, 3) or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        if (len(fractions) not in (2, 3) or not all(0 < f < 1 for f in fractions)  # NaN too
+                or abs(sum(fractions) - 1) > 1e-6):
             raise DataError(
                 f"--split takes 2 or 3 positive fractions (train,val[,test]) adding up to 1, got "
                 f"{','.join(map(str, fractions))}"
@@ -57,9 +58,9 @@ def _folder_splits(
         if fractions is not None:
             raise DataError("give either --split or --folds, not both")
         test = test or 0.0
-        if folds < 2 or not 0 <= test < 1:
-            raise DataError(f"--folds needs at least 2 folds and --test a fraction below 1, got "
-                            f"{folds} folds and test {test}")
+        if not 2 <= folds <= len(samples) or not 0 <= test < 1:
+            raise DataError(f"--folds needs 2 to {len(samples)} folds (one image each at least) "
+                            f"and --test a fraction below 1, got {folds} folds and test {test}")
         held_out = set(proportional_cut(strata, {"test": test, "folds": 1 - test})["test"])
         splits = k_folds([[n for n in group if n not in held_out] for group in strata], folds)
         if test:

@@ -30,7 +30,7 @@ from condseg.data.prepare.pair import pair_samples
 from condseg.data.prepare.spec import DatasetSpec, Sample, examples
 from condseg.data.split_files import write_split
 from condseg.errors import DataError
-from condseg.files import atomic_file, write_image, write_text
+from condseg.files import FULL, atomic_file, cannot_write, write_image, write_text
 from condseg.layout import DatasetDir
 from condseg.outputs import check_staged, staged
 
@@ -43,7 +43,12 @@ def _place(source: Path, target: Path, link: bool) -> None:
             return
         except OSError:
             pass
-    shutil.copy2(source, target)
+    try:
+        shutil.copy2(source, target)
+    except OSError as error:  # shutil names the source in a full disk's error: name the target
+        if error.errno in FULL:
+            raise cannot_write(target, error) from error
+        raise
 
 
 def _write_sample(sample: Sample, spec: DatasetSpec, out: DatasetDir, link: bool) -> None:

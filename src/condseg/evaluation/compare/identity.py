@@ -89,12 +89,13 @@ def refuse_duplicates(entries: Sequence[Entry]) -> None:
 
 
 def _measurement(evaluation: Evaluation) -> str:
-    """What was measured, but for the model: the data, the split and every recorded option."""
+    """What was measured, but for the model: the data, the split and every recorded option
+    (the device and the execution path are not: the same arithmetic up to rounding)."""
     record = dataset_record(evaluation)
     data = [record["names"], record["masks"]] if record else root_of(evaluation)
     protocol = evaluation.protocol
-    return json.dumps([data, protocol.get("split"), protocol_values(protocol),
-                       protocol.get("execution")], sort_keys=True, default=str)
+    return json.dumps([data, protocol.get("split"), protocol_values(protocol)], sort_keys=True,
+                      default=str)
 
 
 def _same_model(a: Evaluation, b: Evaluation) -> bool:

@@ -5,7 +5,6 @@ about what the inputs hold (validation splits, datasets of one name told apart).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from condseg.config import ConfigError, read_yaml
 from condseg.errors import CompareError, InputNotFoundError
 from condseg.evaluation.compare.identity import root_of, roots_to_tell_apart
 from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
+from condseg.files import read_json, read_text
 from condseg.layout import DatasetDir, EvalDir, RunDir, StageDir
 
 
@@ -26,13 +26,9 @@ def read_evaluation(path: Path) -> Evaluation:
         raise InputNotFoundError(
             f"{csv_path} not found; rerun `condseg evaluate ... --out {path}` to write it"
         )
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not text
-        raise CompareError(
-            f"cannot read {summary_path}: {_one_line(exc)}; rerun condseg evaluate"
-        ) from exc
-    if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
+    summary = read_json(summary_path, dict, CompareError,
+                        f"rerun `condseg evaluate ... --out {path}` to write it again")
+    if not isinstance(summary.get("metrics"), dict):
         raise CompareError(f"{summary_path} has no 'metrics'; it was not written by evaluate")
     return Evaluation(path=path, protocol=dict(summary.get("protocol") or {}),
                       metrics=summary["metrics"], per_image=read_per_image(csv_path))
@@ -73,8 +69,9 @@ def read_run(path: Path) -> RunInfo:
     run = RunDir(path)
     config_path = run.config
     try:
-        config = read_yaml(config_path.read_text(), config_path.name) or {}
-    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        text = read_text(config_path, CompareError, "it is the run's own record: restore it")
+        config = read_yaml(text, config_path.name) or {}
+    except (OSError, ConfigError) as exc:
         raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     if not isinstance(config, dict):
         raise CompareError(f"{config_path} is not a mapping; it was not written by training")
