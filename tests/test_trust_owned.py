@@ -206,7 +206,7 @@ def _study(data: Path, out: Path):
 @pytest.mark.parametrize("damage", [
     *DAMAGED_JSON.values(),
     (b'{"name": "unet"}', "holds a JSON object where condseg writes a JSON array"),
-    (b'["unet"]', "an entry is not as condseg writes it (TypeError"),
+    (b'["unet"]', "an entry is not as condseg writes it (AttributeError"),
     (b'[{"method": "unet", "overrides": []}]', "an entry is not as condseg writes it (KeyError"),
 ])
 def test_a_damaged_protocol_json_is_one_line_naming_it(

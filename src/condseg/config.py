@@ -226,10 +226,8 @@ class RunConfig(_Section):
         for i, (name, stage) in enumerate(self.stages.items()):
             for part, source in stage.init.items():
                 if source is not None and source not in names[:i]:
-                    raise ValueError(
-                        f"stages.{name}.init.{part} names {source!r}, which is not an earlier "
-                        f"stage (earlier: {names[:i] or 'none'})"
-                    )
+                    raise ValueError(f"stages.{name}.init.{part} names {source!r}, which is not "
+                                     f"an earlier stage (earlier: {names[:i] or 'none'})")
         return self
 
     def stages_to_train(self) -> list[str]:

@@ -182,11 +182,14 @@ def read_protocols(path: Path, spec: StudySpec) -> dict[str, MethodProtocol]:
     overrides no longer give the changes it records (the report would show a protocol that is
     not in effect)."""
     redo = "restore it, or start the study again in a new --out"
+    todo = ("restore it from a copy of the study, or move it away to resolve the methods again "
+            "(what a method receives may then change)")
+    entries = read_json(path, list, StudyError, todo)
     try:
-        saved = [MethodProtocol.from_json(raw) for raw in read_json(path, list, StudyError, redo)]
+        saved = [MethodProtocol.from_json(raw) for raw in entries]
     except (ValueError, TypeError, KeyError, AttributeError) as error:  # an entry of another shape
-        raise StudyError(f"{path} is not what this study wrote ({first_line(error)}); "
-                         f"{redo}") from None
+        raise StudyError(f"{path} is damaged: an entry is not as condseg writes it "
+                         f"({type(error).__name__}: {first_line(error)}); {todo}") from None
     methods = {entry.name: entry.method_name for entry in spec.methods}
     for received in saved:
         edited = StudyError(f"{path} was edited: what it records for method {received.name} "

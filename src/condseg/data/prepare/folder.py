@@ -58,9 +58,12 @@ def _folder_splits(
         if fractions is not None:
             raise DataError("give either --split or --folds, not both")
         test = test or 0.0
-        if not 2 <= folds <= len(samples) or not 0 <= test < 1:
-            raise DataError(f"--folds needs 2 to {len(samples)} folds (one image each at least) "
-                            f"and --test a fraction below 1, got {folds} folds and test {test}")
+        if folds < 2 or not 0 <= test < 1:
+            raise DataError(f"--folds needs at least 2 folds and --test a fraction below 1, got "
+                            f"{folds} folds and test {test}")
+        if folds > len(samples):  # refused before k_folds builds them all
+            raise DataError(f"{len(samples)} usable pairs are too few for this split: "
+                            f"folds/{folds - 1}/val would be empty")
         held_out = set(proportional_cut(strata, {"test": test, "folds": 1 - test})["test"])
         splits = k_folds([[n for n in group if n not in held_out] for group in strata], folds)
         if test:
