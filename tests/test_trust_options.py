@@ -181,7 +181,8 @@ def test_the_numbers_of_the_data_commands_are_refused_in_one_line(
         ([*folder, "--seed", "-1"], "'--seed': Input should be greater than or equal to 0"),
         ([*folder, "--split", "0.5,nan"], "--split takes 2 or 3 positive fractions"),
         ([*folder, "--split", "inf,0.5"], "--split takes 2 or 3 positive fractions"),
-        ([*folder, "--folds", "100000"], "6 usable pairs are too few for this split: folds/99999/val would be empty"),
+        ([*folder, "--folds", "100000"], "6 usable pairs are too few for this split: "
+                                         "folds/99999/val would be empty"),
         (["data", "synth", "--seed", "4294967296"], "less than or equal to 4294967295"),
         (["data", "synth", "--size", "100000"], "size (--size) must be an integer from 8 to"),
     ]
