@@ -12,13 +12,14 @@ naming the file and the value. A dataset without the file is binary, read by
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from condseg.data.masks import mask_threshold
+from condseg.data.masks import Level, mask_threshold
 from condseg.data.reading import colour_and_alpha, read_values
 from condseg.errors import DataError
 from condseg.files import read_json, write_text
@@ -129,8 +130,6 @@ def read_labels(root: str | Path) -> Labels | None:
 
 def write_labels(root: str | Path, labels: Labels) -> Path:
     """Write the declaration of the dataset at ``root``."""
-    import json
-
     path = DatasetDir(Path(root)).labels
     write_text(path, json.dumps(labels.to_json(), indent=2) + "\n")
     return path
@@ -160,11 +159,10 @@ def undeclared(values: np.ndarray, labels: Labels) -> dict[int, int]:
     return {int(v): int(counts[v]) for v in np.flatnonzero((counts > 0) & ~declared)}
 
 
-def undeclared_message(found: dict[int, int], root: str | Path | None = None) -> str:
+def undeclared_message(found: dict[int, int], where: str = "the declaration") -> str:
     """One line for :func:`undeclared`'s values (at most 8 shown)."""
     shown = ", ".join(f"{v} ({n} px)" for v, n in list(found.items())[:8])
     more = f", ... ({len(found)} values)" if len(found) > 8 else ""
-    where = DatasetDir(Path(root)).labels.name if root is not None else "the declaration"
     return (f"mask values {shown}{more} are declared by no class in {where}: fix the mask or "
             "declare them")
 
@@ -217,14 +215,14 @@ def binary_disagreement(labels: Labels, full: int) -> str | None:
 
 def mask_classes(
     values: np.ndarray, full: int, labels: Labels
-) -> tuple[np.ndarray, list[tuple[str, str]]]:
+) -> tuple[np.ndarray, list[tuple[Level, str]]]:
     """Pixels of each class in one mask (by id) and its problems as (level, message): values
     no class declares, and a binary declaration the binary readers would misread."""
     counts = np.bincount(values.ravel(), minlength=max(labels.values) + 1)
-    problems = []
+    problems: list[tuple[Level, str]] = []
     found = undeclared(values, labels)
     if found:
-        problems.append(("error", undeclared_message(found, Path())))
+        problems.append(("error", undeclared_message(found, DatasetDir(Path()).labels.name)))
     if labels.foreground == 1 and (why := binary_disagreement(labels, full)):
         problems.append(("error", why))
     return counts[list(labels.values)], problems

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from condseg.data.labels import IGNORE_ID, label_values, undeclared, undeclared_message
+from condseg.data.labels import IGNORE_ID, class_ids, label_values
 from condseg.data.masks import mask_problems, read_mask_values
 from condseg.data.names import unlistable
 from condseg.data.prepare.find import Found
@@ -42,11 +42,8 @@ def _validate(
         for mask in sample.masks:
             if decode and labels is not None:
                 values, _ = label_values(mask, max_pixels)
-                found = undeclared(values, labels)
-                if found:
-                    return f"mask {mask}: {undeclared_message(found)} (--labels)"
+                classes = class_ids(values, labels, mask)  # an undeclared value: the reason
                 shape = values.shape
-                classes = labels.lookup(int(values.max()))[values]
                 foreground = foreground or bool(((classes > 0) & (classes != IGNORE_ID)).any())
             elif decode:
                 values, full = read_mask_values(mask, max_pixels)
