@@ -196,7 +196,7 @@ class CVDir(_Started):
 class DatasetDir:
     """A prepared dataset: ``images/``, ``masks/``, one ``<split>.txt`` per split, optional
     ``folds/<k>/{train,val}.txt``, the record of its split and what preparation did not
-    convert."""
+    convert, and (a dataset of several classes) the declaration of its classes."""
 
     path: Path
 
@@ -220,6 +220,12 @@ class DatasetDir:
     def split_info(self) -> Path:
         """Where the split came from and what was converted (written by ``data prepare``)."""
         return self.path / "split_info.json"
+
+    @property
+    def labels(self) -> Path:
+        """The classes and their values in the mask files (``condseg.data.labels``); none:
+        a binary dataset."""
+        return self.path / "labels.json"
 
     def split(self, name: str) -> Path:
         """The list of a split's names; ``name`` may be a path like ``folds/0/train``."""

@@ -31,6 +31,12 @@ def data_prepare(
     seed: Annotated[int, typer.Option(
         min=0, max=2**32 - 1, help="Seed of the split when none is shipped.")] = 0,
     link: Annotated[bool, typer.Option(help="Hard-link unchanged images and masks.")] = False,
+    labels: Annotated[str | None, typer.Option(
+        help="folder: the masks' classes as name=value pairs, background first, e.g. "
+             "background=0,rnfl=80,gcipl=160 (written as OUT/labels.json).")] = None,
+    classes: Annotated[bool, typer.Option(
+        help="busi: keep the class folders as classes (background, benign, malignant).")
+    ] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Convert a public release (DATASET RAW OUT) or a folder of images and a folder of masks
@@ -39,6 +45,7 @@ def data_prepare(
 
     from rich.markup import escape
 
+    from condseg.data.labels import parse_labels_option, read_labels
     from condseg.data.prepare import prepare, prepare_folder
     from condseg.errors import OptionError
     from condseg.layout import DatasetDir
@@ -48,20 +55,26 @@ def data_prepare(
             usage = "folder IMAGES MASKS OUT" if dataset == "folder" else f"{dataset} RAW OUT"
             raise OptionError(f"expected `condseg data prepare {usage}`, got {len(paths)} paths")
         if dataset == "folder":
-            if images or masks:
-                raise OptionError("--images/--masks are for releases; folder takes IMAGES MASKS")
+            if images or masks or classes:
+                raise OptionError("--images/--masks/--classes are for releases; folder takes "
+                                  "IMAGES MASKS (and --labels for classes)")
             fractions = _fractions(split) if split else None
+            declared = parse_labels_option(labels) if labels is not None else None
             path = prepare_folder(*paths, split=fractions, folds=folds, test=test, seed=seed,
-                                  link=link, swap=swap, max_pixels=max_pixels)
+                                  link=link, swap=swap, max_pixels=max_pixels, labels=declared)
         else:
-            if split or folds or test is not None:
-                raise OptionError("--split/--folds/--test are for `data prepare folder`; "
-                                  f"{dataset} has its own split")
+            if split or folds or test is not None or labels is not None:
+                raise OptionError("--split/--folds/--test/--labels are for `data prepare "
+                                  f"folder`; {dataset} has its own split (and --classes)")
             path = prepare(dataset, *paths, seed=seed, link=link, images=images, masks=masks,
-                           swap=swap, max_pixels=max_pixels)
+                           swap=swap, max_pixels=max_pixels, classes=classes)
+        declared = read_labels(path)
     info = json.loads(DatasetDir(path).split_info.read_text())
     counts = ", ".join(f"{s} {n}" for s, n in info["counts"].items() if "/" not in s)
     lines = [f"wrote {escape(str(path))} ({counts}; split: {escape(info['source'])})"]
+    if declared is not None:
+        lines.append(f"classes: {escape(declared.describe())} "
+                     f"({escape(str(DatasetDir(path).labels))})")
     if info.get("mask_suffixes"):
         found = ", ".join(f"{s} {n}" for s, n in info["mask_suffixes"].items())
         lines.append(f"masks paired by name suffix: {escape(found)}")
@@ -107,10 +120,15 @@ def data_synth(
     seed: Annotated[int, typer.Option(
         min=0, max=2**32 - 1, help="Random seed (same seed, same files).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty OUT.")] = False,
+    task: Annotated[str, typer.Option(
+        help="lesions: endoscopy-like, binary; layers: OCT-like B-scans with three layers "
+             "(4 classes with background).")] = "lesions",
 ) -> None:
-    """Write the embedded synthetic endoscopy-like dataset (used by the demo and the tests)."""
+    """Write an embedded synthetic dataset: endoscopy-like lesions (binary; used by the demo
+    and the tests) or OCT-like retinal layers (multi-class)."""
     from condseg.data.synthetic import synthesize
 
     with user_errors():
-        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed, overwrite=overwrite)
+        path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed, overwrite=overwrite,
+                          task=task)
     console.print(f"wrote {path}")

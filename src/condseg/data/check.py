@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from condseg.data.index import FolderIndex
+from condseg.data.labels import Labels, label_values, mask_classes, read_labels, require_binary
 from condseg.data.masks import Level, mask_problems, read_mask_values
 from condseg.data.names import shown, unlistable
 from condseg.data.prepare import DATASETS
@@ -49,6 +51,9 @@ class CheckReport:
     split_sizes: dict[str, int]
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    labels: Labels | None = None  # the dataset's declared classes (None: binary)
+    # per split, per class id: (pixels, images holding the class); with ``labels`` only
+    classes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def _at(self, level: Level) -> list[Problem]:
         return [p for p in self.problems if p.level == level]
@@ -90,6 +95,18 @@ class CheckReport:
             )
         return table
 
+    def class_table(self) -> Table:
+        """Pixels and images of each declared class per split."""
+        assert self.labels is not None
+        table = Table(title="Classes (labels.json): pixels / images per split")
+        for column in ("id", "class", "value", *self.classes):
+            table.add_column(column, overflow="fold")
+        for i, (name, value) in enumerate(zip(self.labels.names, self.labels.values,
+                                              strict=True)):
+            counts = [f"{c[i][0]:,} / {c[i][1]}" for c in self.classes.values()]
+            table.add_row(str(i), Text(shown(name)), str(value), *counts)
+        return table
+
     def summary(self) -> str:
         sizes = ", ".join(f"{s} ({n})" for s, n in self.split_sizes.items()) or "none"
         return (
@@ -101,6 +118,8 @@ class CheckReport:
         console = console or Console()
         if self.problems:
             console.print(self.table())
+        if self.labels is not None:
+            console.print(self.class_table())
         console.print(Text(self.summary()))
         if self.errors:
             console.print(
@@ -122,10 +141,12 @@ def _split_file(split: str) -> str:
 
 
 def _check_pair(
-    index: FolderIndex, name: str, max_pixels: int | None
-) -> list[tuple[Level, str, str | None]]:
-    """Problems of one name: (level, message, file)."""
+    index: FolderIndex, name: str, max_pixels: int | None, labels: Labels | None
+) -> tuple[list[tuple[Level, str, str | None]], np.ndarray | None]:
+    """Problems of one name: (level, message, file); and with ``labels``, the pixels of each
+    class in its mask (None when it cannot be read)."""
     found: list[tuple[Level, str, str | None]] = []
+    pixels = None
     shapes: dict[str, tuple[int, int]] = {}
     for kind, folder in index.folders.items():
         try:
@@ -138,10 +159,15 @@ def _check_pair(
         try:
             if kind == "image":
                 shapes[kind] = read_image(path, max_pixels).shape[:2]
-            else:
+            elif labels is None:
                 values, full = read_mask_values(path, max_pixels)
                 shapes[kind] = values.shape
                 found.extend((level, msg, file) for level, msg in mask_problems(values, full))
+            else:
+                values, full = label_values(path, max_pixels)
+                shapes[kind] = values.shape
+                pixels, said = mask_classes(values, full, labels)
+                found.extend((level, msg, file) for level, msg in said)
         except DataError as exc:
             found.append(("error", f"{exc}", file))
     if len(shapes) == 2 and shapes["image"] != shapes["mask"]:
@@ -155,7 +181,7 @@ def _check_pair(
                 _relative(index.find("mask", name), index.root),
             )
         )
-    return found
+    return found, pixels
 
 
 def _unlistable_and_orphans(index: FolderIndex, listed: set[str]) -> list[Problem]:
@@ -205,13 +231,18 @@ def check_dataset(
     splits: list[str] | tuple[str, ...] | None = None,
     workers: int | None = None,
     max_pixels: int | None = None,
+    *,
+    binary: bool = False,
 ) -> CheckReport:
     """Verify a canonical dataset folder.
 
     ``splits`` None (or empty) checks train and val (both required) and test when present.
     Decoding runs in a thread pool (Pillow releases the GIL while decoding); ``workers`` defaults
     to the CPU count. ``max_pixels`` is the readers' pixel limit (None: the default
-    :data:`condseg.data.reading.MAX_PIXELS`).
+    :data:`condseg.data.reading.MAX_PIXELS`). A dataset that declares its classes
+    (:mod:`condseg.data.labels`) is checked by the declaration, with the pixels and images of
+    each class per split; ``binary`` (the caller reads masks as binary: training, evaluation)
+    refuses one of several foreground classes in one line before any file is read.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -221,6 +252,7 @@ def check_dataset(
     else:
         wanted = list(splits)
     require_prepared(root, wanted)
+    labels = require_binary(root) if binary else read_labels(root)
     names_of: dict[str, list[str]] = {}
     for split in wanted:
         try:
@@ -264,16 +296,20 @@ def check_dataset(
         index = FolderIndex(root)
     except DataError as exc:
         problems.append(Problem("error", str(exc)))
-        return CheckReport(
-            root, {s: len(n) for s, n in names_of.items()}, problems, time.perf_counter() - start
-        )
+        return CheckReport(root, {s: len(n) for s, n in names_of.items()}, problems,
+                           time.perf_counter() - start, labels)
     names = list(splits_of)
+    per_split = {s: np.zeros((len(labels.names), 2), np.int64) for s in names_of} if labels else {}
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for name, found in zip(
-            names, pool.map(lambda n: _check_pair(index, n, max_pixels), names), strict=True
+        for name, (found, pixels) in zip(
+            names, pool.map(lambda n: _check_pair(index, n, max_pixels, labels), names),
+            strict=True,
         ):
             split = ", ".join(splits_of[name])
             problems.extend(Problem(level, msg, split, name, file) for level, msg, file in found)
+            for s in splits_of[name] if pixels is not None else ():
+                per_split[s] += np.stack([pixels, pixels > 0], axis=1)
+    problems.extend(_absent_classes(labels, per_split) if labels else [])
     problems.extend(_unlistable_and_orphans(index, set(splits_of)))
     unlisted = sorted(n for n in set(index.files["image"]) - set(splits_of) if not unlistable(n))
     if unlisted and names_of:
@@ -285,6 +321,15 @@ def check_dataset(
                 file=f"{_relative(index.folders['image'], root)}/",
             )
         )
-    return CheckReport(
-        root, {s: len(n) for s, n in names_of.items()}, problems, time.perf_counter() - start
-    )
+    classes = {s: [(int(p), int(i)) for p, i in counts] for s, counts in per_split.items()}
+    return CheckReport(root, {s: len(n) for s, n in names_of.items()}, problems,
+                       time.perf_counter() - start, labels, classes)
+
+
+def _absent_classes(labels: Labels, per_split: dict[str, np.ndarray]) -> list[Problem]:
+    """A warning per foreground class that no image of a split holds."""
+    return [Problem("warning", f"class {labels.names[i]!r} (value {labels.values[i]}) is in no "
+                    f"image of split {split!r}: it is neither learnt nor measured there; add "
+                    "images that show it", split=split, file=_split_file(split))
+            for split, counts in per_split.items()
+            for i in range(1, len(labels.names)) if counts[i, 1] == 0]

@@ -53,10 +53,13 @@ def _too_large(path: str | Path, kind: str, pixels: int, limit: int) -> DataErro
 
 
 def read_values(
-    path: str | Path, kind: str = "image", max_pixels: int | None = None
+    path: str | Path, kind: str = "image", max_pixels: int | None = None,
+    *, indices: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Pixel values as displayed (EXIF orientation applied) and the format's maximum value
-    (1, 255 or 65535); ``kind`` ("image" or "mask") only words the messages.
+    (1, 255 or 65535); ``kind`` ("image" or "mask") only words the messages. With ``indices``
+    a palette image gives its (H, W) palette indices instead of their colours (the class ids
+    of a palette label mask).
 
     The values are (H, W) grey, (H, W, 3) RGB, or either with the alpha plane last ((H, W, 2),
     (H, W, 4)) when the file has transparency: palettes, CMYK and other modes are read as the
@@ -66,7 +69,7 @@ def read_values(
     """
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        return _read_pillow(path, kind, limit)
+        return _read_pillow(path, kind, limit, indices)
     except (OSError, ValueError, SyntaxError) as exc:
         if Path(path).suffix.lower() in TIFF_EXTENSIONS and Path(path).is_file():
             return _read_tifffile(path, kind, limit)
@@ -100,7 +103,9 @@ def _one_frame(frames: int, path: str | Path, kind: str) -> None:
         )
 
 
-def _read_pillow(path: str | Path, kind: str, limit: int) -> tuple[np.ndarray, int]:
+def _read_pillow(
+    path: str | Path, kind: str, limit: int, indices: bool = False
+) -> tuple[np.ndarray, int]:
     with _open(path, kind) as im:
         if im.width * im.height > limit:
             raise _too_large(path, kind, im.width * im.height, limit)
@@ -108,6 +113,8 @@ def _read_pillow(path: str | Path, kind: str, limit: int) -> tuple[np.ndarray, i
         _one_frame(1 if im.format == "MPO" else getattr(im, "n_frames", 1), path, kind)
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
+        if indices and im.mode in ("P", "PA"):
+            return np.array(im.getchannel(0)), 255
         return _full_scale(im, path, kind)
 
 

@@ -1,4 +1,5 @@
-"""A small endoscopy-like dataset generated on the fly for the demo and the tests.
+"""A small endoscopy-like dataset generated on the fly for the demo and the tests (the binary
+task ``lesions``; the multi-class ``layers`` task: :mod:`condseg.data.synthetic_layers`).
 
 It reproduces the two difficulties ConDSeg targets: lesions with soft boundaries and low contrast
 against the mucosa, and several co-occurring entities per image (1-3 lesions, plus folds and
@@ -14,7 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from condseg.data.labels import write_labels
 from condseg.data.split_files import write_split
+from condseg.data.synthetic_layers import LAYER_LABELS, layers_pair
 from condseg.errors import DataError
 from condseg.files import write_image, write_text
 from condseg.layout import DatasetDir
@@ -100,6 +103,10 @@ def synthesize_pair(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarr
     return image_u8, np.where(mask >= 0.5, 255, 0).astype(np.uint8)
 
 
+#: The synthetic tasks: the binary endoscopy-like lesions (the default) and the OCT-like layers.
+TASKS = ("lesions", "layers")
+
+
 def synthesize(
     out: str | Path,
     n_train: int = 48,
@@ -107,9 +114,14 @@ def synthesize(
     size: int = 128,
     seed: int = 0,
     overwrite: bool = False,
+    task: str = "lesions",
 ) -> Path:
     """Write ``out/images/*.png``, ``out/masks/*.png``, ``train.txt``, ``val.txt`` and
-    ``synth.json`` (the parameters). Refuses a non-empty ``out`` unless ``overwrite``."""
+    ``synth.json`` (the parameters); the ``layers`` task also ``labels.json`` (its classes).
+    Refuses a non-empty ``out`` unless ``overwrite``."""
+    if task not in TASKS:
+        raise DataError(f"unknown synthetic task {task!r} (--task); choose one of "
+                        f"{', '.join(TASKS)}")
     for name, value, least, most in (("train", n_train, 1, MAX_IMAGES), ("val", n_val, 1,
                                       MAX_IMAGES), ("size", size, 8, MAX_SIZE),
                                       ("seed", seed, 0, 2**32 - 1)):
@@ -129,15 +141,24 @@ def synthesize(
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("synth_*.png"):
             stale.unlink()
+    layout.labels.unlink(missing_ok=True)  # a previous task's classes
     names = [f"synth_{i:04d}" for i in range(n_train + n_val)]
     for i, name in enumerate(names):
-        image, mask = synthesize_pair(np.random.default_rng([seed, i]), size)
-        write_image(layout.images / f"{name}.png", np.ascontiguousarray(image[:, :, ::-1]))
+        rng = np.random.default_rng([seed, i])
+        if task == "layers":  # grey B-scan and class-id mask
+            image, mask = layers_pair(rng, size)
+        else:
+            image, mask = synthesize_pair(rng, size)
+            image = np.ascontiguousarray(image[:, :, ::-1])
+        write_image(layout.images / f"{name}.png", image)
         write_image(layout.masks / f"{name}.png", mask)
     write_split(layout.split("train"), names[:n_train])
     write_split(layout.split("val"), names[n_train:])
+    if task == "layers":
+        write_labels(out, LAYER_LABELS)
     info = {
         "generator": "condseg.data.synthetic",
+        "task": task,
         "seed": seed,
         "size": size,
         "n_train": n_train,

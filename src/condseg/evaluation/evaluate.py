@@ -218,7 +218,7 @@ def _file_digest(path: str | None) -> str | None:
 def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) -> None:
     """Evaluate only what ``data check`` accepts: a broken, doubled or unreadable entry must
     not pass silently (nor be scored by a convention)."""
-    report = check_dataset(data_root, splits=[split], max_pixels=max_pixels)
+    report = check_dataset(data_root, splits=[split], max_pixels=max_pixels, binary=True)
     if not report.ok:
         first = report.errors[0]
         where = first.file or first.name or first.split or str(data_root)

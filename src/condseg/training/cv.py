@@ -29,6 +29,7 @@ from rich.table import Table
 
 from condseg.config import RunConfig, load_config, validated
 from condseg.data.check import require_prepared
+from condseg.data.labels import require_binary
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
@@ -218,6 +219,7 @@ def check_folds(root: Path, folds: Sequence[int] | None) -> list[int]:
     """The folds of the dataset at ``root``, refusing any of ``folds`` it does not have (``cv
     --fold``, ``train --fold``) before anything is trained."""
     require_prepared(root, [])  # a missing folder is not "a dataset without folds"
+    require_binary(root)  # before CV/config.yaml is written
     dataset = DatasetDir(root)
     available = dataset.fold_numbers()
     missing = [k for k in folds if k not in available] if folds is not None else []

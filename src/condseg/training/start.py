@@ -105,7 +105,7 @@ def check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int
     splits = [data.train_split, data.val_split]
     if DatasetDir(root).has_split(data.test_split):
         splits.append(data.test_split)  # checked now, not after hours of training
-    report = check_dataset(root, splits=splits, max_pixels=data.max_pixels)
+    report = check_dataset(root, splits=splits, max_pixels=data.max_pixels, binary=True)
     blocking = [p for p in report.errors if p.name is None or p.name not in data.skip]
     if blocking:
         report.print(console)

@@ -90,31 +90,33 @@ def find_files(
     return found, suffixes, others
 
 
-def _looks_like_mask(path: Path) -> bool | None:
-    """One channel (or equal channels) and at most two values; None if unreadable."""
+def _looks_like_mask(path: Path, most: int) -> bool | None:
+    """One channel (or equal channels) and at most ``most`` values; None if unreadable."""
     try:
         values, _ = colour_and_alpha(*read_values(path))
     except DataError:
         return None
     if values.ndim == 3 and not (values == values[:, :, :1]).all():
         return False
-    return len(np.unique(values)) <= 2
+    return len(np.unique(values)) <= most
 
 
-def _mostly_masks(files: list[Path]) -> bool:
+def _mostly_masks(files: list[Path], most: int) -> bool:
     """Do most of (up to SWAP_SAMPLE evenly spaced) ``files`` look like masks?"""
     sample = files[:: max(1, len(files) // SWAP_SAMPLE)][:SWAP_SAMPLE]
-    looks = [v for v in map(_looks_like_mask, sample) if v is not None]
+    looks = [v for v in (_looks_like_mask(path, most) for path in sample) if v is not None]
     return bool(looks) and sum(looks) > len(looks) / 2
 
 
-def check_swapped(found: Found, swap: bool) -> None:
-    """Refuse when the "images" look like masks and the "masks" do not (swapped folders)."""
+def check_swapped(found: Found, swap: bool, values: int = 2) -> None:
+    """Refuse when the "images" look like masks and the "masks" do not (swapped folders);
+    a mask holds at most ``values`` values (two, or a declaration's classes)."""
     images, masks = (sorted(p for ps in found[k].values() for p in ps) for k in ("image", "mask"))
-    if images and masks and _mostly_masks(images) and not _mostly_masks(masks):
+    if images and masks and _mostly_masks(images, values) and not _mostly_masks(masks, values):
+        count = "two" if values == 2 else f"at most {values}"
         where = examples(sorted({str(p.parent) for p in images}), limit=2)
         todo = "drop --swap" if swap else "pass --swap to exchange them"
         raise DataError(
-            f"the images ({where}) look like masks (one channel, two values) and the masks "
+            f"the images ({where}) look like masks (one channel, {count} values) and the masks "
             f"like images: are images and masks swapped? {todo}"
         )

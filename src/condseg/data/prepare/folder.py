@@ -4,8 +4,10 @@ folder), paired by name, with a seeded split or k folds stratified by empty / no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from condseg.data.labels import Labels
 from condseg.data.prepare.pipeline import convert
 from condseg.data.prepare.spec import ANY_IMAGE, DatasetSpec, Sample
 from condseg.data.prepare.stratify import k_folds, proportional_cut, shuffled_strata
@@ -96,6 +98,7 @@ def prepare_folder(
     link: bool = False,
     swap: bool = False,
     max_pixels: int | None = None,
+    labels: Labels | None = None,
 ) -> Path:
     """Convert a folder of images and a folder of masks (may be the same folder) into the
     canonical layout, paired by name (mask suffixes such as ``_mask`` recognised).
@@ -103,7 +106,9 @@ def prepare_folder(
     The split is seeded and stratified by empty / non-empty mask: ``split`` fractions
     (train, val[, test]; default 0.8, 0.1, 0.1), or ``folds`` k folds written to
     ``folds/<k>/{train,val}.txt`` (``train.txt``/``val.txt`` = fold 0), with a ``test``
-    fraction held out of all folds. Recorded in ``split_info.json``.
+    fraction held out of all folds. Recorded in ``split_info.json``. ``labels`` declares the
+    masks' classes (written as ``labels.json``; a mask with a value it does not declare is not
+    converted, and "non-empty" means holding a foreground class).
     """
     images, masks, out = Path(images), Path(masks), Path(out)
     for folder in (images, masks):
@@ -116,6 +121,6 @@ def prepare_folder(
         splits, info = _folder_splits(samples, split, folds, test, seed)
         return splits, {"images": str(images), "masks": str(masks), **info}
 
-    spec = folder_spec(same_folder=images.resolve() == masks.resolve())
+    spec = replace(folder_spec(same_folder=images.resolve() == masks.resolve()), labels=labels)
     return convert(spec, images, out, assign, roots={"image": images, "mask": masks},
                    swap=swap, link=link, decode=True, max_pixels=max_pixels)

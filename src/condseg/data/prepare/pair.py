@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from condseg.data.labels import IGNORE_ID, class_ids, label_values
 from condseg.data.masks import mask_problems, read_mask_values
 from condseg.data.names import unlistable
 from condseg.data.prepare.find import Found
@@ -31,13 +32,20 @@ def _validate(
     """The sample, or why it cannot be converted: its files do not open, or a mask has another
     size than its image (never resized: which pixels it annotates would be a guess). With
     ``decode`` the masks are decoded (their foreground recorded; a mask that ``data check``
-    would refuse, such as a 0/1 label map, is refused unless the spec's masks are label maps);
+    would refuse, such as a 0/1 label map, is refused unless the spec's masks are label maps;
+    class masks are read by the spec's declaration, a value it does not declare refused);
     otherwise only the headers are read."""
+    labels = spec.source_labels
     try:
         height, width = image_size(sample.image, max_pixels)
         foreground = False
         for mask in sample.masks:
-            if decode:
+            if decode and labels is not None:
+                values, _ = label_values(mask, max_pixels)
+                classes = class_ids(values, labels, mask)  # an undeclared value: the reason
+                shape = values.shape
+                foreground = foreground or bool(((classes > 0) & (classes != IGNORE_ID)).any())
+            elif decode:
                 values, full = read_mask_values(mask, max_pixels)
                 errors = [m for level, m in mask_problems(values, full) if level == "error"]
                 if errors and spec.masks != "labels":

@@ -6,7 +6,8 @@
    what is left out is listed in ``OUT/not_converted.tsv`` with the reason (``prepare folder``
    lists there every other entry of its folders too);
 3. assign the split (the caller's ``assign``), recorded in ``OUT/split_info.json``;
-4. write everything into a temporary sibling folder renamed to OUT at the end
+4. write everything (and ``labels.json`` when the source declares classes) into a temporary
+   sibling folder renamed to OUT at the end
    (:func:`condseg.outputs.staged`), so a failure or an interruption leaves no half-written
    OUT behind, and a second process writing the same OUT is refused.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from condseg.data.labels import write_labels
 from condseg.data.masks import read_mask_values
 from condseg.data.prepare.find import check_swapped, find_files
 from condseg.data.prepare.pair import pair_samples
@@ -53,7 +55,7 @@ def _place(source: Path, target: Path, link: bool) -> None:
 
 def _write_sample(sample: Sample, spec: DatasetSpec, out: DatasetDir, link: bool) -> None:
     """The image (as it is) and its mask: copied, or a 0/255 PNG from instance labels or the
-    union of several masks."""
+    union of several masks (a class-id PNG with the spec's ``class_of``)."""
     _place(sample.image, out.images / (sample.name + sample.image.suffix.lower()), link)
     if spec.masks == "copy":
         mask = sample.masks[0]
@@ -63,7 +65,8 @@ def _write_sample(sample: Sample, spec: DatasetSpec, out: DatasetDir, link: bool
         [spec.foreground(*read_mask_values(mask)) for mask in sample.masks]
     )
     target = out.masks / f"{sample.name}.png"
-    write_image(target, np.where(foreground, 255, 0).astype(np.uint8))
+    value = 255 if spec.class_of is None else spec.class_of(sample.name)
+    write_image(target, np.where(foreground, value, 0).astype(np.uint8))
 
 
 def convert(
@@ -85,7 +88,9 @@ def convert(
     found, suffixes, others = find_files(spec, raw, roots)
     if not found["image"]:
         raise DataError(f"no image files found under {raw} (expected {spec.title})")
-    check_swapped(found, swap)
+    labels = spec.source_labels
+    check_swapped(found, swap, 2 if labels is None else len(labels.values) + (labels.ignore
+                                                                              is not None))
     samples, skipped = pair_samples(spec, raw, found, decode or spec.masks != "copy", max_pixels)
     if spec.split_source == "folder":  # the user's folders: every entry is accounted for
         skipped += others
@@ -128,6 +133,8 @@ def convert(
             write_split(layout.split(split), names)
         if skipped:
             _write_not_converted(layout.not_converted, skipped)
+        if spec.labels is not None:
+            write_labels(tmp, spec.labels)
         write_text(layout.split_info, json.dumps(info, indent=2) + "\n")
     return out
 

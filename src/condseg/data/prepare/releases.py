@@ -1,14 +1,16 @@
 """The public releases and their converters: Kvasir-SEG and Kvasir-Sessile (packaged lists),
 GlaS and ISIC (the release's own folders), CVC-ClinicDB (a seeded split of the paper's sizes)
-and BUSI (seeded class-stratified folds), each described by a
-:class:`~condseg.data.prepare.spec.DatasetSpec`."""
+and BUSI (seeded class-stratified folds; with ``classes``, its benign and malignant folders as
+two classes), each described by a :class:`~condseg.data.prepare.spec.DatasetSpec`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
+from condseg.data.labels import Labels
 from condseg.data.prepare.pipeline import convert
 from condseg.data.prepare.spec import ANY_IMAGE, DatasetSpec, Sample, SplitSource, examples
 from condseg.data.prepare.stratify import k_folds, proportional_cut, shuffled_strata
@@ -105,6 +107,21 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 N_FOLDS = 4
 
+#: BUSI's class folders as classes (``prepare busi --classes``): a merged lesion mask written
+#: as the id of its image's class; ``normal`` images are all background.
+BUSI_LABELS = Labels(("background", "benign", "malignant"), (0, 1, 2))
+
+
+def _busi_class(name: str) -> int:
+    """The class id of a BUSI image from its name (``benign (12)``); normal: background."""
+    kind = name.split(" ")[0].lower()
+    return BUSI_LABELS.names.index(kind) if kind in BUSI_LABELS.names[1:] else 0
+
+
+#: The releases whose folders are classes (``classes=True``): their declaration and the class
+#: of a sample's name.
+CLASSES: dict[str, tuple[Labels, Callable[[str], int]]] = {"busi": (BUSI_LABELS, _busi_class)}
+
 
 def packaged_split(dataset: str, split: str) -> list[str]:
     """Names of a split list shipped with the package (``condseg/data/splits/<dataset>/``)."""
@@ -166,13 +183,15 @@ def prepare(
     masks: str | Path | None = None,
     swap: bool = False,
     max_pixels: int | None = None,
+    classes: bool = False,
 ) -> Path:
     """Convert the public release ``name`` in ``raw`` into the canonical layout in ``out``.
 
     ``images``/``masks`` name the folders holding them (relative to ``raw``) when the release's
     folder names are not recognised; ``swap`` exchanges images and masks. ``link`` hard-links
     unchanged files instead of copying them (they then share storage with RAW: do not edit them
-    in place). Refuses a non-empty ``out``.
+    in place). ``classes`` writes a release's classes (:data:`CLASSES`: BUSI's benign and
+    malignant) as class-id masks with their ``labels.json``. Refuses a non-empty ``out``.
     """
     if name not in DATASETS:
         raise DataError(
@@ -180,6 +199,12 @@ def prepare(
             "your own: prepare_folder, CLI `data prepare folder`)"
         )
     spec = DATASETS[name]
+    if classes:
+        if name not in CLASSES:
+            raise DataError(f"{name} has no classes to keep (--classes): it is binary; "
+                            f"--classes is for {', '.join(CLASSES)}")
+        labels, class_of = CLASSES[name]
+        spec = replace(spec, labels=labels, class_of=class_of)
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise DataError(f"RAW folder {raw} not found: unpack the {name} release there first")

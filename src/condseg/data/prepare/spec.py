@@ -1,7 +1,8 @@
 """What a source of images and masks is: a :class:`DatasetSpec` says which files are images
 and masks (regular expressions on the file name, and optionally on the name of the folder
-holding it, case-insensitive), where the split comes from and how masks become binary; a
-:class:`Sample` is one image with its mask file(s) as found."""
+holding it, case-insensitive), where the split comes from, how masks become binary and, for a
+dataset of classes, its declaration; a :class:`Sample` is one image with its mask file(s) as
+found."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from condseg.data.labels import Labels
 from condseg.data.masks import mask_threshold
 from condseg.data.names import IMAGE_EXTENSIONS
 
@@ -48,10 +50,20 @@ class DatasetSpec:
     masks: Literal["copy", "labels", "union"] = "copy"
     image_dir: str | None = None  # name of the folder holding the images (None: any folder)
     mask_dir: str | None = None
+    # The classes the dataset declares (labels.json). With "copy" the masks are class masks
+    # read by it; with ``class_of`` the (merged) binary masks are written as the class id
+    # ``class_of`` gives a sample's name (0: all background).
+    labels: Labels | None = None
+    class_of: Callable[[str], int] | None = None
 
     def foreground(self, values: np.ndarray, full: int) -> np.ndarray:
         """Instance label maps: any label; binary masks: at least half of the format's range."""
         return values > 0 if self.masks == "labels" else values >= mask_threshold(full)
+
+    @property
+    def source_labels(self) -> Labels | None:
+        """The declaration the source's masks are read by (None: they are binary masks)."""
+        return self.labels if self.class_of is None else None
 
     def swapped(self) -> DatasetSpec:
         """The same source with the roles of images and masks exchanged (``--swap``)."""

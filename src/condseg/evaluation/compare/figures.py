@@ -164,12 +164,14 @@ def prediction_figure(
 ) -> FigureResult:
     """Image, ground truth and each method's predicted mask for the chosen shared images."""
     from condseg.data.dataset import find_pair, read_image, read_mask
+    from condseg.data.labels import require_binary
     from condseg.viz import prediction_grid
 
     if isinstance(chosen, str):
         return [], [f"predictions.png not written: {chosen}"]
     root, names = chosen
     try:
+        require_binary(root)  # the ground truth is read as binary below
         pairs = [find_pair(root, name) for name in names]
         images = [read_image(image) for image, _ in pairs]
         truths = [read_mask(mask) for _, mask in pairs]
