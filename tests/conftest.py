@@ -63,3 +63,23 @@ def vgg_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vgg") / "vgg16.safetensors"
     save_file(state, path)
     return path
+
+
+# The synthetic dataset and the small model file that the fault tests share (each test module
+# makes its own; a module that needs others defines fixtures of these names itself).
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from condseg.data.synthetic import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from condseg.models.model_file import save_model
+    from condseg.models.registry import create_model
+
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    model = create_model("condseg-net0", encoder="resnet18")
+    save_model(path, model, mean=[0.5] * 3, std=[0.25] * 3, input_size=32)
+    return path

@@ -23,7 +23,6 @@ import typer
 from typer.testing import CliRunner
 
 from condseg import cli
-from condseg.data.synthetic import synthesize
 from condseg.outputs import LOCK, OutputBusyError, OutputError, claim, staged
 
 TINY = ["data.size=64", "data.batch_size=2", "data.num_workers=0", "model.options.width=16",
@@ -66,22 +65,6 @@ with (staged(Path(folder)) if kind == "staged" else claim(Path(folder))) as held
     print("held", flush=True)
     time.sleep(120)
 """
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from condseg.models.model_file import save_model
-    from condseg.models.registry import create_model
-
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    model = create_model("condseg-net0", encoder="resnet18")
-    save_model(path, model, mean=[0.5] * 3, std=[0.25] * 3, input_size=32)
-    return path
 
 
 def _env() -> dict[str, str]:

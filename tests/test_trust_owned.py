@@ -42,22 +42,6 @@ from condseg.training.results import StageResult
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from condseg.models.model_file import save_model
-    from condseg.models.registry import create_model
-
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    model = create_model("condseg-net0", encoder="resnet18")
-    save_model(path, model, mean=[0.5] * 3, std=[0.25] * 3, input_size=32)
-    return path
-
-
 def _one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in text, text
