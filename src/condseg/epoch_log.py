@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from condseg.files import atomic_file
+from condseg.layout import StageDir
 
 FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val_miou",
                  "val_mdsc", "val_recall", "val_precision")
@@ -106,7 +107,7 @@ def write_epoch_log(stage_dir: Path) -> Path:
     (``csv/version_K/``, one per resume): a later attempt's values replace those of an epoch it
     logged again (the epoch a kill interrupted)."""
     epochs: dict[int, dict[str, float]] = {}
-    versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
+    versions = sorted(StageDir(stage_dir).csv_logs.glob("version_*/metrics.csv"),
                       key=lambda p: int(p.parent.name.removeprefix("version_")))
     for path in versions:
         for epoch, values in read_lightning_log(path).items():
@@ -114,7 +115,7 @@ def write_epoch_log(stage_dir: Path) -> Path:
     present = {key for values in epochs.values() for key in values}
     rest = sorted(present - set(FIRST_COLUMNS), key=lambda k: (k.startswith("lr"), k))
     columns = [c for c in FIRST_COLUMNS if c == "epoch" or c in present] + rest
-    out = stage_dir / "metrics.csv"
+    out = StageDir(stage_dir).metrics
     with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -5,7 +5,6 @@ would."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from condseg.errors import CompareError, CondsegError
 from condseg.evaluation.compare.result import Comparison, Entry
 from condseg.evaluation.names import display_name
 from condseg.evaluation.overlap import overlap_scores
+from condseg.records import read_result
 
 FIGURE_FILES = ("predictions.png", "predictions.pdf", "curves.png", "curves.pdf")
 FigureResult = tuple[list[Path], list[str]]  # the files written (none: skipped) and notes
@@ -137,9 +137,11 @@ def model_file(entry: Entry) -> Path | None:
     if run is not None and run.final_stage is not None:
         stage = run.folder.stage(run.final_stage)
         try:
-            recorded = json.loads(stage.result.read_text()).get("model_file")
-        except (OSError, ValueError, AttributeError):  # damaged (not UTF-8, not JSON, a list):
-            recorded = None  # the evaluations' record is the fallback
+            recorded = read_result(stage, CompareError, "").get("model_file")
+        except (OSError, CompareError):  # damaged (not UTF-8, not JSON, a list): the
+            recorded = None  # evaluations' record is the fallback
+        if not isinstance(recorded, str):
+            recorded = None
         if recorded:  # relative to the run; an older run recorded an absolute path
             candidates += [stage.path / Path(recorded).name, run.path / recorded]
     candidates += [Path(e.protocol["model_file"]) for e in entry.evaluations
