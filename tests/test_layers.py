@@ -24,7 +24,7 @@ MAX_LINES = 450
 LAYERS: tuple[tuple[str, ...], ...] = (
     # core: no configuration, no torch model
     ("errors", "files", "filekind", "children", "interrupt", "registry", "recipes", "layout",
-     "outputs", "progress", "epoch_log"),
+     "outputs", "progress", "epoch_log", "tables"),
     # schema + merge (reads recipes through the method registry); the records of a run
     ("config", "records"),
     ("data",),

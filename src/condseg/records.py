@@ -14,20 +14,14 @@ go through :func:`condseg.files.read_text` / :func:`~condseg.files.read_json`, s
 is one line naming it and what to do (the caller's ``error`` and ``todo``: what to do depends on
 who reads it). What each record means belongs to its writer; here is how it is stored.
 
-**Missing values**, one rule for every table: an empty cell is a missing value (None), and so
-is a cell that reads as a number that is not finite (``nan``, ``inf``: condseg never writes
-one, writing a missing value empty instead); a cell that is no number at all, or a row with
-more or fewer cells than the header, is damage. In JSON a missing value is ``null``. Columns
-are read as the header names them (``name`` first, then one per metric, whatever metrics a
-later version adds), never from a fixed list.
+Missing values follow the one rule of :mod:`condseg.tables` (an empty cell; ``null`` in JSON).
+Columns are read as the header names them (``name`` first, then one per metric, whatever
+metrics a later version adds), never from a fixed list.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,61 +31,13 @@ from condseg.config import ConfigError, RunConfig, load_config, read_yaml
 from condseg.errors import first_line
 from condseg.files import read_json, read_text, write_text
 from condseg.layout import CVDir, EvalDir, JobDir, RunDir, StageDir
+from condseg.tables import Score, read_table, table_text
 
 __all__ = [
-    "EvaluationRecord", "read_cell", "read_config", "read_config_record", "read_cv_summary",
-    "read_evaluation", "read_result", "read_table", "table_text", "write_config",
-    "write_cv_summary", "write_evaluation", "write_result",
+    "EvaluationRecord", "read_config", "read_config_record", "read_cv_summary",
+    "read_evaluation", "read_result", "write_config", "write_cv_summary", "write_evaluation",
+    "write_result",
 ]
-
-Score = float | None
-
-
-def written_cell(value: Any) -> Any:
-    """A value as a table stores it: a missing one (None, not finite) as an empty cell."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return value
-
-
-def read_cell(cell: str) -> Score:
-    """A stored cell as a value (the module's rule): empty or not finite is None; ValueError
-    for a cell that is no number."""
-    if not cell.strip():
-        return None
-    value = float(cell)
-    return value if math.isfinite(value) else None
-
-
-def table_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
-    """A CSV table (``csv``'s dialect, as condseg has always written it) of ``columns``; keys of
-    a row outside them are left out."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: written_cell(v) for k, v in row.items()} for row in rows)
-    return out.getvalue()
-
-
-def read_table(
-    path: Path, key: str, error: type[Exception], todo: str
-) -> list[dict[str, Any]]:
-    """The rows of a CSV table condseg wrote: ``key`` (a text column, required) as written,
-    every other column by the missing-value rule."""
-    text = read_text(path, error, todo)
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None or key not in reader.fieldnames:
-            raise ValueError(f"no {key!r} column")
-        rows = []
-        for row in reader:
-            if None in row or None in row.values():
-                raise ValueError(f"line {reader.line_num} has not one cell per column")
-            rows.append({k: cell if k == key else read_cell(cell) for k, cell in row.items()})
-    except (ValueError, csv.Error) as exc:  # a cell not a number, a torn row
-        raise error(f"{path} is damaged ({first_line(exc)}); {todo}") from None
-    return rows
-
 
 # --------------------------------------------------------------------------- evaluation
 

@@ -40,10 +40,10 @@ from condseg.outputs import claim
 from condseg.records import (
     read_config,
     read_cv_summary,
-    table_text,
     write_config,
     write_cv_summary,
 )
+from condseg.tables import table_text
 from condseg.training.logs import RunLog
 from condseg.training.results import TrainResult
 from condseg.training.run import train
