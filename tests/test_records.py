@@ -33,6 +33,7 @@ from condseg.records import (
     read_evaluation,
     read_result,
     write_config,
+    write_cv_runs,
     write_cv_summary,
     write_evaluation,
     write_result,
@@ -154,6 +155,18 @@ def test_a_cv_summary_is_written_as_before_and_read_back(tmp_path: Path) -> None
     assert read_cv_summary(cv, DataError, "") == SUMMARY
 
 
+def test_a_cv_runs_table_is_written_as_before(tmp_path: Path) -> None:
+    columns = ["run", "fold", "seed", *METRIC_NAMES]
+    rows = [{"run": "seed0", "fold": None, "seed": 0, **{m: 0.5 for m in METRIC_NAMES},
+             "hd95": None}]
+    with (tmp_path / "before.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert write_cv_runs(CVDir(tmp_path), columns, rows).read_bytes() == (
+        tmp_path / "before.csv").read_bytes()
+
+
 def test_a_metrics_csv_is_written_as_before_and_read_back(tmp_path: Path) -> None:
     log = StageDir(tmp_path).csv_logs / "version_0" / "metrics.csv"
     log.parent.mkdir(parents=True)
@@ -264,9 +277,9 @@ def test_a_config_yaml_that_is_not_a_run_config_is_one_line(tmp_path: Path) -> N
 # --- the rule holds: nothing else opens these files -----------------------------------------
 
 NAMES = ("config.yaml", "result.json", "summary.json", "per_image.csv", "metrics.csv",
-         "cv_summary.json")
+         "cv_summary.json", "cv_runs.csv")
 #: The layout's properties that name them (CVDir.summary: cv_summary.json).
-PROPERTIES = {"config", "result", "summary", "per_image", "metrics"}
+PROPERTIES = {"config", "result", "summary", "per_image", "metrics", "runs_table"}
 OPENERS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "read_json",
            "atomic_file", "load_config", "loads", "load", "safe_load", "DictReader",
            "DictWriter", "reader", "writer"}

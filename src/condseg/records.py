@@ -5,7 +5,8 @@
 - ``result.json``: :func:`write_result`; :func:`read_result`.
 - ``summary.json`` and ``per_image.csv`` (one evaluation, both at once):
   :func:`write_evaluation`; :func:`read_evaluation`.
-- ``cv_summary.json``: :func:`write_cv_summary`; :func:`read_cv_summary`.
+- ``cv_summary.json``: :func:`write_cv_summary`; :func:`read_cv_summary`; ``cv_runs.csv``
+  (written for people): :func:`write_cv_runs`.
 - ``metrics.csv`` (a stage's epochs): :mod:`condseg.epoch_log` (core: it merges Lightning's
   logs), ``write_epoch_log`` and ``read_epochs``.
 
@@ -35,7 +36,8 @@ from condseg.tables import Score, read_table, table_text
 
 __all__ = [
     "EvaluationRecord", "read_config", "read_config_record", "read_cv_summary",
-    "read_evaluation", "read_result", "write_config", "write_cv_summary", "write_evaluation",
+    "read_evaluation", "read_result", "write_config", "write_cv_runs", "write_cv_summary",
+    "write_evaluation",
     "write_result",
 ]
 
@@ -127,6 +129,11 @@ def read_config_record(folder: RunDir, error: type[Exception], todo: str) -> dic
 
 
 # --------------------------------------------------------------------------- cross-validation
+
+
+def write_cv_runs(cv: CVDir, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """``cv_runs.csv``: one row per run (``columns``: run, fold, seed and the metrics)."""
+    return write_text(cv.runs_table, table_text(columns, rows))
 
 
 def write_cv_summary(cv: CVDir, record: Mapping[str, Any]) -> Path:

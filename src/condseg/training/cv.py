@@ -31,7 +31,6 @@ from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.evaluation.names import percent
-from condseg.files import write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
@@ -41,9 +40,9 @@ from condseg.records import (
     read_config,
     read_cv_summary,
     write_config,
+    write_cv_runs,
     write_cv_summary,
 )
-from condseg.tables import table_text
 from condseg.training.logs import RunLog
 from condseg.training.results import TrainResult
 from condseg.training.run import train
@@ -301,7 +300,7 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
     summaries); print both."""
     rows = [{"run": r.name, "fold": r.fold, "seed": r.seed, **r.metrics} for r in runs]
     summary = summarize(rows)
-    write_text(cv.runs_table, table_text(["run", "fold", "seed", *METRIC_NAMES], rows))
+    write_cv_runs(cv, ["run", "fold", "seed", *METRIC_NAMES], rows)
     # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
