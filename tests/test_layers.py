@@ -24,8 +24,9 @@ MAX_LINES = 450
 LAYERS: tuple[tuple[str, ...], ...] = (
     # core: no configuration, no torch model
     ("errors", "files", "filekind", "children", "interrupt", "registry", "recipes", "layout",
-     "outputs", "progress", "epoch_log"),
-    ("config",),  # schema + merge; reads recipes through the method registry (recipes)
+     "outputs", "progress", "epoch_log", "tables"),
+    # schema + merge (reads recipes through the method registry); the records of a run
+    ("config", "records"),
     ("data",),
     ("viz",),  # drawing from arrays (overlays, maps, figures); imports only epoch_log
     ("models",),  # the contract, registries, blocks, encoders, model files, plug-in attachment

@@ -11,10 +11,14 @@ the overlap scores are in percent, as in every printed table; learning rates are
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
-from condseg.files import atomic_file
+from condseg.errors import first_line
+from condseg.files import read_text, write_text
+from condseg.layout import StageDir
+from condseg.tables import read_table, table_text
 
 FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val_miou",
                  "val_mdsc", "val_recall", "val_precision")
@@ -89,16 +93,18 @@ def read_epochs(path: Path) -> dict[int, dict[str, float]]:
     (run folders written before it) converted to it."""
     if not path.is_file():
         raise FileNotFoundError(f"training log {path} not found")
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), [])
+    todo = "restore it, or move it away to plot the others"
+    header = next(csv.reader(io.StringIO(read_text(path, ValueError, todo))), [])
     if "step" in header:
         return read_lightning_log(path)
     if "epoch" not in header:
         raise ValueError(f"{path} is not a training log (no 'epoch' column)")
-    with path.open(newline="") as f:
-        return {int(row["epoch"]): {k: float(v) for k, v in row.items()
-                                    if k != "epoch" and v and math.isfinite(float(v))}
-                for row in csv.DictReader(f)}
+    rows = read_table(path, "epoch", ValueError, todo)
+    try:
+        return {int(row["epoch"]): {k: v for k, v in row.items() if k != "epoch" and v is not None}
+                for row in rows}
+    except ValueError as exc:  # an epoch not a number
+        raise ValueError(f"{path} is damaged ({first_line(exc)}); {todo}") from None
 
 
 def write_epoch_log(stage_dir: Path) -> Path:
@@ -106,7 +112,7 @@ def write_epoch_log(stage_dir: Path) -> Path:
     (``csv/version_K/``, one per resume): a later attempt's values replace those of an epoch it
     logged again (the epoch a kill interrupted)."""
     epochs: dict[int, dict[str, float]] = {}
-    versions = sorted((stage_dir / "csv").glob("version_*/metrics.csv"),
+    versions = sorted(StageDir(stage_dir).csv_logs.glob("version_*/metrics.csv"),
                       key=lambda p: int(p.parent.name.removeprefix("version_")))
     for path in versions:
         for epoch, values in read_lightning_log(path).items():
@@ -114,10 +120,5 @@ def write_epoch_log(stage_dir: Path) -> Path:
     present = {key for values in epochs.values() for key in values}
     rest = sorted(present - set(FIRST_COLUMNS), key=lambda k: (k.startswith("lr"), k))
     columns = [c for c in FIRST_COLUMNS if c == "epoch" or c in present] + rest
-    out = stage_dir / "metrics.csv"
-    with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for epoch in sorted(epochs):
-            writer.writerow({"epoch": epoch, **epochs[epoch]})
-    return out
+    out = StageDir(stage_dir).metrics
+    return write_text(out, table_text(columns, ({"epoch": e, **epochs[e]} for e in sorted(epochs))))

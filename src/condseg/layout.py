@@ -28,7 +28,8 @@ spelling a file name, so the layout is written down here and nowhere else::
                                         the launcher's files (logs, submission)
       comparison/                       compare's tables and figures over every run
 
-Only names live here; what a file holds belongs to its writer.
+Only names live here; what a file holds belongs to its writer, and each is read and
+written in one place: :mod:`condseg.records` (``metrics.csv``: :mod:`condseg.epoch_log`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG = "config.yaml"
+RESULT = "result.json"
 EVALUATION = "evaluation"
 
 
@@ -94,7 +96,7 @@ class StageDir:
 
     @property
     def result(self) -> Path:
-        return self.path / "result.json"
+        return self.path / RESULT
 
     @property
     def csv_logs(self) -> Path:

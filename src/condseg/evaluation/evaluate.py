@@ -10,10 +10,7 @@ engine (the fast path by default) while DataLoader workers load the next batches
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +23,9 @@ from rich.table import Table
 
 from condseg.data.check import check_dataset
 from condseg.data.dataset import SegmentationDataset
-from condseg.errors import DataError, OptionError, first_line, refuse_existing
+from condseg.errors import DataError, OptionError, refuse_existing
 from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
 from condseg.evaluation.names import display_name, formatted, unit
-from condseg.files import atomic_file, read_json, read_text, write_text
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
 from condseg.inference.options import InferenceOptions, check_threshold
@@ -50,13 +46,10 @@ from condseg.models.base import (
 )
 from condseg.outputs import claims
 from condseg.progress import WorkProgress
+from condseg.records import read_evaluation, write_evaluation
 from condseg.viz import save_png
 
 RESOLUTIONS = ("network", "original")
-# training/cv.py (branch h17-training) still imports these two names; drop them when it asks
-# EvalDir for its paths.
-PER_IMAGE_CSV = EvalDir(Path()).per_image.name
-SUMMARY_JSON = EvalDir(Path()).summary.name
 
 
 @dataclass
@@ -137,7 +130,8 @@ def evaluate(
     if prob_dir is not None:
         planned += [probability_path(prob_dir, n, probability_format) for n in dataset.names]
     if out_dir is not None:
-        planned += _files(EvalDir(Path(out_dir)))
+        folder = EvalDir(Path(out_dir))
+        planned += [folder.per_image, folder.summary]
     refuse_existing(planned, overwrite)
     for folder in (mask_dir, prob_dir):
         if folder is not None:
@@ -261,45 +255,19 @@ def _original_pairs(
 def write_results(
     result: EvaluationResult, out_dir: str | Path, overwrite: bool = False
 ) -> tuple[Path, Path]:
-    """Write ``per_image.csv`` (empty cell = missing) and ``summary.json`` (protocol and, per
-    metric, mean, std, n, missing)."""
+    """Write ``per_image.csv`` (one column per metric of METRIC_NAMES) and ``summary.json``
+    (protocol and, per metric, mean, std, n, missing): :func:`condseg.records.write_evaluation`."""
     folder = EvalDir(Path(out_dir))
-    csv_path, json_path = _files(folder)
-    refuse_existing([csv_path, json_path], overwrite)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", *METRIC_NAMES], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(result.rows)
-    summary = {"protocol": result.protocol, "metrics": result.summary}
-    write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    return csv_path, json_path
+    refuse_existing([folder.per_image, folder.summary], overwrite)
+    return write_evaluation(folder, METRIC_NAMES, result.rows, result.summary, result.protocol)
 
 
 def read_results(out_dir: str | Path) -> EvaluationResult:
-    """What :func:`write_results` wrote to ``out_dir``, as the result object (an empty cell of
-    ``per_image.csv`` is a missing value)."""
+    """What :func:`write_results` wrote to ``out_dir``, as the result object
+    (:func:`condseg.records.read_evaluation`)."""
     folder = EvalDir(Path(out_dir))
-    todo = f"move {folder.path} away to evaluate again"
-    recorded = read_json(folder.summary, dict, DataError, todo)
-    if not all(isinstance(recorded.get(key), dict) for key in ("metrics", "protocol")):
-        raise DataError(f"{folder.summary} is damaged: it has no metrics and protocol as "
-                        f"evaluate writes them; {todo}")
-    try:
-        text = read_text(folder.per_image, DataError, todo)
-        rows = [{key: cell if key == "name" else (float(cell) if cell else None)
-                 for key, cell in row.items()} for row in csv.DictReader(io.StringIO(text))]
-    except FileNotFoundError:
-        raise DataError(f"{folder.path} is damaged: it has {folder.summary.name} but no "
-                        f"{folder.per_image.name}; {todo}") from None
-    except (ValueError, TypeError, csv.Error) as error:  # a cell not a number, a torn row
-        raise DataError(f"{folder.per_image} is damaged ({first_line(error)}); {todo}") from None
-    return EvaluationResult(rows=rows, summary=recorded["metrics"],
-                            protocol=recorded["protocol"])
-
-
-def _files(folder: EvalDir) -> tuple[Path, Path]:
-    return folder.per_image, folder.summary
+    record = read_evaluation(folder, DataError, f"move {folder.path} away to evaluate again")
+    return EvaluationResult(rows=record.rows, summary=record.metrics, protocol=record.protocol)
 
 
 def print_table(result: EvaluationResult, console: Console | None = None) -> None:

@@ -25,6 +25,7 @@ from condseg.files import write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
+from condseg.records import write_config
 from condseg.study.launch import Outcome, launch
 from condseg.study.protocol import MethodProtocol, read_protocols, resolve
 from condseg.study.report import print_protocol, write_report
@@ -174,4 +175,4 @@ def _write_start(run: StudyRun, protocol: MethodProtocol, data: Path) -> None:
     """The configuration a run not yet started starts from (its job folder's config.yaml)."""
     if not run.run.is_run():
         run.job.path.mkdir(parents=True, exist_ok=True)
-        write_text(run.job.config, run.config(protocol, data).to_yaml())
+        write_config(run.job, run.config(protocol, data))

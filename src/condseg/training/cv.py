@@ -16,8 +16,6 @@ fold k is :func:`~condseg.training.run.train` with ``data.train_split=folds/<k>/
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,19 +25,25 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from condseg.config import RunConfig, load_config, validated
+from condseg.config import RunConfig, validated
 from condseg.data.check import require_prepared
 from condseg.data.labels import require_binary
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 from condseg.evaluation.names import percent
-from condseg.files import atomic_file, read_json, write_text
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
 from condseg.models.ensemble import save_ensemble
 from condseg.models.model_file import load_model
 from condseg.outputs import claim
+from condseg.records import (
+    read_config,
+    read_cv_summary,
+    write_config,
+    write_cv_runs,
+    write_cv_summary,
+)
 from condseg.training.logs import RunLog
 from condseg.training.results import TrainResult
 from condseg.training.run import train
@@ -256,22 +260,19 @@ def _plan(
 def _recorded_metrics(cv: CVDir) -> dict[str, Any]:
     """The metrics of the summary an earlier call wrote."""
     todo = "move it away and run the cross-validation again to aggregate its runs anew"
-    metrics = read_json(cv.summary, dict, CrossValidationError, todo).get("metrics")
-    if not isinstance(metrics, dict):
-        raise CrossValidationError(f"{cv.summary} is damaged: it has no metrics; {todo}")
-    return metrics
+    return read_cv_summary(cv, CrossValidationError, todo)
 
 
 def _write_config(cv: CVDir, config: RunConfig) -> None:
     """Record the starting configuration; a folder started with another one is refused."""
     if cv.config.is_file():
-        if load_config(cv.config).model_dump(mode="json") != config.model_dump(mode="json"):
+        if read_config(cv).model_dump(mode="json") != config.model_dump(mode="json"):
             raise CrossValidationError(
                 f"{cv.path} holds a cross-validation of another configuration; choose a new "
                 f"--out, or continue it with its own: --config {cv.config}")
         return
     cv.path.mkdir(parents=True, exist_ok=True)
-    write_text(cv.config, config.to_yaml())
+    write_config(cv, config)
 
 
 def _run(
@@ -301,10 +302,7 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
     summaries); print both."""
     rows = [{"run": r.name, "fold": r.fold, "seed": r.seed, **r.metrics} for r in runs]
     summary = summarize(rows)
-    with atomic_file(cv.runs_table) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "fold", "seed", *METRIC_NAMES])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_cv_runs(cv, ["run", "fold", "seed", *METRIC_NAMES], rows)
     # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,
@@ -314,7 +312,7 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
         "metrics": summary,
         "ensemble": cv.ensemble.name,
     }
-    write_text(cv.summary, json.dumps(record, indent=2) + "\n")
+    write_cv_summary(cv, record)
     executions = ", ".join(sorted({r.execution for r in runs}))
     table = Table(title=f"validation results of {len(runs)} runs (percent; {executions})")
     table.add_column("run")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from condseg.errors import InputNotFoundError, OutputBusyError
-from condseg.layout import RunDir, StageDir
+from condseg.layout import RESULT, RunDir, StageDir
 from condseg.outputs import claim
 from condseg.training.checkpoints import previous_of
 
@@ -68,7 +68,7 @@ def _runs(folders: list[Path]) -> Iterator[RunDir]:
     ``result.json``)."""
     seen: set[Path] = set()
     for folder in folders:
-        for result in sorted(folder.rglob("result.json")):
+        for result in sorted(folder.rglob(RESULT)):
             run = RunDir(result.parent.parent)
             if run.is_run() and run.path.resolve() not in seen:
                 seen.add(run.path.resolve())
@@ -76,5 +76,5 @@ def _runs(folders: list[Path]) -> Iterator[RunDir]:
 
 
 def _finished_stages(run: RunDir) -> list[StageDir]:
-    return [run.stage(p.parent.name) for p in sorted(run.path.glob("*/result.json"))
+    return [run.stage(p.parent.name) for p in sorted(run.path.glob(f"*/{RESULT}"))
             if run.stage(p.parent.name).is_finished()]

@@ -3,15 +3,14 @@ marks the stage as finished) and the run's."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from condseg.config import StageConfig
 from condseg.errors import TrainingError
-from condseg.files import read_json, write_text
 from condseg.layout import RunDir, StageDir
+from condseg.records import read_result, write_result
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class StageResult:
         if self.batch_hook is not None:
             record["batch_hook"] = self.batch_hook
         record["metrics"] = self.metrics
-        write_text(stage.result, json.dumps(record, indent=2))
+        write_result(stage, record)
 
     @classmethod
     def read(cls, stage: StageDir) -> StageResult | None:
@@ -45,7 +44,7 @@ class StageResult:
             return None
         todo = ("restore it, or move it away and resume the run (--resume RUN) to finish "
                 "that stage again")
-        record = read_json(stage.result, dict, TrainingError, todo)
+        record = read_result(stage, TrainingError, todo)
         if not isinstance(record.get("model_file"), str) or not isinstance(
                 record.get("metrics"), dict):
             raise TrainingError(f"{stage.result} is damaged: it has no model_file and metrics "

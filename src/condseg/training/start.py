@@ -11,13 +11,14 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
-from condseg.config import RunConfig, load_config
+from condseg.config import RunConfig
 from condseg.data.check import check_dataset
 from condseg.errors import TrainingError
-from condseg.files import clear_staged, write_text
+from condseg.files import clear_staged
 from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, RunDir
 from condseg.outputs import claim, entries
+from condseg.records import read_config, write_config
 from condseg.training.plan import StagePlan
 
 #: Settings a resumed run may change: they extend or observe the experiment, not redefine it.
@@ -74,7 +75,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
             )
         clear_staged(run_dir)  # what a killed process was writing: never finished
         if run.config.is_file():
-            previous = load_config(run.config)
+            previous = read_config(run)
             changed = _diff(previous.model_dump(mode="json"), config.model_dump(mode="json"))
             refused = [key for key in changed
                        if not any(fnmatch.fnmatchcase(key, p) for p in RESUMABLE_CHANGES)]
@@ -88,7 +89,7 @@ def prepare_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
             if not changed:
                 return
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run.config, config.to_yaml())
+    write_config(run, config)
 
 
 def _diff(a: object, b: object, prefix: str = "") -> list[str]:

@@ -16,7 +16,7 @@ from condseg.errors import CompareError, CondsegError
 from condseg.evaluation.compare.result import Comparison, Entry
 from condseg.evaluation.names import display_name
 from condseg.evaluation.overlap import overlap_scores
-from condseg.files import read_json
+from condseg.records import read_result
 
 FIGURE_FILES = ("predictions.png", "predictions.pdf", "curves.png", "curves.pdf")
 FigureResult = tuple[list[Path], list[str]]  # the files written (none: skipped) and notes
@@ -137,9 +137,11 @@ def model_file(entry: Entry) -> Path | None:
     if run is not None and run.final_stage is not None:
         stage = run.folder.stage(run.final_stage)
         try:
-            recorded = read_json(stage.result, dict, CompareError, "").get("model_file")
+            recorded = read_result(stage, CompareError, "").get("model_file")
         except (OSError, CompareError):  # damaged (not UTF-8, not JSON, a list, a FIFO):
             recorded = None  # the evaluations' record is the fallback
+        if not isinstance(recorded, str):
+            recorded = None
         if recorded:  # relative to the run; an older run recorded an absolute path
             candidates += [stage.path / Path(recorded).name, run.path / recorded]
     candidates += [Path(e.protocol["model_file"]) for e in entry.evaluations

@@ -4,77 +4,34 @@ about what the inputs hold (validation splits, datasets of one name told apart).
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from condseg.config import ConfigError, read_yaml
+from condseg import records
 from condseg.errors import CompareError, InputNotFoundError
 from condseg.evaluation.compare.identity import root_of, roots_to_tell_apart
 from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
-from condseg.files import read_json, read_text
 from condseg.layout import DatasetDir, EvalDir, RunDir, StageDir
 
 
 def read_evaluation(path: Path) -> Evaluation:
-    """Read ``summary.json`` and ``per_image.csv`` of an evaluation folder."""
+    """Read ``summary.json`` and ``per_image.csv`` of an evaluation folder
+    (:func:`condseg.records.read_evaluation`)."""
     folder = EvalDir(path)
-    summary_path, csv_path = folder.summary, folder.per_image
-    if not csv_path.is_file():
-        raise InputNotFoundError(
-            f"{csv_path} not found; rerun `condseg evaluate ... --out {path}` to write it"
-        )
-    summary = read_json(summary_path, dict, CompareError,
-                        f"rerun `condseg evaluate ... --out {path}` to write it again")
-    if not isinstance(summary.get("metrics"), dict):
-        raise CompareError(f"{summary_path} has no 'metrics'; it was not written by evaluate")
-    return Evaluation(path=path, protocol=dict(summary.get("protocol") or {}),
-                      metrics=summary["metrics"], per_image=read_per_image(csv_path))
-
-
-def read_per_image(path: Path) -> dict[str, dict[str, float | None]]:
-    """{image name: {metric: value or None}} from a per-image CSV (empty cell = missing)."""
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "name" not in reader.fieldnames:
-                raise CompareError(f"{path} has no 'name' column; it was not written by evaluate")
-            return {
-                row["name"]: {k: _float(v) for k, v in row.items() if k != "name" and k}
-                for row in reader
-            }
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CompareError(f"cannot read {path}: {_one_line(exc)}; rerun condseg evaluate") from exc
-
-
-def _one_line(error: Exception) -> str:
-    """Parser messages (YAML's especially) span lines; errors are printed as one."""
-    return " ".join(str(error).split())
-
-
-def _float(cell: str | None) -> float | None:
-    if cell is None or not cell.strip():
-        return None
-    try:
-        value = float(cell)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    todo = f"rerun `condseg evaluate ... --out {path}` to write it"
+    if not folder.per_image.is_file():
+        raise InputNotFoundError(f"{folder.per_image} not found; {todo}")
+    record = records.read_evaluation(folder, CompareError, todo)
+    return Evaluation(path=path, protocol=record.protocol, metrics=record.metrics,
+                      per_image=record.scores())
 
 
 def read_run(path: Path) -> RunInfo:
     """The run's configuration and its final stage: the last stage with a ``result.json``."""
     run = RunDir(path)
-    config_path = run.config
-    try:
-        text = read_text(config_path, CompareError, "it is the run's own record: restore it")
-        config = read_yaml(text, config_path.name) or {}
-    except (OSError, ConfigError) as exc:
-        raise CompareError(f"cannot read {config_path}: {_one_line(exc)}") from exc
-    if not isinstance(config, dict):
-        raise CompareError(f"{config_path} is not a mapping; it was not written by training")
+    config = records.read_config_record(run, CompareError, "restore it or compare its "
+                                        "evaluation folders instead")
     finished = [s for s in stage_names(path, config) if run.stage(s).is_finished()]
     return RunInfo(path=path, config=config, final_stage=finished[-1] if finished else None)
 

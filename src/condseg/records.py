@@ -1,0 +1,149 @@
+"""Each record of a run read and written in one place, beside its path in :mod:`condseg.layout`.
+
+- ``config.yaml``: :func:`write_config`; :func:`read_config` (validated as a run's),
+  :func:`read_config_record` (as recorded, for compare).
+- ``result.json``: :func:`write_result`; :func:`read_result`.
+- ``summary.json`` and ``per_image.csv`` (one evaluation, both at once):
+  :func:`write_evaluation`; :func:`read_evaluation`.
+- ``cv_summary.json``: :func:`write_cv_summary`; :func:`read_cv_summary`; ``cv_runs.csv``
+  (written for people): :func:`write_cv_runs`.
+- ``metrics.csv`` (a stage's epochs): :mod:`condseg.epoch_log` (core: it merges Lightning's
+  logs), ``write_epoch_log`` and ``read_epochs``.
+
+Writers stage beside the destination (:mod:`condseg.files`); readers of condseg's own records
+go through :func:`condseg.files.read_text` / :func:`~condseg.files.read_json`, so a damaged file
+is one line naming it and what to do (the caller's ``error`` and ``todo``: what to do depends on
+who reads it). What each record means belongs to its writer; here is how it is stored.
+
+Missing values follow the one rule of :mod:`condseg.tables` (an empty cell; ``null`` in JSON).
+Columns are read as the header names them (``name`` first, then one per metric, whatever
+metrics a later version adds), never from a fixed list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from condseg.config import ConfigError, RunConfig, load_config, read_yaml
+from condseg.errors import first_line
+from condseg.files import read_json, read_text, write_text
+from condseg.layout import CVDir, EvalDir, JobDir, RunDir, StageDir
+from condseg.tables import Score, read_table, table_text
+
+__all__ = [
+    "EvaluationRecord", "read_config", "read_config_record", "read_cv_summary",
+    "read_evaluation", "read_result", "write_config", "write_cv_runs", "write_cv_summary",
+    "write_evaluation",
+    "write_result",
+]
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationRecord:
+    """One evaluation folder: per-image rows (``name`` + one column per metric, in the file's
+    order), the summary of each metric and the protocol it was obtained under."""
+
+    rows: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    protocol: dict[str, Any]
+
+    def scores(self) -> dict[str, dict[str, Score]]:
+        """{image name: {metric: value or None}}."""
+        return {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in self.rows}
+
+
+def write_evaluation(
+    folder: EvalDir, columns: Sequence[str], rows: Iterable[Mapping[str, Any]],
+    metrics: Mapping[str, Any], protocol: Mapping[str, Any],
+) -> tuple[Path, Path]:
+    """``per_image.csv`` (``name`` + ``columns``; other keys of a row left out) and
+    ``summary.json`` (the protocol and, per metric, its summary)."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_text(folder.per_image, table_text(["name", *columns], rows))
+    summary = {"protocol": dict(protocol), "metrics": dict(metrics)}
+    write_text(folder.summary, json.dumps(summary, indent=2) + "\n")
+    return folder.per_image, folder.summary
+
+
+def read_evaluation(folder: EvalDir, error: type[Exception], todo: str) -> EvaluationRecord:
+    """What :func:`write_evaluation` wrote; anything else is ``error`` naming the file."""
+    recorded = read_json(folder.summary, dict, error, todo)
+    if not all(isinstance(recorded.get(key), dict) for key in ("metrics", "protocol")):
+        raise error(f"{folder.summary} is damaged: it has no metrics and protocol as "
+                    f"evaluate writes them; {todo}")
+    try:
+        rows = read_table(folder.per_image, "name", error, todo)
+    except FileNotFoundError:
+        raise error(f"{folder.path} is damaged: it has {folder.summary.name} but no "
+                    f"{folder.per_image.name}; {todo}") from None
+    return EvaluationRecord(rows=rows, metrics=recorded["metrics"],
+                            protocol=recorded["protocol"])
+
+
+# --------------------------------------------------------------------------- a stage's result
+
+
+def write_result(stage: StageDir, record: Mapping[str, Any]) -> Path:
+    """``result.json``: written last, it marks the stage as finished."""
+    return write_text(stage.result, json.dumps(dict(record), indent=2))
+
+
+def read_result(stage: StageDir, error: type[Exception], todo: str) -> dict[str, Any]:
+    """The object :func:`write_result` wrote (its keys are the writer's:
+    :class:`condseg.training.results.StageResult`)."""
+    return read_json(stage.result, dict, error, todo)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def write_config(folder: RunDir | CVDir | JobDir, config: RunConfig) -> Path:
+    """``config.yaml``: the configuration a run, cross-validation or study job starts from."""
+    return write_text(folder.config, config.to_yaml())
+
+
+def read_config(folder: RunDir | CVDir | JobDir) -> RunConfig:
+    """The recorded configuration, validated as a run's (a damaged one: ``ConfigError``)."""
+    return load_config(folder.config)
+
+
+def read_config_record(folder: RunDir, error: type[Exception], todo: str) -> dict[str, Any]:
+    """The recorded configuration as written, not validated: a run of an older version is
+    still read for what it holds (compare)."""
+    path = folder.config
+    text = read_text(path, error, todo)
+    try:
+        value = read_yaml(text, str(path))
+    except ConfigError as exc:
+        why = first_line(exc).removeprefix(f"{path}: ")
+        raise error(f"{path} is damaged: {why}; {todo}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is damaged: it is not a mapping as training writes it; {todo}")
+    return value
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def write_cv_runs(cv: CVDir, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """``cv_runs.csv``: one row per run (``columns``: run, fold, seed and the metrics)."""
+    return write_text(cv.runs_table, table_text(columns, rows))
+
+
+def write_cv_summary(cv: CVDir, record: Mapping[str, Any]) -> Path:
+    """``cv_summary.json``: the runs, their files and per metric the mean and std over runs."""
+    return write_text(cv.summary, json.dumps(dict(record), indent=2) + "\n")
+
+
+def read_cv_summary(cv: CVDir, error: type[Exception], todo: str) -> dict[str, Any]:
+    """The metrics of what :func:`write_cv_summary` wrote."""
+    metrics = read_json(cv.summary, dict, error, todo).get("metrics")
+    if not isinstance(metrics, dict):
+        raise error(f"{cv.summary} is damaged: it has no metrics; {todo}")
+    return metrics
