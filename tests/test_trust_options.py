@@ -231,19 +231,17 @@ def test_a_failed_job_s_reason_is_taken_from_wherever_it_wrote_it(tmp_path: Path
     start = out.stat().st_size
     with out.open("a") as f:
         f.write("stage1 epoch 1/2: train loss 0.5\n"
-                "error: dataset /d has 1 error(s) (table above); fix them\n")
+                "error: dataset /d has 1 error(s), each listed by `condseg data check /d`; "
+                "fix them\n")
     err.write_text("")
     assert last_error({out: start, err: 0}) == \
-        "error: dataset /d has 1 error(s) (table in its log); fix them"
+        "error: dataset /d has 1 error(s), each listed by `condseg data check /d`; fix them"
     assert last_error({out: out.stat().st_size, err: 0}) is None  # nothing new in this call
     err.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
                    "    seed_everything(seed)\nValueError: 4294967296 is not in bounds\n")
     assert last_error({out: out.stat().st_size, err: 0}) == \
         "Traceback: ValueError: 4294967296 is not in bounds"
     assert last_error({tmp_path / "missing.out": 0}) is None
-    out.write_text("error: /data/above/run has 1 error(s) (table above); fix them\n")
-    assert last_error({out: 0}) == \
-        "error: /data/above/run has 1 error(s) (table in its log); fix them"  # a path is kept
 
 
 def test_a_failed_job_s_line_gives_its_reason_and_its_logs(tmp_path: Path, data: Path) -> None:

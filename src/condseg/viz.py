@@ -112,10 +112,7 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    write_figure(fig, out_png, dpi=100)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:

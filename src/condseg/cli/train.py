@@ -161,7 +161,8 @@ def prune(
     for path, size in report.removed:
         console.print(f"{verb} {path} ({amount(size)})", highlight=False, markup=False)
     for busy in report.busy:
-        console.print(f"left alone: {busy}", highlight=False, markup=False)
+        console.print(f"left alone: {busy} is in use by another condseg process",
+                      highlight=False, markup=False)
     console.print(f"{verb} {len(report.removed)} checkpoint(s), {amount(report.freed)}; those "
                   "stages can no longer be extended with more epochs", highlight=False)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from condseg.config import MAX_SEED
 from condseg.data.labels import write_labels
 from condseg.data.split_files import write_split
 from condseg.data.synthetic_layers import LAYER_LABELS, layers_pair
@@ -124,7 +125,7 @@ def synthesize(
                         f"{', '.join(TASKS)}")
     for name, value, least, most in (("train", n_train, 1, MAX_IMAGES), ("val", n_val, 1,
                                       MAX_IMAGES), ("size", size, 8, MAX_SIZE),
-                                      ("seed", seed, 0, 2**32 - 1)):
+                                      ("seed", seed, 0, MAX_SEED)):
         if not (isinstance(value, int) and least <= value <= most):
             raise DataError(f"{name} (--{name}) must be an integer from {least} to {most}; got "
                             f"{value!r}")

@@ -249,8 +249,7 @@ def _ended(job: submitit.Job[int], started: _Running, console: Console) -> Outco
 def last_error(logs: dict[Path, int]) -> str | None:
     """Why a job failed, from its logs (each from the byte it began at in this call): the last
     ``error:`` or ``interrupted:`` line condseg printed, else the last line of a traceback (a
-    bug's, on stderr), as ``Traceback: ValueError: ...``. The table a line calls "above" is in
-    the log (only that phrase is changed: a path or value holding "above" is not)."""
+    bug's, on stderr), as ``Traceback: ValueError: ...``."""
     lines = []
     for log, start in logs.items():
         try:
@@ -261,7 +260,7 @@ def last_error(logs: dict[Path, int]) -> str | None:
             continue
     found = [line for line in lines if line.startswith(("error:", "interrupted:"))]
     if found:
-        return found[-1].replace("(table above)", "(table in its log)")  # only the phrase
+        return found[-1]
     start = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=None)
     if start is None:
         return None

@@ -58,8 +58,8 @@ def prune(folders: list[Path], dry_run: bool = False) -> PruneReport:
                     report.removed.append((path, path.stat().st_size))
                     if not dry_run:
                         path.unlink()
-        except OutputBusyError as busy:
-            report.busy.append(str(busy).partition(";")[0])
+        except OutputBusyError:
+            report.busy.append(str(run.path))
     return report
 
 
@@ -76,5 +76,4 @@ def _runs(folders: list[Path]) -> Iterator[RunDir]:
 
 
 def _finished_stages(run: RunDir) -> list[StageDir]:
-    return [run.stage(p.parent.name) for p in sorted(run.path.glob(f"*/{RESULT}"))
-            if run.stage(p.parent.name).is_finished()]
+    return [run.stage(p.parent.name) for p in sorted(run.path.glob(f"*/{RESULT}"))]

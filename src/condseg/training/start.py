@@ -113,7 +113,8 @@ def check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int
         names = sorted({p.name for p in blocking if p.name is not None})
         todo = "fix them" if any(p.name is None for p in blocking) else (
             f"fix them, or exclude those items explicitly with data.skip=[{', '.join(names)}]")
-        raise TrainingError(f"dataset {root} has {len(blocking)} error(s) (table above); {todo}")
+        raise TrainingError(f"dataset {root} has {len(blocking)} error(s), each listed by "
+                            f"`condseg data check {root}`; {todo}")
     if data.skip:
         console.print(f"excluded from training and validation (data.skip): {', '.join(data.skip)}")
     return report.split_sizes
