@@ -28,15 +28,15 @@ from condseg.models.registry import create_model, register_model
 
 
 def mean_probability_logits(logits: Sequence[Tensor]) -> Tensor:
-    """Logits whose sigmoid (one channel) or softmax over the channels (K >= 2) is the mean of
-    those of ``logits`` (each (B, C, H, W)).
+    """Logits whose sigmoid, or softmax over the channels of (B, K, H, W) maps with K >= 2, is
+    the mean of those of ``logits``.
 
     One channel: log(mean σ(z)) − log(mean σ(−z)); K: log(mean softmax(z)); with log σ and
     log softmax computed stably. Averaging probabilities, not logits (a confident member must
     not outvote the others by its logit's size), with no clamp.
     """
     z = torch.stack([t.float() for t in logits])
-    if z.shape[2] == 1:
+    if z.ndim != 5 or z.shape[2] == 1:
         return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
     return torch.logsumexp(F.log_softmax(z, dim=2), 0) - math.log(len(logits))
 
