@@ -282,6 +282,6 @@ def test_ensemble_members_of_other_classes_are_refused(tmp_path: Path, case: str
 
 def test_an_ensemble_refuses_members_of_another_k() -> None:
     members = [{"name": "chnet", "options": {"encoder": "resnet18"}}]
-    with pytest.raises(EnsembleError, match=r"members must all have num_classes=3; member 0 "
-                                            r"\(chnet\) has 1"):
+    with pytest.raises(EnsembleError, match=r"members must all have num_classes=3 \(the "
+                                            r"ensemble's\); member 0 \(chnet\) has 1"):
         create_model("ensemble", members=members, num_classes=3)

@@ -56,12 +56,11 @@ class Ensemble(SegmentationModel):
         self.members = nn.ModuleList(
             create_model(m["name"], **dict(m.get("options", {}))) for m in members
         )
-        other = [i for i, m in enumerate(self.members) if m.num_classes != num_classes]
-        if other:
-            raise EnsembleError(
-                f"ensemble members must all have num_classes={num_classes}; member "
-                f"{other[0]} ({self.members[other[0]].name}) has "
-                f"{self.members[other[0]].num_classes}")
+        for i, member in enumerate(self.members):
+            if member.num_classes != num_classes:
+                raise EnsembleError(f"ensemble members must all have num_classes={num_classes} "
+                                    f"(the ensemble's); member {i} ({member.name}) has "
+                                    f"{member.num_classes}")
         self.num_classes = num_classes
         self.input_divisor = math.lcm(*(m.input_divisor for m in self.members))
         first = self.members[0].map_names
