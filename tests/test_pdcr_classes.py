@@ -141,14 +141,22 @@ def test_ignored_pixels_are_left_out_of_the_ratios() -> None:
     torch.testing.assert_close(phi[0, 0, 0], torch.tensor([0.25, 0.5, 0.25]))
 
 
-def test_a_binary_mask_and_its_class_ids_give_the_same_loss() -> None:
+def test_targets_as_masks_float_ids_or_int_ids_give_the_same_loss() -> None:
     g = torch.Generator().manual_seed(1)
-    mask = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
     a = torch.randn(2, 6, 5, generator=g)
     boxes = _boxes(g, 6, (16, 16), (5, 7, 9))
     terms = [terms_of({"pdcr/t/a": a, "pdcr/t/b": a, "pdcr/t/boxes_a": boxes,
                        "pdcr/t/boxes_b": boxes})[0]]
+    mask = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
     assert torch.equal(pdcr_loss(terms, mask), pdcr_loss(terms, mask.long(), classes=2))
+    ids = torch.randint(0, 4, (2, 1, 16, 16), generator=g)
+    ids[:, :, :3] = 9  # an ignore value of the caller's (as nnU-Net's ignore label)
+    loss = pdcr_loss(terms, ids, classes=4, ignore=9)
+    assert torch.equal(loss, pdcr_loss(terms, ids.float(), classes=4, ignore=9))
+    assert not torch.equal(loss, pdcr_loss(terms, ids.clamp(max=3), classes=4, ignore=9))
+    binary = (ids == 1).long().masked_fill(ids == 9, 9)
+    assert torch.equal(pdcr_loss(terms, binary, ignore=9),
+                       pdcr_loss(terms, binary.float(), ignore=9))
 
 
 # --- a K-class DeepLabV3+ ------------------------------------------------------------------------

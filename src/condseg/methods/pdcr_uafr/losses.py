@@ -45,15 +45,19 @@ from condseg.methods.pdcr_uafr.pdcr import Term, terms_of
 from condseg.models.base import ModelOutput
 
 
-def class_ids(target: Tensor) -> Tensor:
-    """Class ids of a target: a float binary mask thresholded at 0.5, integer ids as they are."""
-    return (target >= 0.5).long() if target.is_floating_point() else target.long()
+def class_ids(target: Tensor, classes: int, ignore: int = IGNORE_ID) -> Tensor:
+    """Class ids of a target: integer ids as they are; a float target is condseg's binary mask
+    (thresholded at 0.5) for M = 2, else ids stored as floats (nnU-Net's), rounded."""
+    if not target.is_floating_point():
+        return target.long()
+    ids = (target >= 0.5).long() if classes == 2 else target.round().long()
+    return ids.masked_fill(target == ignore, ignore)
 
 
 def class_integrals(target: Tensor, classes: int, ignore: int = IGNORE_ID) -> Tensor:
     """Integral images (B, M, *(spatial + 1)), int32, of the indicator maps of classes
     1..M−1 and of the labelled pixels (not ``ignore``) of ``target`` (B, 1, *spatial)."""
-    ids = class_ids(target)
+    ids = class_ids(target, classes, ignore)
     dims = ids.ndim - 2
     wanted = torch.arange(1, classes, device=ids.device).view(1, -1, *[1] * dims)
     maps = torch.cat([ids == wanted, ids != ignore], dim=1).int()
@@ -136,8 +140,9 @@ def pdcr_loss(
     terms: Sequence[Term], target: Tensor, classes: int = 2, tau: float = 1.0,
     position: bool = True, ignore: int = IGNORE_ID,
 ) -> Tensor:
-    """Σ over ``terms`` of Eq. 12 against ``target`` (B, 1, *spatial): a float binary mask
-    (``classes`` 2) or int class ids < ``classes``, ``ignore`` left out of the ratios."""
+    """Σ over ``terms`` of Eq. 12 against ``target`` (B, 1, *spatial) at the input's
+    resolution: class ids < ``classes`` (see :func:`class_ids`), ``ignore`` left out of the
+    ratios."""
     integrals = class_integrals(target, classes, ignore)
     size = tuple(target.shape[2:])
     return sum(term_loss(term, integrals, size, tau, position) for term in terms)

@@ -248,9 +248,10 @@ class PatchDragsaw(nn.Module):
         return boxes.reshape(math.prod(counts), boxes.shape[-2], 2 * self.dims)
 
     def terms(self, features: Mapping[str, Tensor], image: Sequence[int]) -> list[Term]:
-        """The terms of Eq. 12 from the sites' feature maps and the input's spatial shape."""
-        return self.sampled_terms({name: self.sample(name, feature)
-                                   for name, feature in features.items()}, image)
+        """The terms of Eq. 12 from the sites' feature maps (others in ``features`` are left
+        alone) and the input's spatial shape."""
+        return self.sampled_terms({name: self.sample(name, features[name])
+                                   for name in self.samples}, image)
 
     def sampled_terms(self, sampled: Mapping[str, Sampled], image: Sequence[int]) -> list[Term]:
         def vectors(grid: Tensor) -> Tensor:
