@@ -273,10 +273,16 @@ def test_3d_forward_loss_and_gradients() -> None:
     x = torch.randn(2, 1, 8, 8, 8, generator=g)
     target = torch.randint(0, 3, (2, 1, 8, 8, 8), generator=g)
     target[:, :, :2] = IGNORE_ID
+    # The same vectors by forward hooks on the sites (here the UAFR blocks' outputs).
+    model.pdcr.hook(model, {name: f"uafr.{name}" for name in ("enc1", "enc2", "dec1")})
     logits, features = model(x)
     assert logits.shape == (2, 3, 8, 8, 8)
-    assert all(f.shape[0] == 2 for f in features.values())
+    hooked = model.pdcr.captured_terms(x.shape[2:])
+    assert not model.pdcr.captured and model.pdcr.captured_terms(x.shape[2:]) == []
     terms = model.pdcr.terms(features, x.shape[2:])
+    assert [t.name for t in hooked] == [t.name for t in terms]
+    assert all(torch.equal(u, v) for h, t in zip(hooked, terms, strict=True)
+               for u, v in zip(h[1:], t[1:], strict=True))
     assert [t.name for t in terms] == ["enc1", "enc2", "dec1", "enc1~enc2"]
     assert terms[3].a.shape == (2, 8, 32) and terms[3].boxes_b.shape == (4, 3, 6)
     assert terms[1].boxes_a.shape == (4, 1, 6)  # RF-PDCR: one patch, the receptive field
@@ -286,3 +292,6 @@ def test_3d_forward_loss_and_gradients() -> None:
     loss.backward()
     assert all(g > 0 for g in _grads(model.pdcr))
     assert all(g > 0 for g in _grads(model.uafr))
+    with torch.no_grad():
+        model.eval()(x)
+    assert model.pdcr.captured_terms(x.shape[2:]) == []  # nothing sampled outside training

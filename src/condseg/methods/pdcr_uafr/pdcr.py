@@ -22,20 +22,30 @@ and puts the terms into the training-only auxiliary outputs (``pdcr/<term>/a``, 
 evaluation, prediction and the exported graph.
 
 Without a condseg host (e.g. an nnU-Net trainer), :class:`PatchDragsaw` is the same module
-given the sites' channels; it takes the feature maps, any dimension, and returns the terms::
+given the sites' channels (in network order: the default N of a site is
+:data:`PAPER_SAMPLES` at its position), any dimension. Either hand it the feature maps::
 
     from condseg.methods.pdcr_uafr.losses import pdcr_loss
     from condseg.methods.pdcr_uafr.pdcr import PatchDragsaw, receptive_field_of
 
-    pdcr = PatchDragsaw({"enc1": 64, "enc2": 128, "dec1": 128}, layers=["enc1", "enc2", "dec1"],
-                        cross=[("enc1", "enc2")], dims=3)  # samples: PAPER_SAMPLES by position
-    # optional RF-PDCR on an encoder stage (its convolutions' main path, from the input):
-    # pdcr.fields["enc1"] = receptive_field_of(network, "encoder.stages.1", dims=3)
-    terms = pdcr.terms({"enc1": f1, "enc2": f2, "dec1": d1}, image=x.shape[2:])
-    loss = pdcr_loss(terms, target, classes=K)  # target (B, 1, D, H, W) class ids, K incl. bg
+    pdcr = PatchDragsaw({"encoder1": 32, "encoder2": 64, "encoder3": 128, "decoder1": 64},
+                        layers=["encoder2", "encoder3", "decoder1"],
+                        cross=[("encoder2", "encoder3")], dims=3)
+    terms = pdcr.terms({"encoder2": f2, "encoder3": f3, "decoder1": d1}, image=x.shape[2:])
+    loss = pdcr_loss(terms, target, classes=K)  # target (B, 1, D, H, W) ids; K incl. background
 
-The vectors are sampled where the features are given, so pass each stage's output as computed
-(after UAFR where both are used, as the paper does).
+or let it sample the sites' outputs by forward hooks during training (keep it as a submodule of
+the network, so that checkpoints hold its projections)::
+
+    network.pdcr = pdcr
+    pdcr.hook(network, {"encoder2": "encoder.stages.1", "encoder3": "encoder.stages.2",
+                        "decoder1": "decoder.stages.0"})
+    logits = network(x)                        # training mode: the sites are sampled
+    loss = pdcr_loss(pdcr.captured_terms(x.shape[2:]), target, classes=K)
+
+RF-PDCR on an encoder site: ``pdcr.fields["encoder2"] = receptive_field_of(network,
+"encoder.stages.1", dims=3)`` (the main path of convolutions and poolings from the input). Hook
+UAFR before PDCR on a site, so that PDCR samples the re-weighted features, as the paper does.
 """
 
 from __future__ import annotations
@@ -213,6 +223,7 @@ class PatchDragsaw(nn.Module):
             raise PluginError(f"pdcr samples: give N >= 1 for sites in use ({', '.join(used)}), "
                              f"got {samples or self.samples}")
         self.fields: dict[str, tuple[tuple[int, int, int], ...]] = {}
+        self.captured: dict[str, Sampled] = {}
         crossed = sorted({s for pair in pairs for s in pair}, key=order.index)
         self.project = nn.ModuleDict(
             {name: CONVS[dims](sites[name], projection, 1) for name in crossed})
@@ -246,6 +257,21 @@ class PatchDragsaw(nn.Module):
                 out.append(edge.view(view).expand(*counts, start.shape[1]).clamp(0, image[axis]))
         boxes = torch.stack(starts + ends, dim=-1)
         return boxes.reshape(math.prod(counts), boxes.shape[-2], 2 * self.dims)
+
+    def hook(self, network: nn.Module, paths: Mapping[str, str]) -> None:
+        """Sample each used site's output, in training mode, by a forward hook on the submodule
+        of ``network`` at ``paths[site]``; :meth:`captured_terms` takes them."""
+        for name in self.samples:
+            network.get_submodule(paths[name]).register_forward_hook(
+                partial(_capture, self, name))
+
+    def captured_terms(self, image: Sequence[int]) -> list[Term]:
+        """The terms of the sites sampled since the last call (none outside training)."""
+        if not self.captured:
+            return []
+        terms = self.sampled_terms(self.captured, image)
+        self.captured.clear()
+        return terms
 
     def terms(self, features: Mapping[str, Tensor], image: Sequence[int]) -> list[Term]:
         """The terms of Eq. 12 from the sites' feature maps (others in ``features`` are left
@@ -305,22 +331,19 @@ class PDCRPlugin(Plugin, PatchDragsaw):
                 raise PluginError(f"pdcr receptive_field names {name!r}: RF-PDCR applies to the "
                                  "single-layer term of an encoder site listed in layers")
             self.fields[name] = receptive_field_of(model, sites[name].path, dims=2)
-        self._captured: dict[str, Sampled] = {}
-        for name in self.samples:
-            model.get_submodule(sites[name].path).register_forward_hook(
-                partial(_capture, self, name))
+        self.hook(model, {name: site.path for name, site in sites.items()})
         model.register_forward_pre_hook(partial(_start, self))
         model.register_forward_hook(partial(_finish, self))
 
 
-def _capture(plugin: PDCRPlugin, name: str, module: nn.Module, args: Any, output: Tensor) -> None:
+def _capture(pdcr: PatchDragsaw, name: str, module: nn.Module, args: Any, output: Tensor) -> None:
     """Samples at once: a later in-place operation of the host must not change the vectors."""
-    if plugin.training:
-        plugin._captured[name] = plugin.sample(name, output)
+    if pdcr.training:
+        pdcr.captured[name] = pdcr.sample(name, output)
 
 
 def _start(plugin: PDCRPlugin, module: nn.Module, args: Any) -> None:
-    plugin._captured.clear()
+    plugin.captured.clear()
 
 
 def _finish(plugin: PDCRPlugin, module: nn.Module, args: Any, output: ModelOutput) -> Any:
@@ -328,7 +351,6 @@ def _finish(plugin: PDCRPlugin, module: nn.Module, args: Any, output: ModelOutpu
     if not plugin.training:
         return None
     aux = dict(output.aux)
-    for term in plugin.sampled_terms(plugin._captured, tuple(args[0].shape[2:])):
+    for term in plugin.captured_terms(tuple(args[0].shape[2:])):
         aux.update(term_outputs(term))
-    plugin._captured.clear()
     return ModelOutput(output.mask, aux)
