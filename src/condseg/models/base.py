@@ -3,7 +3,8 @@ export and the benchmark, so that none of them special-cases a family.
 
 A model is a :class:`SegmentationModel` that takes a normalised float tensor (B, 3, H, W), H and
 W multiples of ``input_divisor``, and returns a :class:`ModelOutput`: the mask logits at the
-input size plus named auxiliary outputs (ConDSeg's SID maps, a plug-in's features). Auxiliary
+input size (one map for a binary model, ``num_classes`` maps for K >= 2 classes) plus named
+auxiliary outputs (ConDSeg's SID maps, a plug-in's features). Auxiliary
 outputs listed in ``map_names`` are (B, 1, H, W) logit maps that prediction can write and export
 can expose; the others are training-only.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +32,8 @@ MAX_INPUT_SIDE = 8192
 
 
 class ModelOutput(NamedTuple):
-    """Mask logits (B, 1, H, W) and named auxiliary outputs (empty for plain models)."""
+    """Mask logits (B, 1, H, W), or (B, K, H, W) for K >= 2 classes, and named auxiliary
+    outputs (empty for plain models)."""
 
     mask: Tensor
     aux: Mapping[str, Tensor] = {}
@@ -49,6 +52,8 @@ class SegmentationModel(nn.Module):
 
     #: Input height and width must be multiples of this.
     input_divisor: int = 1
+    #: 1: binary (one logit map, sigmoid); K >= 2: K logit maps, background included (softmax).
+    num_classes: int = 1
     #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size. An inference copy
     #: that needs none sets it to () (``prepare(..., maps=False)``); a model may then skip them.
     map_names: tuple[str, ...] = ()
@@ -110,6 +115,7 @@ class WrappedModel(SegmentationModel):
         super().__init__()
         self.model = require_model(model)
         self.input_divisor = model.input_divisor
+        self.num_classes = model.num_classes
         self.map_names = model.map_names
         self.meta = model.meta
 
@@ -192,18 +198,32 @@ def device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def class_names(model: SegmentationModel) -> tuple[str, ...] | None:
+    """The names of a K-class model's classes in id order (background first), from its model
+    file's header (``classes``; ``class1``, ... for a model without one); None for binary."""
+    if model.num_classes == 1:
+        return None
+    names = (model.meta or {}).get("classes")
+    if names:
+        return tuple(names)
+    return ("background", *(f"class{i}" for i in range(1, model.num_classes)))
+
+
 def probabilities(
     model: SegmentationModel, batch: Tensor, names: Sequence[str] | None = None
 ) -> dict[str, Tensor]:
-    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``.
+    """Probabilities on the CPU of the mask — (B, H, W) sigmoid of a binary model's one map,
+    (B, K, H, W) softmax over a K-class model's maps — and (B, H, W) of its ``map_names``.
 
     A NaN is refused (:class:`NonFiniteOutputError`, naming the image: ``names`` of the batch,
-    else its index), never thresholded into an empty mask. An infinite logit is a certain
-    probability, kept. Call inside :func:`eval_mode`.
+    else its index), never thresholded into an empty mask. An infinite logit of a binary map
+    is a certain probability, kept; of K maps it leaves the softmax undefined (NaN), refused.
+    Call inside :func:`eval_mode`.
     """
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
-    probs = {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+    probs = {key: (torch.sigmoid(value.float())[:, 0] if value.shape[1] == 1
+                   else torch.softmax(value.float(), 1)).cpu() for key, value in logits.items()}
     for key, prob in probs.items():
         bad = torch.isnan(prob).flatten(1).any(1).nonzero()
         if len(bad):
@@ -214,6 +234,14 @@ def probabilities(
                 "overflowed or its weights are broken; retry with --precision float32 "
                 "(Execution(precision='float32')), or use another model file")
     return probs
+
+
+def labels_of(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """One image's labels from its probabilities: a binary (H, W) map thresholded (bool), the
+    argmax of K (K, H, W) maps as uint8 class ids (the threshold then plays no part)."""
+    if prob.ndim == 2:
+        return prob >= threshold
+    return prob.argmax(0).astype(np.uint8)
 
 
 def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:

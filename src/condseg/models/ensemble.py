@@ -26,12 +26,16 @@ from condseg.models.registry import create_model, register_model
 
 
 def mean_probability_logits(logits: Sequence[Tensor]) -> Tensor:
-    """Logits whose sigmoid is the mean of the sigmoids of ``logits``.
+    """Logits whose sigmoid is the mean of the sigmoids of ``logits`` (B, 1, H, W) — of K maps
+    (B, K, H, W), whose softmax is the mean of their softmaxes.
 
-    log(mean σ(z)) − log(mean σ(−z)) with log σ computed stably: averaging probabilities, not
-    logits (a confident member must not outvote the others by its logit's size), with no clamp.
+    log(mean σ(z)) − log(mean σ(−z)) with log σ computed stably (K maps: log of the mean
+    softmax, per class): averaging probabilities, not logits (a confident member must not
+    outvote the others by its logit's size), with no clamp.
     """
     z = torch.stack([t.float() for t in logits])
+    if z.ndim == 5 and z.shape[2] > 1:
+        return torch.logsumexp(F.log_softmax(z, 2), 0) - math.log(len(logits))
     return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
 
 
