@@ -6,6 +6,10 @@ W multiples of ``input_divisor``, and returns a :class:`ModelOutput`: the mask l
 input size plus named auxiliary outputs (ConDSeg's SID maps, a plug-in's features). Auxiliary
 outputs listed in ``map_names`` are (B, 1, H, W) logit maps that prediction can write and export
 can expose; the others are training-only.
+
+``num_classes`` K says what the mask logits are: K = 1 is one map (binary, sigmoid), K >= 2 is
+K maps, background first (softmax). A model that cannot take K >= 2 refuses at build time
+(:func:`refuse_classes`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,10 +32,14 @@ Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None]
 #: Largest input side one may ask a model for (a model file's, export's): 8192 is far above any
 #: training size and keeps a forged header or a typo from asking for a huge input.
 MAX_INPUT_SIDE = 8192
+#: Most classes a model takes: class ids 0..254, as 255 marks ignored pixels
+#: (``condseg.data.labels.IGNORE_ID``; not imported, as importing ``condseg.data`` costs seconds).
+MAX_CLASSES = 255
 
 
 class ModelOutput(NamedTuple):
-    """Mask logits (B, 1, H, W) and named auxiliary outputs (empty for plain models)."""
+    """Mask logits (B, C, H, W), C = :func:`mask_channels` of the model's ``num_classes``, and
+    named auxiliary outputs (empty for plain models)."""
 
     mask: Tensor
     aux: Mapping[str, Tensor] = {}
@@ -49,8 +58,8 @@ class SegmentationModel(nn.Module):
 
     #: Input height and width must be multiples of this.
     input_divisor: int = 1
-    #: 1: binary (one mask logit map, sigmoid); K >= 2: K maps including the background
-    #: (softmax, argmax).
+    #: 1: binary, one logit map; K >= 2: K logit maps, background first (set by the builder
+    #: and checked by ``create_model``).
     num_classes: int = 1
     #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size. An inference copy
     #: that needs none sets it to () (``prepare(..., maps=False)``); a model may then skip them.
@@ -113,12 +122,47 @@ class WrappedModel(SegmentationModel):
         super().__init__()
         self.model = require_model(model)
         self.input_divisor = model.input_divisor
+        self.num_classes = model.num_classes
         self.map_names = model.map_names
         self.meta = model.meta
 
     @property
     def name(self) -> str:
         return self.model.name
+
+
+def check_num_classes(num_classes: object, name: str = "a model") -> int:
+    """``num_classes`` if it is one: an int from 1 (binary) to 255 (class ids 0..254, as 255
+    marks ignored pixels)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
+            1 <= num_classes <= MAX_CLASSES):
+        raise ModelError(f"{name}: num_classes must be an int from 1 (binary) to {MAX_CLASSES} "
+                         f"(background and the classes), got {num_classes!r}")
+    return num_classes
+
+
+def mask_channels(num_classes: int) -> int:
+    """Channels of the mask logits: one map for binary, else one per class (background too)."""
+    return 1 if num_classes == 1 else num_classes
+
+
+def refuse_classes(name: str, num_classes: int, why: str) -> None:
+    """Refuse K >= 2 at build time for a model that is binary by design, saying ``why``."""
+    check_num_classes(num_classes, name)
+    if num_classes != 1:
+        raise ModelError(f"{name} is binary by design ({why}): it takes num_classes=1, not "
+                         f"{num_classes}; use a method that takes classes (condseg methods)")
+
+
+def class_names(model: SegmentationModel) -> tuple[str, ...] | None:
+    """The names of the model's classes, background first (None: binary): its model file's,
+    else ``background, class1, ...`` for a model not loaded from one."""
+    if model.num_classes == 1:
+        return None
+    names = (model.meta or {}).get("classes")
+    if names:
+        return tuple(names)
+    return ("background", *(f"class{i}" for i in range(1, model.num_classes)))
 
 
 def _check_input(model: SegmentationModel, args: tuple[Any, ...]) -> None:
@@ -140,13 +184,6 @@ def require_model(model: object) -> SegmentationModel:
             "with condseg.create_model or load it with condseg.load_model"
         )
     return model
-
-
-def class_names(model: SegmentationModel) -> tuple[str, ...] | None:
-    """The class names of a K-class model (background first) from its model file's header;
-    None for a binary model."""
-    classes = (model.meta or {}).get("classes")
-    return tuple(classes) if classes else None
 
 
 def normalization(model: SegmentationModel) -> Normalization:
@@ -205,18 +242,18 @@ def device_of(model: nn.Module) -> torch.device:
 def probabilities(
     model: SegmentationModel, batch: Tensor, names: Sequence[str] | None = None
 ) -> dict[str, Tensor]:
-    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``; the mask
-    of a K-class model (K logit maps) is its softmax (B, K, H, W).
+    """Probabilities on the CPU of the mask — (B, H, W) sigmoid of a binary model's one map,
+    (B, K, H, W) softmax over a K-class model's maps — and (B, H, W) of its ``map_names``.
 
     A NaN is refused (:class:`NonFiniteOutputError`, naming the image: ``names`` of the batch,
-    else its index), never thresholded into an empty mask. An infinite logit is a certain
-    probability, kept. Call inside :func:`eval_mode`.
+    else its index), never thresholded into an empty mask. An infinite logit of a binary map
+    is a certain probability, kept; of K maps it leaves the softmax undefined (NaN), refused.
+    Call inside :func:`eval_mode`.
     """
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
-    probs = {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
-    if out.mask.shape[1] > 1:
-        probs["mask"] = torch.softmax(out.mask.float(), 1).cpu()
+    probs = {key: (torch.sigmoid(value.float())[:, 0] if value.shape[1] == 1
+                   else torch.softmax(value.float(), 1)).cpu() for key, value in logits.items()}
     for key, prob in probs.items():
         bad = torch.isnan(prob).flatten(1).any(1).nonzero()
         if len(bad):
@@ -227,6 +264,14 @@ def probabilities(
                 "overflowed or its weights are broken; retry with --precision float32 "
                 "(Execution(precision='float32')), or use another model file")
     return probs
+
+
+def labels_of(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """One image's labels from its probabilities: a binary (H, W) map thresholded (bool), the
+    argmax of K (K, H, W) maps as uint8 class ids (the threshold then plays no part)."""
+    if prob.ndim == 2:
+        return prob >= threshold
+    return prob.argmax(0).astype(np.uint8)
 
 
 def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:
