@@ -100,7 +100,7 @@ class ProgressLines(Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        shown = [*_SHOWN, *((key, f"{display_name('dice')} {key.removeprefix(CLASS_DICE)}")
+        shown = [*_SHOWN, *((key, f"Dice {key.removeprefix(CLASS_DICE)}")
                             for key in metrics if key.startswith(CLASS_DICE))]
         parts = [f"{label} {_figure(key, float(metrics[key]))}"
                  for key, label in shown if key in metrics]

@@ -183,10 +183,9 @@ def _export(
         # Epochs as users count them: the first epoch is 1.
         metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
         mean, std = normalization
-        named = {"classes": list(classes)} if classes is not None else {}  # binary: as before
         save_model(stage.model_file, module.model.cpu(), mean=mean, std=std,
                    input_size=config.data.size, metrics=metrics, config=config, overwrite=True,
-                   **named)
+                   classes=classes)
     else:
         metrics = read_header(stage.model_file)["metrics"]
     plot_curves(write_epoch_log(stage.path), stage.curves)
