@@ -227,18 +227,18 @@ def test_per_class_display_names_and_units() -> None:
 
 
 class TinyClasses(SegmentationModel):
-    """A K-class model of the contract (K logit maps), built here until the registered
-    families take ``num_classes``: a seeded 3x3 convolution."""
+    """A model of the contract with the header of a model file (K logit maps for ``classes``,
+    one for None), fast to run: a seeded 3x3 convolution."""
 
     encoder_path = None
 
-    def __init__(self, classes: tuple[str, ...] = LAYERS, size: int = 32) -> None:
+    def __init__(self, classes: tuple[str, ...] | None = LAYERS, size: int = 32) -> None:
         super().__init__()
-        self.num_classes = len(classes)
+        self.num_classes = len(classes) if classes else 1
         torch.manual_seed(0)
-        self.head = nn.Conv2d(3, len(classes), 3, padding=1)
+        self.head = nn.Conv2d(3, self.num_classes, 3, padding=1)
         self.meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [size, size],
-                     "classes": list(classes)}
+                     **({"classes": list(classes)} if classes else {})}
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return ModelOutput(self.head(x))
@@ -298,10 +298,8 @@ def test_evaluate_refuses_a_model_and_a_dataset_whose_classes_differ(
     renamed = read_labels(other)
     write_labels(other, type(renamed)(("background", "rnfl", "gcipl", "sclera"),
                                       renamed.values))
-    plain = TinyClasses(("background", "polyp"))
-    plain.meta = {**plain.meta, "classes": None}  # a binary model's header
     cases = [
-        (plain, layers, "predicts one class (binary) but dataset"),
+        (TinyClasses(None), layers, "predicts one class (binary) but dataset"),
         (TinyClasses(), binary, "predicts 4 classes (background, rnfl, gcipl, choroid) but "
                                 "dataset"),
         (TinyClasses(), other, "declares 4 classes (background, rnfl, gcipl, sclera)"),
@@ -324,8 +322,7 @@ def test_evaluate_refuses_a_model_and_a_dataset_whose_classes_differ(
 def test_evaluate_network_resolution_scores_the_dataset_s_class_targets(layers: Path) -> None:
     """At the network resolution the truth is the training target (class ids, nearest)."""
     dataset = SegmentationDataset(layers, "val", size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
-    if dataset[0]["mask"].dtype != torch.int64:
-        pytest.skip("the K-class SegmentationDataset (issue 24, point 2) is not here yet")
+    assert dataset[0]["mask"].dtype == torch.int64
     model = TinyClasses()
     result = evaluate(model, layers, "val", "network", workers=0)
     with torch.inference_mode():
@@ -334,6 +331,47 @@ def test_evaluate_network_resolution_scores_the_dataset_s_class_targets(layers: 
             expected = class_image_metrics(pred, item["mask"][0].numpy().astype(np.uint8),
                                            LAYERS)
             assert row == {"name": item["name"], **expected}
+
+
+def test_cli_evaluate_of_a_model_file_equals_its_predict_pngs_scored_against_the_masks(
+    layers: Path, tmp_path: Path
+) -> None:
+    """The acceptance check through the CLI: a K = 4 model file on the layers task; the class-id
+    PNGs `predict` writes (values 0..3), scored against the masks, give the figures `evaluate`
+    printed and recorded."""
+    from typer.testing import CliRunner
+
+    from condseg.cli import app
+    from condseg.models.model_file import save_model
+    from condseg.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", encoder="resnet18", num_classes=4)
+    path = save_model(tmp_path / "k4.safetensors", model, mean=[0.5] * 3, std=[0.25] * 3,
+                      input_size=32, classes=LAYERS)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["evaluate", str(path), "--data", str(layers), "--resolution",
+                                "original", "--out", str(tmp_path / "eval"), "--workers", "0"],
+                          terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for name in LAYERS[1:]:
+        assert f"mDSC {name} (%)" in shown.output
+    pairs = _pairs(layers)
+    made = runner.invoke(app, ["predict", str(path), *(str(image) for image, _ in pairs),
+                               "--out", str(tmp_path / "pred"), "--precision", "float32",
+                               "--workers", "0"])
+    assert made.exit_code == 0, made.output
+    labels = read_labels(layers)
+    rows = []
+    for image, mask in pairs:
+        ids = _read_png(tmp_path / "pred" / f"{image.stem}.png")
+        assert ids.dtype == np.uint8 and set(np.unique(ids)) <= {0, 1, 2, 3}
+        rows.append(class_image_metrics(ids, read_class_mask(mask, labels), LAYERS))
+    recorded = json.loads(EvalDir(tmp_path / "eval").summary.read_text())
+    assert recorded["classes"] == list(LAYERS)
+    assert recorded["metrics"] == summarize(rows, class_metric_names(LAYERS))
+    mean_dice = recorded["metrics"]["dice/rnfl"]["mean"]
+    assert formatted("dice/rnfl", mean_dice) in shown.output
 
 
 # --------------------------------------------------------------------------- helpers

@@ -198,8 +198,8 @@ def class_image_metrics(
     if pred.ndim != 2 or pred.shape != gt.shape or len(classes) < 2:
         raise ValueError(f"pred and gt must be 2-D class-id maps of the same shape, with two or "
                          f"more classes; got {pred.shape}, {gt.shape} and {len(classes)} classes")
-    confusion = class_confusion(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None],
-                                len(classes))
+    ids = [torch.from_numpy(x.astype(np.int64))[None] for x in (pred, gt)]  # also read-only
+    confusion = class_confusion(*ids, len(classes))
     scores = {name: value[0].tolist() for name, value in class_scores(confusion).items()}
     per_class = {name: [_value(v) for v in scores[name]] for name in CLASS_OVERLAP_NAMES}
     kept = gt != IGNORE_ID
