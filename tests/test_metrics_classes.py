@@ -319,6 +319,38 @@ def test_evaluate_refuses_a_model_and_a_dataset_whose_classes_differ(
         assert not (tmp_path / "eval").exists() and not (tmp_path / "p").exists()
 
 
+def test_evaluate_leaves_the_ignored_pixels_of_a_dataset_out(layers: Path, tmp_path: Path) -> None:
+    """A dataset declaring an ignore value: its pixels are in no count, at either resolution."""
+    import shutil
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(layers, tmp_path / "ignored"))
+    labels = read_labels(root)
+    write_labels(root, type(labels)(labels.names, labels.values, ignore=200))
+    for _, mask in _pairs(root):
+        ids = _read_png(mask).copy()
+        ids[: ids.shape[0] // 2] = 200  # the top half not annotated
+        Image.fromarray(ids).save(mask)
+    model = TinyClasses()
+    result = evaluate(model, root, "val", "original", workers=0)
+    for row, (image, mask) in zip(result.rows, _pairs(root), strict=True):
+        gt = read_class_mask(mask, read_labels(root))
+        pred = predict(model, image, execution=Execution(precision="float32")).mask
+        half = gt.shape[0] // 2
+        assert (gt[:half] == IGNORE_ID).all()
+        assert row["accuracy"] == pytest.approx((pred[half:] == gt[half:]).mean())
+        assert row == {"name": image.stem, **class_image_metrics(pred, gt, LAYERS)}
+    result = evaluate(model, root, "val", "network", workers=0)
+    dataset = SegmentationDataset(root, "val", size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
+    for row, item in zip(result.rows, dataset, strict=True):
+        target = item["mask"][0].numpy()
+        assert (target[:16] == IGNORE_ID).all() and (target[16:] != IGNORE_ID).all()
+        with torch.inference_mode():
+            pred = model(item["image"][None]).mask[0].argmax(0).numpy()
+        assert row["accuracy"] == pytest.approx((pred[16:] == target[16:]).mean())
+
+
 def test_evaluate_network_resolution_scores_the_dataset_s_class_targets(layers: Path) -> None:
     """At the network resolution the truth is the training target (class ids, nearest)."""
     dataset = SegmentationDataset(layers, "val", size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
