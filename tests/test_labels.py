@@ -31,7 +31,7 @@ from condseg.data.masks import read_mask
 from condseg.data.prepare import prepare
 from condseg.data.split_files import read_split, write_split
 from condseg.data.synthetic import synthesize
-from condseg.errors import DataError
+from condseg.errors import DataError, TrainingError
 from condseg.evaluation.evaluate import evaluate
 from condseg.models.registry import create_model
 from condseg.training.cv import cross_validate
@@ -345,31 +345,19 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       task="layers")
 
 
-def test_train_refuses_before_anything_is_written(layers: Path, tmp_path: Path) -> None:
-    for method in ("condseg", "unet"):
-        run = tmp_path / method
-        result = runner.invoke(app, ["train", "--method", method, "--data", str(layers),
-                                     "--out", str(run), "data.num_workers=0"],
-                               terminal_width=300)
-        assert result.exit_code == 2, result.output
-        lines = [line for line in result.output.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-        assert "declares 4 classes" in lines[0] and "not available yet" in lines[0]
-        assert not run.exists()
-
-
 def test_evaluate_cv_and_study_check_refuse(layers: Path, tmp_path: Path) -> None:
     model = create_model("condseg", width=16)
     model.meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [32, 32]}
     with pytest.raises(DataError, match="declares 4 classes"):
         evaluate(model, layers, split="val", out_dir=tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
-    with pytest.raises(DataError, match="declares 4 classes"):
+    # cross-validation and training take K classes (tests/test_train_classes.py); ConDSeg,
+    # binary by design, refuses them, leaving nothing behind
+    with pytest.raises(TrainingError, match="binary by design"):
         cross_validate(load_config("demo"), layers, tmp_path / "cv", seeds=[0, 1],
                        console=Console(quiet=True))
     assert not (tmp_path / "cv").exists()
-    with pytest.raises(DataError, match="declares 4 classes"):  # train's and study's check
-        check_data(layers, load_config("demo"), Console(quiet=True))
+    assert check_data(layers, load_config("demo"), Console(quiet=True)) == {"train": 4, "val": 2}
     assert check_dataset(layers).ok  # data check itself reports, never refuses
 
 

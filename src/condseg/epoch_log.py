@@ -25,6 +25,8 @@ FIRST_COLUMNS = ("epoch", "train_loss", "train_mask_loss", "val_mask_loss", "val
 #: The training loss of each logged step: an interrupted epoch's mean is taken from these.
 STEP_LOSS = "train/loss_step"
 PERCENT = frozenset({"val_miou", "val_mdsc", "val_recall", "val_precision"})
+#: With K >= 2 classes, each foreground class's validation Dice (percent too).
+CLASS_DICE = "val_dice_"
 
 
 def column_name(key: str) -> str | None:
@@ -82,7 +84,8 @@ def _parsed(row: dict) -> tuple[dict[str, float], int | None, float | None]:
         raise ValueError("torn row")
     values = {name: float(cell) for key, cell in row.items()
               if cell and key != "epoch" and (name := column_name(key)) is not None}
-    values = {k: 100 * v if k in PERCENT else v for k, v in values.items() if math.isfinite(v)}
+    values = {k: 100 * v if k in PERCENT or k.startswith(CLASS_DICE) else v
+              for k, v in values.items() if math.isfinite(v)}
     number = int(float(row["epoch"])) + 1 if row["epoch"] else None
     step_loss = float(row[STEP_LOSS]) if row.get(STEP_LOSS) else None
     return values, number, step_loss if step_loss is not None and math.isfinite(step_loss) else None

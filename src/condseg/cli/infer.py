@@ -50,7 +50,8 @@ SlidingOption = Annotated[int | None, typer.Option(
          "windows of the model's input size (MONAI), instead of resizing it.")]
 OverlapOption = Annotated[float, typer.Option(
     help="Overlap of neighbouring sliding windows, a fraction of the window.")]
-ThresholdOption = Annotated[float, typer.Option(help="Mask = probability >= this.")]
+ThresholdOption = Annotated[float, typer.Option(
+    help="Mask = probability >= this (binary models; K classes take the argmax).")]
 # How the network runs (inference.engine.Execution), shared by evaluate and predict.
 DeviceOption = Annotated[str, typer.Option(
     help="auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")]
@@ -137,14 +138,18 @@ def predict(
     model_file: ModelFileArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    overlay: Annotated[bool, typer.Option(help="Also write the mask drawn over the image.")]
+    overlay: Annotated[bool, typer.Option(
+        help="Also write the mask drawn over the image (K classes: coloured by class).")]
     = False,
+    colour: Annotated[bool, typer.Option(
+        "--colour", help="Also write <name>_colour.png: each class in its colour (background "
+                         "black) with a legend below.")] = False,
     maps: Annotated[bool, typer.Option(
         help="Also write the model's probability maps (ConDSeg: SID fg/bg/uncertainty).")]
     = False,
     probability_format: Annotated[ProbabilityFormat | None, typer.Option(
         help="Also write the mask probability in this format: <name>_prob.png (8-bit) or .npy "
-             "(float32).")] = None,
+             "(float32; K classes: npy, a (K, H, W) array).")] = None,
     save_probabilities: Annotated[ProbabilityFormat | None, typer.Option(
         hidden=True, help="The former name of --probability-format.")] = None,
     threshold: ThresholdOption = 0.5,
@@ -161,9 +166,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     max_pixels: MaxPixels = None,
 ) -> None:
-    """Predict masks at each image's original resolution; exit 1 if an input failed. Entries
-    of a folder that are not image files (hidden, subfolders, other types) are listed as
-    skipped."""
+    """Predict masks at each image's original resolution (0/255; K classes: the class ids
+    0..K-1); exit 1 if an input failed. Entries of a folder that are not image files (hidden,
+    subfolders, other types) are listed as skipped."""
     from rich.markup import escape
 
     from condseg.inference.predict import predict_files, report_lines
@@ -175,7 +180,7 @@ def predict(
         net = load_model(model_file)
         fmt = probability_format or save_probabilities  # the former spelling still works
         report = predict_files(
-            net, images, out, overlay=overlay, maps=maps, overwrite=overwrite,
+            net, images, out, overlay=overlay, colour=colour, maps=maps, overwrite=overwrite,
             batch_size=batch_size, threshold=threshold, options=options, execution=execution,
             workers=workers,
             probability_format=fmt.value if fmt else None,
@@ -210,7 +215,8 @@ def export(
     console.print(
         f"wrote {report.path} (outputs: {', '.join(report.outputs)}; "
         f"max |onnxruntime - torch| = {report.max_abs_diff:.1e}); its metadata_props hold "
-        "input_size, mean, std and threshold. Run it with onnxruntime:", highlight=False,
+        f"input_size, mean, std and {'threshold' if net.num_classes == 1 else 'classes'}. Run "
+        "it with onnxruntime:", highlight=False,
         soft_wrap=True,
     )
     console.print(how_to_run(report.path), highlight=False, markup=False, soft_wrap=True)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from condseg.data.index import FolderIndex, find_pair, image_files
+from condseg.data.labels import read_class_mask, read_labels
 from condseg.data.masks import read_mask
 from condseg.data.reading import MAX_PIXELS, image_size, read_image
 from condseg.data.split_files import read_split, write_split
@@ -26,6 +27,7 @@ from condseg.data.transforms import (
     VIEWS,
     geometric_augmentation,
     resize_image,
+    resize_labels,
     resize_mask,
     to_tensor,
 )
@@ -60,6 +62,11 @@ class SegmentationDataset(Dataset):
     augmented image (ConDSeg's stage-1 strong photometric view), drawn per sample; the mask is
     shared. ``mean``/``std`` are the model's (None: scale to [0, 1] only, as the authors' code).
     ``max_pixels`` is the readers' pixel limit (None: :data:`MAX_PIXELS`).
+
+    The mask is float32 (1, H, W) 0/1 for a binary dataset; for one whose ``labels.json``
+    declares several foreground classes it is int64 (1, H, W) class ids
+    (:data:`~condseg.data.labels.IGNORE_ID` for ignored pixels), resized and augmented by
+    nearest neighbour so that no id is interpolated into another.
     """
 
     def __init__(
@@ -96,6 +103,9 @@ class SegmentationDataset(Dataset):
             raise DataError(f"view names {sorted(reserved)} are reserved; rename the view")
         self.mean, self.std = mean, std
         self.max_pixels = max_pixels
+        labels = read_labels(self.root)
+        # Several foreground classes: class-id masks. None: binary, read as before.
+        self.labels = labels if labels is not None and labels.foreground > 1 else None
         self._sizes: dict[int, tuple[int, int]] = {}
         self._seeded_for: object = None
 
@@ -132,19 +142,23 @@ class SegmentationDataset(Dataset):
         self._reseed()
         image_path, mask_path = self.pairs[i]
         image = read_image(image_path, self.max_pixels)
-        mask = read_mask(mask_path, self.max_pixels)
+        labels = self.labels
+        mask = (read_mask(mask_path, self.max_pixels) if labels is None
+                else read_class_mask(mask_path, labels, self.max_pixels))
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"image {image_path} is {image.shape[0]}x{image.shape[1]} but mask {mask_path} "
                 f"is {mask.shape[0]}x{mask.shape[1]} (HxW); fix the pair or leave it out"
             )
-        image, target = resize_image(image, self.size), resize_mask(mask, self.size)
+        resize = resize_mask if labels is None else resize_labels
+        image, target = resize_image(image, self.size), resize(mask, self.size)
         if self.augment is not None:
             out = self.augment(image=image, mask=target)
             image, target = out["image"], out["mask"]
         item = {
             "image": to_tensor(image, self.mean, self.std),
-            "mask": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)[None]),
+            "mask": torch.from_numpy(np.ascontiguousarray(
+                target, dtype=np.float32 if labels is None else np.int64)[None]),
             "name": self.names[i],
         }
         for key, view in self.views.items():

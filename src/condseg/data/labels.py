@@ -226,3 +226,16 @@ def mask_classes(
     if labels.foreground == 1 and (why := binary_disagreement(labels, full)):
         problems.append(("error", why))
     return counts[list(labels.values)], problems
+
+
+def require_supported(root: str | Path) -> Labels | None:
+    """The declaration of a dataset training can take: binary, or several foreground classes;
+    ignored pixels only with several (the binary path has no pixels to leave out). One line
+    refusing one foreground class with ignored pixels before any work."""
+    labels = read_labels(root)
+    if labels is not None and labels.foreground == 1 and labels.ignore is not None:
+        raise DataError(
+            f"dataset {root} declares one class and ignored pixels (value {labels.ignore} in "
+            f"{DatasetDir(Path(root)).labels.name}); a binary dataset cannot leave pixels out: "
+            "remove \"ignore\" and mark them background, or declare a second class")
+    return labels

@@ -29,7 +29,8 @@ def geometric_augmentation(
     ``mask``. With a ``scale`` range, a ``shear`` (± degrees, each axis) or a ``shift``
     (± fraction of each side), the rotation becomes one affine transform with them (one
     interpolation), with the same probability. The mask uses nearest interpolation so it stays
-    binary; the corners the transform uncovers are 0 in both (black image, background)."""
+    binary (or keeps its class ids); the corners the transform uncovers are 0 in both (black
+    image, background)."""
     borders = {"interpolation": cv2.INTER_LINEAR, "mask_interpolation": cv2.INTER_NEAREST,
                "border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0, "p": p_rotate}
     if tuple(scale) == (1.0, 1.0) and shear == 0 and shift == 0:
@@ -81,6 +82,16 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     height, width = _hw(size)
     area = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
     return (area >= 0.5).astype(np.uint8)
+
+
+def resize_labels(ids: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a class-id mask (uint8, the ignore id included) to ``size`` by nearest neighbour
+    (OpenCV's exact form, pixel centres as PIL and torch's nearest-exact): an id is never
+    averaged with its neighbour's into a third class."""
+    height, width = _hw(size)
+    if ids.shape[:2] == (height, width):
+        return ids
+    return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def to_tensor(

@@ -6,6 +6,8 @@ for the PyTorch model — and returns logits: ``mask``, plus the model's ``map_n
 The batch axis is dynamic. The file's ``metadata_props`` carry what a deployment needs to
 feed and read it without condseg — ``input_size``, ``mean``, ``std``, ``threshold``, ``model``,
 ``outputs``, ``preprocessing`` — and :func:`how_to_run` turns them into an onnxruntime snippet.
+A K-class model's ``mask`` has K channels, and instead of ``threshold`` its metadata holds
+``num_classes`` and ``classes`` (a JSON list of the names in id order, background first).
 The TorchScript exporter is used (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
 which is not a dependency. CDFA's ``fold`` becomes ONNX ``Col2Im``, which exists from opset 18
 on, hence the default opset. ``onnx`` and ``onnxruntime`` are the optional ``onnx`` extra.
@@ -33,6 +35,7 @@ from condseg.errors import ExportError, first_line, refuse_existing
 from condseg.files import atomic_file
 from condseg.models.base import (
     SegmentationModel,
+    class_names,
     eval_mode,
     input_size,
     normalization,
@@ -180,9 +183,9 @@ def _stderr_dropped_on_error(folder: Path) -> Iterator[None]:
 
 
 def _finish_graph(path: Path, model: SegmentationModel, size: tuple[int, int]) -> None:
-    """Name the outputs' axes (batch, 1, H, W: the tracer names the traced H and W after
-    whatever it derived them from) and write into the file what feeding and reading it takes
-    (see the module docstring)."""
+    """Name the outputs' axes (batch, C, H, W: the tracer names the traced H and W after
+    whatever it derived them from; C is K for a K-class mask, else 1) and write into the file
+    what feeding and reading it takes (see the module docstring)."""
     import onnx
 
     graph = onnx.load(str(path))
@@ -190,7 +193,8 @@ def _finish_graph(path: Path, model: SegmentationModel, size: tuple[int, int]) -
     for output in graph.graph.output:
         batch, channels, height, width = output.type.tensor_type.shape.dim
         batch.dim_param = "batch"
-        channels.dim_value, height.dim_value, width.dim_value = 1, *size
+        channels.dim_value = model.num_classes if output.name == "mask" else 1
+        height.dim_value, width.dim_value = size
     mean, std = normalization(model)
     props = {
         "model": model.name,
@@ -207,6 +211,14 @@ def _finish_graph(path: Path, model: SegmentationModel, size: tuple[int, int]) -
         "postprocessing": "outputs are logits: sigmoid, then resize to the image's size; "
                           "mask = probability >= threshold",
     }
+    names = class_names(model)
+    if names is not None:
+        del props["threshold"]
+        props["num_classes"] = str(len(names))
+        props["classes"] = json.dumps(list(names))
+        props["postprocessing"] = ("outputs are logits; mask: softmax over its channels (the "
+                                   "classes), resize the probabilities to the image's size, "
+                                   "then the argmax is the class id (0: background)")
     if model.meta is not None:
         props["condseg_version"] = str(model.meta.get("version"))
     onnx.helper.set_model_props(graph, props)
@@ -224,6 +236,19 @@ def how_to_run(path: str | Path) -> str:
     mean, std = json.loads(props["mean"]), json.loads(props["std"])
     normalise = (f"x = (x - np.array({mean}, np.float32)) / np.array({std}, np.float32)\n"
                  if mean is not None else "")
+    if "num_classes" in props:  # K maps: softmax, resized class by class, argmax
+        reading = (
+            "logits = session.run(['mask'], {'image': x.transpose(2, 0, 1)[None]})[0][0]\n"
+            "e = np.exp(logits - logits.max(0))\n"
+            "probability = (e / e.sum(0)).transpose(1, 2, 0)\n"
+            "probability = cv2.resize(probability, image.shape[1::-1]).reshape("
+            "*image.shape[:2], -1)\n"
+            f"labels = probability.argmax(2)  # class ids: {json.loads(props['classes'])}")
+    else:
+        reading = (
+            "logits = session.run(['mask'], {'image': x.transpose(2, 0, 1)[None]})[0][0, 0]\n"
+            "probability = cv2.resize(1 / (1 + np.exp(-logits)), image.shape[1::-1])\n"
+            f"mask = probability >= {props['threshold']}")
     return (
         "import cv2, numpy as np, onnxruntime\n"
         f"session = onnxruntime.InferenceSession({str(path)!r})\n"
@@ -231,10 +256,7 @@ def how_to_run(path: str | Path) -> str:
         f"shrink = image.shape[0] >= {height} and image.shape[1] >= {width}\n"
         f"x = cv2.resize(image, ({width}, {height}), interpolation=cv2.INTER_AREA if shrink "
         "else cv2.INTER_LINEAR).astype(np.float32) / 255\n"
-        f"{normalise}"
-        "logits = session.run(['mask'], {'image': x.transpose(2, 0, 1)[None]})[0][0, 0]\n"
-        "probability = cv2.resize(1 / (1 + np.exp(-logits)), image.shape[1::-1])\n"
-        f"mask = probability >= {props['threshold']}"
+        f"{normalise}{reading}"
     )
 
 

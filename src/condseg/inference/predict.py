@@ -7,7 +7,8 @@ augmentation and sliding windows (an image larger than a chosen size is then pre
 own resolution, window by window) by wrapping the model, never by another code path. The
 model runs on the inference engine's fast path unless told otherwise
 (:mod:`condseg.inference.engine`), batched, while DataLoader workers decode the next images
-(:mod:`condseg.inference.loading`).
+(:mod:`condseg.inference.loading`). A K-class model's K probability maps are resized, then
+their argmax taken: class ids, background 0.
 """
 
 from __future__ import annotations
@@ -33,24 +34,30 @@ from condseg.inference.loading import ImageFiles, InputPlan, batches, check_batc
 from condseg.inference.options import InferenceOptions, check_threshold
 from condseg.models.base import (
     SegmentationModel,
+    class_names,
     eval_mode,
     input_size,
+    labels_of,
     normalization,
     probabilities,
     require_model,
 )
 from condseg.outputs import claims
 from condseg.progress import WorkProgress
-from condseg.viz import map_paths, save_maps, save_png
+from condseg.viz import class_overlay, colour_labels, map_paths, save_maps, save_png, with_legend
 from condseg.viz import overlay as make_overlay
 
-#: How probability maps can be saved: 8-bit PNG (round(255·p)) or float32 NumPy arrays.
+#: How probability maps can be saved: 8-bit PNG (round(255·p)) or float32 NumPy arrays (the
+#: only form of a K-class model's K maps).
 PROBABILITY_FORMATS = ("png", "npy")
+#: The classes of a binary model's colour PNG.
+BINARY_CLASSES = ("background", "foreground")
 
 
 @dataclass
 class Prediction:
-    """One image's result: ``prob`` (H, W) float32, ``mask`` bool, and the model's auxiliary
+    """One image's result: ``prob`` (H, W) float32 and ``mask`` bool — of a K-class model,
+    ``prob`` (K, H, W) and ``mask`` its argmax, uint8 class ids — and the model's auxiliary
     probability ``maps`` (ConDSeg's SID maps; empty for most models)."""
 
     prob: np.ndarray
@@ -169,6 +176,7 @@ def predict_files(
     out_dir: str | Path,
     *,
     overlay: bool = False,
+    colour: bool = False,
     maps: bool = False,
     batch_size: int = 4,
     threshold: float = 0.5,
@@ -182,10 +190,13 @@ def predict_files(
 ) -> PredictReport:
     """Predict image files and folders (all their images, sorted) into ``out_dir``.
 
-    Writes ``<name>.png`` (0/255 mask), with ``overlay`` also ``<name>_overlay.png``, with
-    ``maps`` also ``<name>_<map>.png`` heat maps of the model's ``map_names`` (ConDSeg: fg, bg,
-    uc), with ``probability_format`` (``"png"`` or ``"npy"``) also the mask probability
-    ``<name>_prob.<format>`` (:func:`save_probability`). An input that cannot be
+    Writes ``<name>.png`` (0/255 mask; of a K-class model the class ids 0..K-1), with
+    ``overlay`` also ``<name>_overlay.png`` (a K-class model's coloured by class), with
+    ``colour`` also ``<name>_colour.png`` (the classes in :func:`~condseg.viz.class_colours`
+    with a legend below), with ``maps`` also ``<name>_<map>.png`` heat maps of the model's
+    ``map_names`` (ConDSeg: fg, bg, uc), with ``probability_format`` (``"png"`` or ``"npy"``;
+    K maps: ``"npy"``) also the mask probability ``<name>_prob.<format>``
+    (:func:`save_probability`). An input that cannot be
     used (missing, undecodable, a second file with the same name) is recorded in
     ``report.failed`` and the others are still written. A file given by name is tried whatever
     its name; of a folder, every entry with an image extension is tried (a looping link is
@@ -196,7 +207,7 @@ def predict_files(
     processes (default: :func:`~condseg.inference.loading.default_workers`) decode the next
     ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
-    check_probability_format(probability_format)
+    check_probability_format(probability_format, require_model(model).num_classes)
     check_threshold(threshold)
     check_batching(batch_size, workers)
     predictor = Predictor(model, options, execution, maps=maps)
@@ -207,9 +218,11 @@ def predict_files(
     jobs = _plan(inputs, report)
     out_dir = Path(out_dir)
     map_names = predictor.prepared.map_names if maps else ()
-    outputs = {name: _output_paths(out_dir, name, overlay, map_names, probability_format)
+    outputs = {name: _output_paths(out_dir, name, overlay, colour, probability_format)
                for name in jobs}
-    refuse_existing([p for paths in outputs.values() for p in paths], overwrite)
+    refuse_existing([p for name, paths in outputs.items() for p in
+                     [*paths.values(), *map_paths(out_dir, name, map_names).values()]], overwrite)
+    classes = class_names(model) or BINARY_CLASSES
     names = list(jobs)
     files = ImageFiles([jobs[n] for n in names], predictor.plan, keep_images=overlay,
                        max_pixels=max_pixels)
@@ -225,17 +238,31 @@ def predict_files(
                                         [str(files.files[item["index"]]) for item in loaded])
             for item, pred in zip(loaded, predictions, strict=True):
                 name = names[item["index"]]
-                mask = pred.mask.astype(np.uint8) * 255
-                report.written.append(save_png(outputs[name][0], mask))
-                if overlay:
-                    overlaid = make_overlay(item["image"], pred.mask)
-                    report.written.append(save_png(outputs[name][1], overlaid))
+                report.written.extend(_write(pred, item.get("image"), outputs[name], classes))
                 if maps:
                     report.written.extend(save_maps(pred.maps, out_dir, name))
                 if probability_format:
-                    report.written.append(save_probability(outputs[name][-1], pred.prob))
+                    report.written.append(save_probability(outputs[name]["prob"], pred.prob))
             progress.advance(len(batch))
     return report
+
+
+def _write(
+    pred: Prediction, image: np.ndarray | None, paths: dict[str, Path], classes: Sequence[str]
+) -> list[Path]:
+    """The mask of one image (0/255, or class ids) and, where ``paths`` has them, its overlay
+    and its colour PNG."""
+    binary = pred.mask.dtype == bool
+    labels = pred.mask.astype(np.uint8)
+    written = [save_png(paths["mask"], labels * 255 if binary else labels)]
+    if "overlay" in paths:
+        overlaid = (make_overlay(image, pred.mask) if binary
+                    else class_overlay(image, labels, len(classes)))
+        written.append(save_png(paths["overlay"], overlaid))
+    if "colour" in paths:
+        written.append(save_png(paths["colour"],
+                                with_legend(colour_labels(labels, len(classes)), classes)))
+    return written
 
 
 def report_lines(report: PredictReport, limit: int = 5) -> list[tuple[str, str]]:
@@ -255,10 +282,15 @@ def report_lines(report: PredictReport, limit: int = 5) -> list[tuple[str, str]]
         ("skipped", shown(line)) for line in skipped]
 
 
-def check_probability_format(fmt: str | None) -> None:
+def check_probability_format(fmt: str | None, num_classes: int = 1) -> None:
+    """Refuse an unknown format, and PNG for the K maps of a K-class model (a PNG holds one)."""
     if fmt is not None and fmt not in PROBABILITY_FORMATS:
         raise OptionError(f"probability_format (--probability-format) must be "
                           f"{' or '.join(PROBABILITY_FORMATS)}; got {fmt!r}")
+    if fmt == "png" and num_classes > 1:
+        raise OptionError(f"the model has {num_classes} classes, so {num_classes} probability "
+                          "maps an image, which one 8-bit PNG cannot hold; use "
+                          "--probability-format npy (a float32 (K, H, W) array)")
 
 
 def probability_path(out_dir: str | Path, name: str, fmt: str) -> Path:
@@ -269,7 +301,8 @@ def probability_path(out_dir: str | Path, name: str, fmt: str) -> Path:
 
 def save_probability(path: Path, prob: np.ndarray) -> Path:
     """``.png``: 8-bit grey round(255·p), what the polyp literature's evaluation scripts read;
-    ``.npy``: the float32 map itself (``np.load`` reads it; nothing is pickled)."""
+    ``.npy``: the float32 map itself — (K, H, W) of a K-class model, class by class in id
+    order, summing to 1 at each pixel (``np.load`` reads it; nothing is pickled)."""
     if path.suffix == ".npy":  # serialised here: np.save's own short write is no clear error
         buffer = io.BytesIO()
         np.save(buffer, prob.astype(np.float32), allow_pickle=False)
@@ -308,16 +341,17 @@ def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path
 
 
 def _output_paths(
-    out_dir: Path, name: str, overlay: bool, map_names: Sequence[str], probability: str | None
-) -> list[Path]:
-    """Mask first, then overlay, then maps, then the probability — the order
-    :func:`predict_files` relies on."""
-    paths = [out_dir / f"{name}.png"]
+    out_dir: Path, name: str, overlay: bool, colour: bool, probability: str | None
+) -> dict[str, Path]:
+    """The files of one image by kind (``mask``, ``overlay``, ``colour``, ``prob``) but its
+    maps' (:func:`~condseg.viz.map_paths`)."""
+    paths = {"mask": out_dir / f"{name}.png"}
     if overlay:
-        paths.append(out_dir / f"{name}_overlay.png")
-    paths.extend(map_paths(out_dir, name, map_names).values())
+        paths["overlay"] = out_dir / f"{name}_overlay.png"
+    if colour:
+        paths["colour"] = out_dir / f"{name}_colour.png"
     if probability:
-        paths.append(probability_path(out_dir, name, probability))
+        paths["prob"] = probability_path(out_dir, name, probability)
     return paths
 
 
@@ -343,9 +377,14 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 def to_original_size(
     probs: dict[str, torch.Tensor], shape: Sequence[int], threshold: float = 0.5
 ) -> Prediction:
-    """One image's probability maps ((H, W) tensors keyed ``mask`` and the model's map names)
-    resized back to the image size ``shape``, the mask thresholded."""
-    arrays = dict(zip(probs, resize_probabilities(torch.stack(list(probs.values())), shape),
-                      strict=True))
-    prob = arrays.pop("mask")
-    return Prediction(prob=prob, mask=prob >= threshold, maps=arrays)
+    """One image's probabilities (``mask``: (h, w), or (K, h, w) of K classes; the model's
+    maps: (h, w)) resized back to the image size ``shape``, then the mask thresholded (binary)
+    or its argmax taken (K classes): probabilities, never labels, are resized."""
+    mask = probs["mask"]
+    maps = [key for key in probs if key != "mask"]
+    planes = torch.cat([mask.reshape(-1, *mask.shape[-2:]), *(probs[k][None] for k in maps)])
+    resized = resize_probabilities(planes, shape)
+    split = len(resized) - len(maps)
+    prob = resized[:split] if mask.ndim == 3 else resized[0]
+    return Prediction(prob=prob, mask=labels_of(prob, threshold),
+                      maps=dict(zip(maps, resized[split:], strict=True)))

@@ -2,8 +2,9 @@
 
 A loss is an ``nn.Module`` (so it can hold frozen networks and move with the model) called with
 the model's outputs per view — ``"image"`` always, plus the extra views it lists in ``views``
-(the engine runs the model once per view) — and the target mask (B, 1, H, W). It returns
-``loss`` with its graph and detached parts to log.
+(the engine runs the model once per view) — and the target mask (B, 1, H, W): 0/1 float for a
+binary model, int64 class ids for one of K >= 2 classes. It returns ``loss`` with its graph
+and detached parts to log.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Loss(nn.Module):
 
     #: Extra views (besides "image") whose model outputs this loss needs.
     views: tuple[str, ...] = ()
+    #: What the loss is with K >= 2 classes, printed in the run header (docs/decisions.md).
+    multiclass: str = ""
+    #: A loss of one logit map only: refused before training on several classes.
+    binary_only: bool = False
 
     def forward(
         self, outputs: Mapping[str, ModelOutput], target: Tensor

@@ -6,7 +6,8 @@ Both maps (probabilities in [0, 1]) are resized to 224×224 (bilinear), repeated
 channels and ImageNet-normalised (``docs/decisions.md``). The VGG is a fixed measuring
 instrument: never trained, always in eval mode, run in float32, and left out of state dicts
 (checkpoints would otherwise carry 30 MB of VGG weights that are rebuilt from their source at
-every start).
+every start). With K classes the structure loss gives it each foreground class's softmax map
+and one-hot map in turn (``structure.lossnet_maps``): L_f is their mean.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -241,15 +242,18 @@ def device_of(model: nn.Module) -> torch.device:
 def probabilities(
     model: SegmentationModel, batch: Tensor, names: Sequence[str] | None = None
 ) -> dict[str, Tensor]:
-    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``.
+    """Probabilities on the CPU of the mask — (B, H, W) sigmoid of a binary model's one map,
+    (B, K, H, W) softmax over a K-class model's maps — and (B, H, W) of its ``map_names``.
 
     A NaN is refused (:class:`NonFiniteOutputError`, naming the image: ``names`` of the batch,
-    else its index), never thresholded into an empty mask. An infinite logit is a certain
-    probability, kept. Call inside :func:`eval_mode`.
+    else its index), never thresholded into an empty mask. An infinite logit of a binary map
+    is a certain probability, kept; of K maps it leaves the softmax undefined (NaN), refused.
+    Call inside :func:`eval_mode`.
     """
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
-    probs = {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+    probs = {key: (torch.sigmoid(value.float())[:, 0] if value.shape[1] == 1
+                   else torch.softmax(value.float(), 1)).cpu() for key, value in logits.items()}
     for key, prob in probs.items():
         bad = torch.isnan(prob).flatten(1).any(1).nonzero()
         if len(bad):
@@ -260,6 +264,14 @@ def probabilities(
                 "overflowed or its weights are broken; retry with --precision float32 "
                 "(Execution(precision='float32')), or use another model file")
     return probs
+
+
+def labels_of(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """One image's labels from its probabilities: a binary (H, W) map thresholded (bool), the
+    argmax of K (K, H, W) maps as uint8 class ids (the threshold then plays no part)."""
+    if prob.ndim == 2:
+        return prob >= threshold
+    return prob.argmax(0).astype(np.uint8)
 
 
 def use_plain_kernels(model: nn.Module, plain: bool = True) -> None:

@@ -27,7 +27,6 @@ from rich.table import Table
 
 from condseg.config import RunConfig, validated
 from condseg.data.check import require_prepared
-from condseg.data.labels import require_binary
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
@@ -44,6 +43,7 @@ from condseg.records import (
     write_cv_runs,
     write_cv_summary,
 )
+from condseg.training.classes import with_dataset_classes
 from condseg.training.logs import RunLog
 from condseg.training.results import TrainResult
 from condseg.training.run import train
@@ -127,6 +127,7 @@ def _cross_validate(
     root = root.resolve()  # the same dataset however typed, from any working folder
     # Recorded in CV/config.yaml, so that later calls (one per job) need not repeat --data.
     config = config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+    config = with_dataset_classes(config, root)  # K recorded in CV/config.yaml too
     plan = _plan(config, root, folds, seeds)
     cv = CVDir(Path(out_dir))
     complete = folds is None
@@ -223,7 +224,6 @@ def check_folds(root: Path, folds: Sequence[int] | None) -> list[int]:
     """The folds of the dataset at ``root``, refusing any of ``folds`` it does not have (``cv
     --fold``, ``train --fold``) before anything is trained."""
     require_prepared(root, [])  # a missing folder is not "a dataset without folds"
-    require_binary(root)  # before CV/config.yaml is written
     dataset = DatasetDir(root)
     available = dataset.fold_numbers()
     missing = [k for k in folds if k not in available] if folds is not None else []

@@ -46,8 +46,8 @@ AUTHORS_SCALES = tuple(s / 352 for s in (224, 256, 288, 320, 352))
                       "`sizes`, by default the authors' 0.64-1.0 x data.size")
 class MultiScale(BatchHook):
     """Resize every image tensor of a batch (the image and its views: bilinear) and the mask
-    (bilinear, then threshold 0.5, so it stays binary) to one size drawn per batch from
-    ``sizes`` with torch's generator (seeded runs repeat their sizes).
+    (bilinear, then threshold 0.5, so it stays binary; class ids by nearest) to one size drawn
+    per batch from ``sizes`` with torch's generator (seeded runs repeat their sizes).
 
     Without ``sizes``, they follow the run: ``scales`` (default the authors' 224..352 of 352)
     times ``data.size``, each rounded to the model's input divisor within the scaled range, so
@@ -91,6 +91,10 @@ class MultiScale(BatchHook):
         for key, value in batch.items():
             if not isinstance(value, torch.Tensor) or value.ndim != 4 or (
                     value.shape[-2:] == (size, size)):
+                continue
+            if key == "mask" and not value.is_floating_point():  # class ids: never averaged
+                out[key] = F.interpolate(value.float(), size=(size, size),
+                                         mode="nearest-exact").to(value.dtype)
                 continue
             resized = F.interpolate(value.float(), size=(size, size), mode="bilinear",
                                     align_corners=False)

@@ -166,7 +166,7 @@ class TensorBoardExtras(Callback):
 
         items = [dataset[i] for i in range(min(GRID_IMAGES, len(dataset)))]
         images = torch.stack([item["image"] for item in items])
-        truth = torch.stack([item["mask"] for item in items]).expand(-1, 3, -1, -1)
+        truth = torch.stack([item["mask"] for item in items])
         model = pl_module.model
         training = model.training
         model.eval()
@@ -175,6 +175,12 @@ class TensorBoardExtras(Callback):
         finally:
             model.train(training)
         shown = (images * self.std + self.mean).clamp(0, 1)
-        predicted = (logits >= 0).float().expand(-1, 3, -1, -1)
-        cells = torch.stack([shown, truth, predicted], dim=1).flatten(0, 1)  # row per image
+        if logits.shape[1] == 1:
+            predicted = (logits >= 0).float()
+        else:  # class ids as grey levels, background black (ignored pixels white)
+            last = logits.shape[1] - 1
+            predicted = logits.argmax(1, keepdim=True).float() / last
+            truth = (truth.float() / last).clamp(max=1)
+        cells = torch.stack([shown, *(x.expand(-1, 3, -1, -1) for x in (truth, predicted))],
+                            dim=1).flatten(0, 1)  # row per image
         return make_grid(cells, nrow=3, padding=2, pad_value=1.0)

@@ -7,15 +7,23 @@ output mask on the same batches. Validation is the same for every method: ``val/
 of the mask logits (what the plateau schedule watches by default); ``val/miou``, ``val/mdsc``,
 ``val/recall`` and ``val/precision`` are means over images (``val/miou`` is what checkpointing
 and early stopping watch).
+
+With K >= 2 classes the labels are the argmax of the K maps; ``val/mdsc`` and ``val/miou`` are
+means over images of each image's mean over the foreground classes it holds, ``val/dice/<class>``
+each class's mean over the images that hold it. A class absent from both the ground truth and
+the prediction of an image is left out there (not 1); ignored pixels count for nothing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from condseg.config import StageConfig
+from condseg.data.labels import IGNORE_ID
 from condseg.errors import NonFiniteLossError
 from condseg.evaluation.overlap import overlap_scores
 from condseg.losses.base import Loss
@@ -42,6 +50,7 @@ class SegmentationModule(L.LightningModule):
         batch_hook: BatchHook | None = None,
         memory_format: str = "auto",
         plain_kernels: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -53,6 +62,8 @@ class SegmentationModule(L.LightningModule):
         self._plain = plain_kernels  # not scanned back from the network's modules
         use_plain_kernels(model, plain_kernels)
         self._layout = torch.contiguous_format  # resolved on the training device
+        self.classes = tuple(classes) if classes is not None else None  # K >= 2, background 1st
+        self._sums: Tensor | None = None  # K >= 2: the validation epoch's sums (class_sums)
 
     @classmethod
     def from_parts(cls, model: SegmentationModel, parts: StageParts) -> SegmentationModule:
@@ -61,7 +72,7 @@ class SegmentationModule(L.LightningModule):
         plan = parts.plan
         return cls(model, parts.loss, plan.cfg, stage_name=plan.name,
                    batch_hook=parts.batch_hook, memory_format=plan.memory_format,
-                   plain_kernels=plan.plain_kernels)
+                   plain_kernels=plan.plain_kernels, classes=parts.classes)
 
     def forward(self, x: Tensor) -> object:
         return self.model(x)
@@ -109,6 +120,12 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.model(batch["image"]).mask
+        if self.classes is not None:
+            self.log("val/loss", mask_loss(logits, batch["mask"]), on_step=False, on_epoch=True,
+                     prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+            sums = class_sums(logits.detach(), batch["mask"])
+            self._sums = sums if self._sums is None else self._sums + sums
+            return
         scores = overlap_scores(logits.detach() >= 0, batch["mask"] >= 0.5)
         metrics = {"val/loss": mask_loss(logits, batch["mask"])}
         metrics.update({f"val/{_VAL_NAMES[k]}": scores[k].float().mean() for k in VAL_SCORES})
@@ -116,6 +133,20 @@ class SegmentationModule(L.LightningModule):
                              (("val/recall", "val/precision"), False)):
             self.log_dict({k: metrics[k] for k in names}, on_step=False, on_epoch=True,
                           prog_bar=shown, batch_size=logits.shape[0], sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = None
+
+    def on_validation_epoch_end(self) -> None:
+        """The K-class scores of the epoch, from the sums of every batch of every process."""
+        if self.classes is None or self._sums is None:
+            return
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        (dice, iou, images), per_class = sums[:, 0], sums[:, 1:]
+        self.log_dict({"val/miou": (iou / images).float(), "val/mdsc": (dice / images).float()},
+                      prog_bar=True)
+        self.log_dict({f"val/dice/{name}": (per_class[0, c] / per_class[2, c]).float()
+                       for c, name in enumerate(self.classes[1:])})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the validation metrics of the saved epoch, so that the exported best model file
@@ -127,3 +158,34 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return configure(self.model, self.cfg)
+
+
+def class_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Dice and IoU (B, K-1) of each image and foreground class of K-class ``logits`` (their
+    argmax) against the class ids ``target`` (B,1,H,W), ignored pixels left out; NaN for a
+    class absent from both the image's ground truth and its prediction."""
+    labels, ids = logits.argmax(1), target[:, 0]
+    kept = ids != IGNORE_ID
+    dice, iou = [], []
+    for c in range(1, logits.shape[1]):
+        pred, gt = (labels == c) & kept, ids == c
+        scores = overlap_scores(pred, gt)
+        present = (pred | gt).flatten(1).any(1)
+        dice.append(scores["dice"].where(present, torch.nan))
+        iou.append(scores["iou"].where(present, torch.nan))
+    return torch.stack(dice, 1), torch.stack(iou, 1)
+
+
+def class_sums(logits: Tensor, target: Tensor) -> Tensor:
+    """What a validation epoch adds up, float64 (3, K): row 0 the Dice sums, row 1 the IoU
+    sums, row 2 the counts; column 0 over images of each image's foreground mean (images with
+    no class at all left out), column c over the images that hold class c."""
+    dice, iou = class_scores(logits, target)
+    present = ~dice.isnan()
+    some = present.any(1)
+    image_means = [(x.nan_to_num().sum(1) / present.sum(1).clamp_min(1))[some].sum()
+                   for x in (dice, iou)]
+    first = torch.stack([*image_means, some.sum(dtype=torch.float64)])
+    rest = torch.stack([dice.nan_to_num().sum(0), iou.nan_to_num().sum(0),
+                        present.sum(0, dtype=torch.float64)])
+    return torch.cat([first[:, None], rest], 1)

@@ -25,6 +25,7 @@ from condseg.losses.base import Loss, create_loss
 from condseg.models.base import SegmentationModel, check_input_size
 from condseg.models.registry import create_model, model_options
 from condseg.recipes import METHODS, list_methods
+from condseg.training.classes import run_classes
 from condseg.training.hooks import BatchHook, create_batch_hook
 from condseg.training.optim import configure
 
@@ -97,6 +98,8 @@ def stage_model(config: RunConfig, name: str) -> tuple[str, dict[str, Any]]:
         return run_model.name, dict(run_model.options)
     resolved = model_options(run_model.name, run_model.options)
     inherited = {key: resolved[key] for key in cfg.model.inherit if key in resolved}
+    if "num_classes" in run_model.options:  # the run's classes: every network it trains
+        inherited["num_classes"] = run_model.options["num_classes"]
     return cfg.model.name, {**inherited, **cfg.model.options}
 
 
@@ -123,6 +126,7 @@ class StageParts:
     plan: StagePlan
     loss: Loss
     batch_hook: BatchHook | None  # at the run's input size
+    classes: tuple[str, ...] | None = None  # the class names of K >= 2 (None: binary)
 
 
 def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
@@ -136,8 +140,10 @@ def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
     except Exception as error:  # options are the user's input: any failure to build is theirs
         key = "model.options" if cfg.model is None else f"stages.{name}.model.options" + "".join(
             f" and model.options.{k}" for k in cfg.model.inherit)
+        k = plan.options.get("num_classes", 1)
+        source = f"; num_classes {k} is the dataset's (labels.json)" if k != 1 else ""
         raise TrainingError(f"stages.{name}: model {plan.model!r} cannot be built from "
-                            f"{key} ({first_line(error)})") from error
+                            f"{key} ({first_line(error)}{source})") from error
     try:
         configure(network, cfg)
     except ValueError as error:  # torch's refusal of a value of the stage's config
@@ -145,6 +151,10 @@ def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
                             f"{cfg.schedule.name} refuses its options ({first_line(error)}); "
                             f"fix stages.{name}.optimizer / schedule") from error
     loss = plan.create_loss()
+    if loss.binary_only and plan.options.get("num_classes", 1) != 1:
+        raise TrainingError(f"stages.{name}: loss {cfg.loss.name!r} takes one logit map, but "
+                            f"the dataset declares {plan.options['num_classes']} classes; "
+                            "choose a loss that takes classes (condseg losses)")
     hook = None
     if cfg.batch_hook is not None:
         hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
@@ -153,7 +163,8 @@ def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
             check_input_size(network, size, size)
     except CondsegError as error:
         raise TrainingError(f"stages.{name}: {error} (data.size / batch_hook sizes)") from error
-    return StageParts(plan, loss, _resolved(hook, config.data.size, name, network))
+    return StageParts(plan, loss, _resolved(hook, config.data.size, name, network),
+                      run_classes(config))
 
 
 def _resolved(

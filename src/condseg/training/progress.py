@@ -4,7 +4,8 @@ A live bar written to a file shows up only at the end (or as control characters)
 console is not a terminal, :class:`ProgressLines` prints one line every few steps and one per
 epoch with its validation figures, and the time the stage has left (ETA: the mean epoch so far
 times the epochs left; early stopping may end it sooner). Epochs are numbered from 1, as users
-count them; scores are in percent, as in every table.
+count them; scores are in percent, as in every table. A run of K >= 2 classes adds each
+foreground class's Dice.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ _SHOWN = (("val/loss", "val L_mask"), ("val/miou", display_name("iou")),
           ("val/mdsc", display_name("dice")),
           ("val/recall", "recall"), ("val/precision", "precision"))
 PERCENT = frozenset({"val/miou", "val/mdsc", "val/recall", "val/precision"})
+#: With K >= 2 classes, each foreground class's validation Dice: ``val/dice/<class>``.
+CLASS_DICE = "val/dice/"
+
+
+def _is_percent(key: str) -> bool:
+    return key in PERCENT or key.startswith(CLASS_DICE)
 
 
 def _shown(key: str, value: float) -> float:
-    return 100 * value if key in PERCENT else value
+    return 100 * value if _is_percent(key) else value
 
 
 def _figure(key: str, value: float) -> str:
-    return f"{percent(value)}%" if key in PERCENT else f"{value:.4f}"
+    return f"{percent(value)}%" if _is_percent(key) else f"{value:.4f}"
 
 
 def _duration(seconds: float) -> str:
@@ -93,8 +100,10 @@ class ProgressLines(Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
+        shown = [*_SHOWN, *((key, f"Dice {key.removeprefix(CLASS_DICE)}")
+                            for key in metrics if key.startswith(CLASS_DICE))]
         parts = [f"{label} {_figure(key, float(metrics[key]))}"
-                 for key, label in _SHOWN if key in metrics]
+                 for key, label in shown if key in metrics]
         if self._losses:  # this epoch's mean (Lightning's epoch mean is logged only later)
             parts.insert(0, f"train loss {sum(self._losses) / len(self._losses):.4f}")
         seconds = time.perf_counter() - self._start

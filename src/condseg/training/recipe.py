@@ -16,7 +16,9 @@ from condseg.config import RunConfig
 from condseg.data.dataset import read_split
 from condseg.inference.engine import cpu_supports_bf16
 from condseg.layout import DatasetDir
+from condseg.losses.base import LOSSES
 from condseg.models.registry import create_model
+from condseg.training.classes import run_classes
 from condseg.training.plan import StagePlan
 
 
@@ -58,8 +60,9 @@ def split_counts(root: Path, config: RunConfig) -> dict[str, int]:
 
 
 def header_lines(config: RunConfig, plans: Iterable[StagePlan]) -> list[str]:
-    """The run header: device and precision, dataset sizes, and per stage the resolved recipe
-    (model and parameters, loss, optimiser and learning rates, schedule, epochs, size, batch)."""
+    """The run header: device and precision, dataset sizes, the classes of a K-class run, and
+    per stage the resolved recipe (model and parameters, loss (and its K-class form),
+    optimiser and learning rates, schedule, epochs, size, batch)."""
     data = config.data
     counts = ", ".join(f"{label} {n}" for label, n in split_counts(data.root, config).items())
     skipped = f"; {len(data.skip)} excluded by data.skip" if data.skip else ""
@@ -68,17 +71,28 @@ def header_lines(config: RunConfig, plans: Iterable[StagePlan]) -> list[str]:
         f"precision {config.precision}, seed {config.seed}",
         f"data {data.root}: {counts}{skipped}",
     ]
+    classes = run_classes(config)
+    if classes is not None:
+        lines.append(f"classes: {', '.join(classes)} (K {len(classes)}, from "
+                     f"{DatasetDir(data.root).labels.name}; softmax over K maps)")
     for plan in plans:
         cfg, opt = plan.cfg, plan.cfg.optimizer
         encoder = f" (encoder {opt.encoder_lr:g})" if opt.encoder_lr is not None else ""
         hook = f", batch hook {cfg.batch_hook.name}" if cfg.batch_hook is not None else ""
         lines.append(
             f"{plan.name}: {plan.model} ({count_parameters(plan.model, plan.options):,} "
-            f"parameters), loss {cfg.loss.name}, {opt.name} lr {opt.lr:g}{encoder}, schedule "
+            f"parameters), loss {cfg.loss.name}{_multiclass(cfg.loss.name, classes)}, "
+            f"{opt.name} lr {opt.lr:g}{encoder}, schedule "
             f"{cfg.schedule.name}, "
             f"epochs {cfg.max_epochs}, size {data.size}, batch {data.batch_size}{hook}"
         )
     return lines
+
+
+def _multiclass(loss: str, classes: tuple[str, ...] | None) -> str:
+    """How the loss takes K classes (the mapping of docs/decisions.md), for a K-class run."""
+    form = LOSSES.get(loss).multiclass if classes is not None else ""
+    return f" (with K classes: {form})" if form else ""
 
 
 def print_header(config: RunConfig, plans: Iterable[StagePlan], console: Console) -> None:

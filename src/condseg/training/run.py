@@ -31,6 +31,7 @@ from condseg.evaluation.evaluate import evaluate, print_table
 from condseg.files import amount
 from condseg.layout import DatasetDir, EvalDir, RunDir
 from condseg.models.model_file import load_model
+from condseg.training.classes import with_dataset_classes
 from condseg.training.logs import RunLog
 from condseg.training.plan import plan_stages, stage_parts
 from condseg.training.prune import kept_for_resuming
@@ -77,6 +78,7 @@ def _train(
     if root is None:
         raise TrainingError("no dataset given: pass the data root (--data DIR) or set data.root")
     config = resolve_precision(resolved_paths(config, root))
+    config = with_dataset_classes(config, config.data.root)  # K into model.options.num_classes
     stages = select_stages(config, stage)
     # Built and checked before the run directory exists: a refused start leaves none.
     processes = check_resources(config)

@@ -107,7 +107,8 @@ def _finish(
     """Export the stage, clear what a kill no longer needs to survive, and write its result."""
     plan, last = parts.plan, stage.last_checkpoint
     hook = parts.batch_hook
-    metrics = _export(module, best, as_trained(config, plan.name, hook), stage, normalization)
+    metrics = _export(module, best, as_trained(config, plan.name, hook), stage, normalization,
+                      parts.classes)
     for stale in stage.checkpoints.glob(f"*{PREVIOUS_SUFFIX}"):
         stale.unlink()  # the stage is finished: no kill left to survive
     kept: Path | None = best
@@ -171,11 +172,11 @@ def _normalization(config: RunConfig, model: SegmentationModel) -> tuple:
 
 def _export(
     module: SegmentationModule, best: Path, config: RunConfig, stage: StageDir,
-    normalization: tuple,
+    normalization: tuple, classes: tuple[str, ...] | None,
 ) -> dict:
-    """Best weights -> model file; per-epoch log -> table and PNG. Returns the best val
-    metrics. Without ``best`` (removed when the stage first finished, and no epoch since was
-    better) the model file already holds the best weights."""
+    """Best weights -> model file (with the class names of K >= 2 classes); per-epoch log ->
+    table and PNG. Returns the best val metrics. Without ``best`` (removed when the stage first
+    finished, and no epoch since was better) the model file already holds the best weights."""
     if best.is_file():
         checkpoint = torch.load(best, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
@@ -183,7 +184,8 @@ def _export(
         metrics = {**checkpoint.get("val_metrics", {}), "epoch": checkpoint["epoch"] + 1}
         mean, std = normalization
         save_model(stage.model_file, module.model.cpu(), mean=mean, std=std,
-                   input_size=config.data.size, metrics=metrics, config=config, overwrite=True)
+                   input_size=config.data.size, metrics=metrics, config=config, overwrite=True,
+                   classes=classes)
     else:
         metrics = read_header(stage.model_file)["metrics"]
     plot_curves(write_epoch_log(stage.path), stage.curves)

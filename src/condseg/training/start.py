@@ -13,6 +13,7 @@ from rich.console import Console
 
 from condseg.config import RunConfig
 from condseg.data.check import check_dataset
+from condseg.data.labels import require_supported
 from condseg.errors import TrainingError
 from condseg.files import clear_staged
 from condseg.interrupt import Interrupted
@@ -100,13 +101,15 @@ def _diff(a: object, b: object, prefix: str = "") -> list[str]:
 
 
 def check_data(root: Path, config: RunConfig, console: Console) -> dict[str, int]:
-    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``;
-    returns the number of images of each split."""
+    """Refuse to train on a dataset with errors unless every faulty name is in ``data.skip``,
+    or on one binary dataset with ignored pixels; returns the number of images of each
+    split."""
     data = config.data
     splits = [data.train_split, data.val_split]
     if DatasetDir(root).has_split(data.test_split):
         splits.append(data.test_split)  # checked now, not after hours of training
-    report = check_dataset(root, splits=splits, max_pixels=data.max_pixels, binary=True)
+    require_supported(root)
+    report = check_dataset(root, splits=splits, max_pixels=data.max_pixels)
     blocking = [p for p in report.errors if p.name is None or p.name not in data.skip]
     if blocking:
         report.print(console)

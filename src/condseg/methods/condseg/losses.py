@@ -2,6 +2,7 @@
 registrations: ``condseg-cr`` (stage 1, Consistency Reinforcement) and ``condseg-sid`` (stage 2).
 
 Per image, then the batch mean, in float32, from logits — as L_mask in ``condseg.losses.mask``.
+Both are binary by design, as ConDSeg and Net_0 are: several classes are refused.
 """
 
 from __future__ import annotations
@@ -112,11 +113,20 @@ def stage2_loss(out: ModelOutput, target: Tensor, min_mean: float = 0.01) -> dic
     return {"loss": loss, **{k: v.mean().detach() for k, v in parts.items()}}
 
 
+def _refuse_classes(loss: str, logits: Tensor) -> None:
+    if logits.ndim == 4 and logits.shape[1] != 1:
+        raise LossError(f"loss {loss!r} is binary by design (SID decouples foreground from "
+                        f"background): it takes one logit map, not {logits.shape[1]}; use a "
+                        "method that takes classes (condseg methods)")
+
+
 @register_loss("condseg-cr",
                description="ConDSeg stage 1: L_mask on both views + consistency (Eq. 7)")
 class ConsistencyLoss(Loss):
     """Net_0 on the image and its strong view; ``consistency=False`` is L_mask on the image
     alone (Table 3's Net_0 without CR), which needs no strong view."""
+
+    binary_only = True
 
     def __init__(self, consistency: bool = True, threshold: float = 0.5) -> None:
         super().__init__()
@@ -125,6 +135,7 @@ class ConsistencyLoss(Loss):
         self.views = ("strong",) if consistency else ()
 
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
+        _refuse_classes("condseg-cr", outputs["image"].mask)
         if not self.consistency:
             check_shapes(outputs["image"].mask, target)
             return {"loss": per_image_mask_loss(outputs["image"].mask, target).mean()}
@@ -134,9 +145,12 @@ class ConsistencyLoss(Loss):
 @register_loss("condseg-sid",
                description="ConDSeg stage 2: L_mask + β-weighted SID losses + L_compl")
 class DecouplingLoss(Loss):
+    binary_only = True
+
     def __init__(self, min_mean: float = 0.01) -> None:
         super().__init__()
         self.min_mean = min_mean
 
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
+        _refuse_classes("condseg-sid", outputs["image"].mask)
         return stage2_loss(outputs["image"], target, self.min_mean)
