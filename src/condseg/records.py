@@ -47,11 +47,13 @@ __all__ = [
 @dataclass
 class EvaluationRecord:
     """One evaluation folder: per-image rows (``name`` + one column per metric, in the file's
-    order), the summary of each metric and the protocol it was obtained under."""
+    order), the summary of each metric and the protocol it was obtained under; ``classes``,
+    the class names of a multi-class evaluation (None: binary)."""
 
     rows: list[dict[str, Any]]
     metrics: dict[str, dict[str, Any]]
     protocol: dict[str, Any]
+    classes: tuple[str, ...] | None = None
 
     def scores(self) -> dict[str, dict[str, Score]]:
         """{image name: {metric: value or None}}."""
@@ -61,12 +63,16 @@ class EvaluationRecord:
 def write_evaluation(
     folder: EvalDir, columns: Sequence[str], rows: Iterable[Mapping[str, Any]],
     metrics: Mapping[str, Any], protocol: Mapping[str, Any],
+    classes: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """``per_image.csv`` (``name`` + ``columns``; other keys of a row left out) and
-    ``summary.json`` (the protocol and, per metric, its summary)."""
+    ``summary.json`` (the protocol, per metric its summary and, multi-class only, the
+    ``classes``)."""
     folder.path.mkdir(parents=True, exist_ok=True)
     write_text(folder.per_image, table_text(["name", *columns], rows))
-    summary = {"protocol": dict(protocol), "metrics": dict(metrics)}
+    summary: dict[str, Any] = {"protocol": dict(protocol), "metrics": dict(metrics)}
+    if classes is not None:
+        summary["classes"] = list(classes)
     write_text(folder.summary, json.dumps(summary, indent=2) + "\n")
     return folder.per_image, folder.summary
 
@@ -77,13 +83,19 @@ def read_evaluation(folder: EvalDir, error: type[Exception], todo: str) -> Evalu
     if not all(isinstance(recorded.get(key), dict) for key in ("metrics", "protocol")):
         raise error(f"{folder.summary} is damaged: it has no metrics and protocol as "
                     f"evaluate writes them; {todo}")
+    classes = recorded.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
+                                    and all(isinstance(c, str) for c in classes)):
+        raise error(f"{folder.summary} is damaged: its classes are not a list of class names "
+                    f"as evaluate writes them; {todo}")
     try:
         rows = read_table(folder.per_image, "name", error, todo)
     except FileNotFoundError:
         raise error(f"{folder.path} is damaged: it has {folder.summary.name} but no "
                     f"{folder.per_image.name}; {todo}") from None
     return EvaluationRecord(rows=rows, metrics=recorded["metrics"],
-                            protocol=recorded["protocol"])
+                            protocol=recorded["protocol"],
+                            classes=tuple(classes) if classes is not None else None)
 
 
 # --------------------------------------------------------------------------- a stage's result

@@ -148,15 +148,17 @@ def image_metrics(
     return {name: row[name] for name in METRIC_NAMES}
 
 
-def summarize(rows: Iterable[Mapping[str, object]]) -> dict[str, dict[str, float | int | None]]:
-    """Per metric of METRIC_NAMES: mean, std (population, ddof 0), n (values) and missing (None).
+def summarize(
+    rows: Iterable[Mapping[str, object]], names: Iterable[str] = METRIC_NAMES
+) -> dict[str, dict[str, float | int | None]]:
+    """Per metric of ``names``: mean, std (population, ddof 0), n (values) and missing (None).
 
     Other keys of the rows (image name, ...) are ignored. A metric with no values has mean and
     std None, so a summary never hides missing distances behind a 0 or an infinity.
     """
     rows = list(rows)
     summary: dict[str, dict[str, float | int | None]] = {}
-    for name in METRIC_NAMES:
+    for name in names:
         raw = [row.get(name) for row in rows]
         values = np.array([v for v in raw if v is not None], dtype=np.float64)
         present = values.size > 0
