@@ -19,7 +19,8 @@ EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as
 #: Under a multi-class table: what its columns mean and which metrics it cannot have.
 CLASSES_NOTE = ("multi-class: mIoU, mDSC, recall and precision are means over the foreground "
                 "classes (a class absent from both ground truth and prediction left out); "
-                "DSC <class> per class; S-measure, E-measure and weighted F are binary only")
+                "DSC and a class's name: that class's Dice; S-measure, E-measure and "
+                "weighted F are binary only")
 
 
 @dataclass
