@@ -47,8 +47,8 @@ __all__ = [
 @dataclass
 class EvaluationRecord:
     """One evaluation folder: per-image rows (``name`` + one column per metric, in the file's
-    order), the summary of each metric and the protocol it was obtained under; ``classes``,
-    the class names of a multi-class evaluation (None: binary)."""
+    order), the summary of each metric, the protocol it was obtained under and, for K >= 2
+    classes, their names (background first; None: binary)."""
 
     rows: list[dict[str, Any]]
     metrics: dict[str, dict[str, Any]]
@@ -66,13 +66,14 @@ def write_evaluation(
     classes: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """``per_image.csv`` (``name`` + ``columns``; other keys of a row left out) and
-    ``summary.json`` (the protocol, per metric its summary and, multi-class only, the
-    ``classes``)."""
+    ``summary.json`` (the protocol, ``classes`` for K >= 2 (a binary summary has no such key)
+    and, per metric — per-class ones ``<metric>/<class>`` included —, its summary)."""
     folder.path.mkdir(parents=True, exist_ok=True)
     write_text(folder.per_image, table_text(["name", *columns], rows))
-    summary: dict[str, Any] = {"protocol": dict(protocol), "metrics": dict(metrics)}
+    summary: dict[str, Any] = {"protocol": dict(protocol)}
     if classes is not None:
         summary["classes"] = list(classes)
+    summary["metrics"] = dict(metrics)
     write_text(folder.summary, json.dumps(summary, indent=2) + "\n")
     return folder.per_image, folder.summary
 
@@ -85,9 +86,9 @@ def read_evaluation(folder: EvalDir, error: type[Exception], todo: str) -> Evalu
                     f"evaluate writes them; {todo}")
     classes = recorded.get("classes")
     if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
-                                    and all(isinstance(c, str) for c in classes)):
-        raise error(f"{folder.summary} is damaged: its classes are not a list of class names "
-                    f"as evaluate writes them; {todo}")
+                                    and all(isinstance(name, str) for name in classes)):
+        raise error(f"{folder.summary} is damaged: its classes are not a list of two or more "
+                    f"names as evaluate writes them; {todo}")
     try:
         rows = read_table(folder.per_image, "name", error, todo)
     except FileNotFoundError:

@@ -6,6 +6,12 @@ size, the mask resized exactly like a training target (area interpolation, thres
 the original mask — what a user of the predicted masks experiences: it runs the very code of
 ``predict`` (with the same inference options). Both run the model prepared by the inference
 engine (the fast path by default) while DataLoader workers load the next batches.
+
+A K-class model (K >= 2, :func:`~condseg.models.base.class_names`) is evaluated on a dataset
+that declares the same classes (``labels.json``), by :func:`class_image_metrics`: the
+prediction is the argmax of the probabilities — at the original resolution resized first, as
+``predict`` does — against the mask's class ids (resized like a training target, nearest, at
+the network resolution).
 """
 
 from __future__ import annotations
@@ -21,10 +27,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from condseg.data.check import check_dataset
+from condseg.data.check import check_dataset, require_prepared
 from condseg.data.dataset import SegmentationDataset
+from condseg.data.labels import Labels, read_labels
 from condseg.errors import DataError, OptionError, refuse_existing
-from condseg.evaluation.metrics import METRIC_NAMES, image_metrics, summarize
+from condseg.evaluation.metrics import (
+    METRIC_NAMES,
+    class_image_metrics,
+    class_metric_names,
+    image_metrics,
+    summarize,
+)
 from condseg.evaluation.names import display_name, formatted, unit
 from condseg.inference.engine import Execution
 from condseg.inference.loading import ImageFiles, check_batching
@@ -38,6 +51,7 @@ from condseg.inference.predict import (
 from condseg.layout import EvalDir
 from condseg.models.base import (
     SegmentationModel,
+    class_names,
     eval_mode,
     input_size,
     normalization,
@@ -54,11 +68,14 @@ RESOLUTIONS = ("network", "original")
 
 @dataclass
 class EvaluationResult:
-    """Per-image rows (``name`` + METRIC_NAMES), their summary and how they were obtained."""
+    """Per-image rows (``name`` + METRIC_NAMES, or a K-class evaluation's
+    :func:`class_metric_names`), their summary (one entry per metric, in column order) and how
+    they were obtained; ``classes``: the K class names (None: binary)."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, Any]]
     protocol: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
 
     @property
     def means(self) -> dict[str, float | None]:
@@ -99,8 +116,9 @@ def evaluate(
     augmentation and sliding windows (the latter only at the original resolution: at the
     network resolution the image *is* one window). With ``out_dir`` the CSV and JSON of
     :func:`write_results` are written; with ``save_masks`` the thresholded predictions (0/255
-    PNG), with ``save_probabilities`` the probabilities (``<name>_prob.png`` 8-bit or ``.npy``
-    float32), both at the protocol's resolution. Existing outputs are refused unless
+    PNG; a K-class model's: the class ids, uint8 PNG), with ``save_probabilities`` the
+    probabilities (``<name>_prob.png`` 8-bit or ``.npy`` float32), both at the protocol's
+    resolution. A K-class model takes no ``threshold`` (argmax). Existing outputs are refused unless
     ``overwrite``. The model runs on ``execution`` (default: the fast path in float32 —
     evaluation numbers are the product, so reduced precision is asked for, not implied) while
     ``workers`` processes (default: one per spare core, at most 4; 0: none) load the
@@ -121,7 +139,10 @@ def evaluate(
     model = require_model(model)
     size = input_size(model, size)
     mean, std = normalization(model)
-    _refuse_broken(data_root, split, max_pixels)
+    labels = _agreeing_labels(model, data_root, split)
+    if labels is not None:
+        _refuse_binary_options(threshold, save_probabilities and probability_format)
+    _refuse_broken(data_root, split, max_pixels, binary=labels is None)
     dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std,
                                   max_pixels=max_pixels)
     mask_dir = Path(save_masks) if save_masks is not None else None
@@ -142,15 +163,21 @@ def evaluate(
     if resolution == "network":
         pairs = _network_pairs(predictor, dataset, batch_size, workers)
     else:
-        pairs = _original_pairs(predictor, dataset, batch_size, workers)
+        pairs = _original_pairs(predictor, dataset, batch_size, workers, labels)
+    classes = labels.names if labels is not None else None
     rows: list[dict[str, Any]] = []
     with WorkProgress(console, len(dataset), f"evaluate {split}") as progress:
         for name, prob, gt in pairs:
-            pred = prob >= threshold
-            rows.append({"name": name, **image_metrics(prob, gt, threshold),
-                         "empty_prediction": not pred.any(), "empty_truth": not gt.any()})
+            if classes is None:
+                pred = prob >= threshold
+                rows.append({"name": name, **image_metrics(prob, gt, threshold),
+                             "empty_prediction": not pred.any(), "empty_truth": not gt.any()})
+                written = pred.astype(np.uint8) * 255
+            else:
+                written = prob.argmax(0).astype(np.uint8)
+                rows.append({"name": name, **class_image_metrics(written, gt, classes)})
             if mask_dir is not None:
-                save_png(mask_dir / f"{name}.png", pred.astype(np.uint8) * 255)
+                save_png(mask_dir / f"{name}.png", written)
             if prob_dir is not None:
                 save_probability(probability_path(prob_dir, name, probability_format), prob)
             progress.advance()
@@ -161,21 +188,19 @@ def evaluate(
         "dataset": dataset_identity(data_root, dataset.names, [m for _, m in dataset.pairs]),
         "resolution": resolution,
         "input_size": list(size),
-        "threshold": threshold,
+        "threshold": threshold if classes is None else None,
         "inference": options.record(),
         "execution": predictor.prepared.record(),
         "n_images": len(rows),
-        "ground_truth": (
-            "mask resized to input_size (area interpolation, threshold 0.5)"
-            if resolution == "network"
-            else "original mask; probabilities resized bilinearly to the image size"
-        ),
+        "ground_truth": _ground_truth(resolution, classes is not None),
         "model": model.name,
         "method": ((model.meta or {}).get("config") or {}).get("method"),
         "model_file": (model.meta or {}).get("path"),
         "model_digest": _file_digest((model.meta or {}).get("path")),
     }
-    result = EvaluationResult(rows=rows, summary=summarize(rows), protocol=protocol)
+    names = METRIC_NAMES if classes is None else class_metric_names(classes)
+    result = EvaluationResult(rows=rows, summary=summarize(rows, names), protocol=protocol,
+                              classes=classes)
     if out_dir is not None:
         write_results(result, out_dir, overwrite=True)
     return result
@@ -209,10 +234,48 @@ def _file_digest(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) -> None:
+def _ground_truth(resolution: str, classes: bool) -> str:
+    """What the protocol compares with, in words (for summary.json)."""
+    if resolution == "network":
+        return ("class ids of the mask resized to input_size (nearest); argmax" if classes
+                else "mask resized to input_size (area interpolation, threshold 0.5)")
+    return ("original mask; probabilities resized bilinearly to the image size"
+            + ("; argmax" if classes else ""))
+
+
+def _agreeing_labels(model: SegmentationModel, data_root: str | Path, split: str) -> Labels | None:
+    """The dataset's declaration when the model is a K-class model of the same classes; None
+    when both are binary; one line refusing a model and a dataset whose classes differ."""
+    require_prepared(Path(data_root), [split])
+    labels = read_labels(data_root)
+    dataset = labels.names if labels is not None and labels.foreground > 1 else None
+    predicted = class_names(model)
+    if predicted == dataset:
+        return labels if dataset is not None else None
+    has = (f"{len(predicted)} classes ({', '.join(predicted)})" if predicted
+           else "one class (binary)")
+    declares = (f"declares {len(dataset)} classes ({', '.join(dataset)})" if dataset
+                else "is binary (no labels.json with two or more foreground classes)")
+    raise DataError(f"{model.name} predicts {has} but dataset {data_root} {declares}: evaluate "
+                    "a model trained on this dataset's classes")
+
+
+def _refuse_binary_options(threshold: float, probability_format: str | None) -> None:
+    """A K-class model's labels are the argmax, and its K probability maps fit no grey PNG."""
+    if threshold != 0.5:
+        raise OptionError(f"a K-class model's labels are the argmax of its probabilities; "
+                          f"leave out the threshold (--threshold {threshold})")
+    if probability_format == "png":
+        raise OptionError("a K-class model's probabilities are K maps per image; save them as "
+                          "float32 arrays (--probability-format npy)")
+
+
+def _refuse_broken(
+    data_root: str | Path, split: str, max_pixels: int | None, binary: bool
+) -> None:
     """Evaluate only what ``data check`` accepts: a broken, doubled or unreadable entry must
     not pass silently (nor be scored by a convention)."""
-    report = check_dataset(data_root, splits=[split], max_pixels=max_pixels, binary=True)
+    report = check_dataset(data_root, splits=[split], max_pixels=max_pixels, binary=binary)
     if not report.ok:
         first = report.errors[0]
         where = first.file or first.name or first.split or str(data_root)
@@ -225,22 +288,27 @@ def _refuse_broken(data_root: str | Path, split: str, max_pixels: int | None) ->
 def _network_pairs(
     predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, probability, ground truth) at the network input size."""
+    """(name, probability, ground truth) at the network input size (a K-class dataset's
+    ground truth: class ids, uint8)."""
     with eval_mode(predictor.net):
         for batch in predictor.batches(dataset, batch_size, workers):
             images = torch.stack([item["image"] for item in batch])
             probs = probabilities(predictor.net, images, [item["name"] for item in batch])["mask"]
             for j, item in enumerate(batch):
-                yield item["name"], probs[j].numpy(), item["mask"][0].numpy() >= 0.5
+                mask = item["mask"][0].numpy()
+                gt = mask >= 0.5 if mask.dtype.kind == "f" else mask.astype(np.uint8)
+                yield item["name"], probs[j].numpy(), gt
 
 
 def _original_pairs(
-    predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None
+    predictor: Predictor, dataset: SegmentationDataset, batch_size: int, workers: int | None,
+    labels: Labels | None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, probability, ground truth) at each image's own size: exactly what ``predict``
-    gives for the image, against the original mask."""
+    gives for the image, against the original mask (its class ids by ``labels`` when given)."""
     files = ImageFiles([image for image, _ in dataset.pairs], predictor.plan,
-                       masks=[mask for _, mask in dataset.pairs], max_pixels=dataset.max_pixels)
+                       masks=[mask for _, mask in dataset.pairs], max_pixels=dataset.max_pixels,
+                       labels=labels)
     for batch in predictor.batches(files, batch_size, workers):
         for item in batch:
             if "error" in item:
@@ -255,11 +323,13 @@ def _original_pairs(
 def write_results(
     result: EvaluationResult, out_dir: str | Path, overwrite: bool = False
 ) -> tuple[Path, Path]:
-    """Write ``per_image.csv`` (one column per metric of METRIC_NAMES) and ``summary.json``
-    (protocol and, per metric, mean, std, n, missing): :func:`condseg.records.write_evaluation`."""
+    """Write ``per_image.csv`` (one column per metric of the summary: METRIC_NAMES, or the
+    per-class columns of a K-class evaluation) and ``summary.json`` (protocol, classes and, per
+    metric, mean, std, n, missing): :func:`condseg.records.write_evaluation`."""
     folder = EvalDir(Path(out_dir))
     refuse_existing([folder.per_image, folder.summary], overwrite)
-    return write_evaluation(folder, METRIC_NAMES, result.rows, result.summary, result.protocol)
+    return write_evaluation(folder, list(result.summary), result.rows, result.summary,
+                            result.protocol, result.classes)
 
 
 def read_results(out_dir: str | Path) -> EvaluationResult:
@@ -267,7 +337,8 @@ def read_results(out_dir: str | Path) -> EvaluationResult:
     (:func:`condseg.records.read_evaluation`)."""
     folder = EvalDir(Path(out_dir))
     record = read_evaluation(folder, DataError, f"move {folder.path} away to evaluate again")
-    return EvaluationResult(rows=record.rows, summary=record.metrics, protocol=record.protocol)
+    return EvaluationResult(rows=record.rows, summary=record.metrics, protocol=record.protocol,
+                            classes=record.classes)
 
 
 def print_table(result: EvaluationResult, console: Console | None = None) -> None:
@@ -287,8 +358,7 @@ def print_table(result: EvaluationResult, console: Console | None = None) -> Non
     table = Table(title=title, caption=caption)
     for column in ("metric", "mean", "std", "n", "missing", "0/0 = 1"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for name in METRIC_NAMES:
-        stats = result.summary[name]
+    for name, stats in result.summary.items():
         shown = f"{display_name(name)} ({unit(name)})" if unit(name) else display_name(name)
         table.add_row(
             shown,

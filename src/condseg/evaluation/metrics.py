@@ -26,21 +26,48 @@ Conventions
 * HD95 and ASSD are in pixels, from monai on the thresholded masks (surface = mask minus its
   erosion; ASSD is the mean of all distances in both directions). They are None (missing) when
   either mask is empty, where they are undefined; `summarize` counts them as missing.
+
+K >= 2 classes (:func:`class_image_metrics`)
+------------------------------------------
+* The prediction is the argmax class id of each pixel, the ground truth the class ids of the
+  mask (background 0, then 1..K-1); pixels whose ground truth is ``IGNORE_ID`` (255) count for
+  nothing: they are left out of every count, and a prediction there is no surface for the
+  distances (the prediction's mask of a class is cut to the pixels not ignored).
+* Per foreground class ``c`` (``dice/<c>``, ``iou/<c>``, ``recall/<c>``, ``precision/<c>``,
+  ``hd95/<c>``, ``assd/<c>``) the binary conventions above hold for the class against the rest,
+  with one exception: **a class absent from both the ground truth and the prediction of an
+  image is missing there (None), not 1** — there was nothing to score, and a 1 would lift the
+  mean for every class an image happens not to show. (A class in only one of them keeps the
+  binary rule: e.g. predicted but absent from the truth: recall 1, precision, IoU, Dice 0.)
+* ``dice``, ``iou``, ``recall``, ``precision``, ``hd95``, ``assd`` are the mean over the
+  foreground classes of the image's per-class values that are not missing (None when all are).
+* ``accuracy`` is the pixel accuracy over the pixels not ignored (the "AC" of the PDCR paper's
+  tables; background included), missing when every pixel is ignored.
+* Sα, Eφ, Fβw, MAE, specificity and F2 are binary-only: a K-class row has none of them.
+* One bincount confusion matrix per image gives the overlap scores (``overlap.py``); only the
+  distances go class by class.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import py_sod_metrics as sod
 import torch
 from monai.metrics.utils import get_edge_surface_distance
 
-from condseg.evaluation.overlap import overlap_scores
+from condseg.data.labels import IGNORE_ID
+from condseg.evaluation.overlap import (
+    CLASS_OVERLAP_NAMES,
+    class_confusion,
+    class_scores,
+    overlap_scores,
+)
 
-__all__ = ["METRIC_NAMES", "image_metrics", "summarize"]
+__all__ = ["CLASS_METRICS", "METRIC_NAMES", "class_image_metrics", "class_metric_names",
+           "image_metrics", "summarize"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "iou",
@@ -59,6 +86,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "hd95",
     "assd",
 )
+
+#: The metrics of a K-class evaluation given per foreground class (and as their mean).
+CLASS_METRICS: tuple[str, ...] = (*CLASS_OVERLAP_NAMES, "hd95", "assd")
 
 
 def _check(prob: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +178,51 @@ def image_metrics(
     return {name: row[name] for name in METRIC_NAMES}
 
 
+def class_metric_names(classes: Sequence[str]) -> tuple[str, ...]:
+    """The columns of a K-class evaluation of ``classes`` (background first): the foreground
+    means and ``accuracy`` in METRIC_NAMES' order, then ``<metric>/<class>`` per metric of
+    CLASS_METRICS and foreground class in id order."""
+    means = tuple(name for name in METRIC_NAMES if name in CLASS_METRICS or name == "accuracy")
+    return (*means, *(f"{metric}/{name}" for metric in CLASS_METRICS for name in classes[1:]))
+
+
+def class_image_metrics(
+    pred: np.ndarray, gt: np.ndarray, classes: Sequence[str]
+) -> dict[str, float | None]:
+    """All metrics of :func:`class_metric_names` for one image (rules: the module docstring).
+
+    ``pred`` is the (H, W) predicted class id (the argmax) in 0..K-1, ``gt`` the (H, W) class
+    ids of the mask with ``IGNORE_ID`` for ignored pixels; K = ``len(classes)`` >= 2.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.ndim != 2 or pred.shape != gt.shape or len(classes) < 2:
+        raise ValueError(f"pred and gt must be 2-D class-id maps of the same shape, with two or "
+                         f"more classes; got {pred.shape}, {gt.shape} and {len(classes)} classes")
+    confusion = class_confusion(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None],
+                                len(classes))
+    scores = {name: value[0].tolist() for name, value in class_scores(confusion).items()}
+    per_class = {name: [_value(v) for v in scores[name]] for name in CLASS_OVERLAP_NAMES}
+    kept = gt != IGNORE_ID
+    distances = [_distances((pred == c) & kept, gt == c) for c in range(1, len(classes))]
+    per_class.update({name: [d[name] for d in distances] for name in ("hd95", "assd")})
+    row: dict[str, float | None] = {"accuracy": _value(scores["accuracy"])}
+    for metric in CLASS_METRICS:
+        present = [v for v in per_class[metric] if v is not None]
+        row[metric] = float(np.mean(present)) if present else None
+        row.update({f"{metric}/{name}": v
+                    for name, v in zip(classes[1:], per_class[metric], strict=True)})
+    return {name: row[name] for name in class_metric_names(classes)}
+
+
+def _value(score: float) -> float | None:
+    return None if np.isnan(score) else float(score)
+
+
 def summarize(
-    rows: Iterable[Mapping[str, object]], names: Iterable[str] = METRIC_NAMES
+    rows: Iterable[Mapping[str, object]], names: Sequence[str] = METRIC_NAMES
 ) -> dict[str, dict[str, float | int | None]]:
-    """Per metric of ``names``: mean, std (population, ddof 0), n (values) and missing (None).
+    """Per metric of ``names`` (METRIC_NAMES; a K-class evaluation's: :func:`class_metric_names`):
+    mean, std (population, ddof 0), n (values) and missing (None).
 
     Other keys of the rows (image name, ...) are ignored. A metric with no values has mean and
     std None, so a summary never hides missing distances behind a 0 or an infinity.

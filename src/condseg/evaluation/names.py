@@ -34,13 +34,16 @@ TABLE_METRICS: tuple[str, ...] = ("iou", "dice", "recall", "precision")
 
 
 def display_name(metric: str) -> str:
-    """The display name of ``metric`` (e.g. ``dice`` -> ``mDSC``); unknown names as written."""
-    return DISPLAY.get(metric, (metric, ""))[0]
+    """The display name of ``metric`` (e.g. ``dice`` -> ``mDSC``, a class's ``dice/rnfl`` ->
+    ``mDSC rnfl``); unknown names as written."""
+    base, _, name = metric.partition("/")
+    shown = DISPLAY.get(base, (base, ""))[0]
+    return f"{shown} {name}" if name else shown
 
 
 def unit(metric: str) -> str:
-    """``%``, ``px`` or empty."""
-    return DISPLAY.get(metric, (metric, ""))[1]
+    """``%``, ``px`` or empty (a class's ``dice/rnfl``: that of ``dice``)."""
+    return DISPLAY.get(metric.partition("/")[0], (metric, ""))[1]
 
 
 def percent(value: float | None, missing: str = MISSING) -> str:

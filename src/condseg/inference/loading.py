@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from condseg.data.dataset import read_image, read_mask
+from condseg.data.labels import Labels, read_class_mask
 from condseg.data.transforms import resize_image, to_tensor
 from condseg.errors import DataError, OptionError
 
@@ -68,8 +69,9 @@ class InputPlan:
 
 class ImageFiles(Dataset):
     """Item ``i``: ``{"index", "input", "shape"}`` (plus ``"image"``, the decoded RGB array,
-    with ``keep_images``; plus ``"mask"``, the original boolean mask, when ``masks`` are given),
-    or ``{"index", "error"}`` when the file cannot be used."""
+    with ``keep_images``; plus ``"mask"``, the original boolean mask, when ``masks`` are given
+    — its class ids (uint8) by the declaration ``labels`` when given), or ``{"index", "error"}``
+    when the file cannot be used."""
 
     def __init__(
         self,
@@ -79,8 +81,9 @@ class ImageFiles(Dataset):
         masks: Sequence[Path] | None = None,
         keep_images: bool = False,
         max_pixels: int | None = None,
+        labels: Labels | None = None,
     ) -> None:
-        self.files, self.masks, self.plan = list(files), masks, plan
+        self.files, self.masks, self.plan, self.labels = list(files), masks, plan, labels
         self.keep_images, self.max_pixels = keep_images, max_pixels
 
     def __len__(self) -> int:
@@ -91,7 +94,8 @@ class ImageFiles(Dataset):
             image = read_image(self.files[i], self.max_pixels)
             item = {"index": i, "input": self.plan.tensor(image), "shape": image.shape[:2]}
             if self.masks is not None:
-                mask = read_mask(self.masks[i], self.max_pixels)
+                mask = (read_mask(self.masks[i], self.max_pixels) if self.labels is None
+                        else read_class_mask(self.masks[i], self.labels, self.max_pixels))
                 if mask.shape != image.shape[:2]:
                     raise DataError(f"image {self.files[i]} and mask {self.masks[i]} differ in "
                                     "size; fix the pair or leave it out")

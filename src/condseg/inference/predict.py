@@ -344,7 +344,13 @@ def to_original_size(
     probs: dict[str, torch.Tensor], shape: Sequence[int], threshold: float = 0.5
 ) -> Prediction:
     """One image's probability maps ((H, W) tensors keyed ``mask`` and the model's map names)
-    resized back to the image size ``shape``, the mask thresholded."""
+    resized back to the image size ``shape``, the mask thresholded; a K-class mask's
+    probabilities (K, H, W) are resized, then its labels are their argmax (uint8 class ids)."""
+    if probs["mask"].ndim == 3:
+        prob = resize_probabilities(probs["mask"], shape)
+        maps = {key: resize_probabilities(p[None], shape)[0] for key, p in probs.items()
+                if key != "mask"}
+        return Prediction(prob=prob, mask=prob.argmax(0).astype(np.uint8), maps=maps)
     arrays = dict(zip(probs, resize_probabilities(torch.stack(list(probs.values())), shape),
                       strict=True))
     prob = arrays.pop("mask")

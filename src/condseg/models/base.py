@@ -49,6 +49,9 @@ class SegmentationModel(nn.Module):
 
     #: Input height and width must be multiples of this.
     input_divisor: int = 1
+    #: 1: binary (one mask logit map, sigmoid); K >= 2: K maps including the background
+    #: (softmax, argmax).
+    num_classes: int = 1
     #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size. An inference copy
     #: that needs none sets it to () (``prepare(..., maps=False)``); a model may then skip them.
     map_names: tuple[str, ...] = ()
@@ -139,6 +142,13 @@ def require_model(model: object) -> SegmentationModel:
     return model
 
 
+def class_names(model: SegmentationModel) -> tuple[str, ...] | None:
+    """The class names of a K-class model (background first) from its model file's header;
+    None for a binary model."""
+    classes = (model.meta or {}).get("classes")
+    return tuple(classes) if classes else None
+
+
 def normalization(model: SegmentationModel) -> Normalization:
     """Mean and std of the model file (None: scale to [0, 1] only), else the encoder's."""
     if model.meta is not None:
@@ -195,7 +205,8 @@ def device_of(model: nn.Module) -> torch.device:
 def probabilities(
     model: SegmentationModel, batch: Tensor, names: Sequence[str] | None = None
 ) -> dict[str, Tensor]:
-    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``.
+    """Probabilities (B, H, W) on the CPU of the mask and of the model's ``map_names``; the mask
+    of a K-class model (K logit maps) is its softmax (B, K, H, W).
 
     A NaN is refused (:class:`NonFiniteOutputError`, naming the image: ``names`` of the batch,
     else its index), never thresholded into an empty mask. An infinite logit is a certain
@@ -204,6 +215,8 @@ def probabilities(
     out = model(batch.to(device=device_of(model), dtype=torch.float32))
     logits = {"mask": out.mask, **{key: out.aux[key] for key in model.map_names}}
     probs = {key: torch.sigmoid(value.float())[:, 0].cpu() for key, value in logits.items()}
+    if out.mask.shape[1] > 1:
+        probs["mask"] = torch.softmax(out.mask.float(), 1).cpu()
     for key, prob in probs.items():
         bad = torch.isnan(prob).flatten(1).any(1).nonzero()
         if len(bad):
