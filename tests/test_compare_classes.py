@@ -28,7 +28,7 @@ from condseg.evaluation.compare import compare
 from condseg.evaluation.compare import figures as compare_figures
 from condseg.evaluation.compare.figures import class_dice
 from condseg.evaluation.compare.result import CLASSES_NOTE
-from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.evaluation.metrics import METRIC_NAMES, class_metric_names, summarize
 from condseg.evaluation.names import TABLE_METRICS
 from condseg.evaluation.stats import paired_test
 from condseg.layout import EvalDir
@@ -70,7 +70,8 @@ def write_classes_evaluation(
             row[metric] = _mean([row[f"{metric}/{cls}"] for cls in foreground])  # type: ignore[misc]
         row["accuracy"] = 0.9
         rows.append(row)
-    columns = [*PER_CLASS, *(f"{m}/{c}" for c in foreground for m in PER_CLASS), "accuracy"]
+    columns = class_metric_names(classes)
+    assert set(columns) == {k for k in rows[0] if k != "name"}  # the contract's columns
     records.write_evaluation(
         EvalDir(folder), columns, rows, summarize(rows, columns),
         {"data_root": data_root, "split": split, "resolution": "network",
@@ -116,7 +117,7 @@ def test_the_table_has_each_class_dice_beside_the_foreground_means(
         means = [_mean(list(s)) for s in scores]
         assert result.value(label, column, "dice") == pytest.approx(100 * np.mean(means))
 
-    shown = ["mIoU", "mDSC", "Recall", "Precision", "DSC rnfl", "DSC gcipl", "DSC choroid"]
+    shown = ["mIoU", "mDSC", "Recall", "Precision", "mDSC rnfl", "mDSC gcipl", "mDSC choroid"]
     markdown = (out / "compare.md").read_text()
     assert markdown.splitlines()[0] == "| " + " | ".join(
         ["Method", *(f"layers/val {name}" for name in shown)]) + " |"
@@ -132,10 +133,10 @@ def test_the_table_has_each_class_dice_beside_the_foreground_means(
     assert rows[0] == ["method", "source", *(f"layers/val {name}" for name in shown)]
     assert float(rows[2][-3]) == pytest.approx(100 * class_mean(RUN, 0), abs=1e-4)
     latex = (out / "compare.tex").read_text()
-    assert "\\multicolumn{7}{c}{layers/val}" in latex and "DSC choroid" in latex
+    assert "\\multicolumn{7}{c}{layers/val}" in latex and "mDSC choroid" in latex
     assert "binary only" in latex
     printed = console.export_text()
-    assert "DSC rnfl" in printed and "binary only" in printed
+    assert "mDSC rnfl" in printed and "binary only" in printed
 
 
 def test_the_paired_tests_are_on_the_per_image_foreground_mean_dice(two: list[Path]) -> None:
@@ -163,7 +164,7 @@ def test_runs_of_one_method_pool_each_class(tmp_path: Path) -> None:
         assert result.spread("unet", column, f"dice/{cls}") == pytest.approx(100 * np.std(means))
     assert result.classes == CLASSES
     header = (tmp_path / "out" / "compare.csv").read_text().splitlines()[0]
-    assert "layers/val DSC gcipl,layers/val DSC gcipl std" in header
+    assert "layers/val mDSC gcipl,layers/val mDSC gcipl std" in header
 
 
 def test_binary_comparisons_are_as_before(tmp_path: Path) -> None:
@@ -366,7 +367,7 @@ def test_study_md_has_the_classes_and_the_per_class_table(
     report = write_report(study, spec, protocols, plan_runs(spec, study), comparison, 1.0)
     text = report.read_text()
     assert f"- classes: {', '.join(CLASSES)}" in text
-    assert "| Method | layers/val mIoU | layers/val mDSC |" in text and "DSC choroid" in text
+    assert "| Method | layers/val mIoU | layers/val mDSC |" in text and "mDSC choroid" in text
     assert CLASSES_NOTE in text
 
 
@@ -400,9 +401,9 @@ def test_a_study_on_a_multi_class_dataset_gives_the_per_class_table(
     assert result.exit_code == 0, result.output[-3000:]
     header = (out / "comparison" / "compare.csv").read_text().splitlines()[0]
     for cls in CLASSES[1:]:
-        assert f"DSC {cls}" in header
+        assert f"mDSC {cls}" in header
     with (out / "comparison" / "stats.csv").open(newline="") as f:
         stats = list(csv.DictReader(f))
     assert [row["method"] for row in stats] == ["fpn"]
     report = (out / "study.md").read_text()
-    assert "DSC rnfl" in report and "- classes: background, rnfl, gcipl, choroid" in report
+    assert "mDSC rnfl" in report and "- classes: background, rnfl, gcipl, choroid" in report

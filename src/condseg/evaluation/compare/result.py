@@ -19,7 +19,7 @@ EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as
 #: Under a multi-class table: what its columns mean and which metrics it cannot have.
 CLASSES_NOTE = ("multi-class: mIoU, mDSC, recall and precision are means over the foreground "
                 "classes (a class absent from both ground truth and prediction left out); "
-                "DSC and a class's name: that class's Dice; S-measure, E-measure and "
+                "mDSC and a class's name: that class's Dice; S-measure, E-measure and "
                 "weighted F are binary only")
 
 
@@ -124,8 +124,7 @@ class Comparison:
         if self.classes is None:
             return TABLE_METRICS
         recorded = {m for e in self.entries for ev in e.evaluations for m in ev.metrics}
-        return (*TABLE_METRICS,
-                *(m for c in self.classes if (m := class_metric("dice", c)) in recorded))
+        return (*TABLE_METRICS, *(m for c in self.classes if (m := f"dice/{c}") in recorded))
 
     @property
     def reference(self) -> str:
@@ -192,7 +191,7 @@ class Comparison:
 
     def headers(self) -> list[str]:
         """``"<column> <metric name>"`` for every column and metric of the table."""
-        return [f"{column} {shown_name(metric)}"
+        return [f"{column} {display_name(metric)}"
                 for column in self.columns for metric in self.metrics]
 
     def values(self, label: str) -> list[float | None]:
@@ -204,16 +203,6 @@ class Comparison:
         headers()."""
         return [self.spread(label, c, m) for c in self.columns for m in self.metrics]
 
-
-def class_metric(metric: str, name: str) -> str:
-    """The record's key of ``metric`` of class ``name`` (``dice/rnfl``)."""
-    return f"{metric}/{name}"
-
-
-def shown_name(metric: str) -> str:
-    """A metric's name in a table: ``mDSC``, and a class's Dice ``DSC <class>``."""
-    base, slash, name = metric.partition("/")
-    return f"DSC {name}" if slash and base == "dice" else display_name(metric)
 
 
 def best_labels(result: Comparison, column: str, metric: str) -> set[str]:

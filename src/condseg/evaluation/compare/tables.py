@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from condseg.evaluation.compare.result import EMPTY_MARK, Comparison, best_labels, shown_name
-from condseg.evaluation.names import MISSING
+from condseg.evaluation.compare.result import EMPTY_MARK, Comparison, best_labels
+from condseg.evaluation.names import MISSING, display_name
 from condseg.files import atomic_file, write_text
 
 OUTPUT_FILES = ("compare.md", "compare.csv", "compare.tex", "stats.csv")
@@ -33,7 +33,7 @@ def print_tables(result: Comparison, console: Console) -> None:
     table.add_column("Method")
     for column in result.columns:
         for metric in result.metrics:
-            table.add_column(f"{escape(column)}\n{escape(shown_name(metric))}", justify="right")
+            table.add_column(f"{escape(column)}\n{escape(display_name(metric))}", justify="right")
     for label in result.labels:
         cells: list[Text | str] = [Text(label)]
         for column in result.columns:
@@ -173,7 +173,7 @@ def latex_table(result: Comparison) -> str:
     lines.append(" & ".join(["Method", *spans]) + " \\\\")
     rules = [f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(result.columns))]
     lines.append(" ".join(rules))
-    names = [latex_escape(shown_name(metric)) for metric in result.metrics]
+    names = [latex_escape(display_name(metric)) for metric in result.metrics]
     lines.append(" & ".join(["", *names * len(result.columns)]) + " \\\\")
     lines.append("\\midrule")
     for label in result.labels:
