@@ -6,7 +6,6 @@ matplotlib is used through its Agg canvas only, never through pyplot's global st
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,20 +21,6 @@ if TYPE_CHECKING:
 
 OVERLAY_COLOR = (255, 214, 0)
 CONTOUR_COLOR = (0, 255, 64)
-#: The first foreground classes' colours (matplotlib's ``tab10``): told apart at a glance.
-_CLASS_PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                  (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
-
-
-def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
-    """The RGB colour of each class id 0..``n_classes`` - 1: background black, then the
-    ``tab10`` colours, then hues spread by the golden ratio; the same classes always get the
-    same colours."""
-    colours = [(0, 0, 0), *_CLASS_PALETTE[: max(0, n_classes - 1)]]
-    for i in range(len(colours) - 1, n_classes - 1):
-        rgb = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
-        colours.append((round(255 * rgb[0]), round(255 * rgb[1]), round(255 * rgb[2])))
-    return colours
 
 
 def overlay(
@@ -52,10 +37,7 @@ def overlay(
     With ``prob`` the tint follows the probability, so uncertain borders show as faint tint
     outside the outline of the thresholded mask.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"overlay needs a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}"
-        )
+    _check_rgb(image, "overlay")
     _check_same_size(image, mask, "mask")
     weight = mask.astype(np.float32)
     if prob is not None:
@@ -67,6 +49,74 @@ def overlay(
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     thickness = max(1, round(max(image.shape[:2]) / 256))
     cv2.drawContours(out, contours, -1, contour_color, thickness)
+    return out
+
+
+#: RGB of class ids 1..10 (background, id 0, is black); each has a channel that is not a
+#: multiple of 32, so none equals a colour of the rule of the later ids (:func:`class_colours`).
+CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                 (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
+
+
+def class_colours(count: int) -> np.ndarray:
+    """The fixed palette, (count, 3) uint8 RGB of class ids 0..count-1: black for the
+    background, :data:`CLASS_COLOURS` for ids 1..10, and for later ids the PASCAL VOC rule
+    (the id's bits spread over red, green and blue from the high bit down) — 255 distinct."""
+    colours = np.zeros((count, 3), np.uint8)
+    for i in range(1, count):
+        if i <= len(CLASS_COLOURS):
+            colours[i] = CLASS_COLOURS[i - 1]
+            continue
+        for bit in range(8):
+            for channel in range(3):
+                colours[i, channel] |= ((i >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colours
+
+
+def colour_labels(labels: np.ndarray, count: int) -> np.ndarray:
+    """Class ids (H, W) as uint8 RGB (H, W, 3) in :func:`class_colours` (an id of no class,
+    e.g. 255 ignored, white)."""
+    palette = np.vstack([class_colours(count), np.full((256 - count, 3), 255, np.uint8)])
+    return palette[labels.astype(np.uint8)]
+
+
+def class_overlay(
+    image: np.ndarray, labels: np.ndarray, count: int, *, alpha: float = 0.4
+) -> np.ndarray:
+    """The image tinted by class (:func:`class_colours`; the background untinted) with each
+    class outlined in its colour, as uint8 RGB (H, W, 3): :func:`overlay` for K classes."""
+    _check_rgb(image, "overlay")
+    _check_same_size(image, labels, "labels")
+    colours = class_colours(count)
+    weight = (alpha * (labels > 0))[..., None].astype(np.float32)
+    tinted = image.astype(np.float32) * (1 - weight) + colours[labels].astype(np.float32) * weight
+    out = np.ascontiguousarray(np.rint(tinted).astype(np.uint8))
+    thickness = max(1, round(max(image.shape[:2]) / 256))
+    for i in range(1, count):
+        contours, _ = cv2.findContours((labels == i).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[i]), thickness)
+    return out
+
+
+def with_legend(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``image`` (H, W, 3) with a legend below it on white: one row per class, its colour
+    (:func:`class_colours`) and ``id name`` (non-ASCII characters escaped: OpenCV's fonts
+    have none); widened on white when the legend is wider."""
+    scale = max(0.35, min(image.shape[:2]) / 512)
+    texts = [f"{i} {name}".encode("ascii", "backslashreplace").decode() for i, name in
+             enumerate(names)]
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0] for t in texts]
+    row = max(h for _, h in sizes) * 2
+    width = max(image.shape[1], row + 2 * row // 4 + max(w for w, _ in sizes))
+    out = np.full((image.shape[0] + row * len(texts) + row // 4, width, 3), 255, np.uint8)
+    out[:image.shape[0], :image.shape[1]] = image
+    for i, (text, colour) in enumerate(zip(texts, class_colours(len(names)), strict=True)):
+        top = image.shape[0] + row // 4 + i * row
+        cv2.rectangle(out, (row // 4, top), (row // 4 + row * 3 // 4, top + row * 3 // 4),
+                      tuple(int(c) for c in colour), -1)
+        cv2.putText(out, text, (row + row // 4, top + row * 5 // 8), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -139,6 +189,12 @@ def _read_epoch_values(path: Path) -> dict[str, dict[int, float]]:
         for key, value in row.items():
             values.setdefault(key, {})[epoch] = value
     return values
+
+
+def _check_rgb(image: np.ndarray, what: str) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{what} needs a uint8 RGB image (H, W, 3), got {image.dtype} "
+                         f"{image.shape}")
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, what: str) -> None:
@@ -216,12 +272,12 @@ def draw_class_mask(ax: Axes, image: np.ndarray, mask: np.ndarray, n_classes: in
     """``image`` with each foreground class of the class-id ``mask`` tinted and outlined in its
     colour (:func:`class_colours`); the background and ignored pixels are left as they are."""
     _check_same_size(image, mask, "mask")
-    colours = np.float32(class_colours(n_classes)) / 255
+    colours = class_colours(n_classes).astype(np.float32) / 255
     mask = np.asarray(mask)
     drawn = (mask >= 1) & (mask < n_classes)
     tint = np.zeros((*mask.shape, 4), np.float32)
-    tint[drawn] = np.concatenate([colours[mask[drawn]], np.full((drawn.sum(), 1), alpha,
-                                                                np.float32)], axis=1)
+    tint[drawn, :3] = colours[mask[drawn]]
+    tint[drawn, 3] = alpha
     ax.imshow(image, interpolation="nearest")
     ax.imshow(tint, interpolation="nearest")
     for class_id in range(1, n_classes):
@@ -235,7 +291,7 @@ def class_legend(fig: Figure, classes: Sequence[str]) -> None:
     """A legend below the figure naming the colour of each foreground class."""
     from matplotlib.patches import Patch
 
-    colours = np.float32(class_colours(len(classes))) / 255
+    colours = class_colours(len(classes)).astype(np.float32) / 255
     handles = [Patch(facecolor=tuple(colours[i]), label=_plain(name))
                for i, name in enumerate(classes) if i > 0]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
