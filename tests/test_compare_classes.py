@@ -328,9 +328,15 @@ def test_a_k_class_model_is_drawn_in_class_colours(layers: Path, tmp_path: Path)
                               std=[0.25] * 3, input_size=64)
     folder = write_classes_evaluation(tmp_path / "ref", REF[:3], names=names,
                                       data_root=str(layers), model_file=str(path))
+    masks = compare_figures.predicted_masks(path, [np.zeros((64, 64, 3), np.uint8)])
+    assert masks[0].dtype == np.uint8 and set(np.unique(masks[0])) <= {0, 1, 2, 3}
     result = compare([folder], figure_dir=tmp_path / "figures", images=",".join(names))
     assert not [n for n in result.notes if "predictions.png" in n], result.notes
     assert result.figure_images == names
+    with Image.open(tmp_path / "figures" / "predictions.png") as im:
+        present = {tuple(p) for p in np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3),
+                                                axis=0)}
+    assert all(tuple(colour) in present for colour in class_colours(4)[1:])  # the legend
 
 
 # --------------------------------------------------------------------------- study
