@@ -213,11 +213,12 @@ def prediction_grid(
     captions: Mapping[str, Sequence[str]] | None = None,
     *,
     pdf: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Write :func:`draw_prediction_grid` to ``out_png`` (and, with ``pdf``, as vector PDF
     beside it)."""
-    return save_figure(draw_prediction_grid(names, images, truths, predictions, captions),
-                       out_png, pdf=pdf)
+    return save_figure(draw_prediction_grid(names, images, truths, predictions, captions,
+                                            classes), out_png, pdf=pdf)
 
 
 def draw_prediction_grid(
@@ -226,10 +227,13 @@ def draw_prediction_grid(
     truths: Sequence[np.ndarray],
     predictions: Mapping[str, Sequence[np.ndarray]],
     captions: Mapping[str, Sequence[str]] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Figure:
     """One row per image, labelled with its name: the image, then its ground truth and each
     method's predicted mask drawn alike over the image (tint and outline), as in the ConDSeg
-    paper's Fig. 2. Outlines are vector paths, so they stay sharp in a PDF.
+    paper's Fig. 2. Outlines are vector paths, so they stay sharp in a PDF. With ``classes``
+    (background first) the masks are class ids, each class in its colour
+    (:func:`class_colours`) and named in a legend below.
 
     Every cell is its own axes, so images of different sizes keep their aspect ratio.
     """
@@ -248,14 +252,50 @@ def draw_prediction_grid(
         axes[r][0].imshow(image, interpolation="nearest")
         axes[r][0].set_ylabel(_plain(name), fontsize="small")
         for ax, mask, caption in zip(axes[r][1:], masks, notes, strict=True):
-            draw_mask(ax, image, mask)
+            if classes is None:
+                draw_mask(ax, image, mask)
+            else:
+                draw_class_mask(ax, image, mask, len(classes))
             ax.set_xlabel(_plain(caption), fontsize="small")
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(_plain(headers[c]), fontsize="medium")
+    if classes is not None:
+        class_legend(fig, classes)
     return fig
+
+
+def draw_class_mask(ax: Axes, image: np.ndarray, mask: np.ndarray, n_classes: int,
+                    alpha: float = 0.5) -> None:
+    """``image`` with each foreground class of the class-id ``mask`` tinted and outlined in its
+    colour (:func:`class_colours`); the background and ignored pixels are left as they are."""
+    _check_same_size(image, mask, "mask")
+    colours = class_colours(n_classes).astype(np.float32) / 255
+    mask = np.asarray(mask)
+    drawn = (mask >= 1) & (mask < n_classes)
+    tint = np.zeros((*mask.shape, 4), np.float32)
+    tint[drawn, :3] = colours[mask[drawn]]
+    tint[drawn, 3] = alpha
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(tint, interpolation="nearest")
+    for class_id in range(1, n_classes):
+        region = mask == class_id
+        if region.any() and not region.all():  # a constant mask has no outline to draw
+            ax.contour(region.astype(np.float32), levels=[0.5], linewidths=1.0,
+                       colors=[tuple(colours[class_id])])
+
+
+def class_legend(fig: Figure, classes: Sequence[str]) -> None:
+    """A legend below the figure naming the colour of each foreground class."""
+    from matplotlib.patches import Patch
+
+    colours = class_colours(len(classes)).astype(np.float32) / 255
+    handles = [Patch(facecolor=tuple(colours[i]), label=_plain(name))
+               for i, name in enumerate(classes) if i > 0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
+               fontsize="small", frameon=False)
 
 
 def draw_mask(ax: Axes, image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> None:

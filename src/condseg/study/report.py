@@ -1,6 +1,7 @@
 """What a study shows: the protocol every method receives with what each recipe gave up (on
-the console before any run), and ``study.md`` — protocol, machine, every run's wall time and
-peak memory, what each recipe gave up, and the comparison."""
+the console before any run), and ``study.md`` — protocol (with the dataset's classes when it
+has several), machine, every run's wall time and peak memory, what each recipe gave up, and the
+comparison (multi-class: with each class's Dice)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from condseg import __version__
+from condseg.data.labels import read_labels
 from condseg.evaluation.compare import Comparison
 from condseg.evaluation.compare.tables import OUTPUT_FILES, markdown_cell, markdown_row
 from condseg.files import write_text
@@ -61,6 +63,15 @@ def change_lines(protocol: MethodProtocol) -> list[str]:
             for c in protocol.changes]
 
 
+def _classes_line(spec: StudySpec) -> list[str]:
+    """``- classes: ...`` of a multi-class dataset (none for a binary one)."""
+    labels = read_labels(spec.data) if spec.data is not None else None
+    if labels is None or labels.foreground < 2:
+        return []
+    return [f"- classes: {markdown_cell(', '.join(labels.names))} (each class's Dice in the "
+            "comparison)"]
+
+
 def _show(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(
         value)
@@ -93,7 +104,7 @@ def write_report(
     lines = [f"# Study {md(spec.description or study.path.name)}", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; this call took "
              f"{wall_s / 60:.1f} min.", "", "## Protocol", "",
-             f"- data: `{md(str(spec.data))}`",
+             f"- data: `{md(str(spec.data))}`", *_classes_line(spec),
              f"- runs: {md(protocol_line(spec).split('; ', 1)[1])}",
              f"- launcher: {spec.launcher.name}, {spec.launcher.jobs} job(s) at once",
              f"- machine: {md(machine())}",

@@ -6,7 +6,10 @@ or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evalu
 Each input is a row (or, with ``pool``, the runs of one method are one row: :mod:`.pool`); each
 dataset (data root name / split) contributes mIoU, mDSC, recall and precision in percent. The
 first row is the reference: every later row evaluated on the same images gets a paired
-Wilcoxon test and a bootstrap interval of its per-image Dice gain.
+Wilcoxon test and a bootstrap interval of its per-image Dice gain. Multi-class evaluations
+(their summary names the ``classes``) add each class's Dice to every dataset; their Dice, IoU,
+recall and precision are means over the foreground classes, so the paired tests are on the
+per-image foreground-mean Dice. Evaluations of different classes are not compared.
 
 The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`.result`),
 keeps apart what is not comparable and refuses what would count twice (:mod:`.identity`: by
@@ -35,6 +38,7 @@ from condseg.evaluation.compare.identity import (
     identical_notes,
     protocol_notes,
     refuse_duplicates,
+    refuse_mixed_classes,
     unrecorded_notes,
 )
 from condseg.evaluation.compare.inputs import (
@@ -94,6 +98,7 @@ def compare(
 
     entries = [read_input(Path(p)) for p in inputs]
     refuse_duplicates(entries)
+    refuse_mixed_classes(entries)
     assign_labels(entries, labels, pool)
     columns, notes = assign_columns(entries, pool)
     notes += [*validation_notes(entries, columns), *protocol_notes(entries, columns),

@@ -1,11 +1,11 @@
 """The comparison as figures: each method's predicted masks on chosen shared images (the
-ConDSeg paper's Fig. 2) and the validation curves of each run (its Fig. 5). Each model is
-loaded and prepared for inference once, then predicts every chosen image as ``condseg predict``
-would."""
+ConDSeg paper's Fig. 2; multi-class: coloured by class, with a legend) and the validation
+curves of each run (its Fig. 5). Each model is loaded and prepared for inference once, then
+predicts every chosen image as ``condseg predict`` would."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 
 from condseg.errors import CompareError, CondsegError
 from condseg.evaluation.compare.result import Comparison, Entry
-from condseg.evaluation.names import display_name
+from condseg.evaluation.names import MISSING, display_name
 from condseg.evaluation.overlap import overlap_scores
 from condseg.records import read_result
 
@@ -164,19 +164,19 @@ def predicted_masks(path: Path, images: Sequence[np.ndarray]) -> list[np.ndarray
 def prediction_figure(
     result: Comparison, out_png: Path, chosen: tuple[Path, list[str]] | str
 ) -> FigureResult:
-    """Image, ground truth and each method's predicted mask for the chosen shared images."""
-    from condseg.data.dataset import find_pair, read_image, read_mask
-    from condseg.data.labels import require_binary
+    """Image, ground truth and each method's predicted mask for the chosen shared images;
+    multi-class masks (class ids) in the colour of each class."""
+    from condseg.data.dataset import find_pair, read_image
     from condseg.viz import prediction_grid
 
     if isinstance(chosen, str):
         return [], [f"predictions.png not written: {chosen}"]
     root, names = chosen
     try:
-        require_binary(root)  # the ground truth is read as binary below
+        read_truth, classes = truth_reader(root, result.classes)
         pairs = [find_pair(root, name) for name in names]
         images = [read_image(image) for image, _ in pairs]
-        truths = [read_mask(mask) for _, mask in pairs]
+        truths = [read_truth(mask) for _, mask in pairs]
     except CondsegError as exc:
         return [], [f"predictions.png not written: {exc}"]
     notes: list[str] = []
@@ -193,19 +193,63 @@ def prediction_figure(
         except (OSError, ValueError, CondsegError) as exc:
             notes.append(f"{entry.label} left out of predictions.png: {exc}")
             continue
-        captions[entry.label] = [f"Dice {100 * dice(m, t):.1f}"
+        captions[entry.label] = [caption(m, t, classes)
                                  for m, t in zip(masks[entry.label], truths, strict=True)]
     if not masks:
         return [], [*notes, "predictions.png not written: no model could be loaded"]
-    prediction_grid(names, images, truths, masks, out_png, captions=captions, pdf=True)
+    prediction_grid(names, images, truths, masks, out_png, captions=captions, pdf=True,
+                    classes=classes)
     result.figure_images = list(names)
     return [out_png, out_png.with_suffix(".pdf")], notes
+
+
+def truth_reader(
+    root: Path, classes: tuple[str, ...] | None
+) -> tuple[Callable[[Path], np.ndarray], tuple[str, ...] | None]:
+    """How to read a ground-truth mask of ``root`` (binary, or class ids by its
+    ``labels.json``) and its class names (None: binary); a dataset whose declaration is not the
+    evaluations' ``classes`` is refused (CondsegError)."""
+    from condseg.data.dataset import read_mask
+    from condseg.data.labels import read_class_mask, read_labels, require_binary
+
+    if classes is None:
+        require_binary(root)
+        return read_mask, None
+    labels = read_labels(root)
+    # the evaluations' classes, recorded with the background or without it
+    if labels is None or classes not in (labels.names, labels.names[1:]):
+        declared = ", ".join(labels.names) if labels is not None else "none"
+        raise CompareError(f"dataset {root} declares classes {declared}, not the evaluations' "
+                           f"{', '.join(classes)}")
+    return (lambda path: read_class_mask(path, labels)), labels.names
+
+
+def caption(mask: np.ndarray, truth: np.ndarray, classes: tuple[str, ...] | None) -> str:
+    """``Dice 81.2`` of one predicted mask: binary, or the foreground-mean of class ids."""
+    score = dice(mask, truth) if classes is None else class_dice(mask, truth, len(classes))
+    return f"Dice {MISSING if score is None else f'{100 * score:.1f}'}"
 
 
 def dice(mask: np.ndarray, truth: np.ndarray) -> float:
     """The evaluation's Dice (:func:`~condseg.evaluation.overlap.overlap_scores`) of one mask."""
     scores = overlap_scores(torch.as_tensor(mask)[None], torch.as_tensor(truth)[None])
     return float(scores["dice"][0])
+
+
+def class_dice(mask: np.ndarray, truth: np.ndarray, n_classes: int) -> float | None:
+    """The foreground-mean Dice of class ids (the evaluation's rule): each foreground class
+    present in the truth or the prediction, ignored pixels counting for nothing; None when no
+    class is present."""
+    from condseg.data.labels import IGNORE_ID
+
+    ids = np.arange(1, n_classes)[:, None, None]
+    kept = truth != IGNORE_ID
+    pred, gt = (mask == ids) & kept, (truth == ids) & kept
+    present = (pred | gt).any(axis=(1, 2))
+    if not present.any():
+        return None
+    scores = overlap_scores(torch.as_tensor(pred[present]), torch.as_tensor(gt[present]))
+    return float(scores["dice"].mean())
 
 
 #: The panels of the curves figure (the paper's Fig. 5), by ``metrics.csv`` column.

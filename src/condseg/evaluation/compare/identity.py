@@ -11,6 +11,8 @@ and the comparison goes by them:
 - different data under one column name is shown in a column per data root (named by as much
   of the root's path as tells them apart, with a note); different data from one root (its
   masks or its split changed in between) is refused;
+- evaluations of different classes (a binary one beside a multi-class one included) are
+  refused: their columns would mean different things;
 - different protocols in one column (input size, threshold, test-time augmentation, sliding
   windows, precision) are kept and named in the notes with the rows of each value;
 - evaluations written before this record are compared by names alone, as a note says.
@@ -86,6 +88,26 @@ def refuse_duplicates(entries: Sequence[Entry]) -> None:
             raise CompareError(
                 f"{a.path} and {b.path} evaluate the same model on the same data under the same "
                 "protocol (a run and its copy?), so they would count as two runs; give one of them")
+
+
+def refuse_mixed_classes(entries: Sequence[Entry]) -> None:
+    """Refuse evaluations of different classes (names or number) in one comparison, a binary
+    one beside a multi-class one included: their columns would mean different things."""
+    evaluations = [e for entry in entries for e in entry.evaluations]
+    first = evaluations[0]
+    for other in evaluations[1:]:
+        if other.classes == first.classes:
+            continue
+        a, b = (first, other) if first.classes is None or other.classes is not None else (
+            other, first)
+        if a.classes is None:
+            raise CompareError(
+                f"{a.path} is a binary evaluation but {b.path} has classes "
+                f"{', '.join(b.classes or ())}; binary and multi-class evaluations are not "
+                "compared: give evaluations of one task")
+        raise CompareError(
+            f"{a.path} has classes {', '.join(a.classes)} but {b.path} has "
+            f"{', '.join(b.classes or ())}; compare evaluations of one set of classes")
 
 
 def _measurement(evaluation: Evaluation) -> str:

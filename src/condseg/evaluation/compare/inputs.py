@@ -24,7 +24,7 @@ def read_evaluation(path: Path) -> Evaluation:
         raise InputNotFoundError(f"{folder.per_image} not found; {todo}")
     record = records.read_evaluation(folder, CompareError, todo)
     return Evaluation(path=path, protocol=record.protocol, metrics=record.metrics,
-                      per_image=record.scores())
+                      per_image=record.scores(), classes=record.classes)
 
 
 def read_run(path: Path) -> RunInfo:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from condseg.evaluation.compare.result import Entry, Evaluation
-from condseg.evaluation.metrics import summarize
+from condseg.evaluation.metrics import METRIC_NAMES, summarize
 
 
 def pool_entries(entries: Sequence[Entry]) -> list[Entry]:
@@ -42,18 +42,20 @@ def pooled_evaluation(runs: Sequence[Evaluation]) -> Evaluation:
     that scored it. Path and protocol (data root, model file) are the first run's."""
     run_means = [{metric: _finite(figures.get("mean")) for metric, figures in e.metrics.items()}
                  for e in runs]
+    metrics = dict.fromkeys([*METRIC_NAMES, *(m for means in run_means for m in means)])
     names = dict.fromkeys(name for e in runs for name in e.per_image)
     per_image = {name: _means([e.per_image[name] for e in runs if name in e.per_image])
                  for name in names}
     first = runs[0]
-    return Evaluation(path=first.path, protocol=first.protocol, metrics=summarize(run_means),
-                      per_image=per_image, column=first.column, pooled=list(runs))
+    return Evaluation(path=first.path, protocol=first.protocol,
+                      metrics=summarize(run_means, metrics), per_image=per_image,
+                      column=first.column, classes=first.classes, pooled=list(runs))
 
 
 def _means(rows: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
     """The mean of each metric over ``rows`` that have it (None where none has)."""
-    return {metric: figures["mean"] for metric, figures in summarize(rows).items()
-            if any(metric in row for row in rows)}
+    names = dict.fromkeys(metric for row in rows for metric in row)
+    return {metric: figures["mean"] for metric, figures in summarize(rows, names).items()}
 
 
 def _finite(value: object) -> float | None:

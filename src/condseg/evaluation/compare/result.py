@@ -16,6 +16,11 @@ from condseg.layout import RunDir
 EMPTY_MARK = "†"
 EMPTY_NOTE = (f"{EMPTY_MARK} precision counts images with an empty prediction as 100 (0/0); "
               "such values are not ranked")
+#: Under a multi-class table: what its columns mean and which metrics it cannot have.
+CLASSES_NOTE = ("multi-class: mIoU, mDSC, recall and precision are means over the foreground "
+                "classes (a class absent from both ground truth and prediction left out); "
+                "mDSC and a class's name: that class's Dice; S-measure, E-measure and "
+                "weighted F are binary only")
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Evaluation:
     metrics: dict[str, dict[str, Any]]
     per_image: dict[str, dict[str, float | None]]
     column: str = ""
+    classes: tuple[str, ...] | None = None  # the class names of a multi-class one
     pooled: list[Evaluation] = field(default_factory=list)  # the runs' own; empty: one run
 
     def empty_predictions(self) -> int:
@@ -106,6 +112,21 @@ class Comparison:
         return [e.label for e in self.entries]
 
     @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names of every evaluation (one set: :func:`.identity.refuse_mixed_classes`);
+        None for binary."""
+        return self.entries[0].evaluations[0].classes
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics of each dataset column: Table 1's four and, multi-class, each class's
+        Dice (``dice/<class>``) that the evaluations recorded."""
+        if self.classes is None:
+            return TABLE_METRICS
+        recorded = {m for e in self.entries for ev in e.evaluations for m in ev.metrics}
+        return (*TABLE_METRICS, *(m for c in self.classes if (m := f"dice/{c}") in recorded))
+
+    @property
     def reference(self) -> str:
         return self.entries[0].label
 
@@ -151,7 +172,12 @@ class Comparison:
 
     def any_degenerate(self) -> bool:
         return any(self.degenerate(label, column, metric) for label in self.labels
-                   for column in self.columns for metric in TABLE_METRICS)
+                   for column in self.columns for metric in self.metrics)
+
+    def table_notes(self) -> list[str]:
+        """The lines under a table: the empty-prediction mark, what a multi-class one holds."""
+        return ([EMPTY_NOTE] if self.any_degenerate() else []) + (
+            [CLASSES_NOTE] if self.classes is not None else [])
 
     def text(self, label: str, column: str, metric: str, missing: str = MISSING) -> str:
         """The value as printed in the tables: two decimals, ``± std`` over the runs of a
@@ -166,16 +192,17 @@ class Comparison:
     def headers(self) -> list[str]:
         """``"<column> <metric name>"`` for every column and metric of the table."""
         return [f"{column} {display_name(metric)}"
-                for column in self.columns for metric in TABLE_METRICS]
+                for column in self.columns for metric in self.metrics]
 
     def values(self, label: str) -> list[float | None]:
         """The row of ``label``: percent per column and metric, in the order of headers()."""
-        return [self.value(label, c, m) for c in self.columns for m in TABLE_METRICS]
+        return [self.value(label, c, m) for c in self.columns for m in self.metrics]
 
     def spreads(self, label: str) -> list[float | None]:
         """The std over runs of the row of ``label`` (:meth:`spread`), in the order of
         headers()."""
-        return [self.spread(label, c, m) for c in self.columns for m in TABLE_METRICS]
+        return [self.spread(label, c, m) for c in self.columns for m in self.metrics]
+
 
 
 def best_labels(result: Comparison, column: str, metric: str) -> set[str]:

@@ -14,12 +14,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from condseg.evaluation.compare.result import EMPTY_MARK, EMPTY_NOTE, Comparison, best_labels
-from condseg.evaluation.names import MISSING, TABLE_METRICS, display_name
+from condseg.evaluation.compare.result import EMPTY_MARK, Comparison, best_labels
+from condseg.evaluation.names import MISSING, display_name
 from condseg.files import atomic_file, write_text
 
 OUTPUT_FILES = ("compare.md", "compare.csv", "compare.tex", "stats.csv")
-_SHOWN_NAMES = [display_name(metric) for metric in TABLE_METRICS]
 
 
 # --------------------------------------------------------------------------- console
@@ -30,16 +29,15 @@ def print_tables(result: Comparison, console: Console) -> None:
     runs = sum(entry.n_runs for entry in result.entries)
     title = (f"Comparison ({len(result.entries)} methods, {runs} runs, percent: mean ± std over "
              "runs)" if result.pooled else f"Comparison ({len(result.entries)} methods, percent)")
-    table = Table(title=title,
-                  caption=EMPTY_NOTE if result.any_degenerate() else None)
+    table = Table(title=title, caption="\n".join(result.table_notes()) or None)
     table.add_column("Method")
     for column in result.columns:
-        for name in _SHOWN_NAMES:
-            table.add_column(f"{escape(column)}\n{name}", justify="right")
+        for metric in result.metrics:
+            table.add_column(f"{escape(column)}\n{escape(display_name(metric))}", justify="right")
     for label in result.labels:
         cells: list[Text | str] = [Text(label)]
         for column in result.columns:
-            for metric in TABLE_METRICS:
+            for metric in result.metrics:
                 bold = label in best_labels(result, column, metric)
                 cells.append(Text(result.text(label, column, metric),
                                   style="bold" if bold else ""))
@@ -58,9 +56,10 @@ def print_notes(result: Comparison, console: Console) -> None:
 
 
 def stats_table(result: Comparison) -> Table:
-    """Mean per-image Dice gain over the reference in percentage points, its bootstrap 95%
-    interval and the Wilcoxon signed-rank p value."""
-    table = Table(title=Text(f"Paired per-image Dice against {result.reference}"))
+    """Mean per-image Dice gain over the reference in percentage points (multi-class: of the
+    foreground-mean Dice), its bootstrap 95% interval and the Wilcoxon signed-rank p value."""
+    dice = "Dice" if result.classes is None else "foreground-mean Dice"
+    table = Table(title=Text(f"Paired per-image {dice} against {result.reference}"))
     for name in ("Method", "Dataset", "n images", "mean ΔDice (pp)", "95% CI (pp)",
                  "Wilcoxon p"):
         table.add_column(name, justify="left" if name in ("Method", "Dataset") else "right")
@@ -141,13 +140,13 @@ def markdown_table(result: Comparison) -> str:
     for label in result.labels:
         cells = [label]
         for column in result.columns:
-            for metric in TABLE_METRICS:
+            for metric in result.metrics:
                 text = result.text(label, column, metric)
                 cells.append(f"**{text}**" if label in best_labels(result, column, metric)
                              else text)
         lines.append(markdown_row(cells))
-    if result.any_degenerate():
-        lines += ["", EMPTY_NOTE]
+    for note in result.table_notes():
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -165,31 +164,33 @@ def markdown_cell(text: str) -> str:
 
 
 def latex_table(result: Comparison) -> str:
-    """A booktabs ``tabular``: datasets as spanning headers over the four metrics, the best
-    value of each column in bold (needs ``\\usepackage{booktabs}``)."""
-    k = len(TABLE_METRICS)
+    """A booktabs ``tabular``: datasets as spanning headers over the four metrics (and each
+    class's Dice), the best value of each column in bold (needs ``\\usepackage{booktabs}``)."""
+    k = len(result.metrics)
     spec = "l" + " ".join("c" * k for _ in result.columns)
     lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
     spans = [f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(c)}}}" for c in result.columns]
     lines.append(" & ".join(["Method", *spans]) + " \\\\")
     rules = [f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(result.columns))]
     lines.append(" ".join(rules))
-    lines.append(" & ".join(["", *_SHOWN_NAMES * len(result.columns)]) + " \\\\")
+    names = [latex_escape(display_name(metric)) for metric in result.metrics]
+    lines.append(" & ".join(["", *names * len(result.columns)]) + " \\\\")
     lines.append("\\midrule")
     for label in result.labels:
         cells = [latex_escape(label)]
         for column in result.columns:
-            for metric in TABLE_METRICS:
+            for metric in result.metrics:
                 text = result.text(label, column, metric, missing="--")
                 text = text.replace(EMPTY_MARK, "$^\\dagger$").replace("±", "$\\pm$")
                 best = label in best_labels(result, column, metric)
                 cells.append(f"\\textbf{{{text}}}" if best else text)
         lines.append(" & ".join(cells) + " \\\\")
     lines.append("\\bottomrule")
-    if result.any_degenerate():
-        note = latex_escape(EMPTY_NOTE.removeprefix(EMPTY_MARK))
+    for note in result.table_notes():
+        mark = "$^\\dagger$" if note.startswith(EMPTY_MARK) else ""
         lines.append(f"\\multicolumn{{{1 + k * len(result.columns)}}}{{l}}"
-                     f"{{\\footnotesize $^\\dagger${note}}} \\\\")
+                     f"{{\\footnotesize {mark}{latex_escape(note.removeprefix(EMPTY_MARK))}}} "
+                     "\\\\")
     lines.append("\\end{tabular}")
     return "\n".join(lines) + "\n"
 
