@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from condseg.cli import app
@@ -37,6 +38,7 @@ from condseg.models.model_file import read_header
 from condseg.training.classes import with_dataset_classes
 from condseg.training.hooks import MultiScale
 from condseg.training.module import class_scores
+from condseg.training.run import train
 
 runner = CliRunner()
 K = 4  # the layers task: background, rnfl, gcipl, choroid
@@ -275,6 +277,17 @@ def test_one_epoch_on_the_layers_task(layers: Path, tmp_path: Path) -> None:
     metrics = (run / "train" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val_dice_rnfl", "val_dice_gcipl", "val_dice_choroid", "val_mdsc"} <= set(metrics)
     assert list((run / "train" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_binary_loss_is_refused_before_anything_is_written(layers: Path,
+                                                             tmp_path: Path) -> None:
+    config = load_config("default", ["method=unet", "model.options.encoder=resnet18",
+                                     "model.pretrained=false", "stages.train.loss.name=condseg-sid",
+                                     "data.size=32", "data.num_workers=0"])
+    with pytest.raises(TrainingError, match="loss 'condseg-sid' takes one logit map") as exc:
+        train(config, layers, tmp_path / "run", console=Console(quiet=True))
+    assert "\n" not in str(exc.value) and "stages.train.loss.name=bce-dice" in str(exc.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_condseg_refuses_classes_before_anything_is_written(layers: Path, tmp_path: Path) -> None:
