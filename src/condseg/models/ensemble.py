@@ -28,15 +28,15 @@ from condseg.models.registry import create_model, register_model
 
 
 def mean_probability_logits(logits: Sequence[Tensor]) -> Tensor:
-    """Logits whose sigmoid (one channel) or softmax over the channels (K >= 2) is the mean of
-    those of ``logits`` (each (B, C, H, W)).
+    """Logits whose sigmoid, or softmax over the channels of (B, K, H, W) maps with K >= 2, is
+    the mean of those of ``logits``.
 
     One channel: log(mean σ(z)) − log(mean σ(−z)); K: log(mean softmax(z)); with log σ and
     log softmax computed stably. Averaging probabilities, not logits (a confident member must
     not outvote the others by its logit's size), with no clamp.
     """
     z = torch.stack([t.float() for t in logits])
-    if z.shape[2] == 1:
+    if z.ndim != 5 or z.shape[2] == 1:
         return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
     return torch.logsumexp(F.log_softmax(z, dim=2), 0) - math.log(len(logits))
 
@@ -56,12 +56,11 @@ class Ensemble(SegmentationModel):
         self.members = nn.ModuleList(
             create_model(m["name"], **dict(m.get("options", {}))) for m in members
         )
-        other = [i for i, m in enumerate(self.members) if m.num_classes != num_classes]
-        if other:
-            raise EnsembleError(
-                f"ensemble members must all have num_classes={num_classes}; member "
-                f"{other[0]} ({self.members[other[0]].name}) has "
-                f"{self.members[other[0]].num_classes}")
+        for i, member in enumerate(self.members):
+            if member.num_classes != num_classes:
+                raise EnsembleError(f"ensemble members must all have num_classes={num_classes} "
+                                    f"(the ensemble's); member {i} ({member.name}) has "
+                                    f"{member.num_classes}")
         self.num_classes = num_classes
         self.input_divisor = math.lcm(*(m.input_divisor for m in self.members))
         first = self.members[0].map_names
