@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from condseg.cli import app
@@ -37,6 +38,7 @@ from condseg.models.model_file import read_header
 from condseg.training.classes import with_dataset_classes
 from condseg.training.hooks import MultiScale
 from condseg.training.module import class_scores
+from condseg.training.run import train
 
 runner = CliRunner()
 K = 4  # the layers task: background, rnfl, gcipl, choroid
@@ -191,11 +193,11 @@ def test_structure_loss_k_form_leaves_out_ignored_pixels() -> None:
 
 
 def test_structure_loss_with_lossnet_takes_k_classes(vgg_file: Path) -> None:
-    logits, ids = _logits_and_ids(seed=5, b=1, size=16)
+    logits, ids = _logits_and_ids(seed=5, b=1, k=3, size=16)  # LossNet's VGG is slow on a CPU
     loss = StructureLoss(lossnet=True, lossnet_weights=vgg_file)
     parts = loss({"image": ModelOutput(mask=logits)}, ids)
-    each = [loss.lossnet(*(x.view(1, K - 1, 1, 16, 16)[:, c] for x in lossnet_maps(logits, ids)))
-            for c in range(K - 1)]
+    each = [loss.lossnet(*(x.view(1, 2, 1, 16, 16)[:, c] for x in lossnet_maps(logits, ids)))
+            for c in range(2)]
     assert torch.allclose(parts["lossnet"], torch.stack(each).mean(), rtol=1e-4)
 
 
@@ -257,6 +259,7 @@ def test_one_epoch_on_the_layers_task(layers: Path, tmp_path: Path) -> None:
         "train", "--epochs", "1", "model.options.encoder=resnet18", "model.pretrained=false",
         "model.options.decoder_channels=[32,16,16,8,8]", "data.size=32", "data.batch_size=2",
         "data.num_workers=0", "progress_bar=false", "precision=32",
+        "log_images_every_n_epochs=1",  # TensorBoard's grid draws class ids too
     ], terminal_width=400)
     assert result.exit_code == 0, result.output
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -273,6 +276,18 @@ def test_one_epoch_on_the_layers_task(layers: Path, tmp_path: Path) -> None:
     assert header_of_file["arch"]["options"]["num_classes"] == K
     metrics = (run / "train" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val_dice_rnfl", "val_dice_gcipl", "val_dice_choroid", "val_mdsc"} <= set(metrics)
+    assert list((run / "train" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_binary_loss_is_refused_before_anything_is_written(layers: Path,
+                                                             tmp_path: Path) -> None:
+    config = load_config("default", ["method=unet", "model.options.encoder=resnet18",
+                                     "model.pretrained=false", "stages.train.loss.name=condseg-sid",
+                                     "data.size=32", "data.num_workers=0"])
+    with pytest.raises(TrainingError, match="loss 'condseg-sid' takes one logit map") as exc:
+        train(config, layers, tmp_path / "run", console=Console(quiet=True))
+    assert "\n" not in str(exc.value) and "stages.train.loss.name=bce-dice" in str(exc.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_condseg_refuses_classes_before_anything_is_written(layers: Path, tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ class StructureLoss(Loss):
     ``lossnet``; ``lossnet_weights`` is a local VGG-16 file for machines without network."""
 
     multiclass = ("boundary-weighted cross-entropy + boundary-weighted IoU per foreground class "
-                  "(softmax), LossNet per foreground class; K = 2 is the binary loss")
+                  "(softmax), LossNet (when on) per foreground class; K = 2 is the binary loss")
 
     def __init__(self, lossnet: bool = False, lossnet_weight: float = 0.1,
                  lossnet_weights: str | Path | None = None) -> None:

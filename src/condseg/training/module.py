@@ -139,9 +139,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """The K-class scores of the epoch, from the sums of every batch of every process."""
-        if self.classes is None or self._sums is None:
+        if self.classes is None:
             return
-        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        mine = self._sums if self._sums is not None else torch.zeros(  # no batch here: 0s, so
+            3, len(self.classes), dtype=torch.float64, device=self.device)  # every rank reduces
+        sums = self.trainer.strategy.reduce(mine, reduce_op="sum")
         (dice, iou, images), per_class = sums[:, 0], sums[:, 1:]
         self.log_dict({"val/miou": (iou / images).float(), "val/mdsc": (dice / images).float()},
                       prog_bar=True)

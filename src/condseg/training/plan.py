@@ -153,8 +153,8 @@ def stage_parts(plan: StagePlan, config: RunConfig) -> StageParts:
     loss = plan.create_loss()
     if loss.binary_only and plan.options.get("num_classes", 1) != 1:
         raise TrainingError(f"stages.{name}: loss {cfg.loss.name!r} takes one logit map, but "
-                            f"the dataset declares {plan.options['num_classes']} classes; "
-                            "choose a loss that takes classes (condseg losses)")
+                            f"the dataset declares {plan.options['num_classes']} classes; use "
+                            f"a loss that takes them (e.g. stages.{name}.loss.name=bce-dice)")
     hook = None
     if cfg.batch_hook is not None:
         hook = create_batch_hook(cfg.batch_hook.name, **cfg.batch_hook.options)
