@@ -184,19 +184,20 @@ def read_class_mask(
 
 
 def require_binary(root: str | Path) -> Labels | None:
-    """The declaration of a dataset the binary pipeline can take (none, or one foreground class
-    without ignored pixels); one line refusing any other before any work."""
+    """The declaration of a dataset a binary model or evaluation can read (none, or one
+    foreground class without ignored pixels); one line refusing any other before any work."""
     labels = read_labels(root)
     if labels is not None and labels.foreground > 1:
         raise DataError(
             f"dataset {root} declares {len(labels.names)} classes ({', '.join(labels.names)} "
-            f"in {DatasetDir(Path(root)).labels.name}); multi-class training and evaluation are "
-            "not available yet (issue 24): only binary datasets can be trained and evaluated")
+            f"in {DatasetDir(Path(root)).labels.name}), but a binary model or evaluation reads "
+            "it here: use a model trained on these classes (its evaluations name them)")
     if labels is not None and labels.ignore is not None:
         raise DataError(
             f"dataset {root} declares ignored pixels (value {labels.ignore} in "
-            f"{DatasetDir(Path(root)).labels.name}); training and evaluation that leave pixels "
-            "out are not available yet (issue 24): remove \"ignore\" and mark them background")
+            f"{DatasetDir(Path(root)).labels.name}), but a binary model or evaluation reads it "
+            "here: a binary task cannot leave pixels out; remove \"ignore\" and mark them "
+            "background")
     return labels
 
 
