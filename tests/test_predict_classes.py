@@ -55,7 +55,7 @@ class Classes(SegmentationModel):
     encoder_path = None
     map_names = ("edge",)
 
-    def __init__(self, num_classes: int = K, seed: int = 0, pointwise: bool = False) -> None:
+    def __init__(self, num_classes: int = 1, seed: int = 0, pointwise: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.pointwise = pointwise
@@ -74,8 +74,8 @@ class Classes(SegmentationModel):
         return ModelOutput(mask, {"edge": mask[:, -1:] - 2 * mask[:, :1], "features": x})
 
 
-def _model(**options) -> SegmentationModel:
-    model = create_model("test-classes", **options)
+def _model(num_classes: int = K, **options) -> SegmentationModel:
+    model = create_model("test-classes", num_classes=num_classes, **options)
     model.meta = dict(META)
     return model.eval()
 
@@ -260,8 +260,9 @@ def test_sliding_windows_blend_the_class_probabilities() -> None:
 
 
 def test_an_ensemble_averages_the_members_softmax() -> None:
-    members = [{"name": "test-classes", "options": {"seed": seed}} for seed in (1, 2)]
-    ensemble = Ensemble(members).eval()
+    members = [{"name": "test-classes", "options": {"seed": seed, "num_classes": K}}
+               for seed in (1, 2)]
+    ensemble = Ensemble(members, num_classes=K).eval()
     ensemble.meta = dict(META)
     x = torch.randn(2, 3, SIZE, SIZE)
     with eval_mode(ensemble):
@@ -273,6 +274,12 @@ def test_an_ensemble_averages_the_members_softmax() -> None:
     image = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     np.testing.assert_allclose(predict(ensemble, image, execution=F32).prob,
                                _direct(ensemble, image), atol=1e-5)
+    # Composed with TTA and sliding windows (every view of every window of every member).
+    large = np.random.default_rng(5).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    both = predict(ensemble, large, options=InferenceOptions(tta=True, sliding_window=48),
+                   execution=F32)
+    assert both.prob.shape == (K, 70, 100) and both.mask.shape == (70, 100)
+    np.testing.assert_allclose(both.prob.sum(0), 1, atol=1e-5)
 
 
 def test_onnx_export_has_k_channels_and_the_classes_in_its_metadata(
@@ -311,7 +318,7 @@ def test_predict_cli_writes_class_ids_and_a_colour_png(tmp_path: Path) -> None:
     _images(tmp_path / "images")
     model = create_model("test-classes", num_classes=K)
     path = save_model(tmp_path / "m.safetensors", model, mean=META["mean"], std=META["std"],
-                      input_size=SIZE)
+                      input_size=SIZE, classes=CLASSES)
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(path), str(tmp_path / "images"), "--out",
                                  str(tmp_path / "out"), "--colour", "--overlay",
