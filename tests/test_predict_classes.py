@@ -348,3 +348,26 @@ def test_a_binary_model_keeps_its_outputs_and_may_ask_for_a_colour_png(tmp_path:
                               cv2.COLOR_BGR2RGB)
         top = colour[:SHAPES[name][0], :SHAPES[name][1]]
         assert np.array_equal(top, class_colours(2)[pred.mask.astype(np.uint8)])
+
+
+def test_export_cli_of_a_unet_of_classes(tmp_path: Path) -> None:
+    """A packaged network, end to end: its model file of three classes exported by the CLI,
+    checked with onnxruntime, the names in the metadata."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = create_model("unet", encoder="resnet18", num_classes=K).eval()
+    path = save_model(tmp_path / "unet.safetensors", model, mean=META["mean"], std=META["std"],
+                      input_size=SIZE, classes=CLASSES)
+    result = CliRunner().invoke(app, ["export", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "std and classes" in result.output and "argmax" in result.output
+    onnx_path = tmp_path / "unet.onnx"
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(props["classes"]) == list(CLASSES) and props["num_classes"] == str(K)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, SIZE, SIZE)
+    got = session.run(["mask"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).mask.numpy()
+    assert got.shape == (2, K, SIZE, SIZE)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
