@@ -55,7 +55,7 @@ class Classes(SegmentationModel):
     encoder_path = None
     map_names = ("edge",)
 
-    def __init__(self, num_classes: int = K, seed: int = 0, pointwise: bool = False) -> None:
+    def __init__(self, num_classes: int = 1, seed: int = 0, pointwise: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.pointwise = pointwise
@@ -74,8 +74,8 @@ class Classes(SegmentationModel):
         return ModelOutput(mask, {"edge": mask[:, -1:] - 2 * mask[:, :1], "features": x})
 
 
-def _model(**options) -> SegmentationModel:
-    model = create_model("test-classes", **options)
+def _model(num_classes: int = K, **options) -> SegmentationModel:
+    model = create_model("test-classes", num_classes=num_classes, **options)
     model.meta = dict(META)
     return model.eval()
 
@@ -260,8 +260,9 @@ def test_sliding_windows_blend_the_class_probabilities() -> None:
 
 
 def test_an_ensemble_averages_the_members_softmax() -> None:
-    members = [{"name": "test-classes", "options": {"seed": seed}} for seed in (1, 2)]
-    ensemble = Ensemble(members).eval()
+    members = [{"name": "test-classes", "options": {"seed": seed, "num_classes": K}}
+               for seed in (1, 2)]
+    ensemble = Ensemble(members, num_classes=K).eval()
     ensemble.meta = dict(META)
     x = torch.randn(2, 3, SIZE, SIZE)
     with eval_mode(ensemble):
@@ -273,6 +274,12 @@ def test_an_ensemble_averages_the_members_softmax() -> None:
     image = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     np.testing.assert_allclose(predict(ensemble, image, execution=F32).prob,
                                _direct(ensemble, image), atol=1e-5)
+    # Composed with TTA and sliding windows (every view of every window of every member).
+    large = np.random.default_rng(5).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    both = predict(ensemble, large, options=InferenceOptions(tta=True, sliding_window=48),
+                   execution=F32)
+    assert both.prob.shape == (K, 70, 100) and both.mask.shape == (70, 100)
+    np.testing.assert_allclose(both.prob.sum(0), 1, atol=1e-5)
 
 
 def test_onnx_export_has_k_channels_and_the_classes_in_its_metadata(
@@ -311,7 +318,7 @@ def test_predict_cli_writes_class_ids_and_a_colour_png(tmp_path: Path) -> None:
     _images(tmp_path / "images")
     model = create_model("test-classes", num_classes=K)
     path = save_model(tmp_path / "m.safetensors", model, mean=META["mean"], std=META["std"],
-                      input_size=SIZE)
+                      input_size=SIZE, classes=CLASSES)
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(path), str(tmp_path / "images"), "--out",
                                  str(tmp_path / "out"), "--colour", "--overlay",
@@ -341,3 +348,26 @@ def test_a_binary_model_keeps_its_outputs_and_may_ask_for_a_colour_png(tmp_path:
                               cv2.COLOR_BGR2RGB)
         top = colour[:SHAPES[name][0], :SHAPES[name][1]]
         assert np.array_equal(top, class_colours(2)[pred.mask.astype(np.uint8)])
+
+
+def test_export_cli_of_a_unet_of_classes(tmp_path: Path) -> None:
+    """A packaged network, end to end: its model file of three classes exported by the CLI,
+    checked with onnxruntime, the names in the metadata."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = create_model("unet", encoder="resnet18", num_classes=K).eval()
+    path = save_model(tmp_path / "unet.safetensors", model, mean=META["mean"], std=META["std"],
+                      input_size=SIZE, classes=CLASSES)
+    result = CliRunner().invoke(app, ["export", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "std and classes" in result.output and "argmax" in result.output
+    onnx_path = tmp_path / "unet.onnx"
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(props["classes"]) == list(CLASSES) and props["num_classes"] == str(K)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, SIZE, SIZE)
+    got = session.run(["mask"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).mask.numpy()
+    assert got.shape == (2, K, SIZE, SIZE)
+    np.testing.assert_allclose(got, expected, atol=1e-3)

@@ -218,10 +218,9 @@ def predict_files(
     jobs = _plan(inputs, report)
     out_dir = Path(out_dir)
     map_names = predictor.prepared.map_names if maps else ()
-    outputs = {name: _output_paths(out_dir, name, overlay, colour, probability_format)
+    outputs = {name: _output_paths(out_dir, name, overlay, colour, map_names, probability_format)
                for name in jobs}
-    refuse_existing([p for name, paths in outputs.items() for p in
-                     [*paths.values(), *map_paths(out_dir, name, map_names).values()]], overwrite)
+    refuse_existing([p for paths in outputs.values() for p in paths.values()], overwrite)
     classes = class_names(model) or BINARY_CLASSES
     names = list(jobs)
     files = ImageFiles([jobs[n] for n in names], predictor.plan, keep_images=overlay,
@@ -341,15 +340,17 @@ def _plan(inputs: Iterable[str | Path], report: PredictReport) -> dict[str, Path
 
 
 def _output_paths(
-    out_dir: Path, name: str, overlay: bool, colour: bool, probability: str | None
+    out_dir: Path, name: str, overlay: bool, colour: bool, map_names: Sequence[str],
+    probability: str | None,
 ) -> dict[str, Path]:
-    """The files of one image by kind (``mask``, ``overlay``, ``colour``, ``prob``) but its
-    maps' (:func:`~condseg.viz.map_paths`)."""
+    """The files of one image by kind — ``mask``, ``overlay``, ``colour``, ``map KEY`` (where
+    :func:`~condseg.viz.save_maps` writes), ``prob`` — in the order they are written."""
     paths = {"mask": out_dir / f"{name}.png"}
     if overlay:
         paths["overlay"] = out_dir / f"{name}_overlay.png"
     if colour:
         paths["colour"] = out_dir / f"{name}_colour.png"
+    paths.update({f"map {key}": path for key, path in map_paths(out_dir, name, map_names).items()})
     if probability:
         paths["prob"] = probability_path(out_dir, name, probability)
     return paths
