@@ -317,7 +317,6 @@ def test_a_dataset_of_other_classes_leaves_the_figure_out_with_a_note(
     assert not (tmp_path / "figures" / "predictions.png").exists()
 
 
-@pytest.mark.xfail(reason="needs i24 merge", strict=False)
 def test_a_k_class_model_is_drawn_in_class_colours(layers: Path, tmp_path: Path) -> None:
     """With a real K-class model (models: num_classes; predict: class ids)."""
     import condseg
@@ -370,7 +369,6 @@ def test_study_md_has_the_classes_and_the_per_class_table(
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(reason="needs i24 merge", strict=False)
 def test_a_study_on_a_multi_class_dataset_gives_the_per_class_table(
     layers: Path, tmp_path: Path
 ) -> None:

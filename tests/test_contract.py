@@ -97,7 +97,9 @@ def test_every_registered_model_keeps_the_contract_with_k_classes(
         torch.testing.assert_close(loaded(images).mask, out.mask)
 
     # ONNX: K output channels, onnxruntime agrees, the metadata carries K and the names
-    report = export_onnx(loaded, tmp_path / "m.onnx")
+    # (an untrained network's logits reach 1e10 in eval mode: the gap is relative to their size)
+    report = export_onnx(loaded, tmp_path / "m.onnx",
+                         tolerance=1e-3 + 1e-5 * float(out.mask.abs().max()))
     session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     (mask, *_) = session.run(None, {"image": images.numpy()})
     assert mask.shape == (2, channels, SIZE, SIZE)

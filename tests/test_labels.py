@@ -369,13 +369,3 @@ def test_ignore_value_refused_by_binary_steps(tmp_path: Path) -> None:
     assert "declares ignored pixels (value 128" in one_line(exc)
     declare(root, {"labels": {"background": 0, "polyp": 255}})
     assert require_binary(root) == Labels(("background", "polyp"), (0, 255))
-
-
-def test_compare_figure_leaves_out_the_ground_truth_of_several_classes(layers: Path,
-                                                                        tmp_path: Path) -> None:
-    from condseg.evaluation.compare.figures import prediction_figure
-
-    written, notes = prediction_figure(None, tmp_path / "p.png", (layers, ["synth_0000"]))
-    assert written == [] and not (tmp_path / "p.png").exists()
-    [note] = notes
-    assert note.startswith("predictions.png not written: dataset") and "4 classes" in note
