@@ -165,6 +165,8 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 @register_loss("ce", description="cross-entropy: BCE on one logit, K-class CE on K, per image")
 class CrossEntropyLoss(Loss):
+    multiclass = "K-class cross-entropy over the labelled pixels, per image"
+
     def forward(self, outputs: Mapping[str, ModelOutput], target: Tensor) -> dict[str, Tensor]:
         return {"loss": cross_entropy(outputs["image"].mask, target)}
 
@@ -174,6 +176,9 @@ class CePdcrLoss(CrossEntropyLoss):
     """CE + ``weight`` · Σ_terms PDCR, at temperature ``tau``; ``position`` appends each
     patch's position to its vector (the paper's patch position encoding). M is 2 for a binary
     model, K for a K-class one."""
+
+    multiclass = ("K-class cross-entropy + weight · PDCR with φ over the K classes "
+                  "(PDCR paper Eq. 3–4)")
 
     def __init__(self, weight: float = 0.01, tau: float = 1.0, position: bool = True) -> None:
         super().__init__()
