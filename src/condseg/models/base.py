@@ -6,6 +6,10 @@ W multiples of ``input_divisor``, and returns a :class:`ModelOutput`: the mask l
 input size plus named auxiliary outputs (ConDSeg's SID maps, a plug-in's features). Auxiliary
 outputs listed in ``map_names`` are (B, 1, H, W) logit maps that prediction can write and export
 can expose; the others are training-only.
+
+``num_classes`` K says what the mask logits are: K = 1 is one map (binary, sigmoid), K >= 2 is
+K maps, background first (softmax). A model that cannot take K >= 2 refuses at build time
+(:func:`refuse_classes`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None]
 #: Largest input side one may ask a model for (a model file's, export's): 8192 is far above any
 #: training size and keeps a forged header or a typo from asking for a huge input.
 MAX_INPUT_SIDE = 8192
+#: Most classes a model takes: class ids 0..254, as 255 marks ignored pixels
+#: (``condseg.data.labels.IGNORE_ID``; not imported, as importing ``condseg.data`` costs seconds).
+MAX_CLASSES = 255
 
 
 class ModelOutput(NamedTuple):
-    """Mask logits (B, 1, H, W) and named auxiliary outputs (empty for plain models)."""
+    """Mask logits (B, C, H, W), C = :func:`mask_channels` of the model's ``num_classes``, and
+    named auxiliary outputs (empty for plain models)."""
 
     mask: Tensor
     aux: Mapping[str, Tensor] = {}
@@ -49,6 +57,9 @@ class SegmentationModel(nn.Module):
 
     #: Input height and width must be multiples of this.
     input_divisor: int = 1
+    #: 1: binary, one logit map; K >= 2: K logit maps, background first (set by the builder
+    #: and checked by ``create_model``).
+    num_classes: int = 1
     #: Auxiliary outputs that are (B, 1, H, W) logit maps at the input size. An inference copy
     #: that needs none sets it to () (``prepare(..., maps=False)``); a model may then skip them.
     map_names: tuple[str, ...] = ()
@@ -110,12 +121,47 @@ class WrappedModel(SegmentationModel):
         super().__init__()
         self.model = require_model(model)
         self.input_divisor = model.input_divisor
+        self.num_classes = model.num_classes
         self.map_names = model.map_names
         self.meta = model.meta
 
     @property
     def name(self) -> str:
         return self.model.name
+
+
+def check_num_classes(num_classes: object, name: str = "a model") -> int:
+    """``num_classes`` if it is one: an int from 1 (binary) to 255 (class ids 0..254, as 255
+    marks ignored pixels)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
+            1 <= num_classes <= MAX_CLASSES):
+        raise ModelError(f"{name}: num_classes must be an int from 1 (binary) to {MAX_CLASSES} "
+                         f"(background and the classes), got {num_classes!r}")
+    return num_classes
+
+
+def mask_channels(num_classes: int) -> int:
+    """Channels of the mask logits: one map for binary, else one per class (background too)."""
+    return 1 if num_classes == 1 else num_classes
+
+
+def refuse_classes(name: str, num_classes: int, why: str) -> None:
+    """Refuse K >= 2 at build time for a model that is binary by design, saying ``why``."""
+    check_num_classes(num_classes, name)
+    if num_classes != 1:
+        raise ModelError(f"{name} is binary by design ({why}): it takes num_classes=1, not "
+                         f"{num_classes}; use a method that takes classes (condseg methods)")
+
+
+def class_names(model: SegmentationModel) -> tuple[str, ...] | None:
+    """The names of the model's classes, background first (None: binary): its model file's,
+    else ``background, class1, ...`` for a model not loaded from one."""
+    if model.num_classes == 1:
+        return None
+    names = (model.meta or {}).get("classes")
+    if names:
+        return tuple(names)
+    return ("background", *(f"class{i}" for i in range(1, model.num_classes)))
 
 
 def _check_input(model: SegmentationModel, args: tuple[Any, ...]) -> None:

@@ -5,7 +5,9 @@ It is an ordinary registered :class:`SegmentationModel` (``"ensemble"``) whose o
 members' architectures, so an ensemble is one self-contained model file — every member's weights
 under ``members.<i>.`` — that ``load_model``, ``evaluate``, ``predict``, ``export`` and
 ``compare`` take like any other. Its output follows the contract (logits): the logit of the mean
-probability, so that ``sigmoid`` gives back exactly the average of the members' probabilities.
+probability, so that ``sigmoid`` gives back exactly the average of the members' probabilities —
+or, for members of K >= 2 classes (all of the same K and class names), the log of the mean
+probabilities, so that ``softmax`` gives back their average.
 """
 
 from __future__ import annotations
@@ -20,19 +22,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condseg.errors import EnsembleError
-from condseg.models.base import ModelOutput, SegmentationModel, require_model
+from condseg.models.base import ModelOutput, SegmentationModel, class_names, require_model
 from condseg.models.model_file import load_model, save_model
 from condseg.models.registry import create_model, register_model
 
 
 def mean_probability_logits(logits: Sequence[Tensor]) -> Tensor:
-    """Logits whose sigmoid is the mean of the sigmoids of ``logits``.
+    """Logits whose sigmoid (one channel) or softmax over the channels (K >= 2) is the mean of
+    those of ``logits`` (each (B, C, H, W)).
 
-    log(mean σ(z)) − log(mean σ(−z)) with log σ computed stably: averaging probabilities, not
-    logits (a confident member must not outvote the others by its logit's size), with no clamp.
+    One channel: log(mean σ(z)) − log(mean σ(−z)); K: log(mean softmax(z)); with log σ and
+    log softmax computed stably. Averaging probabilities, not logits (a confident member must
+    not outvote the others by its logit's size), with no clamp.
     """
     z = torch.stack([t.float() for t in logits])
-    return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
+    if z.shape[2] == 1:
+        return torch.logsumexp(F.logsigmoid(z), 0) - torch.logsumexp(F.logsigmoid(-z), 0)
+    return torch.logsumexp(F.log_softmax(z, dim=2), 0) - math.log(len(logits))
 
 
 @register_model("ensemble", description="the mean probability of member models (k-fold or "
@@ -43,13 +49,20 @@ class Ensemble(SegmentationModel):
 
     encoder_path = None
 
-    def __init__(self, members: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, members: Sequence[Mapping[str, Any]], num_classes: int = 1) -> None:
         super().__init__()
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         self.members = nn.ModuleList(
             create_model(m["name"], **dict(m.get("options", {}))) for m in members
         )
+        other = [i for i, m in enumerate(self.members) if m.num_classes != num_classes]
+        if other:
+            raise EnsembleError(
+                f"ensemble members must all have num_classes={num_classes}; member "
+                f"{other[0]} ({self.members[other[0]].name}) has "
+                f"{self.members[other[0]].num_classes}")
+        self.num_classes = num_classes
         self.input_divisor = math.lcm(*(m.input_divisor for m in self.members))
         first = self.members[0].map_names
         self.map_names = tuple(k for k in first if all(k in m.map_names for m in self.members))
@@ -100,14 +113,34 @@ def build_ensemble(model_files: Sequence[str | Path]) -> SegmentationModel:
                            for p, m in zip(model_files, loaded, strict=True))
         raise EnsembleError(f"ensemble members must share one input size; got {listed}. Train "
                             "them at the same data.size")
+    names = _shared_classes(model_files, loaded)
     members = [{**m.meta["arch"], "mean": m.meta["mean"], "std": m.meta["std"]} for m in loaded]
-    ensemble = create_model("ensemble", members=members)
+    ensemble = create_model("ensemble", members=members, num_classes=loaded[0].num_classes)
     for target, source in zip(ensemble.members, loaded, strict=True):
         target.load_state_dict(source.state_dict())
     first = loaded[0].meta
     ensemble.meta = {"input_size": first["input_size"], "mean": first["mean"],
-                     "std": first["std"], "config": first.get("config"), "arch": ensemble.arch}
+                     "std": first["std"], "config": first.get("config"), "arch": ensemble.arch,
+                     **({"classes": list(names)} if names is not None else {})}
     return ensemble.eval()
+
+
+def _shared_classes(
+    files: Sequence[str | Path], loaded: Sequence[SegmentationModel]
+) -> tuple[str, ...] | None:
+    """The class names all members share (None: all binary), else one line listing each
+    file's: averaging the probabilities of different classes means nothing."""
+    names = [class_names(m) for m in loaded]
+    if any(n != names[0] for n in names):
+        listed = "; ".join(f"{path}: {_describe(n)}"
+                           for path, n in zip(files, names, strict=True))
+        raise EnsembleError(f"ensemble members must share their classes; got {listed}. Train "
+                            "them on one dataset (the same labels.json)")
+    return names[0]
+
+
+def _describe(names: Sequence[str] | None) -> str:
+    return "binary" if names is None else f"{len(names)} classes ({', '.join(names)})"
 
 
 def save_ensemble(

@@ -1,8 +1,10 @@
 """Model files for sharing: one ``.safetensors`` file with a JSON header.
 
 The header (safetensors metadata key ``"condseg"``) holds everything needed to rebuild and use
-the network — architecture, input normalisation, input size — so a model file is
-self-describing, and loading it never unpickles anything (safetensors stores raw tensors only).
+the network — architecture, input normalisation, input size, and for a model of K >= 2 classes
+their names (``"classes"``, background first; K is ``arch.options.num_classes``) — so a model
+file is self-describing, and loading it never unpickles anything (safetensors stores raw
+tensors only).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,13 @@ from safetensors.torch import save_model as _save_weights
 from condseg.errors import InputNotFoundError, ModelFileError, OutputExistsError, first_line
 from condseg.filekind import file_kind, refuse_special
 from condseg.files import atomic_file
-from condseg.models.base import MAX_INPUT_SIDE, SegmentationModel, require_model
+from condseg.models.base import (
+    MAX_CLASSES,
+    MAX_INPUT_SIDE,
+    SegmentationModel,
+    class_names,
+    require_model,
+)
 
 META_KEY = "condseg"
 FORMAT_VERSION = 1
@@ -34,6 +43,9 @@ MAX_HEADER_DEPTH = 32
 #: In an option string these make timm or smp look elsewhere than their built-in encoders:
 #: ``hf-hub:``/``hf_hub:``/``local-dir:`` prefixes, URLs and file paths.
 _SOURCE_MARKS = re.compile(r"[:/\\]")
+#: Lists and strings of a forged header cut short in messages.
+_SHORT = reprlib.Repr()
+_SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 8, 40, 40
 #: What a model file is, for the messages refusing anything else.
 MODEL_FILE = ("a model file is a .safetensors file with a condseg JSON header, written by "
               "`condseg train` (RUN/<stage>/model.safetensors), `condseg cv`, "
@@ -50,10 +62,13 @@ def save_model(
     metrics: Mapping[str, Any] | None = None,
     config: Any = None,
     overwrite: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Write ``model`` (parameters and buffers) and its header to ``path``.
 
     ``mean``/``std`` None means images are only scaled to [0, 1] (as in the authors' code).
+    ``classes`` names the classes of a model of K >= 2 (default: :func:`class_names`, its own
+    model file's or ``background, class1, ...``); a binary model takes none.
     ``config`` may be a mapping or a pydantic model (dumped to JSON). The file is written to a
     temporary name first and renamed, so an interrupted save never leaves a truncated file.
     """
@@ -75,12 +90,19 @@ def save_model(
                              "infinite values (a diverged training?); save a finite model")
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
+    if classes is None:
+        classes = class_names(model)
+    names = list(classes) if classes is not None else None
+    problem = classes_problem(names, model.num_classes)
+    if problem:
+        raise ModelFileError(f"cannot save {path}: {problem}")
     header = {
         "format_version": FORMAT_VERSION,
         "arch": {"name": arch["name"], "options": dict(arch.get("options", {}))},
         "mean": _floats(mean),
         "std": _floats(std),
         "input_size": _size_pair(input_size),
+        **({"classes": names} if names is not None else {}),
         "version": __version__,
         "metrics": dict(metrics) if metrics is not None else None,
         "config": config,
@@ -149,9 +171,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def validate_header(header: Any) -> str | None:
     """What is wrong with a model-file header, or None: the format version, the architecture
     (a name and options that are JSON scalars or lists of them), the input size (two positive
-    ints up to :data:`MAX_INPUT_SIDE`) and the normalisation (null, or 3 finite numbers each,
-    std > 0). Whether the architecture is known and matches the weights is
-    :func:`load_model`'s check."""
+    ints up to :data:`MAX_INPUT_SIDE`), the normalisation (null, or 3 finite numbers each,
+    std > 0) and the classes (:func:`classes_problem`). Whether the architecture is known and
+    matches the weights is :func:`load_model`'s check."""
     if not isinstance(header, dict):
         return f"expected a JSON object, found {type(header).__name__}"
     if _depth(header) > MAX_HEADER_DEPTH:
@@ -199,7 +221,37 @@ def validate_header(header: Any) -> str | None:
     for key in ("metrics", "config"):
         if not isinstance(header.get(key), dict | None):
             return f"{key} must be null or a JSON object, got {type(header[key]).__name__}"
+    num_classes = options.get("num_classes", 1)
+    if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+        return (f"arch.options.num_classes must be an int from 1 to {MAX_CLASSES}, got "
+                f"{_short(num_classes)}")
+    return classes_problem(header.get("classes"), num_classes)
+
+
+def classes_problem(classes: Any, num_classes: int) -> str | None:
+    """What is wrong with the class names of a model of ``num_classes``, or None: none for a
+    binary model, else a list of ``num_classes`` distinct names, background first, each
+    non-empty and printable without surrounding spaces, ',' or '=' (a dataset's class names)."""
+    if num_classes == 1:
+        return None if classes is None else (
+            f"a binary model (num_classes 1) has no class names, got {_short(classes)}")
+    if (not isinstance(classes, list) or len(classes) != num_classes
+            or not all(isinstance(name, str) for name in classes)):
+        return (f"classes must list the names of the model's {num_classes} classes "
+                f"(num_classes), background first, got {_short(classes)}")
+    for name in classes:
+        if (not name.strip() or name != name.strip() or not name.isprintable()
+                or "," in name or "=" in name):
+            return (f"class name {_short(name)} must be non-empty and printable, without "
+                    "surrounding spaces, ',' or '='")
+    if len(set(classes)) != len(classes):
+        return f"class names must be distinct, got {_short(classes)}"
     return None
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message, however long a forged header made it."""
+    return _SHORT.repr(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -279,7 +331,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmenta
     ``meta`` device (shapes only, no memory) and compared with the tensors the file stores, so
     that a forged header cannot make us allocate more than the file holds. The returned model
     is in eval mode and carries the header as ``model.meta`` (plus ``path``, the file's
-    absolute path).
+    absolute path; ``classes`` for a model of classes).
     """
     from condseg.models.registry import create_model, list_models
 

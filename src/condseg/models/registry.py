@@ -8,6 +8,7 @@ This module imports no family: the first lookup loads the packaged ones
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
 
 from condseg.errors import ModelError
-from condseg.models.base import SegmentationModel
+from condseg.models.base import SegmentationModel, check_num_classes
 from condseg.models.plugins import attach_plugins
 from condseg.registry import Registry
 
@@ -56,7 +57,9 @@ def create_model(
 ) -> SegmentationModel:
     """Build a registered model. ``pretrained``/``weights`` concern the ImageNet encoder; the
     option ``plugins`` attaches plug-ins to any model that declares its sites
-    (:mod:`condseg.models.plugins`)."""
+    (:mod:`condseg.models.plugins`); the option ``num_classes`` (default 1, binary) is checked
+    here and reaches the builder only when it is 2 or more, so that a binary model is built,
+    and its ``arch`` recorded, exactly as before classes existed."""
     builder = MODELS.get(name)
     extra: dict[str, Any] = {}
     if pretrained:
@@ -65,7 +68,15 @@ def create_model(
         extra["weights"] = weights
     built = model_options(name, options)
     plugins = built.pop("plugins", None)
+    num_classes = check_num_classes(built.pop("num_classes", 1), f"model {name!r}")
     _check_option_types(name, builder, built)
+    options = {key: value for key, value in options.items() if key != "num_classes"}
+    if num_classes != 1:
+        if not _takes_num_classes(builder):
+            raise ModelError(f"model {name!r} takes no num_classes option (its builder has "
+                             f"none), so it is binary, not {num_classes} classes; give its "
+                             "builder a num_classes option or use a model that takes classes")
+        extra["num_classes"] = options["num_classes"] = num_classes
     try:
         model = builder(**built, **extra)
     except TypeError as error:
@@ -75,8 +86,18 @@ def create_model(
                          "a SegmentationModel (condseg.models.base)")
     if plugins is not None:
         attach_plugins(model, plugins)
-    model.arch = {"name": name, "options": dict(options)}
+    model.num_classes = num_classes
+    model.arch = {"name": name, "options": options}
     return model
+
+
+def _takes_num_classes(builder: Callable[..., Any]) -> bool:
+    """Whether the builder has a ``num_classes`` parameter (or takes any keyword)."""
+    try:
+        parameters = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _check_option_types(name: str, builder: Callable[..., Any], options: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """U-Net, U-Net++ and DeepLabV3+ as segmentation_models_pytorch builds them, on a timm encoder.
 
 One wrapper serves the three architectures: smp builds the network, condseg only fixes what its
-contract needs (one logit map of an RGB image) and gets the ImageNet weights the way every
-condseg encoder does (:func:`condseg.models.encoders.with_imagenet_weights`), since smp's
-timm-universal encoders (``tu-<name>``) hand their extra arguments to ``timm.create_model``.
+contract needs (the logit maps of an RGB image: one, or one per class — smp's ``classes``) and
+gets the ImageNet weights the way every condseg encoder does
+(:func:`condseg.models.encoders.with_imagenet_weights`), since smp's timm-universal encoders
+(``tu-<name>``) hand their extra arguments to ``timm.create_model``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 import torch
 
 from condseg.errors import ModelError
-from condseg.models.base import ModelOutput, PluginSite, SegmentationModel
+from condseg.models.base import ModelOutput, PluginSite, SegmentationModel, mask_channels
 from condseg.models.encoders import encoder_sites, with_imagenet_weights
 from condseg.models.registry import register_model
 
-#: smp arguments the wrapper sets itself: the encoder and its weights, an RGB input, one class,
+#: smp arguments the wrapper sets itself: the encoder and its weights, an RGB input, the classes,
 #: logits at the input size and no classification head.
 _FIXED = frozenset({"self", "encoder_name", "encoder_weights", "in_channels", "classes",
                     "activation", "upsampling", "aux_params"})
@@ -42,6 +43,7 @@ class SmpModel(SegmentationModel):
         encoder: str = "resnet50",
         pretrained: bool = False,
         weights: str | Path | None = None,
+        num_classes: int = 1,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -52,10 +54,11 @@ class SmpModel(SegmentationModel):
 
         def build(tag: str, pretrained: bool, **timm_kwargs: Any) -> torch.nn.Module:
             return cls(encoder_name=f"tu-{tag}", encoder_weights=True if pretrained else None,
-                       classes=1, **options, **timm_kwargs)
+                       classes=mask_channels(num_classes), **options, **timm_kwargs)
 
         self.net = with_imagenet_weights(build, encoder, pretrained, weights)
         self.input_divisor = self.net.encoder.output_stride
+        self.num_classes = num_classes
         self.architecture = architecture
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
@@ -91,7 +94,7 @@ def _check_options(cls: type, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ModelError(f"unknown option(s) {', '.join(unknown)} for smp.{cls.__name__}; "
-                         f"valid: encoder, {', '.join(valid)}")
+                         f"valid: encoder, num_classes, {', '.join(valid)}")
 
 
 for _name, _architecture, _description in (

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.models.base import ModelOutput, SegmentationModel, mask_channels
 from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
 from condseg.models.registry import register_model
 
@@ -25,7 +25,8 @@ class CHNet(SegmentationModel):
 
     Each of the encoder's four levels goes through a Conv1×1 to 64 channels and a
     bilinear resize to the input size; their concatenation goes through the head
-    Conv1×1 → ReLU → BatchNorm → Conv1×1 (the authors' order: the BatchNorm after the ReLU).
+    Conv1×1 → ReLU → BatchNorm → Conv1×1 (the authors' order: the BatchNorm after the ReLU),
+    the last one to one logit map, or one per class (``num_classes``).
     """
 
     def __init__(
@@ -33,15 +34,17 @@ class CHNet(SegmentationModel):
         encoder: str = "res2net50_26w_4s",
         pretrained: bool = False,
         weights: str | Path | None = None,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.encoder = create_encoder(encoder, pretrained, weights)
         self.input_divisor = encoder_reductions(self.encoder)[-1]
         channels = encoder_channels(self.encoder)
         self.reduce = nn.ModuleList(nn.Conv2d(c, WIDTH, 1) for c in channels)
         self.classifier = nn.Sequential(
             nn.Conv2d(WIDTH * len(channels), HIDDEN, 1), nn.ReLU(inplace=True),
-            nn.BatchNorm2d(HIDDEN), nn.Conv2d(HIDDEN, 1, 1),
+            nn.BatchNorm2d(HIDDEN), nn.Conv2d(HIDDEN, mask_channels(num_classes), 1),
         )
 
     def forward(self, x: torch.Tensor) -> ModelOutput:

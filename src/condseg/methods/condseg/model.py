@@ -14,7 +14,7 @@ from condseg.errors import ModelError
 from condseg.methods.condseg.cdfa import CDFA, CDFAMode
 from condseg.methods.condseg.decoder import OutputHead, SizeAwareDecoder
 from condseg.methods.condseg.sid import SID, aux_head, guidance
-from condseg.models.base import ModelOutput, PluginSite, SegmentationModel
+from condseg.models.base import ModelOutput, PluginSite, SegmentationModel, refuse_classes
 from condseg.models.blocks import FEM, resize
 from condseg.models.encoders import (
     create_encoder,
@@ -28,6 +28,9 @@ from condseg.models.registry import register_model
 #: Paper Table 4: ``baseline`` has no SID/guidance/attention and only the small decoder;
 #: ``sid_cdfa`` is the full model with only the small decoder; ``full`` is ConDSeg.
 Variant = Literal["full", "sid_cdfa", "baseline"]
+#: Why ConDSeg (and its stage-1 network) takes no classes: SID's three branches and the
+#: consistency losses are defined for one foreground against its background.
+BINARY_BY_DESIGN = "SID decouples foreground from background"
 
 
 @register_model("condseg", description="ConDSeg, ResNet-50 encoder (paper)",
@@ -54,8 +57,10 @@ class ConDSeg(SegmentationModel):
         variant: Variant = "full",
         heads: int = 4,
         kernel: int = 3,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
+        refuse_classes("ConDSeg", num_classes, BINARY_BY_DESIGN)
         if variant not in ("full", "sid_cdfa", "baseline"):
             raise ModelError(f"variant must be 'full', 'sid_cdfa' or 'baseline', got {variant!r}")
         self.encoder = create_encoder(encoder, pretrained, weights)

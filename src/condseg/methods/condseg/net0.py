@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.methods.condseg.model import BINARY_BY_DESIGN
+from condseg.models.base import ModelOutput, SegmentationModel, refuse_classes
 from condseg.models.blocks import CBR, resize
 from condseg.models.encoders import create_encoder, encoder_channels
 from condseg.models.registry import register_model
@@ -27,8 +28,10 @@ class Net0(SegmentationModel):
         pretrained: bool = False,
         weights: str | Path | None = None,
         side_width: int = 64,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
+        refuse_classes("Net_0 (ConDSeg's stage 1)", num_classes, BINARY_BY_DESIGN)
         self.encoder = create_encoder(encoder, pretrained, weights)
         self.input_divisor = max(self.encoder.feature_info.reduction())
         channels = encoder_channels(self.encoder)

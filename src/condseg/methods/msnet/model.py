@@ -15,7 +15,7 @@ from torch import nn
 
 from condseg.errors import ModelError
 from condseg.methods.msnet.subtraction import Difference, conv_bn_relu, resize_to
-from condseg.models.base import ModelOutput, SegmentationModel
+from condseg.models.base import ModelOutput, SegmentationModel, mask_channels
 from condseg.models.encoders import create_encoder, encoder_channels, encoder_reductions
 from condseg.models.registry import register_model
 
@@ -31,7 +31,8 @@ WIDTH = 64
 @register_model("m2snet", description="M2SNet, Res2Net-50 v1b encoder (authors' code)",
                 defaults={"encoder": "res2net50d", "multiscale": True})
 class MSNet(SegmentationModel):
-    """Mask logits at the input size of a (B, 3, H, W) tensor, H and W multiples of 32.
+    """Mask logits at the input size of a (B, 3, H, W) tensor, H and W multiples of 32 (one
+    map, or ``num_classes`` from the last convolution).
 
     Levels 1..5 are the encoder's stem after its max-pool (stride 4) and stages 1..4, the
     last four reduced to 64 channels. ``units[k][i]`` is the unit of order k + 1 spanning
@@ -51,8 +52,10 @@ class MSNet(SegmentationModel):
         pretrained: bool = False,
         weights: str | Path | None = None,
         multiscale: bool = False,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.encoder = create_encoder(encoder, pretrained, weights, levels=LEVELS)
         if encoder_reductions(self.encoder) != STRIDES:
             raise ModelError(
@@ -73,7 +76,7 @@ class MSNet(SegmentationModel):
         self.fuse = nn.ModuleList(conv_bn_relu(WIDTH, WIDTH) for _ in range(LEVELS - 2))
         self.deep = conv_bn_relu(channels[-1], WIDTH)
         self.decoder = nn.ModuleList(conv_bn_relu(WIDTH, WIDTH) for _ in range(LEVELS - 2))
-        self.classifier = nn.Conv2d(WIDTH, 1, 3, padding=1)
+        self.classifier = nn.Conv2d(WIDTH, mask_channels(num_classes), 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         feats = self.encoder(x)
