@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from condseg.cli.render import console, user_errors
+from condseg.cli.render import user_errors
 
 app = typer.Typer(help="Train and predict with condseg's trainer variants on nnU-Net v2.",
                   no_args_is_help=True)
@@ -30,10 +30,11 @@ def trainers() -> None:
 
 def _command(name: str, target: str) -> None:
     def run(ctx: typer.Context) -> None:
-        from condseg.nnunet import hand_over
+        from condseg.nnunet import hand_over, require
 
         with user_errors():
-            hand_over(name, list(ctx.args))
+            require()
+        hand_over(name, list(ctx.args))  # nnU-Net's own signals and errors from here on
 
     run.__doc__ = f"{target} with nnUNet_extTrainer set (arguments passed on unchanged)."
     app.command(name, context_settings=_PASS, add_help_option=False)(run)
@@ -43,4 +44,3 @@ for _name, _target in (("plan", "nnUNetv2_plan_and_preprocess"), ("train", "nnUN
                        ("predict", "nnUNetv2_predict")):
     _command(_name, _target)
 
-__all__ = ["app", "console"]

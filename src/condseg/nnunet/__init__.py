@@ -13,6 +13,7 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from condseg.errors import NNUNetError
 
@@ -44,16 +45,21 @@ def with_trainers(environ: dict[str, str]) -> dict[str, str]:
     return {**environ, VARIABLE: os.pathsep.join([folder, *kept])}
 
 
-def hand_over(command: str, args: list[str]) -> None:
-    """Run nnU-Net's own entry point of ``command`` (plan, train, predict) with ``args``
-    unchanged, in this process, ``nnUNet_extTrainer`` set (its ``SystemExit`` passes on)."""
+def hand_over(command: str, args: list[str]) -> NoReturn:
+    """Replace this process with nnU-Net's own entry point of ``command`` (plan, train,
+    predict), ``args`` unchanged and ``nnUNet_extTrainer`` set: nnU-Net then runs as its own
+    command would, with none of condseg's state (signal handlers, threads) under its
+    worker pools."""
     require()
     name = COMMANDS[command]
     found = metadata.entry_points(group="console_scripts", name=name)
     if not found:
         raise NNUNetError(f"nnunetv2 {metadata.version('nnunetv2')} has no command {name}; "
                           f"reinstall it with {INSTALL}")
-    os.environ.update(with_trainers(dict(os.environ)))
-    entry = next(iter(found)).load()
-    sys.argv = [name, *args]
-    entry()
+    entry = next(iter(found))
+    code = (f"import sys; from {entry.module} import {entry.attr} as main; "
+            f"sys.argv[0] = {name!r}; sys.exit(main())")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-c", code, *args],
+              with_trainers(dict(os.environ)))
