@@ -137,5 +137,6 @@ class WithPDCR(nn.Module):
         if not self.pdcr.captured:
             return base
         labels = target[0] if isinstance(target, list | tuple) else target
-        self.last = self.pdcr.loss(labels, self.classes)
-        return base + self.weight * self.last
+        pdcr = self.pdcr.loss(labels, self.classes)
+        self.last = pdcr.detach()
+        return base + self.weight * pdcr
