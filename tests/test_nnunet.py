@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 pytest.importorskip("nnunetv2", reason="nnU-Net v2 is not installed (pip install condseg[nnunet])")
 
-import torch  # noqa: E402
+import torch
 
-from condseg.data.synthetic import synthesize  # noqa: E402
-from condseg.nnunet import trainers_folder  # noqa: E402
+from condseg.data.synthetic import synthesize
+from condseg.nnunet import trainers_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 VOLUMES, LAYERS = 990, 991
@@ -61,6 +62,7 @@ def nnunet(tmp_path_factory: pytest.TempPathFactory):
     child = {**os.environ, **env,
              "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     condseg("nnunet", "plan", "-d", str(VOLUMES), "-c", "3d_fullres", "-np", "1", env=child)
+    child.pop("nnUNet_extTrainer", None)  # condseg nnunet sets it
     condseg("nnunet", "plan", "-d", str(LAYERS), "-c", "2d", "-np", "1", env=child)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {**env, "nnUNet_n_proc_DA": "0"}.items():
@@ -69,7 +71,7 @@ def nnunet(tmp_path_factory: pytest.TempPathFactory):
         yield root
 
 
-def train_and_predict(dataset: int, configuration: str, name: str):
+def train_and_predict(root: Path, dataset: int, configuration: str, name: str):
     """(trainer after 1 epoch × 2 iterations, predictor rebuilt from its checkpoint, the
     held-out case's prediction and label)."""
     from nnunetv2.imageio.reader_writer_registry import (
@@ -89,7 +91,7 @@ def train_and_predict(dataset: int, configuration: str, name: str):
     predictor = nnUNetPredictor(tile_step_size=1.0, use_mirroring=False,
                                 device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
-    raw = Path(os.environ["nnUNet_raw"]) / trainer.plans_manager.dataset_name
+    raw = root / "raw" / trainer.plans_manager.dataset_name
     reader = determine_reader_writer_from_dataset_json(trainer.dataset_json)()
     ending = trainer.dataset_json["file_ending"]
     image, properties = reader.read_images([str(raw / "imagesTs" / f"synth_0005_0000{ending}")])
@@ -119,7 +121,8 @@ def check_round_trip(trainer, predictor, prediction, label, name: str, classes: 
         assert torch.equal(value, weights[key].cpu()), key
     assert prediction.shape == label.shape
     assert set(np.unique(prediction)) <= set(range(classes))
-    print(f"{name}: Dice per class {[round(float(d), 3) for d in dice(prediction, label, classes)]}")
+    scores = [round(float(d), 3) for d in dice(prediction, label, classes)]
+    print(f"{name}: Dice per foreground class on the synthetic held-out case {scores}")
 
 
 def nonzero_grads(module: torch.nn.Module) -> bool:
@@ -129,7 +132,7 @@ def nonzero_grads(module: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("name", VARIANTS_3D)
 def test_3d_variant_round_trip(nnunet: Path, name: str) -> None:
-    trainer, predictor, prediction, label = train_and_predict(VOLUMES, "3d_fullres", name)
+    trainer, predictor, prediction, label = train_and_predict(nnunet, VOLUMES, "3d_fullres", name)
     check_round_trip(trainer, predictor, prediction, label, name, classes=3)
     network = trainer.network
     keys = set(predictor.network.state_dict())
@@ -145,9 +148,26 @@ def test_3d_variant_round_trip(nnunet: Path, name: str) -> None:
     assert trainer.enable_deep_supervision
 
 
+def test_condseg_nnunet_predict_finds_the_variant_by_name(nnunet: Path) -> None:
+    """nnU-Net's own nnUNetv2_predict, through ``condseg nnunet predict`` (which sets
+    nnUNet_extTrainer), on the model the PDCR + UAFR round trip trained."""
+    name = "nnUNetTrainerPDCRUAFR"
+    assert list((nnunet / "res").glob(f"*/{name}__nnUNetPlans__3d_fullres/fold_0/*.pth"))
+    env = {**os.environ, "nnUNet_n_proc_DA": "1",
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env.pop("nnUNet_extTrainer")
+    raw = nnunet / "raw" / f"Dataset{VOLUMES}_SynthVolumes"
+    out = nnunet / "predicted"
+    condseg("nnunet", "predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d",
+            str(VOLUMES), "-c", "3d_fullres", "-tr", name, "-f", "0", "-device", "cpu",
+            "-npp", "1", "-nps", "1", "--disable_tta", env=env)
+    predicted = tifffile.imread(out / "synth_0005.tif")
+    assert predicted.shape == (32, 32, 32) and set(np.unique(predicted)) <= {0, 1, 2}
+
+
 def test_m2snet_2d_round_trip(nnunet: Path) -> None:
     name = "nnUNetTrainerM2SNet"
-    trainer, predictor, prediction, label = train_and_predict(LAYERS, "2d", name)
+    trainer, predictor, prediction, label = train_and_predict(nnunet, LAYERS, "2d", name)
     check_round_trip(trainer, predictor, prediction, label, name, classes=4)
     assert nonzero_grads(trainer.network.to_rgb)  # one grey channel mapped to M2SNet's three
 
