@@ -24,9 +24,9 @@ from condseg.inference.predict import predict_files
 from condseg.methods.pdcr_uafr.losses import (
     CePdcrLoss,
     affinity,
+    class_integrals,
     class_ratios,
-    patch_ratios,
-    term_loss,
+    pdcr_loss,
 )
 from condseg.methods.pdcr_uafr.pdcr import (
     Term,
@@ -75,15 +75,15 @@ def test_foreground_ratios_of_chosen_patches() -> None:
                           [[0, 0, 3, 3]],    # inside the lesion (a 5x5 patch at a corner)
                           [[5, 5, 10, 10]],  # background
                           [[2, 2, 7, 7]]])   # 2x2 = 4 of 25
-    ratios = patch_ratios(mask, boxes)
-    assert ratios.shape == (1, 4, 1)
-    torch.testing.assert_close(ratios[0, :, 0], torch.tensor([16 / 25, 1.0, 0.0, 4 / 25]))
-    phi = class_ratios(ratios)
+    phi = class_ratios(class_integrals(mask, 2), boxes)
+    assert phi.shape == (1, 4, 1, 2)
+    torch.testing.assert_close(phi[0, :, 0, 1], torch.tensor([16 / 25, 1.0, 0.0, 4 / 25]))
     torch.testing.assert_close(phi[0, 0, 0], torch.tensor([9 / 25, 16 / 25]))
 
 
 def test_affinity_matrix() -> None:
-    phi = class_ratios(torch.tensor([[0.0, 0.5, 1.0]])[..., None])  # (B=1, N=3, P=1, M=2)
+    ratios = torch.tensor([[0.0, 0.5, 1.0]])[..., None]
+    phi = torch.stack([1 - ratios, ratios], -1)  # (B=1, N=3, P=1, M=2)
     w = affinity(phi, phi)
     assert w.shape == (1, 1, 3, 3)
     torch.testing.assert_close(w[0, 0], torch.tensor([[1.0, 0.5, 0.0],
@@ -116,7 +116,7 @@ def test_single_layer_term_by_hand() -> None:
     row2 = 3 * math.log(math.exp(0) + math.exp(0) + math.exp(0)) - (0 + 1 + c)
     row3 = 3 * math.log(math.exp(c) + math.exp(0) + math.exp(0)) - (0 + c + 1)
     expected = (row1 + row2 + row3) / 9
-    got = term_loss(term, mask, tau=1.0, position=False)
+    got = pdcr_loss([term], mask, tau=1.0, position=False)
     assert got.item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -124,9 +124,9 @@ def test_cross_layer_term_by_hand() -> None:
     # Layer l: v1 = (1, 0) foreground, v2 = (0, 1) background; layer l': u1 = (1, 0) foreground.
     term, mask = _one_patch_term([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0]], [1, 0], [1])
     # s = [[1], [0]], w = [[1], [0]]: rows log exp(1*0) - 1 = -1 and log exp(0) - 0 = 0.
-    assert term_loss(term, mask, tau=1.0, position=False).item() == pytest.approx(-0.5)
+    assert pdcr_loss([term], mask, tau=1.0, position=False).item() == pytest.approx(-0.5)
     # With tau = 0.5 every exponent doubles: row 1 gives -2.
-    assert term_loss(term, mask, tau=0.5, position=False).item() == pytest.approx(-1.0)
+    assert pdcr_loss([term], mask, tau=0.5, position=False).item() == pytest.approx(-1.0)
 
 
 def _eq12_loop(a, b, boxes_a, boxes_b, mask, tau: float) -> float:
@@ -183,7 +183,7 @@ def test_vectorised_loss_equals_eq12_loop(cross: bool) -> None:
                   else (a, boxes_a))
     term = Term("t", a, b, boxes_a, boxes_b)
     expected = _eq12_loop(a, b, boxes_a, boxes_b, mask, tau=0.7)
-    assert term_loss(term, mask, tau=0.7).item() == pytest.approx(expected, rel=1e-5)
+    assert pdcr_loss([term], mask, tau=0.7).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_ce_pdcr_sums_its_terms_and_needs_them() -> None:
@@ -197,7 +197,7 @@ def test_ce_pdcr_sums_its_terms_and_needs_them() -> None:
            for p in ("a", "b", "boxes_a", "boxes_b")}
     out = CePdcrLoss(weight=0.01)({"image": ModelOutput(logits, aux)}, mask)
     ce = F.binary_cross_entropy_with_logits(logits, mask)
-    pdcr = sum(term_loss(t, mask) for t in terms)
+    pdcr = pdcr_loss(terms, mask)
     torch.testing.assert_close(out["loss"], ce + 0.01 * pdcr)
     assert [t.name for t in terms_of(aux)] == ["x", "y"]
     with pytest.raises(ConfigError, match=r"no PDCR features.*plugins\.pdcr"):
