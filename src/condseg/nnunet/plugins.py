@@ -14,24 +14,29 @@ it strictly:
   2 and 3 (each projected to 32 channels), N vectors per site as in the 2-D plug-in, patches of
   5, 7 and 9 pixels (cubes in 3-D); φ over the M classes of nnU-Net's label map (Eqs. 3–4).
   Its loss is added, × 0.01, to nnU-Net's Dice + CE (deep supervision kept) by :class:`WithPDCR`.
+
+Both are condseg's one implementation of the plug-ins (:mod:`condseg.methods.pdcr_uafr`,
+dimension-generic); this module only says where they go on nnU-Net's networks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from condseg.methods.pdcr_uafr.pdcr import PAPER_SAMPLES
-from condseg.nnunet.interim import UAFR, boxes, sample, term_loss
+from condseg.data.labels import IGNORE_ID
+from condseg.methods.pdcr_uafr.losses import pdcr_loss
+from condseg.methods.pdcr_uafr.pdcr import PatchDragsaw
+from condseg.methods.pdcr_uafr.uafr import UAFR
 
 #: The paper's weight of PDCR beside the segmentation loss (§V-A).
 PDCR_WEIGHT = 0.01
-PATCHES = (5, 7, 9)
-PROJECTION = 32
+#: The paper's single-layer sites (encoder stages 2–4 and, added below, every decoder stage)
+#: and its cross-layer pair.
+PDCR_ENCODER = ("encoder2", "encoder3", "encoder4")
+PDCR_CROSS = (("encoder2", "encoder3"),)
 
 
 def sites(network: nn.Module) -> dict[str, tuple[str, int]]:
@@ -49,10 +54,11 @@ def dims_of(network: nn.Module) -> int:
 
 
 def add_uafr(network: nn.Module, classes: int) -> nn.Module:
-    """UAFR after every decoder stage of ``network`` (in place; returned)."""
+    """UAFR after every decoder stage of ``network`` (in place; returned). Added before PDCR,
+    so that PDCR samples the re-weighted features, as the paper does."""
     chosen = {name: site for name, site in sites(network).items() if name.startswith("decoder")}
     dims = dims_of(network)
-    network.uafr = nn.ModuleDict({name: UAFR(c, max(classes, 2), dims)
+    network.uafr = nn.ModuleDict({name: UAFR(c, max(classes, 2), dims=dims)
                                   for name, (_, c) in chosen.items()})
     for name, (path, _) in chosen.items():
         network.get_submodule(path).register_forward_hook(partial(_reweight, network.uafr, name))
@@ -64,79 +70,36 @@ def _reweight(blocks: nn.ModuleDict, name: str, module: nn.Module, args: Any,
     return blocks[name](output)
 
 
-class PDCR(nn.Module):
-    """The training-only side of PDCR on one network: what it samples where, the cross-layer
-    projections, and the loss of the vectors a training forward pass captured."""
-
-    def __init__(self, network: nn.Module, layers: Sequence[str] | None = None,
-                 cross: Sequence[tuple[str, str]] = (("encoder2", "encoder3"),)) -> None:
-        super().__init__()
-        found = sites(network)
-        if layers is None:
-            layers = [n for n in ("encoder2", "encoder3", "encoder4") if n in found] + [
-                n for n in found if n.startswith("decoder")]
-        self.layers, self.pairs = list(layers), [tuple(p) for p in cross if set(p) <= set(found)]
-        used = {*self.layers, *(s for pair in self.pairs for s in pair)}
-        order = list(found)
-        self.samples = {n: PAPER_SAMPLES[min(order.index(n), len(PAPER_SAMPLES) - 1)]
-                        for n in used}
-        conv = (nn.Conv2d, nn.Conv3d)[dims_of(network) - 2]
-        self.project = nn.ModuleDict({n: conv(found[n][1], PROJECTION, 1)
-                                      for pair in self.pairs for n in pair})
-        self.captured: dict[str, tuple[Tensor, tuple[int, ...]]] = {}
-        for name in sorted(used, key=order.index):
-            network.get_submodule(found[name][0]).register_forward_hook(
-                partial(_capture, self, name))
-
-    def vectors(self, name: str, project: bool) -> Tensor:
-        feature, _ = self.captured[name]
-        return sample(self.project[name](feature) if project else feature, self.samples[name])
-
-    def patches(self, name: str, image: Sequence[int], device: torch.device) -> Tensor:
-        return boxes(self.samples[name], self.captured[name][1], image, PATCHES).to(device)
-
-    def loss(self, labels: Tensor, classes: int) -> Tensor:
-        """Σ over the terms of Eq. 12 for the label map ``labels`` (B, 1, *S) at the input's
-        resolution; forgets what was captured."""
-        image, device = tuple(labels.shape[2:]), labels.device
-        total = labels.new_zeros((), dtype=torch.float32)
-        for name in self.layers:
-            box = self.patches(name, image, device)
-            v = self.vectors(name, False)
-            total = total + term_loss(v, v, box, box, labels, classes)
-        for a, b in self.pairs:
-            total = total + term_loss(self.vectors(a, True), self.vectors(b, True),
-                                      self.patches(a, image, device),
-                                      self.patches(b, image, device), labels, classes)
-        self.captured.clear()
-        return total
-
-
-def _capture(pdcr: PDCR, name: str, module: nn.Module, args: Any, output: Tensor) -> None:
-    if pdcr.training:
-        pdcr.captured[name] = (output, tuple(output.shape[2:]))
-
-
 def add_pdcr(network: nn.Module) -> nn.Module:
-    network.pdcr = PDCR(network)
+    """PDCR's sampling hooks and cross-layer projections as ``network.pdcr`` (in place)."""
+    found = sites(network)
+    layers = [n for n in PDCR_ENCODER if n in found] + [n for n in found
+                                                        if n.startswith("decoder")]
+    cross = [pair for pair in PDCR_CROSS if set(pair) <= set(found)]
+    network.pdcr = PatchDragsaw({name: c for name, (_, c) in found.items()}, layers, cross,
+                                dims=dims_of(network))
+    network.pdcr.hook(network, {name: path for name, (path, _) in found.items()})
     return network
 
 
 class WithPDCR(nn.Module):
-    """nnU-Net's loss + weight × PDCR of the last training forward pass (nothing is captured in
-    evaluation, where the loss is nnU-Net's alone). ``last`` keeps the latest PDCR value."""
+    """nnU-Net's loss + weight × PDCR of the last training forward pass against the
+    full-resolution label map (nothing is captured in evaluation, where the loss is nnU-Net's
+    alone). ``ignore`` is nnU-Net's ignore label, if any; ``last`` keeps the latest PDCR."""
 
-    def __init__(self, loss: nn.Module, pdcr: PDCR, classes: int,
-                 weight: float = PDCR_WEIGHT) -> None:
+    def __init__(self, loss: nn.Module, pdcr: PatchDragsaw, classes: int,
+                 ignore: int | None = None, weight: float = PDCR_WEIGHT) -> None:
         super().__init__()
         self.loss, self.pdcr, self.classes, self.weight = loss, pdcr, classes, weight
+        self.ignore = IGNORE_ID if ignore is None else ignore
         self.last: Tensor | None = None
 
     def forward(self, output: Any, target: Any) -> Tensor:
         base = self.loss(output, target)
-        if not self.pdcr.captured:
-            return base
         labels = target[0] if isinstance(target, list | tuple) else target
-        pdcr = self.pdcr.loss(labels, self.classes)
+        terms = self.pdcr.captured_terms(tuple(labels.shape[2:]))
+        if not terms:
+            return base
+        pdcr = pdcr_loss(terms, labels, self.classes, ignore=self.ignore)
         self.last = pdcr.detach()
         return base + self.weight * pdcr

@@ -48,7 +48,8 @@ class _PDCRLoss:
                 "dataset is trained on regions (dataset.json regions_class_order). Use its "
                 "labels, or nnUNetTrainerUAFR")
         return WithPDCR(super()._build_loss(), _unwrapped(self.network).pdcr,
-                        self.label_manager.num_segmentation_heads, PDCR_WEIGHT)
+                        self.label_manager.num_segmentation_heads,
+                        self.label_manager.ignore_label, PDCR_WEIGHT)
 
     def _do_i_compile(self):
         return False
