@@ -11,7 +11,7 @@ $(BIN)/condseg: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[dev,onnx]" $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[dev,onnx,nnunet]" $(TORCH_PINS)
 	touch $(BIN)/condseg
 
 install: $(BIN)/condseg

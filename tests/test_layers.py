@@ -36,7 +36,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),
     ("training",),
     ("convert", "bench", "demo", "study"),
-    ("cli", "__init__", "__main__"),  # the public API and the command
+    # the public API, the command, and the trainer variants nnU-Net loads (they build
+    # condseg's networks and plug-ins inside another framework, as the command does)
+    ("cli", "__init__", "__main__", "nnunet"),
 )
 
 #: The one loader of the packaged families: the first lookup in any registry imports them.

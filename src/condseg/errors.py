@@ -120,6 +120,10 @@ class StudyError(CondsegError):
     """A study file, option or folder that cannot be used (the message names it)."""
 
 
+class NNUNetError(CondsegError):
+    """nnU-Net v2 (the ``condseg[nnunet]`` extra) is missing, or a command of it is unknown."""
+
+
 class CompareError(CondsegError, ValueError):
     """An input folder that cannot be compared (the message names it and what to do)."""
 

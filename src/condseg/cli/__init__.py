@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from condseg.cli import data, infer, report, study, train
+from condseg.cli import data, infer, nnunet, report, study, train
 from condseg.cli.render import console, user_errors
 
 __all__ = ["app", "console", "main", "user_errors"]
@@ -65,3 +65,4 @@ app.command("convert-official")(report.convert_official)
 app.command("demo")(report.demo)
 app.command("compare")(report.compare)
 app.command("study")(study.study)
+app.add_typer(nnunet.app, name="nnunet")

@@ -116,19 +116,25 @@ def data_synth(
     out: Annotated[Path, typer.Argument(help="New folder for the synthetic dataset.")],
     train: Annotated[int, typer.Option(help="Training images.")] = 48,
     val: Annotated[int, typer.Option(help="Validation images.")] = 16,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    size: Annotated[int | None, typer.Option(
+        help="Image side in pixels (default 128; volumes 32).")] = None,
     seed: Annotated[int, typer.Option(
         min=0, max=2**32 - 1, help="Random seed (same seed, same files).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty OUT.")] = False,
     task: Annotated[str, typer.Option(
         help="lesions: endoscopy-like, binary; layers: OCT-like B-scans with three layers "
-             "(4 classes with background).")] = "lesions",
+             "(4 classes with background); volumes: MRI-like 3-D cubes with a gland and its "
+             "core (3 classes with background; --format nnunet).")] = "lesions",
+    format: Annotated[str, typer.Option(
+        "--format", help="condseg: the canonical layout; nnunet: nnU-Net v2's raw dataset "
+                         "(dataset.json, imagesTr, labelsTr; layers or volumes).")] = "condseg",
 ) -> None:
     """Write an embedded synthetic dataset: endoscopy-like lesions (binary; used by the demo
-    and the tests) or OCT-like retinal layers (multi-class)."""
+    and the tests), OCT-like retinal layers (multi-class) or MRI-like volumes (3-D, for
+    nnU-Net)."""
     from condseg.data.synthetic import synthesize
 
     with user_errors():
         path = synthesize(out, n_train=train, n_val=val, size=size, seed=seed, overwrite=overwrite,
-                          task=task)
+                          task=task, format=format)
     console.print(f"wrote {path}")

@@ -24,6 +24,7 @@ from condseg.files import write_image, write_text
 from condseg.layout import DatasetDir
 
 MAX_SIZE = 4096  # a side: 48 MB a float image while drawing, a demo's data is 64-256
+MAX_VOLUME_SIZE = 256  # a volume's side: 64 MB a float volume while drawing
 MAX_IMAGES = 100_000  # of a split: a synthetic set is for demos and tests
 
 
@@ -104,27 +105,43 @@ def synthesize_pair(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarr
     return image_u8, np.where(mask >= 0.5, 255, 0).astype(np.uint8)
 
 
-#: The synthetic tasks: the binary endoscopy-like lesions (the default) and the OCT-like layers.
-TASKS = ("lesions", "layers")
+#: The synthetic tasks: the binary endoscopy-like lesions (the default), the OCT-like layers and
+#: the MRI-like volumes (3-D, nnU-Net's format only: :mod:`condseg.data.synthetic_volumes`).
+TASKS = ("lesions", "layers", "volumes")
+#: The formats written: condseg's canonical layout, or nnU-Net v2's raw dataset.
+FORMATS = ("condseg", "nnunet")
+_TASK_FORMATS = {"lesions": ("condseg",), "layers": FORMATS, "volumes": ("nnunet",)}
 
 
 def synthesize(
     out: str | Path,
     n_train: int = 48,
     n_val: int = 16,
-    size: int = 128,
+    size: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     task: str = "lesions",
+    format: str = "condseg",
 ) -> Path:
     """Write ``out/images/*.png``, ``out/masks/*.png``, ``train.txt``, ``val.txt`` and
     ``synth.json`` (the parameters); the ``layers`` task also ``labels.json`` (its classes).
+    ``format="nnunet"`` writes nnU-Net's raw dataset instead (``layers`` and ``volumes``; the
+    training images as its training cases, the validation ones held out in ``imagesTs``).
     Refuses a non-empty ``out`` unless ``overwrite``."""
     if task not in TASKS:
         raise DataError(f"unknown synthetic task {task!r} (--task); choose one of "
                         f"{', '.join(TASKS)}")
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r} (--format); choose one of "
+                        f"{', '.join(FORMATS)}")
+    if format not in _TASK_FORMATS[task]:
+        raise DataError(f"--task {task} cannot be written as --format {format}: volumes need "
+                        "--format nnunet, lesions --format condseg (layers take either)")
+    if size is None:
+        size = 32 if task == "volumes" else 128
+    most_size = MAX_VOLUME_SIZE if task == "volumes" else MAX_SIZE
     for name, value, least, most in (("train", n_train, 1, MAX_IMAGES), ("val", n_val, 1,
-                                      MAX_IMAGES), ("size", size, 8, MAX_SIZE),
+                                      MAX_IMAGES), ("size", size, 8, most_size),
                                       ("seed", seed, 0, MAX_SEED)):
         if not (isinstance(value, int) and least <= value <= most):
             raise DataError(f"{name} (--{name}) must be an integer from {least} to {most}; got "
@@ -137,6 +154,8 @@ def synthesize(
             f"{out} is not empty; choose an empty folder or pass --overwrite (overwrite=True) "
             "to replace a previous synthetic dataset"
         )
+    if format == "nnunet":
+        return _synthesize_nnunet(out, task, n_train, n_val, size, seed)
     layout = DatasetDir(out)
     for folder in (layout.images, layout.masks):
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,5 +184,20 @@ def synthesize(
         "n_train": n_train,
         "n_val": n_val,
     }
+    write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def _synthesize_nnunet(out: Path, task: str, n_train: int, n_val: int, size: int,
+                       seed: int) -> Path:
+    from condseg.data.synthetic_volumes import VOLUME_LABELS, volume_pair, write_nnunet
+
+    pair, labels = ((volume_pair, VOLUME_LABELS) if task == "volumes"
+                    else (layers_pair, LAYER_LABELS))
+    names = [f"synth_{i:04d}" for i in range(n_train + n_val)]
+    write_nnunet(out, lambda rng: pair(rng, size), labels, (names[:n_train], names[n_train:]),
+                 seed, volumetric=task == "volumes")
+    info = {"generator": "condseg.data.synthetic", "task": task, "format": "nnunet",
+            "seed": seed, "size": size, "n_train": n_train, "n_val": n_val}
     write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
     return out
