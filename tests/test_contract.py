@@ -17,36 +17,10 @@ from condseg.errors import ModelError
 from condseg.losses.mask import mask_loss
 from condseg.models.base import class_names, mask_channels
 from condseg.models.model_file import load_model, save_model
-from condseg.models.registry import MODELS, create_model, list_models
+from condseg.models.registry import create_model
 
-SIZE = 64
-#: The smallest build of each packaged model: a ResNet-18 (or PVT-v2-b0) encoder where it takes
-#: one. A model not listed is built with its registered defaults.
-SMALL = {"chnet": {"encoder": "resnet18"}, "condseg": {"encoder": "resnet18", "width": 16},
-         "condseg-net0": {"encoder": "resnet18"},
-         "condseg-pvt": {"encoder": "pvt_v2_b0", "width": 16},
-         "deeplabv3plus": {"encoder": "resnet18"}, "m2snet": {"encoder": "resnet18"},
-         "msnet": {"encoder": "resnet18"}, "unet": {"encoder": "resnet18"},
-         "unetplusplus": {"encoder": "resnet18"}}
-NAMES = ("background", "rnfl", "gcipl")
-
-
-def packaged_models() -> list[str]:
-    """Every model registered by condseg's own families (test modules register others)."""
-    def module(name: str) -> str:
-        item = MODELS.get(name)
-        return getattr(item, "func", item).__module__  # smp's builders are partials
-
-    return [name for name in list_models() if module(name).startswith("condseg.")]
-
-
-def options(name: str, k: int) -> dict:
-    """Options building ``name`` small with ``k`` classes (an ensemble: of two small U-Nets)."""
-    built = dict(SMALL.get(name, {}))
-    if name == "ensemble":
-        member = {"encoder": "resnet18", **({"num_classes": k} if k > 1 else {})}
-        built["members"] = [{"name": "unet", "options": member}] * 2
-    return {**built, **({"num_classes": k} if k > 1 else {})}
+# the packaged models, their smallest builds and the class names: test_models_classes's
+from test_models_classes import NAMES, SIZE, packaged_models, tiny
 
 
 def batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +48,7 @@ def test_every_registered_model_keeps_the_contract_with_k_classes(
 
     torch.manual_seed(0)
     try:
-        model = create_model(name, **options(name, k))
+        model = create_model(name, **tiny(name, k))
     except ModelError as error:  # the refusal: K only, at build time, one line naming the model
         assert k > 1 and "\n" not in str(error) and "binary by design" in str(error), error
         return
@@ -92,7 +66,7 @@ def test_every_registered_model_keeps_the_contract_with_k_classes(
     path = save_model(tmp_path / "m.safetensors", model, mean=None, std=None, input_size=SIZE,
                       classes=NAMES if k > 1 else None)
     loaded = load_model(path).eval()
-    assert (loaded.num_classes, class_names(loaded)) == (k, NAMES if k > 1 else None)
+    assert (loaded.num_classes, class_names(loaded)) == (k, tuple(NAMES) if k > 1 else None)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).mask, out.mask)
 
