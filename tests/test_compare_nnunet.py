@@ -276,3 +276,11 @@ def test_the_cli_compares_nnunet_folders(trainers: tuple[Path, Path], tmp_path: 
     result = runner.invoke(app, ["compare", str(missing), str(trainers[1])])
     assert result.exit_code == 2
     assert result.output.count("error:") == 1 and "nnUNetv2_train" in result.output
+
+
+def test_figures_say_why_nnunet_is_not_drawn(trainers: tuple[Path, Path],
+                                             tmp_path: Path) -> None:
+    result = compare(list(trainers), figure_dir=tmp_path / "fig")
+    assert not result.written
+    assert any(n.startswith("predictions.png not written: the reference nnUNetTrainer 2d is "
+                            "nnU-Net's") for n in result.notes)
