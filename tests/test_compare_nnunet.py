@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,15 +210,21 @@ def test_nnunet_beside_a_condseg_evaluation_of_other_images_is_not_paired(
     assert any("names different datasets" in n for n in result.notes)
 
 
-def test_class_names_without_a_dataset_json_and_single_label_regions(tmp_path: Path) -> None:
+def test_class_names_without_dataset_json_single_label_regions_and_background(
+    tmp_path: Path
+) -> None:
     plain = write_trainer(tmp_path, A, 0, folds=[0], dataset_json=False)
     assert read_nnunet(plain).evaluations[0].classes == ("background", "class1", "class2")
     regions = write_trainer(tmp_path, B, 0, folds=[0], keys={"(1,)": 1, "(2,)": 2})
     ours = read_nnunet(regions / "fold_0").evaluations[0]
     assert ours.classes == CLASSES
+    background = write_trainer(tmp_path / "bg", A, 0, folds=[0], keys={"0": 0, "1": 1, "2": 2})
+    with_background = read_nnunet(background / "fold_0").evaluations[0]  # 0 left out
     unnamed = read_nnunet(plain / "fold_0").evaluations[0].per_image
-    assert [list(row.values()) for row in ours.per_image.values()] == [
-        list(row.values()) for row in unnamed.values()]
+    for other in (ours, with_background):
+        assert other.classes == CLASSES
+        assert [list(row.values()) for row in other.per_image.values()] == [
+            list(row.values()) for row in unnamed.values()]
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -239,7 +246,9 @@ def test_refusals_are_one_line_saying_what_to_do(trainers: tuple[Path, Path],
         assert f"nnUNetv2_train {DATASET} 3d_fullres 2 -tr {A} -p nnUNetPlans --val" in text
 
     summary = nnunet_summary_path(b / "fold_3")
-    for damage in (summary.read_text()[:200], "", json.dumps({"mean": {}}),
+    uneven = json.loads(summary.read_text())
+    del uneven["metric_per_case"][1]["metrics"]["2"]
+    for damage in (summary.read_text()[:200], "", json.dumps({"mean": {}}), json.dumps(uneven),
                    json.dumps({"metric_per_case": [{"metrics": {"1": {"Dice": 1}}}]})):
         summary.write_text(damage)
         with pytest.raises(CompareError) as exc:
@@ -259,6 +268,18 @@ def test_refusals_are_one_line_saying_what_to_do(trainers: tuple[Path, Path],
     with pytest.raises(CompareError) as exc:  # its fold 0 twice
         compare([a, a / "fold_0"])
     assert "both give the evaluation" in _one_line(exc)
+
+    copy = tmp_path / "copy" / DATASET / a.name
+    shutil.copytree(a, copy)
+    with pytest.raises(CompareError) as exc:  # one trainer's results under two paths
+        compare([a, copy])
+    assert "same model on the same data" in _one_line(exc)
+
+    shutil.copytree(a / "fold_1", a / "fold_5")
+    with pytest.raises(CompareError) as exc:
+        compare([a, b])
+    assert "validated by both fold_1 and fold_5" in _one_line(exc)
+    shutil.rmtree(a / "fold_5")
 
     other = write_trainer(tmp_path / "o", B, 1, dataset_json=False)
     with pytest.raises(CompareError) as exc:  # class1, class2 are not liver, tumour
@@ -284,3 +305,4 @@ def test_figures_say_why_nnunet_is_not_drawn(trainers: tuple[Path, Path],
     assert not result.written
     assert any(n.startswith("predictions.png not written: the reference nnUNetTrainer 2d is "
                             "nnU-Net's") for n in result.notes)
+    assert not any("in the figures is its first run" in n for n in result.notes)

@@ -128,7 +128,8 @@ def write_figures(
     written, notes = prediction_figure(result, figure_dir / "predictions.png", chosen)
     more_written, more_notes = curves_figure(result, figure_dir / "curves.png")
     first_runs = [f"{entry.label} in the figures is its first run, {entry.pooled[0].source}"
-                  for entry in result.entries if entry.n_runs > 1]
+                  for entry in result.entries if entry.n_runs > 1
+                  and entry.evaluations[0].protocol.get("source") != NNUNET]
     return written + more_written, notes + more_notes + first_runs
 
 

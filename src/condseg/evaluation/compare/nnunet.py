@@ -64,6 +64,14 @@ def read_nnunet(path: Path) -> Entry:
             folds[0]))
     read = [_read_fold(p) for p in done]
     folds_read = [evaluation for evaluation, _ in read]
+    seen: dict[str, Path] = {}
+    for evaluation in folds_read:
+        for case in evaluation.per_image:
+            if seen.setdefault(case, evaluation.path) != evaluation.path:
+                raise CompareError(
+                    f"{path}: case {case} is validated by both {seen[case].name} and "
+                    f"{evaluation.path.name}, not once as in nnU-Net's cross-validation; give "
+                    "the fold folders you mean")
     evaluation = pooled_evaluation(folds_read)
     numbers = [p.name[5:] for p in done]
     split = "folds/*/val" if numbers == [str(k) for k in range(5)] else (
@@ -91,12 +99,13 @@ def _read_fold(fold: Path) -> tuple[Evaluation, dict[str, list[int]]]:
     damaged = "rerun `" + _train_command(fold) + " --val` to write it again"
     recorded = records.read_nnunet_summary(summary, CompareError, damaged)
     trainer = fold.parent
-    labels = _labels(summary, recorded["metric_per_case"][0]["metrics"])
+    first = recorded["metric_per_case"][0]["metrics"]
+    labels = _labels(summary, first)
     classes = _class_names(trainer, labels)
     rows, reference = {}, {}
     for case in recorded["metric_per_case"]:
         name = _case_name(case["prediction_file"])
-        if set(case["metrics"]) != set(labels.values()):
+        if set(case["metrics"]) != set(first):
             raise CompareError(f"{summary} is damaged: case {name} has other labels than the "
                                f"first; {damaged}")
         scores = [_scores(case["metrics"][key]) for key in labels.values()]
@@ -121,6 +130,8 @@ def _labels(summary: Path, metrics: Mapping[str, Any]) -> dict[int, str]:
     a region of several is refused (its Dice is not a class's)."""
     labels: dict[int, str] = {}
     for key in metrics:
+        if key == "0":  # background, if asked for: left out, as from nnU-Net's foreground mean
+            continue
         region = REGION.fullmatch(key)
         if region and region.group(2):
             raise CompareError(
