@@ -306,3 +306,38 @@ def test_figures_say_why_nnunet_is_not_drawn(trainers: tuple[Path, Path],
     assert any(n.startswith("predictions.png not written: the reference nnUNetTrainer 2d is "
                             "nnU-Net's") for n in result.notes)
     assert not any("in the figures is its first run" in n for n in result.notes)
+
+
+@pytest.mark.slow
+def test_nnunets_own_evaluation_reads_as_these_files(tmp_path: Path) -> None:
+    """nnU-Net's compute_metrics_on_folder itself (one spawned worker, about 8 s) on the label
+    maps of fold 0 as PNG: its summary.json is the one written here but for the files' paths,
+    and compare reads the same scores from it."""
+    evaluate = pytest.importorskip("nnunetv2.evaluation.evaluate_predictions")
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from PIL import Image
+
+    ours = write_trainer(tmp_path / "ours", A, 0, folds=[0]) / "fold_0"
+    theirs = tmp_path / "theirs" / DATASET / ours.parent.name / "fold_0"
+    summary, truth = nnunet_summary_path(theirs), tmp_path / "gt"
+    for folder in (summary.parent, truth):
+        folder.mkdir(parents=True)
+    shutil.copy(ours.parent / "dataset.json", theirs.parent)
+    maps = label_maps(0)
+    for case in CASES[0::FOLDS]:
+        for folder, labels in zip((summary.parent, truth), maps[case], strict=True):
+            Image.fromarray(labels.astype(np.uint8)).save(folder / f"{case}.png")
+    evaluate.compute_metrics_on_folder(str(truth), str(summary.parent), str(summary),
+                                       NaturalImage2DIO(), ".png", [1, 2], num_processes=1)
+
+    def without_paths(path: Path) -> dict:
+        recorded = json.loads(path.read_text())
+        for case in recorded["metric_per_case"]:
+            case["prediction_file"] = Path(case.pop("prediction_file")).name.split(".")[0]
+            del case["reference_file"]
+        return recorded
+
+    assert json.dumps(without_paths(summary)) == json.dumps(without_paths(
+        nnunet_summary_path(ours)))
+    got, want = (read_nnunet(fold).evaluations[0] for fold in (theirs, ours))
+    assert got.per_image == want.per_image and got.classes == want.classes
