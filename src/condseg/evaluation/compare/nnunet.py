@@ -77,7 +77,7 @@ def read_nnunet(path: Path) -> Entry:
     split = "folds/*/val" if numbers == [str(k) for k in range(5)] else (
         f"folds/{'+'.join(numbers)}/val")
     evaluation.path, evaluation.protocol = path, {
-        **folds_read[0].protocol, "split": split, "folds": numbers,
+        **folds_read[0].protocol, "split": split,
         "dataset": _identity(path, {k: v for _, voxels in read for k, v in voxels.items()}),
         "model_digest": _digest("".join(e.protocol["model_digest"] for e in folds_read))}
     runs = [Entry(source=e.path, label="", evaluations=[e]) for e in folds_read]
@@ -142,6 +142,8 @@ def _labels(summary: Path, metrics: Mapping[str, Any]) -> dict[int, str]:
             raise CompareError(f"{summary} is damaged: {key!r} is not a label; rerun "
                                "nnU-Net's validation (--val) to write it again")
         labels[int(text)] = key
+    if not labels:
+        raise CompareError(f"{summary} scores no foreground label; nothing to compare")
     return dict(sorted(labels.items()))
 
 
