@@ -7,6 +7,9 @@
   :func:`write_evaluation`; :func:`read_evaluation`.
 - ``cv_summary.json``: :func:`write_cv_summary`; :func:`read_cv_summary`; ``cv_runs.csv``
   (written for people): :func:`write_cv_runs`.
+- nnU-Net v2's records (written by nnU-Net, read by compare): a fold's
+  ``validation/summary.json`` (:func:`nnunet_summary_path`, :func:`read_nnunet_summary`) and the
+  ``dataset.json`` it copies into a trainer folder (:func:`read_nnunet_dataset`).
 - ``metrics.csv`` (a stage's epochs): :mod:`condseg.epoch_log` (core: it merges Lightning's
   logs), ``write_epoch_log`` and ``read_epochs``.
 
@@ -35,9 +38,9 @@ from condseg.layout import CVDir, EvalDir, JobDir, RunDir, StageDir
 from condseg.tables import Score, read_table, table_text
 
 __all__ = [
-    "EvaluationRecord", "read_config", "read_config_record", "read_cv_summary",
-    "read_evaluation", "read_result", "write_config", "write_cv_runs", "write_cv_summary",
-    "write_evaluation",
+    "EvaluationRecord", "nnunet_summary_path", "read_config", "read_config_record",
+    "read_cv_summary", "read_evaluation", "read_nnunet_dataset", "read_nnunet_summary",
+    "read_result", "write_config", "write_cv_runs", "write_cv_summary", "write_evaluation",
     "write_result",
 ]
 
@@ -160,3 +163,43 @@ def read_cv_summary(cv: CVDir, error: type[Exception], todo: str) -> dict[str, A
     if not isinstance(metrics, dict):
         raise error(f"{cv.summary} is damaged: it has no metrics; {todo}")
     return metrics
+
+
+# --------------------------------------------------------------------------- nnU-Net v2
+
+#: What nnU-Net records of each case and label (Dice and IoU are NaN where the label is absent
+#: from both reference and prediction: ``nnunetv2.evaluation.evaluate_predictions``).
+NNUNET_COUNTS = ("TP", "FP", "FN")
+
+
+def nnunet_summary_path(fold: Path) -> Path:
+    """Where ``nnUNetv2_train`` writes a fold's validation scores (``--val`` rewrites it)."""
+    return fold / "validation" / "summary.json"
+
+
+def read_nnunet_summary(path: Path, error: type[Exception], todo: str) -> dict[str, Any]:
+    """A ``summary.json`` as nnU-Net's ``compute_metrics_on_folder`` writes it: ``metric_per_case``
+    (per case ``reference_file``, ``prediction_file`` and ``metrics``: per label key, ``"1"`` or
+    a region ``"(1, 2)"``, Dice, IoU, TP, FP, FN, ...), ``mean`` and ``foreground_mean``. Only
+    what compare reads is checked; anything else is ``error`` naming the file."""
+    value = read_json(path, dict, error, todo)
+    cases = value.get("metric_per_case")
+    if not isinstance(cases, list) or not cases or not all(map(_is_nnunet_case, cases)):
+        raise error(f"{path} is damaged: its metric_per_case is not a list of cases with "
+                    f"files and per-label Dice, IoU, {', '.join(NNUNET_COUNTS)} as nnU-Net "
+                    f"writes them; {todo}")
+    return value
+
+
+def _is_nnunet_case(case: object) -> bool:
+    return (isinstance(case, dict) and isinstance(case.get("reference_file"), str)
+            and isinstance(case.get("prediction_file"), str)
+            and isinstance(metrics := case.get("metrics"), dict) and bool(metrics)
+            and all(isinstance(m, dict) and all(
+                isinstance(m.get(k), int | float) and not isinstance(m.get(k), bool)
+                for k in ("Dice", "IoU", *NNUNET_COUNTS)) for m in metrics.values()))
+
+
+def read_nnunet_dataset(path: Path, error: type[Exception], todo: str) -> dict[str, Any]:
+    """nnU-Net's ``dataset.json`` (``labels``: name -> label id, or a region's list of ids)."""
+    return read_json(path, dict, error, todo)

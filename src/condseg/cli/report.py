@@ -89,8 +89,9 @@ def demo(
 
 def compare(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Run folders (their RUN/evaluation/*/) or evaluation folders (summary.json + "
-             "per_image.csv); the first is the reference for the statistics."
+        help="Run folders (their RUN/evaluation/*/), evaluation folders (summary.json + "
+             "per_image.csv) or nnU-Net v2 trainer/fold folders (validation/summary.json); "
+             "the first is the reference for the statistics."
     )],
     label: Annotated[list[str] | None, typer.Option(
         help="Row label of each input, in order (repeat once per input; with --pool, inputs "

@@ -2,7 +2,8 @@
 
 Inputs are training run folders (``config.yaml``; their evaluations are ``RUN/evaluation/*/``:
 training writes the test split's, or the validation split's when the dataset has no test split)
-or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evaluate --out``).
+or evaluation folders (``summary.json`` + ``per_image.csv`` from ``condseg evaluate --out``), or
+nnU-Net v2 trainer and fold folders (:mod:`.nnunet`).
 Each input is a row (or, with ``pool``, the runs of one method are one row: :mod:`.pool`); each
 dataset (data root name / split) contributes mIoU, mDSC, recall and precision in percent. The
 first row is the reference: every later row evaluated on the same images gets a paired
@@ -49,7 +50,7 @@ from condseg.evaluation.compare.inputs import (
     stage_names,
     validation_notes,
 )
-from condseg.evaluation.compare.pool import pool_entries, pool_notes
+from condseg.evaluation.compare.pool import pool_entries, pool_notes, runs_of
 from condseg.evaluation.compare.result import (
     Comparison,
     best_labels,
@@ -100,6 +101,8 @@ def compare(
     refuse_duplicates(entries)
     refuse_mixed_classes(entries)
     assign_labels(entries, labels, pool)
+    if pool:
+        entries = runs_of(entries)
     columns, notes = assign_columns(entries, pool)
     notes += [*validation_notes(entries, columns), *protocol_notes(entries, columns),
               *unrecorded_notes(entries, columns), *identical_notes(entries, columns)]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from condseg.errors import CompareError, CondsegError
+from condseg.evaluation.compare.nnunet import SOURCE as NNUNET
 from condseg.evaluation.compare.result import Comparison, Entry
 from condseg.evaluation.names import MISSING, display_name
 from condseg.evaluation.overlap import overlap_scores
@@ -73,6 +74,9 @@ def figure_images(result: Comparison, choice: ImageChoice) -> tuple[Path, list[s
         raise CompareError(
             f"--images: {', '.join(unknown)} not among the {len(names)} images of "
             f"{evaluation.column} that every input was evaluated on (e.g. {some})")
+    if evaluation.protocol.get("source") == NNUNET:
+        return (f"the reference {result.entries[0].label} is nnU-Net's, whose images and "
+                "models condseg does not read; put a condseg run first to draw them")
     root = Path(str(evaluation.protocol.get("data_root", "")))
     if not str(evaluation.protocol.get("data_root", "")) or not root.is_dir():
         return f"the data root {root} of {evaluation.path} is not here"
@@ -124,7 +128,8 @@ def write_figures(
     written, notes = prediction_figure(result, figure_dir / "predictions.png", chosen)
     more_written, more_notes = curves_figure(result, figure_dir / "curves.png")
     first_runs = [f"{entry.label} in the figures is its first run, {entry.pooled[0].source}"
-                  for entry in result.entries if entry.n_runs > 1]
+                  for entry in result.entries if entry.n_runs > 1
+                  and entry.evaluations[0].protocol.get("source") != NNUNET]
     return written + more_written, notes + more_notes + first_runs
 
 

@@ -75,8 +75,9 @@ def refuse_duplicates(entries: Sequence[Entry]) -> None:
     and its evaluation folder), or one model file (by digest; by path with identical scores
     where no digest was recorded) evaluated on the same data under the same protocol."""
     given: dict[Path, Entry] = {}
-    for entry in entries:
-        for evaluation in entry.evaluations:
+    for entry in entries:  # an nnU-Net trainer folder gives its folds' too
+        for evaluation in [*entry.evaluations, *(e for run in entry.pooled
+                                                  for e in run.evaluations)]:
             real = evaluation.path.resolve()
             first = given.setdefault(real, entry)
             if first is not entry:

@@ -11,6 +11,7 @@ from typing import Any
 from condseg import records
 from condseg.errors import CompareError, InputNotFoundError
 from condseg.evaluation.compare.identity import root_of, roots_to_tell_apart
+from condseg.evaluation.compare.nnunet import SOURCE, is_fold, is_trainer, read_nnunet
 from condseg.evaluation.compare.result import Entry, Evaluation, RunInfo
 from condseg.layout import DatasetDir, EvalDir, RunDir, StageDir
 
@@ -55,10 +56,13 @@ def read_input(path: Path) -> Entry:
     """An input folder as an unlabelled entry; a run contributes all its evaluations."""
     path = Path(path)
     run, evaluation = RunDir(path), EvalDir(path)
-    expected = (f"run folders (with {run.config.name}) or evaluation folders (with "
-                f"{evaluation.summary.name} and {evaluation.per_image.name})")
+    expected = (f"run folders (with {run.config.name}), evaluation folders (with "
+                f"{evaluation.summary.name} and {evaluation.per_image.name}) or nnU-Net "
+                "trainer or fold folders")
     if not path.is_dir():
         raise InputNotFoundError(f"{path} not found; give {expected}")
+    if is_fold(path) or is_trainer(path):
+        return read_nnunet(path)
     if evaluation.is_complete():
         owner = RunDir.of_evaluation(path)
         info = read_run(owner.path) if owner is not None else None
@@ -78,7 +82,8 @@ def read_input(path: Path) -> Entry:
                      run=info)
     raise CompareError(
         f"{path} is neither a run folder ({run.config.name}) nor an evaluation folder "
-        f"({evaluation.summary.name} and {evaluation.per_image.name})"
+        f"({evaluation.summary.name} and {evaluation.per_image.name}) nor an nnU-Net trainer "
+        "or fold folder (<Trainer>__<Plans>__<configuration>[/fold_<k>])"
     )
 
 
@@ -181,7 +186,8 @@ def column_name(
 
 def validation_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[str]:
     """Say which columns are validation splits: the images that selected each model (best val
-    mIoU), so their figures are optimistic next to a test split's."""
+    mIoU), so their figures are optimistic next to a test split's. nnU-Net's folds did not
+    select its final model, which it validates."""
     validation = {e.column for entry in entries for e in entry.evaluations
                   if _is_validation(e, entry.run)}
     return [f"{column}: the validation split, which selected each model (no test split); "
@@ -191,5 +197,7 @@ def validation_notes(entries: Sequence[Entry], columns: Sequence[str]) -> list[s
 
 def _is_validation(evaluation: Evaluation, run: RunInfo | None) -> bool:
     split = str(evaluation.protocol.get("split", ""))
+    if evaluation.protocol.get("source") == SOURCE:
+        return False
     data = (run.config.get("data") or {}) if run is not None else {}
     return split == data.get("val_split", "val") or split.rsplit("/", 1)[-1] == "val"

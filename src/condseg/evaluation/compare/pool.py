@@ -18,6 +18,17 @@ from condseg.evaluation.compare.result import Entry, Evaluation
 from condseg.evaluation.metrics import METRIC_NAMES, summarize
 
 
+def runs_of(entries: Sequence[Entry]) -> list[Entry]:
+    """The runs to pool: an input read as runs already pooled (an nnU-Net trainer folder's
+    folds: :mod:`.nnunet`) gives them, under its label; other inputs are one run each."""
+    runs = []
+    for entry in entries:
+        for run in entry.pooled or [entry]:
+            run.label = entry.label
+            runs.append(run)
+    return runs
+
+
 def pool_entries(entries: Sequence[Entry]) -> list[Entry]:
     """One entry per label, in order of first appearance, pooling the inputs of that label."""
     groups: dict[str, list[Entry]] = {}
