@@ -5,6 +5,7 @@ written."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from condseg.models.base import ModelOutput
 from condseg.models.model_file import read_header
 from condseg.training.classes import with_dataset_classes
 from condseg.training.hooks import MultiScale
-from condseg.training.module import class_scores
+from condseg.training.module import VAL_SCORES, class_metrics, class_sums
 from condseg.training.run import train
 
 runner = CliRunner()
@@ -219,17 +220,22 @@ def test_every_loss_has_a_k_class_form_or_refuses() -> None:
             assert torch.isfinite(loss(outputs, ids)["loss"]), name
 
 
-def test_class_scores_leave_out_absent_classes() -> None:
-    logits = torch.full((1, 3, 4, 4), -5.0)
+def test_class_sums_leave_out_absent_classes() -> None:
+    logits = torch.full((2, 3, 4, 4), -5.0)
     logits[:, 0] = 5  # everything predicted background ...
-    logits[0, 1, :2] = 10  # ... but the top half class 1
-    ids = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    logits[0, 1, :2] = 10  # ... but image 0's top half class 1
+    ids = torch.zeros(2, 1, 4, 4, dtype=torch.long)
     ids[0, 0, :1] = 1
-    ids[0, 0, 3, 3] = IGNORE_ID
-    dice, iou = class_scores(logits, ids)
-    assert dice[0, 0].item() == pytest.approx(2 * 4 / (8 + 4))
-    assert iou[0, 0].item() == pytest.approx(4 / 8)
-    assert dice[0, 1].isnan() and iou[0, 1].isnan()  # class 2: in neither, missing (not 1)
+    ids[0, 0, 3, 3] = IGNORE_ID  # image 1: background only, nothing to score
+    sums = class_sums(logits, ids)
+    assert sums.shape == (len(VAL_SCORES) + 1, 3)
+    row = {name: sums[i] for i, name in enumerate(VAL_SCORES)}
+    assert row["dice"][1].item() == pytest.approx(2 * 4 / (8 + 4))
+    assert row["iou"][1].item() == pytest.approx(4 / 8)
+    assert row["recall"][1].item() == 1 and row["precision"][1].item() == pytest.approx(0.5)
+    # class 2 in neither image, image 1 holds no class: counted nowhere (missing, not 1)
+    assert sums[-1].tolist() == [1, 1, 0] and row["dice"][2].item() == 0
+    assert row["dice"][0].item() == pytest.approx(2 * 4 / (8 + 4))  # image 0's mean: class 1
 
 
 # --- K into the run -------------------------------------------------------------------------
@@ -301,3 +307,50 @@ def test_condseg_refuses_classes_before_anything_is_written(layers: Path, tmp_pa
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
         assert "binary by design" in lines[0] and "num_classes 4" in lines[0], lines[0]
         assert not run.exists()
+
+
+def _tiny_train(layers: Path, run: Path, *extra: str):
+    return runner.invoke(app, [
+        "train", "--method", "unet", "--data", str(layers), "--out", str(run), "--stage",
+        "train", "model.options.encoder=resnet18", "model.pretrained=false",
+        "model.options.decoder_channels=[32,16,16,8,8]", "data.size=32", "data.batch_size=2",
+        "data.num_workers=0", "progress_bar=false", "precision=32", *extra,
+    ], terminal_width=400)
+
+
+@pytest.mark.parametrize("monitor", ["val/recall", "val/precision"])
+def test_every_plateau_monitor_exists_for_k_classes(layers: Path, tmp_path: Path,
+                                                    monitor: str) -> None:
+    """Each monitor config.py allows is logged on the K-class path too, and TensorBoard's
+    best val mIoU is the epoch's own (not the one before)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = _tiny_train(layers, run, "--epochs", "2", "stages.train.schedule.name=plateau",
+                         f"stages.train.schedule.monitor={monitor}")
+    assert result.exit_code == 0, result.output
+    with open(run / "train" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val_miou")]
+    assert len(rows) == 2
+    for row in rows:
+        for name in ("val_recall", "val_precision", "val_miou", "val_mdsc"):
+            assert 0 <= float(row[name]) <= 100, (name, row)
+    events = EventAccumulator(str(run / "train" / "tensorboard"))
+    events.Reload()
+    best = [s.value for s in events.Scalars("hp/best_val_miou")]
+    mious = [float(row["val_miou"]) for row in rows]
+    assert best[-2:] == pytest.approx([max(mious[:1]), max(mious)], rel=1e-4)
+
+
+def test_validation_logs_no_nan_and_always_the_means() -> None:
+    classes = ("background", "a", "b")
+    logits, ids = _logits_and_ids(seed=7, k=3)
+    ids[ids == 2] = 0
+    logits[:, 2] = -1e3  # class b in no ground truth and no prediction: absent from the split
+    metrics = class_metrics(class_sums(logits, ids), classes)
+    assert set(metrics) == {"val/miou", "val/mdsc", "val/recall", "val/precision", "val/dice/a"}
+    assert all(torch.isfinite(v) for v in metrics.values())
+    nothing = class_sums(torch.zeros(2, 3, 4, 4).index_fill(1, torch.tensor([0]), 1.0),
+                         torch.zeros(2, 1, 4, 4, dtype=torch.long))  # background only
+    assert class_metrics(nothing, classes) == {  # nothing to score: means 0 (decisions.md)
+        k: 0 for k in ("val/miou", "val/mdsc", "val/recall", "val/precision")}

@@ -46,7 +46,7 @@ def class_confusion(pred: Tensor, gt: Tensor, num_classes: int) -> Tensor:
     if ((gt[kept] < 0) | (gt[kept] >= num_classes)).any():
         raise ValueError(f"ground-truth class ids must lie in 0..{num_classes - 1} or be "
                          f"{IGNORE_ID} (ignored); got {torch.unique(gt[kept]).tolist()[:8]}")
-    batch = torch.arange(pred.shape[0]).unsqueeze(1).expand_as(pred)
+    batch = torch.arange(pred.shape[0], device=pred.device).unsqueeze(1).expand_as(pred)
     index = (batch * num_classes + gt) * num_classes + pred
     counts = torch.bincount(index[kept], minlength=pred.shape[0] * num_classes**2)
     return counts.view(pred.shape[0], num_classes, num_classes)

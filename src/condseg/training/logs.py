@@ -151,13 +151,20 @@ class TensorBoardExtras(Callback):
         if logger is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch + 1
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            grid = self._grid(trainer.val_dataloaders.dataset, pl_module)
+            logger.experiment.add_image("val/predictions", grid, global_step=epoch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Read once the epoch's metrics are all in: a K-class module logs val/miou in its own
+        on_validation_epoch_end, which Lightning runs after the callbacks'."""
+        logger = _tensorboard(trainer)
+        if logger is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
         miou = trainer.callback_metrics.get("val/miou")
         if miou is not None:
             self._best = max(self._best, 100 * float(miou))
             logger.log_metrics({"hp/best_val_miou": self._best}, step=trainer.global_step)
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
-            grid = self._grid(trainer.val_dataloaders.dataset, pl_module)
-            logger.experiment.add_image("val/predictions", grid, global_step=epoch)
 
     @torch.no_grad()
     def _grid(self, dataset: torch.utils.data.Dataset, pl_module: L.LightningModule

@@ -16,6 +16,7 @@ the prediction of an image is left out there (not 1); ignored pixels count for n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -23,9 +24,8 @@ import torch
 from torch import Tensor
 
 from condseg.config import StageConfig
-from condseg.data.labels import IGNORE_ID
 from condseg.errors import NonFiniteLossError
-from condseg.evaluation.overlap import overlap_scores
+from condseg.evaluation.overlap import class_confusion, class_scores, overlap_scores
 from condseg.losses.base import Loss
 from condseg.losses.mask import mask_loss
 from condseg.models.base import SegmentationModel, training_memory_format, use_plain_kernels
@@ -64,6 +64,7 @@ class SegmentationModule(L.LightningModule):
         self._layout = torch.contiguous_format  # resolved on the training device
         self.classes = tuple(classes) if classes is not None else None  # K >= 2, background 1st
         self._sums: Tensor | None = None  # K >= 2: the validation epoch's sums (class_sums)
+        self._warned_empty = False  # K >= 2: warned once of an epoch with nothing to score
 
     @classmethod
     def from_parts(cls, model: SegmentationModel, parts: StageParts) -> SegmentationModule:
@@ -138,17 +139,24 @@ class SegmentationModule(L.LightningModule):
         self._sums = None
 
     def on_validation_epoch_end(self) -> None:
-        """The K-class scores of the epoch, from the sums of every batch of every process."""
+        """The K-class scores of the epoch, from the sums of every batch of every process: the
+        foreground means under the binary path's names (so every monitor exists), and the Dice
+        of each class the split holds (a class absent from it has none, so none is logged)."""
         if self.classes is None:
             return
         mine = self._sums if self._sums is not None else torch.zeros(  # no batch here: 0s, so
-            3, len(self.classes), dtype=torch.float64, device=self.device)  # every rank reduces
+            len(VAL_SCORES) + 1, len(self.classes), dtype=torch.float64,  # every rank reduces
+            device=self.device)
         sums = self.trainer.strategy.reduce(mine, reduce_op="sum")
-        (dice, iou, images), per_class = sums[:, 0], sums[:, 1:]
-        self.log_dict({"val/miou": (iou / images).float(), "val/mdsc": (dice / images).float()},
-                      prog_bar=True)
-        self.log_dict({f"val/dice/{name}": (per_class[0, c] / per_class[2, c]).float()
-                       for c, name in enumerate(self.classes[1:])})
+        if sums[-1, 0] == 0 and not self._warned_empty:
+            self._warned_empty = True
+            warnings.warn("no validation image holds any foreground class (in its ground truth "
+                          "or prediction): the epoch's foreground means are logged as 0",
+                          stacklevel=1)
+        metrics = class_metrics(sums, self.classes)
+        means = [f"val/{_VAL_NAMES[k]}" for k in VAL_SCORES]
+        self.log_dict({k: metrics.pop(k) for k in means}, prog_bar=True)
+        self.log_dict(metrics)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the validation metrics of the saved epoch, so that the exported best model file
@@ -162,32 +170,30 @@ class SegmentationModule(L.LightningModule):
         return configure(self.model, self.cfg)
 
 
-def class_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Dice and IoU (B, K-1) of each image and foreground class of K-class ``logits`` (their
-    argmax) against the class ids ``target`` (B,1,H,W), ignored pixels left out; NaN for a
-    class absent from both the image's ground truth and its prediction."""
-    labels, ids = logits.argmax(1), target[:, 0]
-    kept = ids != IGNORE_ID
-    dice, iou = [], []
-    for c in range(1, logits.shape[1]):
-        pred, gt = (labels == c) & kept, ids == c
-        scores = overlap_scores(pred, gt)
-        present = (pred | gt).flatten(1).any(1)
-        dice.append(scores["dice"].where(present, torch.nan))
-        iou.append(scores["iou"].where(present, torch.nan))
-    return torch.stack(dice, 1), torch.stack(iou, 1)
-
-
 def class_sums(logits: Tensor, target: Tensor) -> Tensor:
-    """What a validation epoch adds up, float64 (3, K): row 0 the Dice sums, row 1 the IoU
-    sums, row 2 the counts; column 0 over images of each image's foreground mean (images with
-    no class at all left out), column c over the images that hold class c."""
-    dice, iou = class_scores(logits, target)
-    present = ~dice.isnan()
+    """What a validation epoch adds up, float64 (len(VAL_SCORES) + 1, K): one row of sums per
+    score in VAL_SCORES, then the counts; column 0 over images of each image's foreground mean
+    (images with no class at all left out), column c over the images that hold class c. The
+    scores are evaluation's (:func:`condseg.evaluation.overlap.class_scores`)."""
+    confusion = class_confusion(logits.argmax(1), target[:, 0], logits.shape[1])
+    scores = class_scores(confusion)
+    present = ~scores["dice"].isnan()
     some = present.any(1)
-    image_means = [(x.nan_to_num().sum(1) / present.sum(1).clamp_min(1))[some].sum()
-                   for x in (dice, iou)]
-    first = torch.stack([*image_means, some.sum(dtype=torch.float64)])
-    rest = torch.stack([dice.nan_to_num().sum(0), iou.nan_to_num().sum(0),
-                        present.sum(0, dtype=torch.float64)])
-    return torch.cat([first[:, None], rest], 1)
+    rows = [torch.cat([(scores[k].nan_to_num().sum(1) / present.sum(1).clamp_min(1))[some]
+                       .sum()[None], scores[k].nan_to_num().sum(0)]) for k in VAL_SCORES]
+    counts = torch.cat([some.sum(dtype=torch.float64)[None], present.sum(0, dtype=torch.float64)])
+    return torch.stack([*rows, counts])
+
+
+def class_metrics(sums: Tensor, classes: Sequence[str]) -> dict[str, Tensor]:
+    """The validation metrics of an epoch's :func:`class_sums`: the foreground means under the
+    binary path's names (so every monitor exists; 0 for an epoch with nothing to score, see
+    docs/decisions.md) and ``val/dice/<class>`` of each class the split holds (a class absent
+    from it has no score: left out, never NaN)."""
+    totals, counts = sums[:-1], sums[-1]
+    metrics = {f"val/{_VAL_NAMES[k]}": (totals[i, 0] / counts[0].clamp_min(1)).float()
+               for i, k in enumerate(VAL_SCORES)}
+    dice = totals[VAL_SCORES.index("dice")]
+    metrics.update({f"val/dice/{name}": (dice[c] / counts[c]).float()
+                    for c, name in enumerate(classes) if c > 0 and counts[c] > 0})
+    return metrics
