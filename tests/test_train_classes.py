@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ from condseg.config import load_config
 from condseg.data.dataset import SegmentationDataset
 from condseg.data.labels import IGNORE_ID, read_class_mask, read_labels
 from condseg.data.masks import read_mask
+from condseg.data.split_files import read_split
 from condseg.data.synthetic import synthesize
 from condseg.data.transforms import geometric_augmentation, resize_mask
 from condseg.errors import DataError, LossError, TrainingError
+from condseg.evaluation.metrics import class_metric_names
 from condseg.losses.base import LOSSES, create_loss
 from condseg.losses.mask import mask_loss, multiclass_parts
 from condseg.losses.structure import (
@@ -37,6 +40,7 @@ from condseg.losses.structure import (
 from condseg.models.base import ModelOutput
 from condseg.models.model_file import read_header
 from condseg.training.classes import with_dataset_classes
+from condseg.training.cv import cross_validate
 from condseg.training.hooks import MultiScale
 from condseg.training.module import VAL_SCORES, class_metrics, class_sums
 from condseg.training.run import train
@@ -354,3 +358,33 @@ def test_validation_logs_no_nan_and_always_the_means() -> None:
                          torch.zeros(2, 1, 4, 4, dtype=torch.long))  # background only
     assert class_metrics(nothing, classes) == {  # nothing to score: means 0 (decisions.md)
         k: 0 for k in ("val/miou", "val/mdsc", "val/recall", "val/precision")}
+
+
+def test_cv_records_the_k_class_columns(layers: Path, tmp_path: Path) -> None:
+    """cv_runs.csv, cv_summary.json and the ensemble's header carry the evaluations' K-class
+    columns (foreground means, per-class scores), not the binary-only ones."""
+    root = tmp_path / "d"
+    shutil.copytree(layers, root)
+    names = read_split(root, "train")
+    for k in range(2):
+        folder = root / "folds" / str(k)
+        folder.mkdir(parents=True)
+        (folder / "val.txt").write_text("\n".join(names[2 * k: 2 * k + 2]) + "\n")
+        (folder / "train.txt").write_text(
+            "\n".join(n for n in names if n not in names[2 * k: 2 * k + 2]) + "\n")
+    config = load_config("default", [
+        "method=unet", "model.options.encoder=resnet18", "model.pretrained=false",
+        "model.options.decoder_channels=[32,16,16,8,8]", "data.size=32", "data.batch_size=2",
+        "data.num_workers=0", "stages.train.max_epochs=1", "stages.train.limit_train_batches=1",
+        "progress_bar=false", "precision=32"])
+    result = cross_validate(config, root, tmp_path / "cv", console=Console(quiet=True))
+    expected = class_metric_names(("background", "rnfl", "gcipl", "choroid"))
+    header = (tmp_path / "cv" / "cv_runs.csv").read_text().splitlines()[0].split(",")
+    assert header == ["run", "fold", "seed", *expected]
+    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())["metrics"]
+    assert list(summary) == list(expected) and summary["dice/rnfl"]["n"] == 2
+    metrics = read_header(result.ensemble_file)["metrics"]
+    assert set(metrics) == set(expected)
+    binary_only = {"s_measure", "e_measure_mean", "e_measure_max", "weighted_f", "mae",
+                   "specificity", "f2"}
+    assert not binary_only & {*header, *summary, *metrics}

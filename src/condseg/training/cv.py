@@ -29,7 +29,7 @@ from condseg.config import RunConfig, validated
 from condseg.data.check import require_prepared
 from condseg.errors import CrossValidationError, refuse_existing
 from condseg.evaluation.evaluate import evaluate, print_table, read_results
-from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.evaluation.metrics import summarize
 from condseg.evaluation.names import percent
 from condseg.interrupt import Interrupted
 from condseg.layout import CVDir, DatasetDir, EvalDir
@@ -301,8 +301,10 @@ def _aggregate(cv: CVDir, runs: list[CVRun], console: Console) -> dict[str, dict
     """Write the per-run table and the mean ± std over runs (population std, as evaluation's
     summaries); print both."""
     rows = [{"run": r.name, "fold": r.fold, "seed": r.seed, **r.metrics} for r in runs]
-    summary = summarize(rows)
-    write_cv_runs(cv, ["run", "fold", "seed", *METRIC_NAMES], rows)
+    # The evaluations' own columns: METRIC_NAMES, or a K-class evaluation's class_metric_names.
+    names = list(dict.fromkeys(name for r in runs for name in r.metrics))
+    summary = summarize(rows, names)
+    write_cv_runs(cv, ["run", "fold", "seed", *names], rows)
     # Paths relative to the cross-validation folder, so that it can be moved or copied whole.
     record = {
         "runs": [{"name": r.name, "fold": r.fold, "seed": r.seed,

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from condseg.evaluation.compare.result import Entry, Evaluation
-from condseg.evaluation.metrics import METRIC_NAMES, summarize
+from condseg.evaluation.metrics import summarize
 
 
 def runs_of(entries: Sequence[Entry]) -> list[Entry]:
@@ -53,7 +53,7 @@ def pooled_evaluation(runs: Sequence[Evaluation]) -> Evaluation:
     that scored it. Path and protocol (data root, model file) are the first run's."""
     run_means = [{metric: _finite(figures.get("mean")) for metric, figures in e.metrics.items()}
                  for e in runs]
-    metrics = dict.fromkeys([*METRIC_NAMES, *(m for means in run_means for m in means)])
+    metrics = dict.fromkeys(m for means in run_means for m in means)  # the evaluations' own
     names = dict.fromkeys(name for e in runs for name in e.per_image)
     per_image = {name: _means([e.per_image[name] for e in runs if name in e.per_image])
                  for name in names}
