@@ -16,7 +16,7 @@ from condseg.errors import CompareError, CondsegError
 from condseg.evaluation.compare.nnunet import SOURCE as NNUNET
 from condseg.evaluation.compare.result import Comparison, Entry
 from condseg.evaluation.names import MISSING, display_name
-from condseg.evaluation.overlap import overlap_scores
+from condseg.evaluation.overlap import class_confusion, class_scores, overlap_scores
 from condseg.records import read_result
 
 FIGURE_FILES = ("predictions.png", "predictions.pdf", "curves.png", "curves.pdf")
@@ -242,19 +242,17 @@ def dice(mask: np.ndarray, truth: np.ndarray) -> float:
 
 
 def class_dice(mask: np.ndarray, truth: np.ndarray, n_classes: int) -> float | None:
-    """The foreground-mean Dice of class ids (the evaluation's rule): each foreground class
-    present in the truth or the prediction, ignored pixels counting for nothing; None when no
-    class is present."""
+    """The evaluation's foreground-mean Dice of class ids
+    (:func:`~condseg.evaluation.overlap.class_scores`): each foreground class present in the
+    truth or the prediction, ignored pixels counting for nothing; None when no class is."""
     from condseg.data.labels import IGNORE_ID
 
-    ids = np.arange(1, n_classes)[:, None, None]
-    kept = truth != IGNORE_ID
-    pred, gt = (mask == ids) & kept, (truth == ids) & kept
-    present = (pred | gt).any(axis=(1, 2))
-    if not present.any():
-        return None
-    scores = overlap_scores(torch.as_tensor(pred[present]), torch.as_tensor(gt[present]))
-    return float(scores["dice"].mean())
+    mask = np.where(truth == IGNORE_ID, 0, mask)  # counts for nothing, whatever it holds there
+    confusion = class_confusion(torch.as_tensor(mask)[None], torch.as_tensor(truth)[None],
+                                n_classes)
+    scores = class_scores(confusion)["dice"][0]
+    present = ~scores.isnan()
+    return float(scores[present].mean()) if present.any() else None
 
 
 #: The panels of the curves figure (the paper's Fig. 5), by ``metrics.csv`` column.
