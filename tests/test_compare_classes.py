@@ -402,3 +402,20 @@ def test_a_study_on_a_multi_class_dataset_gives_the_per_class_table(
     assert [row["method"] for row in stats] == ["fpn"]
     report = (out / "study.md").read_text()
     assert "mDSC rnfl" in report and "- classes: background, rnfl, gcipl, choroid" in report
+
+
+def test_a_study_refuses_a_binary_method_on_classes_before_anything_is_written(
+    layers: Path, tmp_path: Path
+) -> None:
+    """Each method's K is checked when the study resolves it, as `condseg train` checks it."""
+    spec = {"data": str(layers), "methods": [{"name": "unet"}, {"name": "condseg"}],
+            "seeds": [0], "protocol": {"size": 64, "pretrained": "none"},
+            "budget": {"epochs": 1}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "study"
+    result = runner.invoke(app, ["study", "--config", str(tmp_path / "study.yaml"), "--out",
+                                 str(out)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("error: method condseg:") and "binary by design" in line
+    assert "\n" not in line and not out.exists()

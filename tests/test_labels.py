@@ -95,6 +95,9 @@ def test_declaration_read_in_order_with_ignore(tmp_path: Path) -> None:
     ({"labels": {"background": 0, "rnfl": 70000}}, "an integer 0..65535"),
     ({"labels": {"background": 0, "rnfl": "80"}}, "the value of 'rnfl' is '80'"),
     ({"labels": {"background": 0, " rnfl": 1}}, "class name ' rnfl'"),
+    # the model file's rule too (one rule): a name it would refuse after training is refused here
+    ({"labels": {"background": 0, "rnfl\tlayer": 1}}, "must be non-empty and printable"),
+    ({"labels": {"background": 0, "rnfl/gcl": 1}}, "',', '=' or '/'"),
     ({"labels": {"background": 0, "rnfl": 1}, "channel_names": {}}, "unknown key"),
 ])
 def test_invalid_declaration_is_one_line_naming_the_file(

@@ -158,7 +158,7 @@ def test_a_model_file_of_classes_round_trips(three: Path, tmp_path: Path) -> Non
     (["background", "rnfl", "rnfl"], "class names must be distinct"),
     (["background", "", "gcipl"], "class name '' must be non-empty"),
     (["background", " rnfl", "gcipl"], "without surrounding spaces"),
-    (["background", "a,b", "gcipl"], r"without surrounding spaces, ',' or '='"),
+    (["background", "a,b", "gcipl"], r"without surrounding spaces, ',', '=' or '/'"),
     (["background", "a\nb", "gcipl"], "must be non-empty and printable"),
     (["background", 3, "gcipl"], "classes must list the names"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -79,6 +80,26 @@ def test_synth_refuses_a_format_the_task_has_not(tmp_path: Path, task: str, fmt:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "--format" in lines[0]
     assert not out.exists()
+
+
+def test_synth_refuses_fewer_cases_than_nnunet_s_folds(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    result = runner.invoke(app, ["data", "synth", str(out), "--task", "volumes", "--format",
+                                 "nnunet", "--train", "4"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: train (--train) must be at least 5")
+    assert "\n" not in result.output.strip() and not out.exists()
+
+
+def test_a_failed_hand_over_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("nnunetv2") is None:
+        pytest.skip("nnunetv2 is not installed (condseg[nnunet])")
+    monkeypatch.setattr(metadata, "entry_points", lambda **_: ())  # a broken nnU-Net install
+    result = runner.invoke(app, ["nnunet", "train", "2", "3d_fullres", "0"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("error: nnunetv2 ") and "has no command nnUNetv2_train" in line
+    assert "\n" not in line
 
 
 def test_without_the_extra_each_command_says_how_to_install(

@@ -211,6 +211,15 @@ def test_k_probabilities_as_png_are_refused_before_anything_is_written(tmp_path:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_threshold_is_refused_for_k_classes_by_predict_as_by_evaluate(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    with pytest.raises(CondsegError, match=r"argmax .* leave out the threshold \(--threshold 0.3"):
+        predict_files(_model(), [tmp_path / "images"], tmp_path / "out", threshold=0.3)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CondsegError, match="leave out the threshold"):
+        predict(_model(), next(iter(images.values())), threshold=0.3)
+
+
 def _mean_over_views(model: SegmentationModel, x: torch.Tensor, views) -> torch.Tensor:
     total = 0
     with torch.no_grad():

@@ -22,7 +22,7 @@ from condseg.cli.render import console, user_errors
 __all__ = ["app", "console", "main", "user_errors"]
 
 app = typer.Typer(
-    help="ConDSeg and related methods for 2-D binary medical image segmentation.",
+    help="ConDSeg and related methods for 2-D medical image segmentation (binary or K classes).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
@@ -45,7 +45,7 @@ def main(
         "--version", "-V", callback=_print_version, is_eager=True,
         help="Print the version and exit.")] = False,
 ) -> None:
-    """ConDSeg and related methods for 2-D binary medical image segmentation."""
+    """ConDSeg and related methods for 2-D medical image segmentation (binary or K classes)."""
 
 
 app.command("models")(train.models)

@@ -32,9 +32,9 @@ def _command(name: str, target: str) -> None:
     def run(ctx: typer.Context) -> None:
         from condseg.nnunet import hand_over, require
 
-        with user_errors():
+        with user_errors():  # up to the hand-over: nnU-Net's own signals and errors after
             require()
-        hand_over(name, list(ctx.args))  # nnU-Net's own signals and errors from here on
+            hand_over(name, list(ctx.args))
 
     run.__doc__ = f"{target} with nnUNet_extTrainer set (arguments passed on unchanged)."
     app.command(name, context_settings=_PASS, add_help_option=False)(run)

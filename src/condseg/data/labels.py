@@ -74,6 +74,17 @@ def _value(item: object, what: str, where: str) -> int:
     return item
 
 
+def class_name_problem(name: str) -> str | None:
+    """What is wrong with a class name, or None: the one rule of ``labels.json``, ``--labels``
+    and a model file's ``classes`` (names are written in CSV headers, options and legends)."""
+    if not name.strip() or name != name.strip() or not name.isprintable() or "," in name \
+            or "=" in name or "/" in name:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        return (f"class name {shown} must be non-empty and printable, without surrounding "
+                "spaces, ',', '=' or '/'")
+    return None
+
+
 def parse_labels(data: Mapping[str, object], where: str) -> Labels:
     """The one validation of a declaration (from ``labels.json`` or ``--labels``); ``where``
     names its source in the one-line error."""
@@ -92,9 +103,8 @@ def parse_labels(data: Mapping[str, object], where: str) -> Labels:
         raise DataError(f"{where}: {len(names)} classes, more than the {IGNORE_ID} condseg "
                         "can hold; merge classes")
     for name in names:
-        if not name.strip() or name != name.strip() or "," in name or "=" in name:
-            raise DataError(f"{where}: class name {name!r} must be non-empty, without "
-                            f"surrounding spaces, ',' or '='; {_TODO}")
+        if problem := class_name_problem(name):
+            raise DataError(f"{where}: {problem}; {_TODO}")
     values = tuple(_value(labels[n], f"the value of {n!r}", where) for n in names)
     ignore = data.get("ignore")
     if ignore is not None:

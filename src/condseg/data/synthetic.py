@@ -27,6 +27,9 @@ MAX_SIZE = 4096  # a side: 48 MB a float image while drawing, a demo's data is 6
 MAX_VOLUME_SIZE = 256  # a volume's side: 64 MB a float volume while drawing
 MAX_IMAGES = 100_000  # of a split: a synthetic set is for demos and tests
 
+#: nnU-Net's cross-validation folds: a dataset in its format needs as many training cases.
+NNUNET_FOLDS = 5
+
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a random coarse grid upsampled bicubically."""
@@ -154,6 +157,10 @@ def synthesize(
             f"{out} is not empty; choose an empty folder or pass --overwrite (overwrite=True) "
             "to replace a previous synthetic dataset"
         )
+    if format == "nnunet" and n_train < NNUNET_FOLDS:
+        raise DataError(f"train (--train) must be at least {NNUNET_FOLDS} for --format nnunet "
+                        f"(nnU-Net splits the training cases into {NNUNET_FOLDS} folds); got "
+                        f"{n_train}")
     if format == "nnunet":
         return _synthesize_nnunet(out, task, n_train, n_val, size, seed)
     layout = DatasetDir(out)

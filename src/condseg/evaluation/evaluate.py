@@ -133,15 +133,13 @@ def evaluate(
     if options.sliding_window is not None and resolution == "network":
         raise OptionError("sliding windows predict each image at its own resolution; use "
                           "resolution='original' (--resolution original)")
-    check_probability_format(save_probabilities and probability_format)
-    check_threshold(threshold)
-    check_batching(batch_size, workers)
     model = require_model(model)
+    check_probability_format(save_probabilities and probability_format, model.num_classes)
+    check_threshold(threshold, model.num_classes)
+    check_batching(batch_size, workers)
     size = input_size(model, size)
     mean, std = normalization(model)
     labels = _agreeing_labels(model, data_root, split)
-    if labels is not None:
-        _refuse_binary_options(threshold, save_probabilities and probability_format)
     _refuse_broken(data_root, split, max_pixels, binary=labels is None)
     dataset = SegmentationDataset(data_root, split, size=size, mean=mean, std=std,
                                   max_pixels=max_pixels)
@@ -258,16 +256,6 @@ def _agreeing_labels(model: SegmentationModel, data_root: str | Path, split: str
                 else "is binary (no labels.json with two or more foreground classes)")
     raise DataError(f"{model.name} predicts {has} but dataset {data_root} {declares}: evaluate "
                     "a model trained on this dataset's classes")
-
-
-def _refuse_binary_options(threshold: float, probability_format: str | None) -> None:
-    """A K-class model's labels are the argmax, and its K probability maps fit no grey PNG."""
-    if threshold != 0.5:
-        raise OptionError(f"a K-class model's labels are the argmax of its probabilities; "
-                          f"leave out the threshold (--threshold {threshold})")
-    if probability_format == "png":
-        raise OptionError("a K-class model's probabilities are K maps per image; save them as "
-                          "float32 arrays (--probability-format npy)")
 
 
 def _refuse_broken(

@@ -16,12 +16,16 @@ from condseg.inference.tta import TTA
 from condseg.models.base import SegmentationModel, input_size, require_model
 
 
-def check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float, num_classes: int = 1) -> float:
     """A mask threshold is a probability strictly between 0 and 1: at 0 or 1 (or NaN) every
-    pixel, or none, would be foreground whatever the model says."""
+    pixel, or none, would be foreground whatever the model says. A K-class model's labels are
+    the argmax, so it takes none (only the default 0.5, which it does not use)."""
     if not (isinstance(threshold, int | float) and 0 < threshold < 1):
         raise OptionError(f"threshold (--threshold) must be a probability strictly between 0 "
                           f"and 1, e.g. 0.5; got {threshold!r}")
+    if num_classes > 1 and threshold != 0.5:
+        raise OptionError(f"a K-class model's labels are the argmax of its probabilities; "
+                          f"leave out the threshold (--threshold {threshold})")
     return threshold
 
 

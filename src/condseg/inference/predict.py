@@ -112,7 +112,7 @@ class Predictor:
         """Predictions at the images' own ``shapes`` from their network ``inputs``
         (:meth:`InputPlan.tensor`): one forward pass per distinct input size. ``names`` name
         the images in errors."""
-        check_threshold(threshold)
+        check_threshold(threshold, self.net.num_classes)
         names = names or [f"image {i}" for i in range(len(inputs))]
         results: dict[int, Prediction] = {}
         sizes = [tuple(x.shape[-2:]) for x in inputs]
@@ -149,7 +149,7 @@ def predict(
     The model is prepared for ``execution`` (default: the fast path) at each call; to predict
     many images, prepare it once (``condseg.prepare``) and pass the prepared model, or use
     :func:`predict_files`."""
-    check_threshold(threshold)
+    check_threshold(threshold, require_model(model).num_classes)
     array = read_image(image) if isinstance(image, (str, Path)) else image
     names = [str(image)] if isinstance(image, (str, Path)) else None
     return Predictor(model, options, execution).arrays([array], threshold, names)[0]
@@ -208,7 +208,7 @@ def predict_files(
     ones. With a ``console``, progress is shown (a bar on a terminal, plain lines elsewhere).
     """
     check_probability_format(probability_format, require_model(model).num_classes)
-    check_threshold(threshold)
+    check_threshold(threshold, model.num_classes)
     check_batching(batch_size, workers)
     predictor = Predictor(model, options, execution, maps=maps)
     if maps and not predictor.prepared.map_names:

@@ -230,8 +230,8 @@ def validate_header(header: Any) -> str | None:
 
 def classes_problem(classes: Any, num_classes: int) -> str | None:
     """What is wrong with the class names of a model of ``num_classes``, or None: none for a
-    binary model, else a list of ``num_classes`` distinct names, background first, each
-    non-empty and printable without surrounding spaces, ',' or '=' (a dataset's class names)."""
+    binary model, else a list of ``num_classes`` distinct names, background first, each a
+    valid dataset class name (:func:`condseg.data.labels.class_name_problem`)."""
     if num_classes == 1:
         return None if classes is None else (
             f"a binary model (num_classes 1) has no class names, got {_short(classes)}")
@@ -239,11 +239,11 @@ def classes_problem(classes: Any, num_classes: int) -> str | None:
             or not all(isinstance(name, str) for name in classes)):
         return (f"classes must list the names of the model's {num_classes} classes "
                 f"(num_classes), background first, got {_short(classes)}")
+    from condseg.data.labels import class_name_problem  # the datasets' rule (data is lower)
+
     for name in classes:
-        if (not name.strip() or name != name.strip() or not name.isprintable()
-                or "," in name or "=" in name):
-            return (f"class name {_short(name)} must be non-empty and printable, without "
-                    "surrounding spaces, ',' or '='")
+        if problem := class_name_problem(name):
+            return problem
     if len(set(classes)) != len(classes):
         return f"class names must be distinct, got {_short(classes)}"
     return None

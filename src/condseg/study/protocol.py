@@ -18,6 +18,7 @@ from condseg.config import RunConfig
 from condseg.errors import CondsegError, StudyError, WeightsUnavailableError, first_line
 from condseg.files import read_json
 from condseg.study.spec import Budget, MethodEntry, StudySpec
+from condseg.training.classes import with_dataset_classes
 from condseg.training.plan import check_stages, fetch_weights
 from condseg.training.request import run_config
 
@@ -77,8 +78,9 @@ def resolve(spec: StudySpec, entry: MethodEntry) -> MethodProtocol:
     groups += fallbacks
     overrides += [o for _, items in fallbacks for o in items]
     received = MethodProtocol(entry.name, method, overrides, _changes(method, groups))
-    try:  # a size or option a network cannot take fails here, not in every run
-        check_stages(received.config())
+    try:  # a size, option or K a network cannot take fails here, not in every run
+        config = received.config()
+        check_stages(with_dataset_classes(config, spec.data) if spec.data else config)
     except CondsegError as error:
         raise StudyError(f"method {entry.name}: {first_line(error)}") from error
     return received
