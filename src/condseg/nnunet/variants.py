@@ -24,16 +24,26 @@ def _unwrapped(network: nn.Module) -> nn.Module:
     return getattr(network, "_orig_mod", network)
 
 
-class nnUNetTrainerUAFR(nnUNetTrainer):
-    """nnU-Net's U-Net with UAFR after every decoder stage."""
+def _network_with(*, uafr: bool = False, pdcr: bool = False) -> staticmethod:
+    """A variant's ``build_network_architecture``: nnU-Net's own network with the plug-ins
+    asked for (UAFR first, so that PDCR samples the re-weighted features, as the paper does)."""
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
+    def build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+              enable_deep_supervision=True):
         network = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, num_input_channels, num_output_channels,
             enable_deep_supervision)
-        return add_uafr(network, num_output_channels)
+        if uafr:
+            network = add_uafr(network, num_output_channels)
+        return add_pdcr(network) if pdcr else network
+
+    return staticmethod(build)
+
+
+class nnUNetTrainerUAFR(nnUNetTrainer):
+    """nnU-Net's U-Net with UAFR after every decoder stage."""
+
+    build_network_architecture = _network_with(uafr=True)
 
 
 class _PDCRLoss:
@@ -58,25 +68,13 @@ class _PDCRLoss:
 class nnUNetTrainerPDCR(_PDCRLoss, nnUNetTrainer):
     """nnU-Net's U-Net, its loss + 0.01 × PDCR (encoder, decoder and cross-layer terms)."""
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        network = nnUNetTrainer.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels,
-            enable_deep_supervision)
-        return add_pdcr(network)
+    build_network_architecture = _network_with(pdcr=True)
 
 
 class nnUNetTrainerPDCRUAFR(_PDCRLoss, nnUNetTrainer):
     """Both plug-ins, the paper's full method (Table II, "+ PDCR + UAFR")."""
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision=True):
-        network = nnUNetTrainerUAFR.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels,
-            enable_deep_supervision)
-        return add_pdcr(network)
+    build_network_architecture = _network_with(uafr=True, pdcr=True)
 
 
 class nnUNetTrainerM2SNet(nnUNetTrainer):
