@@ -63,7 +63,10 @@ class LossNet(nn.Module):
         return self
 
     def forward(self, prob: Tensor, target: Tensor) -> Tensor:
-        with torch.autocast(prob.device.type, enabled=False):
+        # float32 whatever the autocast around it ("meta", where a step's FLOPs are counted,
+        # has no autocast to turn off)
+        off = prob.device.type != "meta"
+        with torch.autocast(prob.device.type if off else "cpu", enabled=False):
             predicted = self._features(prob)
             with torch.no_grad():
                 truth = self._features(target)

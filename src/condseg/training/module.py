@@ -96,13 +96,19 @@ class SegmentationModule(L.LightningModule):
                 if isinstance(value, Tensor) and value.ndim == 4 and key != "mask" else value
                 for key, value in batch.items()}
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        if self.batch_hook is not None:
-            batch = self.batch_hook(batch)
+    def step_losses(self, batch: dict) -> tuple[dict, dict[str, Tensor]]:
+        """The model's outputs for every view the loss needs and the loss's terms (``loss``
+        the total): a training step before its checks and logging, which the FLOP count of a
+        step (:mod:`condseg.training.cost`) runs too."""
         # One forward pass per view (not one on the concatenated batch): BatchNorm sees each
         # view alone, as in the authors' training.
         outputs = {view: self.model(batch[view]) for view in ("image", *self.loss.views)}
-        losses = self.loss(outputs, batch["mask"])
+        return outputs, self.loss(outputs, batch["mask"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.batch_hook is not None:
+            batch = self.batch_hook(batch)
+        outputs, losses = self.step_losses(batch)
         loss = losses.pop("loss")
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
