@@ -21,7 +21,7 @@ the dataset, protocol and model each evaluation recorded), pools runs when asked
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -80,12 +80,14 @@ def compare(
     overwrite: bool = False,
     console: Console | None = None,
     pool: bool = False,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Comparison:
     """Build the comparison of ``inputs`` (the first is the reference), write the tables to
     ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
     ``images`` chooses the rows of predictions.png (:func:`parse_images`). With ``pool``, the
     inputs of one label (``labels`` may repeat; else the method) form one row, the mean ± std
-    over them (:mod:`.pool`).
+    over them (:mod:`.pool`). ``extra`` adds columns after the method ({header: {label:
+    text}}), such as the epochs and TFLOP each method got under a compute budget.
 
     Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
     are not there are refused, before anything is written or any model is loaded.
@@ -111,7 +113,8 @@ def compare(
         notes += pool_notes(entries)
     stats, stat_notes = paired_statistics(entries)
     result = Comparison(entries=entries, columns=columns, stats=stats,
-                        notes=[*notes, *stat_notes], pooled=pool)
+                        notes=[*notes, *stat_notes], pooled=pool,
+                        extra={h: dict(cells) for h, cells in (extra or {}).items()})
     result.notes += degenerate_notes(result)
     chosen = figure_images(result, choice) if figure_dir is not None else None
     if out_dir is not None:
