@@ -4,8 +4,9 @@ budget and overrides on top, and whatever it had to give up to run here.
 Each method's configuration is ``condseg train --method M`` plus ``key=value`` overrides in a
 fixed order — the protocol (size, batch, precision, pretrained), the budget (epochs), the
 study's overrides, the method's own, and last the fallbacks for weights that cannot be had
-(``pretrained: auto``). Every value that then differs from the recipe is a :class:`Change`
-with its reason: nothing a recipe gives up is silent.
+(``pretrained: auto``). A compute budget comes after the overrides: the epochs they give are
+the proportions in which the method's stages share it. Every value that then differs from the
+recipe is a :class:`Change` with its reason: nothing a recipe gives up is silent.
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProt
         if spec.budget.compute is not None:
             check_stages(config)  # a network that cannot be built is named before it is timed
             epochs, cost = compute_budget(spec, config, threads)
-            budget = [f"stages.{name}.max_epochs={n}" for name, n in epochs.items()]
+            # last: epochs given in overrides set the stages' proportions, the budget the rest
+            groups.append((BUDGET, [f"stages.{name}.max_epochs={n}" for name, n in
+                                    epochs.items()]))
         else:
-            budget = budget_overrides(spec.budget, config)
-        groups.insert(1, (BUDGET, budget))
+            groups.insert(1, (BUDGET, budget_overrides(spec.budget, config)))
     except CondsegError as error:
         raise StudyError(f"method {entry.name}: {first_line(error)}") from error
     groups += fallbacks

@@ -28,7 +28,7 @@ from condseg.outputs import claim, entries
 from condseg.records import write_config
 from condseg.study.launch import Outcome, job_threads, launch
 from condseg.study.protocol import MethodProtocol, read_protocols, resolve
-from condseg.study.report import print_protocol, write_report
+from condseg.study.report import cost_columns, print_protocol, write_report
 from condseg.study.runs import StudyRun, plan_runs
 from condseg.study.spec import StudySpec, read_study
 from condseg.training.logs import RunLog
@@ -100,7 +100,8 @@ def run_study(
             result.comparison = compare(
                 [r.run.path for r in finished], labels=[r.method for r in finished],
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
-                overwrite=True, console=console)
+                overwrite=True, console=console,
+                extra=cost_columns(protocols, finished) if spec.budget.compute else None)
         write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
         console.print(f"wrote {study.report}", highlight=False, markup=False)
     return result

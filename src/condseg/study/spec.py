@@ -115,7 +115,7 @@ class Budget(_Strict):
         given = [k for k in ("epochs", "total_epochs", "flops", "time")
                  if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one budget, not {' and '.join(given)}")
+            raise ValueError(f"give one budget, not both {' and '.join(given)}")
         return self
 
     @property
