@@ -45,13 +45,13 @@ def epochs_within(
         epochs[max(short, key=lambda s: exact[s] - epochs[s])] += 1
 
 
-def split_sizes(spec: StudySpec, config: RunConfig) -> tuple[int, int]:
-    """Training and validation images of a run: the dataset's splits (fold 0's in a k-fold
+def on_study_data(spec: StudySpec, config: RunConfig) -> RunConfig:
+    """``config`` on the study's dataset, with the splits of its first run (fold 0's in a k-fold
     study, whose folds differ by an image at most)."""
-    assert spec.data is not None  # a study resolves its methods on its dataset
-    train, val = (DatasetDir.fold_splits(0) if spec.folds else
-                  (config.data.train_split, config.data.val_split))
-    return len(read_split(Path(spec.data), train)), len(read_split(Path(spec.data), val))
+    data = {"root": spec.data}
+    if spec.folds:
+        data["train_split"], data["val_split"] = DatasetDir.fold_splits(0)
+    return config.model_copy(update={"data": config.data.model_copy(update=data)})
 
 
 def compute_budget(
@@ -61,11 +61,12 @@ def compute_budget(
     ``protocol.json`` and the report). ``config`` is the method's as it will train, but for its
     epochs; ``threads`` those a local job will have (a time budget is calibrated with them)."""
     budget: Budget = spec.budget
-    train, val = split_sizes(spec, config)
+    config = on_study_data(spec, config)
+    train = len(read_split(Path(config.data.root), config.data.train_split))
     stages = config.stages_to_train()
     costs = {}
     for stage in stages:
-        seconds = (seconds_per_epoch(config, stage, train, val, threads=threads)
+        seconds = (seconds_per_epoch(config, stage, threads=threads)
                    if budget.compute == "time" else None)
         costs[stage] = StageCost(stage_flops(config, stage),
                                  images_per_epoch(config, stage, train), seconds)

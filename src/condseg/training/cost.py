@@ -7,13 +7,15 @@ the method computes, the same on every machine), laid out on the meta device, so
 computed, allocated or downloaded. A stage whose batch hook draws input sizes (multi-scale)
 costs the mean over the sizes it draws, each drawn as often as the others.
 
-Time: the seconds of a training step (the module's own, hook and optimiser step included) and of
-a validation batch, measured here on the device, threads and precision the stage trains with.
+Time: the parts of an epoch timed here on the run's data, with the device, threads and
+precision the stage trains with: loading images, a training step (the module's own: hook, loss,
+backward, optimiser step), a validation batch, and writing a checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import statistics
 import time
@@ -23,9 +25,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from condseg.config import RunConfig
+from condseg.data.dataset import train_and_val_datasets
 from condseg.models.base import use_plain_kernels
 from condseg.models.registry import create_model
 from condseg.training.module import SegmentationModule
@@ -98,23 +102,29 @@ def batches(count: int, limit: int | float) -> int:
     return max(1, int(count * limit)) if limit > 0 else 0
 
 
-def seconds_per_epoch(
-    config: RunConfig, stage: str, train_images: int, val_images: int, *, threads: int,
-    steps: int = 3,
-) -> float:
-    """Seconds one epoch of ``stage`` is expected to take here: ``steps`` timed training steps
-    and validation batches (after one of each untimed) times the epoch's count of each."""
+def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int = 3) -> float:
+    """Seconds one epoch of ``stage`` is expected to take here, from timed parts of it on the
+    run's data (``config.data.root`` and splits set): loading and augmenting images (serial with
+    ``data.num_workers`` 0, else overlapped with the steps), ``steps`` training steps and
+    validation batches (after one of each untimed), and writing the two checkpoints of an epoch
+    (``last.ckpt`` and a new best: the model and optimiser state, serialised)."""
     config = resolve_precision(config)
     parts = stage_parts(plan_stages(config, [stage])[stage], config)
-    plan, device = parts.plan, torch.device(training_device(config))
+    plan, cfg, data = parts.plan, config.stages[stage], config.data
+    device = torch.device(training_device(config))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         network = create_model(plan.model, pretrained=False, **plan.options)
+        norm = (data.mean, data.std) if data.mean is not None else network.default_normalization()
+        train_set, val_set = train_and_val_datasets(data, cfg.augmentation, cfg.views, *norm)
+        count = min(data.batch_size, len(train_set))
+        load_s = _median_seconds(lambda: [train_set[i] for i in range(count)], 1, device) / count
         module = SegmentationModule.from_parts(network, parts).to(device)
-        layout = module.use_layout_of(device)
-        size, batch_size = config.data.size, min(config.data.batch_size, max(train_images, 1))
-        batch = _random_batch(batch_size, size, module.loss.views, parts.classes, device, layout)
+        module.use_layout_of(device)
+        batch = module.on_after_batch_transfer(
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v
+             for k, v in default_collate([train_set[i] for i in range(count)]).items()}, 0)
         optimizer = module.configure_optimizers()["optimizer"]
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(plan.precision)
 
@@ -133,33 +143,29 @@ def seconds_per_epoch(
             with torch.no_grad(), amp():
                 module.model(batch["image"])
 
+        def checkpoint() -> None:
+            torch.save({"state_dict": module.state_dict(),
+                        "optimizer_states": [optimizer.state_dict()]}, io.BytesIO())
+
         module.train()
         train_s = _median_seconds(train_step, steps, device)
         module.eval()
-        val_s = _median_seconds(val_step, steps, device)
+        val_s = _median_seconds(val_step, steps, device) * data.batch_size / count
+        checkpoint_s = _median_seconds(checkpoint, 1, device)
     finally:
         torch.set_num_threads(before)
-    cfg = config.stages[stage]
-    train_batches = images_per_epoch(config, stage, train_images) / batch_size
-    val_batches = batches(math.ceil(val_images / config.data.batch_size), cfg.limit_val_batches)
-    return train_batches * train_s + val_batches * val_s
+    images = images_per_epoch(config, stage, len(train_set))
+    val_batches = batches(math.ceil(len(val_set) / data.batch_size), cfg.limit_val_batches)
+    val_images = min(len(val_set), val_batches * data.batch_size)
+    train, val = images / count * train_s, val_batches * val_s
+    loading = (images + val_images) * load_s
+    compute = (max(train + val, loading / data.num_workers) if data.num_workers
+               else train + val + loading)
+    return compute + 2 * checkpoint_s
 
 
-def _random_batch(
-    count: int, size: int, views: tuple[str, ...], classes: tuple[str, ...] | None,
-    device: torch.device, layout: torch.memory_format,
-) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    images = {view: torch.randn(count, 3, size, size, generator=generator).to(
-        device, memory_format=layout) for view in ("image", *views)}
-    shape = (count, 1, size, size)
-    mask = (torch.randint(len(classes), shape, generator=generator) if classes is not None
-            else (torch.rand(shape, generator=generator) > 0.5).float())
-    return {**images, "mask": mask.to(device)}
-
-
-def _median_seconds(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    step()  # warm-up: first-call allocations and kernel choices
+def _median_seconds(step: Callable[[], object], repeats: int, device: torch.device) -> float:
+    step()  # warm-up: first-call allocations, kernel choices, the page cache
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
