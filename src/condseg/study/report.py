@@ -39,10 +39,11 @@ def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console
         table.add_row(*_receives(protocol))
     console.print(table)
     if spec.budget.compute is not None:
+        kind = spec.budget.compute
         cost = Table(title=f"Compute budget: {spec.budget.describe()}")
-        for name in BUDGET_COLUMNS:
+        for name in budget_columns(kind):
             cost.add_column(name, justify="left" if name in ("method", "stage") else "right")
-        for row in budget_rows(protocols):
+        for row in budget_rows(protocols, kind):
             cost.add_row(*row)
         console.print(cost)
     for protocol in protocols:
@@ -72,24 +73,28 @@ def change_lines(protocol: MethodProtocol) -> list[str]:
             for c in protocol.changes]
 
 
-BUDGET_COLUMNS = ("method", "stage", "GFLOP per image", "images per epoch", "TFLOP per epoch",
-                  "s per epoch (here)", "epochs", "planned TFLOP", "planned time")
+def budget_columns(kind: str) -> list[str]:
+    """The columns of :func:`budget_rows` under a budget of ``kind`` (flops or time)."""
+    timed = ["s/epoch (here)"] if kind == "time" else []
+    return ["method", "stage", "GFLOP/img", "img/epoch", "TFLOP/epoch", *timed, "epochs",
+            "planned TFLOP", *(["planned time"] if timed else [])]
 
 
-def budget_rows(protocols: Sequence[MethodProtocol]) -> list[list[str]]:
+def budget_rows(protocols: Sequence[MethodProtocol], kind: str) -> list[list[str]]:
     """One row per trained stage of each method under a compute budget: its measured cost per
     epoch and the epochs it got; the method's planned totals on its first row."""
     rows = []
     for protocol in protocols:
         cost = protocol.cost or {}
         for i, (stage, c) in enumerate(cost.get("stages", {}).items()):
-            seconds = c.get("seconds_per_epoch")
-            planned = cost.get("planned_seconds")
-            rows.append([protocol.name if i == 0 else "", stage, f"{c['gflop_per_image']:.2f}",
-                         str(c["images_per_epoch"]), f"{c['tflop_per_epoch']:.3f}",
-                         "" if seconds is None else f"{seconds:.1f}", str(c["epochs"]),
-                         f"{cost['planned_tflop']:.2f}" if i == 0 else "",
-                         duration(planned) if i == 0 and planned is not None else ""])
+            first = i == 0
+            timed = ([f"{c['seconds_per_epoch']:.1f}"] if kind == "time" else [])
+            planned = ([duration(cost["planned_seconds"]) if first else ""]
+                       if kind == "time" else [])
+            rows.append([protocol.name if first else "", stage, f"{c['gflop_per_image']:.2f}",
+                         str(c["images_per_epoch"]), f"{c['tflop_per_epoch']:.3f}", *timed,
+                         str(c["epochs"]), f"{cost['planned_tflop']:.2f}" if first else "",
+                         *planned])
     return rows
 
 
@@ -154,11 +159,11 @@ def _budget_lines(
     """``## Budget`` of study.md: what each method got, then what each run spent."""
     if spec.budget.compute is None:
         return []
-    md = markdown_cell
-    lines = ["## Budget", "", md(spec.budget.describe()) + ".", "",
-             markdown_row(list(BUDGET_COLUMNS)),
-             markdown_row(["---", "---"] + ["---:"] * (len(BUDGET_COLUMNS) - 2))]
-    lines += [markdown_row(row) for row in budget_rows(protocols)]
+    md, kind = markdown_cell, spec.budget.compute
+    columns = budget_columns(kind)
+    lines = ["## Budget", "", md(spec.budget.describe()) + ".", "", markdown_row(columns),
+             markdown_row(["---", "---"] + ["---:"] * (len(columns) - 2))]
+    lines += [markdown_row(row) for row in budget_rows(protocols, kind)]
     threads = sorted({str(p.cost.get("calibrated_threads")) for p in protocols if p.cost})
     if spec.budget.compute == "time":
         lines += ["", f"Seconds per epoch calibrated on this machine with {', '.join(threads)} "
