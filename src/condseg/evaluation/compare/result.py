@@ -53,6 +53,7 @@ class RunInfo:
     path: Path
     config: dict[str, Any]
     final_stage: str | None
+    stages: tuple[str, ...] = ()  # every finished stage, in training order (the last is final)
 
     @property
     def folder(self) -> RunDir:
@@ -65,6 +66,11 @@ class RunInfo:
             return None
         path = self.folder.stage(self.final_stage).metrics
         return path if path.is_file() else None
+
+    @property
+    def stage_logs(self) -> list[Path]:
+        """Every finished stage's ``metrics.csv`` (there or not), in training order."""
+        return [self.folder.stage(name).metrics for name in self.stages]
 
 
 @dataclass
