@@ -27,7 +27,9 @@ def study(
     = None,
     budget: Annotated[str | None, typer.Option(
         help="epochs=N (every trained stage), total_epochs=N (a method's stages share N as its "
-             "recipe shares its epochs); default: each recipe's own epochs.")] = None,
+             "recipe shares its epochs), or equal compute: flops=N (training FLOPs per run, e.g. "
+             "2e15) or time=DURATION (training time per run on this machine, e.g. 40m, 2h), "
+             "turned into each method's epochs; default: each recipe's own epochs.")] = None,
     size: Annotated[int | None, typer.Option(
         min=1, help="Input size for every method (default: each recipe's).")] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -110,13 +112,20 @@ def _given(**values: Any) -> dict[str, Any] | None:
     return given or None
 
 
-def _budget(text: str) -> dict[str, int]:
+def _budget(text: str) -> dict[str, int | float | str]:
     from condseg.errors import OptionError
 
     key, sep, value = text.partition("=")
-    if not sep or key not in ("epochs", "total_epochs") or not value.isdecimal():
-        raise OptionError(f"--budget takes epochs=N or total_epochs=N; got {text!r}")
-    return {key: int(value)}
+    forms = "epochs=N, total_epochs=N, flops=N (e.g. 2e15) or time=DURATION (e.g. 40m, 2h)"
+    if not sep or key not in ("epochs", "total_epochs", "flops", "time"):
+        raise OptionError(f"--budget takes {forms}; got {text!r}")
+    if key == "time":
+        return {key: value}  # checked with the study's other values
+    try:
+        number = float(value) if key == "flops" else int(value)
+    except ValueError:
+        raise OptionError(f"--budget {key} takes a number, got {value!r} ({forms})") from None
+    return {key: number}
 
 
 def _default_study_dir() -> Path:

@@ -66,7 +66,7 @@ def launch(
         return []
     local = launcher.name == "local"
     jobs = launcher.jobs if local else len(runs)
-    threads = max(1, usable_cores() // min(jobs, len(runs))) if local else None
+    threads = job_threads(launcher, len(runs)) if local else None
     watch = Watched.this_process() if local else None
     groups = gpu_groups(min(jobs, len(runs))) if local else []
     if local:
@@ -95,6 +95,11 @@ def launch(
         _stop(list(running), launcher, console)
         raise
     return ended
+
+
+def job_threads(launcher: Launcher, runs: int) -> int:
+    """The CPU threads each local job gets: the usable cores split between the jobs at once."""
+    return max(1, usable_cores() // max(1, min(launcher.jobs, runs)))
 
 
 def gpu_groups(jobs: int) -> list[str]:

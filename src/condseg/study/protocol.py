@@ -4,8 +4,9 @@ budget and overrides on top, and whatever it had to give up to run here.
 Each method's configuration is ``condseg train --method M`` plus ``key=value`` overrides in a
 fixed order — the protocol (size, batch, precision, pretrained), the budget (epochs), the
 study's overrides, the method's own, and last the fallbacks for weights that cannot be had
-(``pretrained: auto``). Every value that then differs from the recipe is a :class:`Change`
-with its reason: nothing a recipe gives up is silent.
+(``pretrained: auto``). A compute budget comes after the overrides: the epochs they give are
+the proportions in which the method's stages share it. Every value that then differs from the
+recipe is a :class:`Change` with its reason: nothing a recipe gives up is silent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from condseg.config import RunConfig
 from condseg.errors import CondsegError, StudyError, WeightsUnavailableError, first_line
 from condseg.files import read_json
+from condseg.study.budget import compute_budget
 from condseg.study.spec import Budget, MethodEntry, StudySpec
 from condseg.training.classes import with_dataset_classes
 from condseg.training.plan import check_stages, fetch_weights
@@ -49,6 +51,8 @@ class MethodProtocol:
     method: str
     overrides: list[str]
     changes: list[Change] = field(default_factory=list)
+    # Under a compute budget: each stage's cost and epochs (study.budget); None: epochs given
+    cost: dict[str, Any] | None = None
 
     def config(self) -> RunConfig:
         return _load(self.method, self.overrides)
@@ -59,25 +63,40 @@ class MethodProtocol:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MethodProtocol:
         changes = [Change(**c) for c in raw.get("changes", [])]
-        return cls(raw["name"], raw["method"], list(raw["overrides"]), changes)
+        cost = raw.get("cost")
+        if cost is not None and not isinstance(cost, dict):
+            raise TypeError("cost is not a mapping")
+        return cls(raw["name"], raw["method"], list(raw["overrides"]), changes, cost)
 
 
-def resolve(spec: StudySpec, entry: MethodEntry) -> MethodProtocol:
+def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProtocol:
     """The overrides and changes of one method of ``spec``; weights are fetched (or their
-    absence found) now, so that no run fails for them later."""
+    absence found) now, so that no run fails for them later. A compute budget is measured on
+    the method as it will train (its weights' fallbacks applied); a time budget with the
+    ``threads`` a local job will have."""
     method = entry.method_name
     groups = [(PROTOCOL, protocol_overrides(spec)), (STUDY, list(spec.overrides)),
               (OWN, list(entry.overrides))]
+    cost = None
     try:
-        base = _load(method, [o for _, items in groups for o in items])
-        groups.insert(1, (BUDGET, budget_overrides(spec.budget, base)))
-        overrides = [o for _, items in groups for o in items]
-        fallbacks = _weight_fallbacks(method, overrides, spec.protocol.pretrained)
+        given = [o for _, items in groups for o in items]
+        fallbacks = _weight_fallbacks(method, given, spec.protocol.pretrained)
+        config = _load(method, given + [o for _, items in fallbacks for o in items])
+        if spec.data:
+            config = with_dataset_classes(config, spec.data)
+        if spec.budget.compute is not None:
+            check_stages(config)  # a network that cannot be built is named before it is timed
+            epochs, cost = compute_budget(spec, config, threads)
+            # last: epochs given in overrides set the stages' proportions, the budget the rest
+            groups.append((BUDGET, [f"stages.{name}.max_epochs={n}" for name, n in
+                                    epochs.items()]))
+        else:
+            groups.insert(1, (BUDGET, budget_overrides(spec.budget, config)))
     except CondsegError as error:
         raise StudyError(f"method {entry.name}: {first_line(error)}") from error
     groups += fallbacks
-    overrides += [o for _, items in fallbacks for o in items]
-    received = MethodProtocol(entry.name, method, overrides, _changes(method, groups))
+    overrides = [o for _, items in groups for o in items]
+    received = MethodProtocol(entry.name, method, overrides, _changes(method, groups), cost)
     try:  # a size, option or K a network cannot take fails here, not in every run
         config = received.config()
         check_stages(with_dataset_classes(config, spec.data) if spec.data else config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from condseg import __version__
 from condseg.data.labels import read_labels
+from condseg.epoch_log import read_epochs
 from condseg.evaluation.compare import Comparison
 from condseg.evaluation.compare.tables import OUTPUT_FILES, markdown_cell, markdown_row
 from condseg.files import write_text
@@ -36,6 +38,13 @@ def print_protocol(spec: StudySpec, protocols: Sequence[MethodProtocol], console
     for protocol in protocols:
         table.add_row(*_receives(protocol))
     console.print(table)
+    if spec.budget.compute is not None:
+        cost = Table(title=f"Compute budget: {spec.budget.describe()}")
+        for name in BUDGET_COLUMNS:
+            cost.add_column(name, justify="left" if name in ("method", "stage") else "right")
+        for row in budget_rows(protocols):
+            cost.add_row(*row)
+        console.print(cost)
     for protocol in protocols:
         for line in change_lines(protocol):
             console.print(f"[yellow]not as its recipe:[/] {protocol.name}: {escape(line)}",
@@ -61,6 +70,110 @@ def change_lines(protocol: MethodProtocol) -> list[str]:
     """``key: recipe -> value (reason)`` for every value that differs from the recipe."""
     return [f"{c.key}: {_show(c.recipe)} -> {_show(c.value)} ({c.reason})"
             for c in protocol.changes]
+
+
+BUDGET_COLUMNS = ("method", "stage", "GFLOP per image", "images per epoch", "TFLOP per epoch",
+                  "s per epoch (here)", "epochs", "planned TFLOP", "planned time")
+
+
+def budget_rows(protocols: Sequence[MethodProtocol]) -> list[list[str]]:
+    """One row per trained stage of each method under a compute budget: its measured cost per
+    epoch and the epochs it got; the method's planned totals on its first row."""
+    rows = []
+    for protocol in protocols:
+        cost = protocol.cost or {}
+        for i, (stage, c) in enumerate(cost.get("stages", {}).items()):
+            seconds = c.get("seconds_per_epoch")
+            planned = cost.get("planned_seconds")
+            rows.append([protocol.name if i == 0 else "", stage, f"{c['gflop_per_image']:.2f}",
+                         str(c["images_per_epoch"]), f"{c['tflop_per_epoch']:.3f}",
+                         "" if seconds is None else f"{seconds:.1f}", str(c["epochs"]),
+                         f"{cost['planned_tflop']:.2f}" if i == 0 else "",
+                         duration(planned) if i == 0 and planned is not None else ""])
+    return rows
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m``, ``4m 05s`` or ``12s``."""
+    whole = round(seconds)
+    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+    return (f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes
+            else f"{secs}s")
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What one run of a study trained: epochs per stage, training FLOPs and (where its logs
+    have it) training time."""
+
+    epochs: dict[str, int]
+    tflop: float
+    seconds: float | None
+
+
+def spent(run: StudyRun, protocol: MethodProtocol) -> Spent | None:
+    """The run's epochs (its stages' ``metrics.csv``), FLOPs (their ``train_tflop``, else the
+    epochs times the cost per epoch measured for the budget) and time (``epoch_seconds``)."""
+    stages = (protocol.cost or {}).get("stages", {})
+    epochs, tflop, seconds = {}, 0.0, 0.0
+    for name, cost in stages.items():
+        try:
+            rows = read_epochs(run.run.stage(name).metrics)
+        except (OSError, ValueError):  # not trained (yet), or a log that cannot be read
+            return None
+        epochs[name] = len(rows)
+        logged = [r.get("train_tflop") for r in rows.values()]
+        tflop += (sum(logged) if all(v is not None for v in logged) else
+                  len(rows) * cost["tflop_per_epoch"])
+        times = [r.get("epoch_seconds") for r in rows.values()]
+        seconds = None if seconds is None or any(t is None for t in times) else (
+            seconds + sum(times))
+    return Spent(epochs, tflop, seconds)
+
+
+def cost_columns(
+    protocols: Sequence[MethodProtocol], runs: Sequence[StudyRun]
+) -> dict[str, dict[str, str]]:
+    """The comparison's ``epochs`` and ``TFLOP`` columns under a compute budget: each method's
+    epochs per stage (``3+6``) and its mean training TFLOP over its runs."""
+    columns: dict[str, dict[str, str]] = {"epochs": {}, "TFLOP": {}}
+    for protocol in protocols:
+        found = [s for r in runs if r.method == protocol.name
+                 and (s := spent(r, protocol)) is not None]
+        if protocol.cost is None or not found:
+            continue
+        epochs = {"+".join(map(str, s.epochs.values())) for s in found}
+        columns["epochs"][protocol.name] = ", ".join(sorted(epochs))
+        columns["TFLOP"][protocol.name] = f"{sum(s.tflop for s in found) / len(found):.2f}"
+    return columns
+
+
+def _budget_lines(
+    spec: StudySpec, protocols: Sequence[MethodProtocol], runs: Sequence[StudyRun]
+) -> list[str]:
+    """``## Budget`` of study.md: what each method got, then what each run spent."""
+    if spec.budget.compute is None:
+        return []
+    md = markdown_cell
+    lines = ["## Budget", "", md(spec.budget.describe()) + ".", "",
+             markdown_row(list(BUDGET_COLUMNS)),
+             markdown_row(["---", "---"] + ["---:"] * (len(BUDGET_COLUMNS) - 2))]
+    lines += [markdown_row(row) for row in budget_rows(protocols)]
+    threads = sorted({str(p.cost.get("calibrated_threads")) for p in protocols if p.cost})
+    if spec.budget.compute == "time":
+        lines += ["", f"Seconds per epoch calibrated on this machine with {', '.join(threads)} "
+                  "thread(s) per job: timed training steps and validation batches (data "
+                  "loading, checkpoints and logs come on top)."]
+    lines += ["", "FLOPs: torch's flop counter over one training step per image (every view's "
+              "forward pass, the loss, the backward pass) of the plain computation.", "",
+              "| run | epochs | TFLOP spent | training time |", "|---|---|---:|---:|"]
+    by_name = {p.name: p for p in protocols}
+    for run in runs:
+        used = spent(run, by_name[run.method])
+        lines.append(markdown_row([run.label, "not trained", "", ""] if used is None else [
+            run.label, "+".join(map(str, used.epochs.values())), f"{used.tflop:.2f}",
+            "" if used.seconds is None else duration(used.seconds)]))
+    return [*lines, ""]
 
 
 def _classes_line(spec: StudySpec) -> list[str]:
@@ -117,7 +230,8 @@ def write_report(
         changes = change_lines(protocol)
         lines += [f"- **{protocol.name}**:" + ("" if changes else " nothing")]
         lines += [f"  - `{md(line)}`" for line in changes]
-    lines += ["", "## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
+    lines += ["", *_budget_lines(spec, protocols, runs)]
+    lines += ["## Runs", "", "| run | status | wall time (s) | peak memory (GB) | attempts "
               "| host |", "|---|---|---:|---:|---:|---|"]
     stages = {p.name: p.config().stages_to_train() for p in protocols}
     for run in runs:

@@ -26,9 +26,9 @@ from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
 from condseg.records import write_config
-from condseg.study.launch import Outcome, launch
+from condseg.study.launch import Outcome, job_threads, launch
 from condseg.study.protocol import MethodProtocol, read_protocols, resolve
-from condseg.study.report import print_protocol, write_report
+from condseg.study.report import cost_columns, print_protocol, write_report
 from condseg.study.runs import StudyRun, plan_runs
 from condseg.study.spec import StudySpec, read_study
 from condseg.training.logs import RunLog
@@ -60,8 +60,14 @@ def run_study(
     if spec.launcher.name == "slurm" and shutil.which("sbatch") is None:
         raise StudyError("--launcher slurm needs SLURM's sbatch, which is not on this machine's "
                          "PATH; run the study on a node of the cluster, or use --launcher local")
-    protocols = [previous.get(entry.name) or resolve(spec, entry) for entry in spec.methods]
+    if spec.budget.compute == "time" and spec.launcher.name == "slurm":
+        raise StudyError("a time budget is calibrated on the machine the runs train on, and "
+                         "SLURM's nodes are not this one; give the budget in FLOPs "
+                         "(--budget flops=N), or run the study with --launcher local on a node")
     runs = plan_runs(spec, study)
+    threads = job_threads(spec.launcher, len(runs))
+    protocols = [previous.get(entry.name) or resolve(spec, entry, threads)
+                 for entry in spec.methods]
     by_name = {p.name: p for p in protocols}
     for run in runs:  # each run's configuration valid (its seeds) before anything is written
         run.config(by_name[run.method], data)
@@ -94,7 +100,8 @@ def run_study(
             result.comparison = compare(
                 [r.run.path for r in finished], labels=[r.method for r in finished],
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
-                overwrite=True, console=console)
+                overwrite=True, console=console,
+                extra=cost_columns(protocols, finished) if spec.budget.compute else None)
         write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
         console.print(f"wrote {study.report}", highlight=False, markup=False)
     return result

@@ -91,24 +91,70 @@ class Protocol(_Strict):
 
 
 class Budget(_Strict):
-    """How long each method trains: every trained stage ``epochs`` epochs, or ``total_epochs``
-    shared by a method's stages in proportion to its recipe's, or (neither) the recipe's own."""
+    """How long each method trains. By epochs: every trained stage ``epochs`` epochs, or
+    ``total_epochs`` shared by a method's stages in proportion to its recipe's. By compute (each
+    run of a method gets the same): ``flops`` training FLOPs, or ``time`` of training on this
+    machine (``40m``, ``2h``, ``1h30m``, ``90s``), each turned into the epochs that fill it, shared
+    by a method's stages as its recipe shares its epochs. Neither: the recipe's own epochs."""
 
     epochs: int | None = Field(None, gt=0, le=MAX_EPOCHS)
     total_epochs: int | None = Field(None, gt=0, le=MAX_EPOCHS)
+    flops: float | None = Field(None, gt=0)
+    time: str | None = None
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if value is not None:
+            duration_seconds(str(value))  # refused here, once, with the forms it takes
+            return str(value)
+        return value
 
     @model_validator(mode="after")
     def _one_rule(self) -> Budget:
-        if self.epochs is not None and self.total_epochs is not None:
-            raise ValueError("give budget.epochs or budget.total_epochs, not both")
+        given = [k for k in ("epochs", "total_epochs", "flops", "time")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one budget, not both {' and '.join(given)}")
         return self
+
+    @property
+    def compute(self) -> str | None:
+        """``flops`` or ``time`` for a compute budget, else None."""
+        return "flops" if self.flops is not None else "time" if self.time is not None else None
+
+    @property
+    def seconds(self) -> float | None:
+        return duration_seconds(self.time) if self.time is not None else None
 
     def describe(self) -> str:
         if self.epochs is not None:
             return f"{self.epochs} epochs per stage"
         if self.total_epochs is not None:
             return f"{self.total_epochs} epochs per method, shared by its stages as its recipe"
+        if self.flops is not None:
+            return (f"{self.flops:.3g} training FLOPs per run of each method, shared by its "
+                    "stages as its recipe")
+        if self.time is not None:
+            return (f"{self.time} of training per run of each method (calibrated here), shared "
+                    "by its stages as its recipe")
         return "each recipe's own epochs"
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a duration written ``2h``, ``40m``, ``1h30m``, ``90s`` or ``90``."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(f"budget time {text!r} is no duration; write it as 40m, 2h, 1h30m "
+                         "or 90s")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"budget time {text!r} is no time at all; give a positive duration")
+    return total
 
 
 class SlurmOptions(_Strict):
@@ -190,13 +236,13 @@ def list_study_presets() -> list[str]:
 
 def read_study(source: str | Path | None, changes: dict[str, Any]) -> StudySpec:
     """The study file or packaged preset ``source`` (None: nothing but ``changes``) with the
-    top-level keys of ``changes`` replacing its own (``protocol``, ``budget`` and ``launcher``
-    are merged key by key)."""
+    top-level keys of ``changes`` replacing its own (``protocol`` and ``launcher`` are merged
+    key by key; a budget is one rule, so a given one replaces the file's)."""
     raw, where, base = _read(source) if source is not None else ({}, "options", Path.cwd())
     if isinstance(raw.get("data"), str):  # relative to the study file, like its extends
         raw["data"] = str((base / raw["data"]).resolve())
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+        if isinstance(value, dict) and isinstance(raw.get(key), dict) and key != "budget":
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value

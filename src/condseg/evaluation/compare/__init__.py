@@ -22,7 +22,7 @@ in that order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -82,14 +82,17 @@ def compare(
     overwrite: bool = False,
     console: Console | None = None,
     pool: bool = False,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
     curves_x: str = "epoch",
 ) -> Comparison:
     """Build the comparison of ``inputs`` (the first is the reference), write the tables to
     ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
     ``images`` chooses the rows of predictions.png (:func:`parse_images`). With ``pool``, the
     inputs of one label (``labels`` may repeat; else the method) form one row, the mean ± std
-    over them (:mod:`.pool`). ``curves_x`` is the x-axis of curves.png: ``epoch`` (the final
-    stage's), ``tflop`` or ``time`` (what each run spent, over all its stages: :mod:`.curves`).
+    over them (:mod:`.pool`). ``extra`` adds columns after the method ({header: {label:
+    text}}), such as the epochs and TFLOP each method got under a compute budget.
+    ``curves_x`` is the x-axis of curves.png: ``epoch`` (the final stage's), ``tflop`` or
+    ``time`` (what each run spent, over all its stages: :mod:`.curves`).
 
     Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
     are not there are refused, before anything is written or any model is loaded.
@@ -119,7 +122,8 @@ def compare(
         notes += pool_notes(entries)
     stats, stat_notes = paired_statistics(entries)
     result = Comparison(entries=entries, columns=columns, stats=stats,
-                        notes=[*notes, *stat_notes], pooled=pool)
+                        notes=[*notes, *stat_notes], pooled=pool,
+                        extra={h: dict(cells) for h, cells in (extra or {}).items()})
     result.notes += degenerate_notes(result)
     chosen = figure_images(result, choice) if figure_dir is not None else None
     if out_dir is not None:

@@ -112,10 +112,16 @@ class Comparison:
     written: list[Path] = field(default_factory=list)
     figure_images: list[str] = field(default_factory=list)  # the rows of predictions.png
     pooled: bool = False  # rows are runs pooled by label: values are mean ± std over runs
+    # Columns the caller adds after the method (a study under a compute budget: the epochs and
+    # TFLOP each method got): header -> {label: text}
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return [e.label for e in self.entries]
+
+    def extra_cells(self, label: str) -> list[str]:
+        return [cells.get(label, "") for cells in self.extra.values()]
 
     @property
     def classes(self) -> tuple[str, ...] | None:

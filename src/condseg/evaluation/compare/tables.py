@@ -31,11 +31,13 @@ def print_tables(result: Comparison, console: Console) -> None:
              "runs)" if result.pooled else f"Comparison ({len(result.entries)} methods, percent)")
     table = Table(title=title, caption="\n".join(result.table_notes()) or None)
     table.add_column("Method")
+    for header in result.extra:
+        table.add_column(escape(header), justify="right")
     for column in result.columns:
         for metric in result.metrics:
             table.add_column(f"{escape(column)}\n{escape(display_name(metric))}", justify="right")
     for label in result.labels:
-        cells: list[Text | str] = [Text(label)]
+        cells: list[Text | str] = [Text(label), *map(Text, result.extra_cells(label))]
         for column in result.columns:
             for metric in result.metrics:
                 bold = label in best_labels(result, column, metric)
@@ -102,17 +104,19 @@ def table_csv_rows(result: Comparison) -> list[list[str]]:
     their number of runs, every run's folder (separated by ``;``) and after each value its
     std over runs (``<header> std``, empty for a value of one run)."""
     if not result.pooled:
-        rows = [["method", "source", *result.headers()]]
+        rows = [["method", "source", *result.extra, *result.headers()]]
         for entry in result.entries:
-            rows.append([entry.label, str(entry.source), *_cells(result.values(entry.label))])
+            rows.append([entry.label, str(entry.source), *result.extra_cells(entry.label),
+                         *_cells(result.values(entry.label))])
         return rows
     headers = [name for header in result.headers() for name in (header, f"{header} std")]
-    rows = [["method", "runs", "sources", *headers]]
+    rows = [["method", "runs", "sources", *result.extra, *headers]]
     for entry in result.entries:
         pairs = zip(_cells(result.values(entry.label)), _cells(result.spreads(entry.label)),
                     strict=True)
         rows.append([entry.label, str(entry.n_runs),
-                     ";".join(str(run.source) for run in entry.pooled)]
+                     ";".join(str(run.source) for run in entry.pooled),
+                     *result.extra_cells(entry.label)]
                     + [cell for pair in pairs for cell in pair])
     return rows
 
@@ -135,10 +139,10 @@ def stats_csv_rows(result: Comparison) -> list[list[str]]:
 
 def markdown_table(result: Comparison) -> str:
     """A GitHub Markdown table; the best value of each column in bold."""
-    header = ["Method", *result.headers()]
+    header = ["Method", *result.extra, *result.headers()]
     lines = [markdown_row(header), markdown_row(["---"] + ["---:"] * (len(header) - 1))]
     for label in result.labels:
-        cells = [label]
+        cells = [label, *result.extra_cells(label)]
         for column in result.columns:
             for metric in result.metrics:
                 text = result.text(label, column, metric)
@@ -166,18 +170,20 @@ def markdown_cell(text: str) -> str:
 def latex_table(result: Comparison) -> str:
     """A booktabs ``tabular``: datasets as spanning headers over the four metrics (and each
     class's Dice), the best value of each column in bold (needs ``\\usepackage{booktabs}``)."""
-    k = len(result.metrics)
-    spec = "l" + " ".join("c" * k for _ in result.columns)
+    k, e = len(result.metrics), len(result.extra)
+    spec = "l" + "r" * e + " ".join("c" * k for _ in result.columns)
     lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
     spans = [f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(c)}}}" for c in result.columns]
-    lines.append(" & ".join(["Method", *spans]) + " \\\\")
-    rules = [f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(result.columns))]
+    lines.append(" & ".join(["Method", *[""] * e, *spans]) + " \\\\")
+    rules = [f"\\cmidrule(lr){{{2 + e + i * k}-{1 + e + (i + 1) * k}}}"
+             for i in range(len(result.columns))]
     lines.append(" ".join(rules))
     names = [latex_escape(display_name(metric)) for metric in result.metrics]
-    lines.append(" & ".join(["", *names * len(result.columns)]) + " \\\\")
+    lines.append(" & ".join(["", *map(latex_escape, result.extra), *names * len(result.columns)])
+                 + " \\\\")
     lines.append("\\midrule")
     for label in result.labels:
-        cells = [latex_escape(label)]
+        cells = [latex_escape(label), *map(latex_escape, result.extra_cells(label))]
         for column in result.columns:
             for metric in result.metrics:
                 text = result.text(label, column, metric, missing="--")
@@ -188,7 +194,7 @@ def latex_table(result: Comparison) -> str:
     lines.append("\\bottomrule")
     for note in result.table_notes():
         mark = "$^\\dagger$" if note.startswith(EMPTY_MARK) else ""
-        lines.append(f"\\multicolumn{{{1 + k * len(result.columns)}}}{{l}}"
+        lines.append(f"\\multicolumn{{{1 + e + k * len(result.columns)}}}{{l}}"
                      f"{{\\footnotesize {mark}{latex_escape(note.removeprefix(EMPTY_MARK))}}} "
                      "\\\\")
     lines.append("\\end{tabular}")
