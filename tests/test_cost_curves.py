@@ -217,7 +217,8 @@ def test_a_two_stage_run_is_one_line_whose_x_grows_across_its_stages(
     two_stage: dict, tmp_path: Path
 ) -> None:
     run = read_run(two_stage["run"])
-    assert run.stages == ("stage1", "stage2") and run.stage_logs[-1] == run.metrics_csv
+    assert run.stages == ("stage1", "stage2")
+    assert run.stage_logs == [two_stage["run"] / s / "metrics.csv" for s in run.stages]
     epochs = [read_epochs(p) for p in run.stage_logs]
     for axis, column in (("tflop", TFLOP), ("time", SECONDS)):
         curves = run_curves(run.stage_logs, list(CURVE_TITLES), axis)

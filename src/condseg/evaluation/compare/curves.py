@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from condseg.epoch_log import SECONDS, TFLOP, read_epochs
-from condseg.evaluation.compare.result import Comparison, RunInfo
+from condseg.evaluation.compare.result import Comparison
 from condseg.evaluation.names import display_name
 from condseg.viz import Curve
 
@@ -44,8 +44,8 @@ def run_curves(logs: Sequence[Path], keys: Sequence[str], axis: str) -> dict[str
         key: ([], [], []) for key in keys}
     spent = 0.0
     for n, path in enumerate(logs if column is not None else logs[-1:]):
-        for x, _, starts in points.values():
-            if n > 0:
+        if n > 0:  # a later stage: its first point
+            for x, _, starts in points.values():
                 starts.append(len(x))
         for epoch, row in sorted(read_epochs(path).items()):
             if column is None:
@@ -76,14 +76,6 @@ def axis_label(axis: str, longest: float) -> tuple[str, float]:
     return "epoch", 1.0
 
 
-def stage_logs(run: RunInfo, axis: str) -> list[Path]:
-    """The logs a run's curves are read from: every finished stage's for a cost axis, the final
-    stage's for epochs."""
-    if axis == "epoch":
-        return [run.metrics_csv] if run.metrics_csv is not None else []
-    return run.stage_logs
-
-
 def curves_figure(
     result: Comparison, out_png: Path, axis: str = "epoch"
 ) -> tuple[list[Path], list[str]]:
@@ -94,9 +86,9 @@ def curves_figure(
     curves: dict[str, dict[str, Curve]] = {}
     notes: list[str] = []
     for entry in result.entries:
-        logs = stage_logs(entry.run, axis) if entry.run is not None else []
+        logs = entry.run.stage_logs if entry.run is not None else []
         if not logs:
-            why = "no training run" if entry.run is None else "no finished stage with a metrics.csv"
+            why = "no training run" if entry.run is None else "no finished stage"
             notes.append(f"{entry.label} has no curve in curves.png: {why}")
             continue
         try:

@@ -60,14 +60,6 @@ class RunInfo:
         return RunDir(self.path)
 
     @property
-    def metrics_csv(self) -> Path | None:
-        """The final stage's Lightning log, if the run has a finished stage with one."""
-        if self.final_stage is None:
-            return None
-        path = self.folder.stage(self.final_stage).metrics
-        return path if path.is_file() else None
-
-    @property
     def stage_logs(self) -> list[Path]:
         """Every finished stage's ``metrics.csv`` (there or not), in training order."""
         return [self.folder.stage(name).metrics for name in self.stages]
