@@ -68,11 +68,11 @@ def axis_label(axis: str, longest: float) -> tuple[str, float]:
     """The x-axis label of ``axis`` and the factor its values (seconds, for time) are shown in,
     given the ``longest`` line's last value."""
     if axis == "tflop":
-        return "training TFLOP (cumulative over the stages)", 1.0
+        return "cumulative training TFLOP (all stages)", 1.0
     if axis == "time":
         hours = longest > HOURS_FROM
-        return (f"training wall time, {'hours' if hours else 'minutes'} (cumulative over the "
-                "stages, on the machine each run trained on)", 1 / (3600 if hours else 60))
+        return (f"cumulative training wall time, {'hours' if hours else 'minutes'} (all stages)",
+                1 / (3600 if hours else 60))
     return "epoch", 1.0
 
 
