@@ -177,36 +177,39 @@ def test_a_partial_batch_counts_its_images(tmp_path: Path) -> None:
 def test_an_epoch_resumed_mid_way_counts_every_image_trained_into_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed (here: a non-finite loss) at the second batch of epoch 2 with a checkpoint after
-    every step; the resumed epoch carries the first batch's images from the checkpoint."""
+    """Two epochs of two batches of 2, with a checkpoint after every step, stopped twice (here:
+    by a non-finite loss): at the second step of epoch 1, resumed mid-epoch, whose count
+    carries the first step's images from the checkpoint; then at the first step of epoch 2,
+    resumed from epoch 1's end, whose count starts afresh."""
     from condseg.errors import TrainingError
     from condseg.methods.condseg.losses import ConsistencyLoss
 
-    data = synthesize(tmp_path / "data", n_train=8, n_val=1, size=64)
-    config = load_config("demo", [*TINY_CONDSEG, "train_stages=[stage1]",
+    data = synthesize(tmp_path / "data", n_train=4, n_val=1, size=64)
+    config = load_config("demo", [*TINY_CONDSEG, "data.batch_size=2", "train_stages=[stage1]",
                                   "stages.stage1.max_epochs=2", "checkpoint_every_n_steps=1",
                                   "checkpoint_every_minutes=null"])
     original, calls = ConsistencyLoss.forward, []
 
-    def nan_at_the_fourth_step(self, outputs, target):  # type: ignore[no-untyped-def]
+    def nan_at_steps_2_and_4(self, outputs, target):  # type: ignore[no-untyped-def]
         losses = original(self, outputs, target)
-        if not target.is_meta:
+        if not target.is_meta:  # not the FLOP count as the stage starts
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) in (2, 4):
                 losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(ConsistencyLoss, "forward", nan_at_the_fourth_step)
+    monkeypatch.setattr(ConsistencyLoss, "forward", nan_at_steps_2_and_4)
     quiet = Console(file=None, quiet=True)
-    with pytest.raises(TrainingError, match="epoch 1"):
-        train(config, data, tmp_path / "run", console=quiet)
-    monkeypatch.undo()
+    for epoch, resume in ((0, False), (1, True)):
+        with pytest.raises(TrainingError, match=f"stage1, epoch {epoch}, step"):
+            train(config, data, tmp_path / "run", resume=resume, console=quiet)
     train(config, data, tmp_path / "run", resume=True, console=quiet)
+    assert len(calls) == 6  # 4 steps, 2 of them tried twice
     stage = tmp_path / "run" / "stage1"
-    assert len(list((stage / "csv").glob("version_*"))) == 2
+    assert len(list((stage / "csv").glob("version_*"))) == 3
     per_image = stage_flops(load_config(tmp_path / "run" / "config.yaml"), "stage1")
     rows = _rows(stage)
-    assert [float(r[TFLOP]) for r in rows] == [8 * per_image / 1e12] * 2
+    assert [float(r[TFLOP]) for r in rows] == [4 * per_image / 1e12] * 2
     assert all(float(r[SECONDS]) > 0 for r in rows)
 
 
