@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from condseg.config import load_config
 from condseg.data.synthetic import synthesize
+from condseg.epoch_log import read_epochs
+from condseg.training.cost import stage_flops
 
 SCRIPT = """
 import sys
@@ -41,8 +44,13 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT" in proc.stdout
+    config = load_config(tmp_path / "run" / "config.yaml")
     for n in (1, 2):
         summary = json.loads((tmp_path / "run" / f"stage{n}" / "result.json").read_text())
         assert (tmp_path / "run" / summary["model_file"]).is_file()  # relative to the run
+        # each epoch's cost: the images of both processes (2 batches of 2 each)
+        (row,) = read_epochs(tmp_path / "run" / f"stage{n}" / "metrics.csv").values()
+        assert row["train_tflop"] == 8 * stage_flops(config, f"stage{n}") / 1e12
+        assert row["epoch_seconds"] > 0
     assert "world_size: 2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
     assert "Grad strides do not match" not in proc.stderr  # DDP saw the final layout

@@ -5,7 +5,9 @@ and learning-rate rows interleaved, epochs from 0, one ``csv/version_K/`` per at
 resumed stage). The table here has one row per epoch, epochs counted from 1, and plain column
 names: ``train_loss`` is the method's full training loss and ``train_mask_loss`` /
 ``val_mask_loss`` the same quantity on both sides (L_mask, BCE + Dice of the output mask);
-the overlap scores are in percent, as in every printed table; learning rates are ``lr_<group>``.
+the overlap scores are in percent, as in every printed table; learning rates are ``lr_<group>``;
+what the epoch cost is ``epoch_seconds`` (wall seconds, its validation included) and
+``train_tflop`` (training FLOPs / 1e12: :mod:`condseg.training.epoch_cost`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ STEP_LOSS = "train/loss_step"
 PERCENT = frozenset({"val_miou", "val_mdsc", "val_recall", "val_precision"})
 #: With K >= 2 classes, each foreground class's validation Dice (percent too).
 CLASS_DICE = "val_dice_"
+#: Each epoch's cost: wall seconds, and training TFLOP (images seen x FLOPs per image / 1e12).
+SECONDS, TFLOP = "epoch_seconds", "train_tflop"
 
 
 def column_name(key: str) -> str | None:
@@ -35,6 +39,8 @@ def column_name(key: str) -> str | None:
         return None
     if key == "val/loss":  # what the plateau schedule watches: L_mask, not the training loss
         return "val_mask_loss"
+    if key.startswith("cost/"):  # condseg.training.epoch_cost's tags
+        return key.removeprefix("cost/")
     if key.startswith("lr-"):  # LearningRateMonitor: lr-<Optimizer>[/<group>]
         group = key.partition("/")[2]
         return f"lr_{group}" if group else "lr"
@@ -121,7 +127,8 @@ def write_epoch_log(stage_dir: Path) -> Path:
         for epoch, values in read_lightning_log(path).items():
             epochs.setdefault(epoch, {}).update(values)
     present = {key for values in epochs.values() for key in values}
-    rest = sorted(present - set(FIRST_COLUMNS), key=lambda k: (k.startswith("lr"), k))
+    rest = sorted(present - set(FIRST_COLUMNS),  # the loss terms, the cost, learning rates
+                  key=lambda k: (k.startswith("lr"), k in (SECONDS, TFLOP), k))
     columns = [c for c in FIRST_COLUMNS if c == "epoch" or c in present] + rest
     out = StageDir(stage_dir).metrics
     return write_text(out, table_text(columns, ({"epoch": e, **epochs[e]} for e in sorted(epochs))))

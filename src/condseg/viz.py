@@ -6,9 +6,10 @@ matplotlib is used through its Agg canvas only, never through pyplot's global st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -324,46 +325,53 @@ def save_figure(fig: Figure, out_png: str | Path, *, pdf: bool = False) -> Path:
     return out_png
 
 
-def plot_validation_curves(
-    logs: Mapping[str, str | Path], out_png: str | Path,
-    titles: Mapping[str, str], *, pdf: bool = False,
-) -> list[str]:
-    """One panel per key of ``titles`` (its title drawn above it), one line per run: the
-    ConDSeg paper's Fig. 5 (validation mDSC and loss per epoch) from each run's ``metrics.csv``.
+class Curve(NamedTuple):
+    """One run's line on one panel of :func:`plot_validation_curves`: its points, and the index
+    of the first point of each later stage of the run (none: one stage, or epochs)."""
 
-    Logs that cannot be read or hold no validation values are left out; the labels drawn are
-    returned. Raises ValueError (and writes nothing) when no log has any.
-    """
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    starts: tuple[int, ...] = ()
+
+
+def plot_validation_curves(
+    curves: Mapping[str, Mapping[str, Curve]], out_png: str | Path,
+    titles: Mapping[str, str], *, xlabel: str = "epoch", integer_x: bool = True,
+    pdf: bool = False,
+) -> Path:
+    """One panel per key of ``titles`` (its title drawn above it), one line per run (its label
+    the key of ``curves``, one colour on every panel): the ConDSeg paper's Fig. 5 (validation
+    mDSC and loss per epoch), or the same against what the run spent. A line is solid within a
+    stage and dashed from a stage's last point to the next stage's first."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     keys = list(titles)
-    values: dict[str, dict[str, dict[int, float]]] = {}
-    for label, path in logs.items():
-        try:
-            per_epoch = _read_epoch_values(Path(path))
-        except ValueError:
-            continue
-        if any(per_epoch.get(key) for key in keys):
-            values[label] = per_epoch
-    if not values:
-        raise ValueError(f"no training log has {' or '.join(keys)} values")
     fig = Figure(figsize=(6 * len(keys), 4), constrained_layout=True)
     FigureCanvasAgg(fig)
     for i, key in enumerate(keys, start=1):
         ax = fig.add_subplot(1, len(keys), i)
-        for label, per_epoch in values.items():
-            series = per_epoch.get(key, {})
-            epochs = sorted(series)
-            ax.plot(epochs, [series[e] for e in epochs], marker=".", label=_plain(label))
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for n, (label, by_key) in enumerate(curves.items()):
+            curve, colour = by_key.get(key, Curve((), ())), f"C{n % 10}"
+            bounds = [0, *sorted(set(curve.starts)), len(curve.x)]
+            named = False
+            for a, b in itertools.pairwise(bounds):
+                if a > 0 and a < len(curve.x):  # the join of two stages
+                    ax.plot(curve.x[a - 1:a + 1], curve.y[a - 1:a + 1], linestyle="--",
+                            color=colour)
+                if b > a:
+                    ax.plot(curve.x[a:b], curve.y[a:b], marker=".", color=colour,
+                            label=None if named else _plain(label))
+                    named = True
+        ax.set_xlabel(xlabel)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(titles[key])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    save_figure(fig, out_png, pdf=pdf)
-    return list(values)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return save_figure(fig, out_png, pdf=pdf)
 
 
 def _plain(text: str) -> str:

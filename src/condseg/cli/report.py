@@ -112,10 +112,16 @@ def compare(
         "--pool", help="Runs of one method (or one --label) form one row: the mean ± std over "
                        "them; the folds' splits folds/<k>/val are one column folds/*/val."
     )] = False,
+    curves_x: Annotated[str, typer.Option(
+        "--curves-x", metavar="epoch|tflop|time",
+        help="x-axis of curves.png: epoch (the final stage's epochs), tflop (cumulative "
+             "training TFLOP) or time (cumulative training wall time); tflop and time draw "
+             "every stage of a run on one line."
+    )] = "epoch",
 ) -> None:
     """Methods side by side as in the paper's Table 1, with paired per-image Dice statistics."""
     from condseg.evaluation.compare import compare as run_compare
 
     with user_errors():
         run_compare(inputs, labels=label, out_dir=out, figure_dir=figure, images=images,
-                    overwrite=overwrite, console=console, pool=pool)
+                    overwrite=overwrite, console=console, pool=pool, curves_x=curves_x)

@@ -20,6 +20,7 @@ from condseg.models.base import SegmentationModel
 from condseg.models.model_file import load_model, read_header, save_model
 from condseg.models.registry import create_model
 from condseg.training.checkpoints import PREVIOUS_SUFFIX, resume_point
+from condseg.training.cost import flops_per_image
 from condseg.training.datamodule import SegmentationDataModule
 from condseg.training.hooks import as_trained
 from condseg.training.module import SegmentationModule
@@ -48,7 +49,9 @@ def run_stage(
     module = SegmentationModule.from_parts(model, parts)
     normalization = _normalization(config, model)
     data = SegmentationDataModule(plan, config.data, *normalization)
-    trainer, best_checkpoint = build_trainer(plan, config, stage, normalization, console, log)
+    trainer, best_checkpoint = build_trainer(
+        plan, config, stage, normalization, console, log,
+        flops_per_image=flops_per_image(parts, config.data.size))
     start = _resume_point(plan.name, stage, console) if resume else None
     last = stage.last_checkpoint
     try:

@@ -1,6 +1,6 @@
 """The Lightning Trainer of one stage: its checkpoints (the best by validation mIoU, and
-``last.ckpt`` to resume from), early stopping, loggers (CSV per attempt, TensorBoard), progress
-and the atomic checkpoint writer."""
+``last.ckpt`` to resume from), early stopping, loggers (CSV per attempt, TensorBoard), each
+epoch's cost, progress and the atomic checkpoint writer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 from condseg.config import RunConfig
 from condseg.layout import StageDir
 from condseg.training.checkpoints import AtomicCheckpointIO, RunCheckpoint
+from condseg.training.epoch_cost import EpochCost
 from condseg.training.logs import TensorBoardExtras, flat_config
 from condseg.training.plan import StagePlan
 from condseg.training.progress import ProgressBar, progress_callbacks
@@ -22,11 +23,12 @@ from condseg.training.resources import ParentWatch
 
 def build_trainer(
     plan: StagePlan, config: RunConfig, stage: StageDir, normalization: tuple,
-    console: Console, log: Console | None = None,
+    console: Console, log: Console | None = None, *, flops_per_image: float,
 ) -> tuple[L.Trainer, RunCheckpoint]:
     """The stage's Trainer and its best-checkpoint callback (whose path the export reads).
     ``normalization`` (mean, std) undoes the inputs for TensorBoard's prediction grids; what
-    ``console`` shows of the progress is also written to ``log``."""
+    ``console`` shows of the progress is also written to ``log``; ``flops_per_image`` (the
+    stage's training FLOPs per image) prices each epoch's images in its log."""
     cfg = plan.cfg
     best = RunCheckpoint(
         dirpath=stage.checkpoints, filename=stage.best_checkpoint.stem, monitor="val/miou",
@@ -34,7 +36,7 @@ def build_trainer(
     )
     callbacks = [best, *_last_checkpoints(config, stage),
                  _EarlyStopping("val/miou", mode="max", patience=cfg.early_stop_patience),
-                 LearningRateMonitor("epoch"), ParentWatch(),
+                 LearningRateMonitor("epoch"), ParentWatch(), EpochCost(flops_per_image),
                  TensorBoardExtras(flat_config(config.model_dump(mode="json")),
                                    config.log_images_every_n_epochs, *normalization),
                  *progress_callbacks(console, plan.name, config.progress_bar,

@@ -16,7 +16,8 @@ The package reads the inputs (:mod:`.inputs`) into the comparison object (:mod:`
 keeps apart what is not comparable and refuses what would count twice (:mod:`.identity`: by
 the dataset, protocol and model each evaluation recorded), pools runs when asked
 (:mod:`.pool`), adds the paired statistics (:mod:`.statistics`), and shows it as tables
-(:mod:`.tables`) and figures (:mod:`.figures`); :func:`compare` does all of it in that order.
+(:mod:`.tables`) and figures (:mod:`.figures`, :mod:`.curves`); :func:`compare` does all of it
+in that order.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 
 from condseg.errors import CompareError, refuse_existing
+from condseg.evaluation.compare.curves import CURVES_X, check_curves_x
 from condseg.evaluation.compare.figures import (
     FIGURE_FILES,
     ImageChoice,
@@ -66,8 +68,8 @@ from condseg.evaluation.compare.tables import (
 )
 
 __all__ = [
-    "CompareError", "Comparison", "ImageChoice", "best_labels", "compare", "evenly_spaced",
-    "figure_images", "latex_escape", "parse_images", "read_run", "stage_names",
+    "CURVES_X", "CompareError", "Comparison", "ImageChoice", "best_labels", "compare",
+    "evenly_spaced", "figure_images", "latex_escape", "parse_images", "read_run", "stage_names",
 ]
 
 
@@ -81,6 +83,7 @@ def compare(
     console: Console | None = None,
     pool: bool = False,
     extra: Mapping[str, Mapping[str, str]] | None = None,
+    curves_x: str = "epoch",
 ) -> Comparison:
     """Build the comparison of ``inputs`` (the first is the reference), write the tables to
     ``out_dir`` and the figures to ``figure_dir`` when given, and print to ``console``.
@@ -88,6 +91,8 @@ def compare(
     inputs of one label (``labels`` may repeat; else the method) form one row, the mean ± std
     over them (:mod:`.pool`). ``extra`` adds columns after the method ({header: {label:
     text}}), such as the epochs and TFLOP each method got under a compute budget.
+    ``curves_x`` is the x-axis of curves.png: ``epoch`` (the final stage's), ``tflop`` or
+    ``time`` (what each run spent, over all its stages: :mod:`.curves`).
 
     Existing output files are refused (FileExistsError) unless ``overwrite``, and images that
     are not there are refused, before anything is written or any model is loaded.
@@ -95,6 +100,10 @@ def compare(
     if not inputs:
         raise CompareError("give at least one run or evaluation folder to compare")
     choice = parse_images(images)
+    try:
+        check_curves_x(curves_x)
+    except ValueError as exc:
+        raise CompareError(str(exc)) from None
     planned = [Path(out_dir) / n for n in OUTPUT_FILES] if out_dir is not None else []
     planned += [Path(figure_dir) / n for n in FIGURE_FILES] if figure_dir is not None else []
     refuse_existing(planned, overwrite)
@@ -122,7 +131,7 @@ def compare(
     if console is not None:  # before the figures, which load and run every model
         print_tables(result, console)
     if figure_dir is not None and chosen is not None:
-        written, figure_notes = write_figures(result, Path(figure_dir), chosen)
+        written, figure_notes = write_figures(result, Path(figure_dir), chosen, curves_x)
         result.written += written
         result.notes += figure_notes
     if console is not None:

@@ -1,7 +1,7 @@
 """The comparison as figures: each method's predicted masks on chosen shared images (the
 ConDSeg paper's Fig. 2; multi-class: coloured by class, with a legend) and the validation
-curves of each run (its Fig. 5). Each model is loaded and prepared for inference once, then
-predicts every chosen image as ``condseg predict`` would."""
+curves of each run (its Fig. 5: :mod:`.curves`). Each model is loaded and prepared for
+inference once, then predicts every chosen image as ``condseg predict`` would."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from condseg.errors import CompareError, CondsegError
+from condseg.evaluation.compare.curves import curves_figure
 from condseg.evaluation.compare.nnunet import SOURCE as NNUNET
 from condseg.evaluation.compare.result import Comparison, Entry
-from condseg.evaluation.names import MISSING, display_name
+from condseg.evaluation.names import MISSING
 from condseg.evaluation.overlap import class_confusion, class_scores, overlap_scores
 from condseg.records import read_result
 
@@ -119,14 +120,16 @@ def ranked_images(
 
 
 def write_figures(
-    result: Comparison, figure_dir: Path, chosen: tuple[Path, list[str]] | str
+    result: Comparison, figure_dir: Path, chosen: tuple[Path, list[str]] | str,
+    curves_x: str = "epoch",
 ) -> FigureResult:
     """predictions.png/.pdf (the paper's Fig. 2) of the ``chosen`` images and curves.png/.pdf
-    (its Fig. 5), each skipped with a note when nothing can be drawn. A pooled row is drawn
-    from its first run (its entry's model and log), as a note says."""
+    (its Fig. 5, against ``curves_x``: :mod:`.curves`), each skipped with a note when nothing
+    can be drawn. A pooled row is drawn from its first run (its entry's model and log), as a
+    note says."""
     figure_dir.mkdir(parents=True, exist_ok=True)
     written, notes = prediction_figure(result, figure_dir / "predictions.png", chosen)
-    more_written, more_notes = curves_figure(result, figure_dir / "curves.png")
+    more_written, more_notes = curves_figure(result, figure_dir / "curves.png", curves_x)
     first_runs = [f"{entry.label} in the figures is its first run, {entry.pooled[0].source}"
                   for entry in result.entries if entry.n_runs > 1
                   and entry.evaluations[0].protocol.get("source") != NNUNET]
@@ -253,32 +256,3 @@ def class_dice(mask: np.ndarray, truth: np.ndarray, n_classes: int) -> float | N
     scores = class_scores(confusion)["dice"][0]
     present = ~scores.isnan()
     return float(scores[present].mean()) if present.any() else None
-
-
-#: The panels of the curves figure (the paper's Fig. 5), by ``metrics.csv`` column.
-CURVE_TITLES = {"val_mdsc": f"validation {display_name('dice')} (%)",
-                "val_mask_loss": "validation L_mask"}
-
-
-def curves_figure(result: Comparison, out_png: Path) -> FigureResult:
-    """Validation mDSC and loss per epoch of each run's final stage, one line per run."""
-    from condseg.viz import plot_validation_curves
-
-    logs: dict[str, Path] = {}
-    notes: list[str] = []
-    for entry in result.entries:
-        log = entry.run.metrics_csv if entry.run is not None else None
-        if log is None:
-            why = "no training run" if entry.run is None else "no finished stage with a metrics.csv"
-            notes.append(f"{entry.label} has no curve in curves.png: {why}")
-        else:
-            logs[entry.label] = log
-    if not logs:
-        return [], [*notes, "curves.png not written: no input has a training log"]
-    try:
-        drawn = plot_validation_curves(logs, out_png, CURVE_TITLES, pdf=True)
-    except ValueError as exc:
-        return [], [*notes, f"curves.png not written: {exc}"]
-    notes += [f"{label} has no curve in curves.png: its log has no validation rows"
-              for label in logs if label not in drawn]
-    return [out_png, out_png.with_suffix(".pdf")], notes

@@ -29,12 +29,14 @@ def read_evaluation(path: Path) -> Evaluation:
 
 
 def read_run(path: Path) -> RunInfo:
-    """The run's configuration and its final stage: the last stage with a ``result.json``."""
+    """The run's configuration, its finished stages (with a ``result.json``) in training order
+and its final stage: the last of them."""
     run = RunDir(path)
     config = records.read_config_record(run, CompareError, "restore it or compare its "
                                         "evaluation folders instead")
     finished = [s for s in stage_names(path, config) if run.stage(s).is_finished()]
-    return RunInfo(path=path, config=config, final_stage=finished[-1] if finished else None)
+    return RunInfo(path=path, config=config, final_stage=finished[-1] if finished else None,
+                   stages=tuple(finished))
 
 
 def stage_names(run_dir: Path, config: Mapping[str, Any]) -> list[str]:

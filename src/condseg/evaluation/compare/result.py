@@ -53,18 +53,16 @@ class RunInfo:
     path: Path
     config: dict[str, Any]
     final_stage: str | None
+    stages: tuple[str, ...] = ()  # every finished stage, in training order (the last is final)
 
     @property
     def folder(self) -> RunDir:
         return RunDir(self.path)
 
     @property
-    def metrics_csv(self) -> Path | None:
-        """The final stage's Lightning log, if the run has a finished stage with one."""
-        if self.final_stage is None:
-            return None
-        path = self.folder.stage(self.final_stage).metrics
-        return path if path.is_file() else None
+    def stage_logs(self) -> list[Path]:
+        """Every finished stage's ``metrics.csv`` (there or not), in training order."""
+        return [self.folder.stage(name).metrics for name in self.stages]
 
 
 @dataclass
