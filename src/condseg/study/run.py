@@ -34,6 +34,9 @@ from condseg.study.spec import StudySpec, read_study
 from condseg.training.logs import RunLog
 from condseg.training.start import check_data
 
+#: The curves' axis under each kind of budget: the currency the methods were given.
+_CURVES_X = {None: "epoch", "flops": "tflop", "time": "time"}
+
 
 @dataclass
 class StudyResult:
@@ -101,7 +104,8 @@ def run_study(
                 [r.run.path for r in finished], labels=[r.method for r in finished],
                 out_dir=study.comparison, figure_dir=study.comparison, pool=True,
                 overwrite=True, console=console,
-                extra=cost_columns(protocols, finished) if spec.budget.compute else None)
+                extra=cost_columns(protocols, finished) if spec.budget.compute else None,
+                curves_x=_CURVES_X[spec.budget.compute])
         write_report(study, spec, protocols, runs, result.comparison, time.time() - started)
         console.print(f"wrote {study.report}", highlight=False, markup=False)
     return result
