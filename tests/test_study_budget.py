@@ -167,5 +167,6 @@ def test_a_study_under_a_time_budget_ends_within_it_and_records_what_each_got(
     table = (tmp_path / "S" / "comparison" / "compare.md").read_text()
     assert table.splitlines()[0].startswith("| Method | epochs | TFLOP |")
     assert "## Budget" in report
+    print(report[report.index("## Budget"):report.index("## Runs")])
     print(f"time budget {budget_s:g} s per run: {len(result.runs)} runs trained in {trained:.0f} s "
           f"(jobs' wall time), the study took {wall:.0f} s")

@@ -167,8 +167,9 @@ def _budget_lines(
     threads = sorted({str(p.cost.get("calibrated_threads")) for p in protocols if p.cost})
     if spec.budget.compute == "time":
         lines += ["", f"Seconds per epoch calibrated on this machine with {', '.join(threads)} "
-                  "thread(s) per job: timed training steps and validation batches (data "
-                  "loading, checkpoints and logs come on top)."]
+                  "thread(s) per job: timed image loading, training steps, validation batches "
+                  "and checkpoint serialisation (Lightning's loops, logs and file writes come "
+                  "on top; each run's training time below is measured)."]
     lines += ["", "FLOPs: torch's flop counter over one training step per image (every view's "
               "forward pass, the loss, the backward pass) of the plain computation.", "",
               "| run | epochs | TFLOP spent | training time |", "|---|---|---:|---:|"]
