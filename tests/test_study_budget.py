@@ -17,7 +17,8 @@ from condseg.cli import app
 from condseg.data.synthetic import synthesize
 from condseg.errors import StudyError
 from condseg.study.budget import epochs_within
-from condseg.study.protocol import MethodProtocol, resolve
+from condseg.study.protocol import MethodProtocol, read_protocols, resolve
+from condseg.study.report import spent
 from condseg.study.run import run_study
 from condseg.study.spec import Budget, duration_seconds, read_study
 from condseg.training.cost import flops_per_image, images_per_epoch
@@ -58,6 +59,13 @@ def test_epochs_fill_the_budget_in_the_recipes_proportions() -> None:
     with pytest.raises(StudyError, match=r"costs 5 FLOPs, more than the budget 4.9 FLOPs; "
                                          r"give at least 5 FLOPs"):
         epochs_within(4.9, {"s1": 100, "s2": 200}, {"s1": 1.0, "s2": 4.0}, " FLOPs")
+    # a stage whose share is under one epoch gets one, taken back from the other's share
+    assert epochs_within(150.0, {"a": 1, "b": 100}, {"a": 100.0, "b": 1.0}) == {"a": 1, "b": 50}
+    assert epochs_within(105.0, {"a": 30, "b": 300}, {"a": 100.0, "b": 1.0}) == {"a": 1, "b": 5}
+    for budget in (5.0, 15.0, 37.5, 150.0, 1000.0):  # never over, whatever the shares
+        for recipe in ({"a": 1, "b": 100}, {"a": 50, "b": 50}, {"a": 300, "b": 1}):
+            got = epochs_within(budget, recipe, {"a": 3.0, "b": 2.0})
+            assert min(got.values()) >= 1 and 3 * got["a"] + 2 * got["b"] <= budget
 
 
 def test_a_budget_is_one_rule_and_a_duration_is_read_once() -> None:
@@ -68,6 +76,11 @@ def test_a_budget_is_one_rule_and_a_duration_is_read_once() -> None:
             duration_seconds(bad)
     with pytest.raises(ValueError, match="not both flops and time"):
         Budget(flops=1e15, time="1h")
+    for bad in ("1h30", "2h5"):  # after a unit every part has its own
+        with pytest.raises(ValueError, match="no duration"):
+            duration_seconds(bad)
+    with pytest.raises(ValueError, match="write it as text with its unit"):
+        Budget(time=90)  # YAML reads `time: 1:30` as 90
     assert Budget(time="40m").seconds == 2400 and Budget(flops=2e15).compute == "flops"
 
 
@@ -120,6 +133,11 @@ def test_the_record_of_a_budget_survives_protocol_json(tmp_path: Path) -> None:
     assert again == received
     assert MethodProtocol.from_json({k: v for k, v in received.to_json().items()
                                      if k != "cost"}).cost is None  # a study of before
+    damaged = received.to_json()
+    damaged["cost"]["stages"]["train"].pop("epochs")
+    (tmp_path / "protocol.json").write_text(json.dumps([damaged]))
+    with pytest.raises(StudyError, match=r"protocol\.json is damaged"):
+        read_protocols(tmp_path / "protocol.json", spec)
 
 
 def test_cli_budget_forms_and_refusals(tmp_path: Path) -> None:
@@ -136,6 +154,10 @@ def test_cli_budget_forms_and_refusals(tmp_path: Path) -> None:
         assert bad.exit_code == 2 and message in bad.output, bad.output
     slurm = runner.invoke(app, [*base, "--budget", "time=1m", "--launcher", "slurm"])
     assert slurm.exit_code == 2
+    assert "a time budget is calibrated on the machine the runs train on" in slurm.output
+    ddp = runner.invoke(app, [*base, "--budget", "flops=1e12", "devices=2"])
+    assert ddp.exit_code == 2
+    assert "counts one training process, and each run would train on 2 (DDP)" in ddp.output
     assert not (tmp_path / "S").exists()
 
 
@@ -154,11 +176,17 @@ def test_a_study_under_a_time_budget_ends_within_it_and_records_what_each_got(
     result = run_study(read_study(tmp_path / "study.yaml", {}), tmp_path / "S")
     wall = time.monotonic() - started
     assert not result.failed
-    trained = sum(a.wall_s for run in result.runs for a in run.attempts())
-    # Tolerance (docs/usage.md): each run trains within 1.5 x the budget, plus a minute for its
-    # process start, dataset check, final evaluation and export (measured: see the note).
-    assert trained <= len(result.runs) * (1.5 * budget_s + 60), trained
     report = (tmp_path / "S" / "study.md").read_text()
+    print(report[report.index("## Budget"):report.index("## Runs")])
+    for run in result.runs:
+        job = sum(a.wall_s for a in run.attempts())
+        epochs = spent(run, next(p for p in result.protocols if p.name == run.method))
+        print(f"{run.label}: epochs {epochs.seconds:.0f} s, job {job:.0f} s")
+        # Tolerance (docs/usage.md): a run's epochs (training and validation) take between a
+        # third of the budget and 1.5 x it; its job, with its start, dataset check, checkpoint
+        # writes, final evaluation and export, at most 1.5 x the budget plus a minute.
+        assert budget_s / 3 <= epochs.seconds <= 1.5 * budget_s, (run.label, epochs)
+        assert job <= 1.5 * budget_s + 60, (run.label, job)
     received = {p.name: p.cost for p in result.protocols}
     for name, cost in received.items():
         assert cost["kind"] == "time" and cost["planned_seconds"] <= budget_s
@@ -166,7 +194,4 @@ def test_a_study_under_a_time_budget_ends_within_it_and_records_what_each_got(
         assert f"| {name}/seed0 | {epochs} |" in report
     table = (tmp_path / "S" / "comparison" / "compare.md").read_text()
     assert table.splitlines()[0].startswith("| Method | epochs | TFLOP |")
-    assert "## Budget" in report
-    print(report[report.index("## Budget"):report.index("## Runs")])
-    print(f"time budget {budget_s:g} s per run: {len(result.runs)} runs trained in {trained:.0f} s "
-          f"(jobs' wall time), the study took {wall:.0f} s")
+    print(f"the study took {wall:.0f} s")

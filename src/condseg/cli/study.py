@@ -124,7 +124,8 @@ def _budget(text: str) -> dict[str, int | float | str]:
     try:
         number = float(value) if key == "flops" else int(value)
     except ValueError:
-        raise OptionError(f"--budget {key} takes a number, got {value!r} ({forms})") from None
+        kind = "a number" if key == "flops" else "a whole number"
+        raise OptionError(f"--budget {key} takes {kind}, got {value!r} ({forms})") from None
     return {key: number}
 
 

@@ -14,12 +14,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from condseg.config import RunConfig
 from condseg.data.split_files import read_split
 from condseg.errors import StudyError
 from condseg.layout import DatasetDir
 from condseg.study.spec import Budget, StudySpec
 from condseg.training.cost import StageCost, images_per_epoch, seconds_per_epoch, stage_flops
+from condseg.training.recipe import training_device
 
 
 def epochs_within(
@@ -27,18 +30,27 @@ def epochs_within(
 ) -> dict[str, int]:
     """The epochs of each stage whose cost (``per_epoch``, in the budget's unit) fits
     ``budget``, in the proportions of the ``recipe``'s epochs: each stage's exact share rounded
-    down (at least one), then one epoch at a time to the stage furthest below its exact share
-    among those that still fit. Refused when one epoch of every stage does not fit."""
+    down (at least one, taken back from the stages furthest above their shares when that least
+    overspends), then one epoch at a time to the stage furthest below its exact share among
+    those that still fit. Refused when one epoch of every stage does not fit."""
+    least = sum(per_epoch.values())
+    if least > budget or least <= 0:
+        raise StudyError(f"one epoch of every stage ({', '.join(recipe)}) costs "
+                         f"{least:.4g}{unit}, more than the budget {budget:.4g}{unit}; give "
+                         f"at least {least:.4g}{unit}" if least > 0 else
+                         f"the stages ({', '.join(recipe)}) measured no cost at all")
     whole = sum(recipe[s] * per_epoch[s] for s in recipe)
     exact = {s: recipe[s] * budget / whole for s in recipe}
     epochs = {s: max(1, math.floor(exact[s])) for s in recipe}
-    least = sum(per_epoch.values())
-    if least > budget:
-        raise StudyError(f"one epoch of every stage ({', '.join(recipe)}) costs "
-                         f"{least:.4g}{unit}, more than the budget {budget:.4g}{unit}; give "
-                         f"at least {least:.4g}{unit}")
+
+    def spent() -> float:
+        return sum(epochs[s] * per_epoch[s] for s in recipe)
+
+    while spent() > budget:  # the least of one epoch took from the others' shares
+        over = [s for s in recipe if epochs[s] > 1]
+        epochs[max(over, key=lambda s: epochs[s] - exact[s])] -= 1
     while True:
-        room = budget - sum(epochs[s] * per_epoch[s] for s in recipe)
+        room = budget - spent()
         short = [s for s in recipe if per_epoch[s] <= room and exact[s] - epochs[s] > 0]
         if not short:
             return epochs
@@ -54,6 +66,23 @@ def on_study_data(spec: StudySpec, config: RunConfig) -> RunConfig:
     return config.model_copy(update={"data": config.data.model_copy(update=data)})
 
 
+def training_processes(spec: StudySpec, config: RunConfig) -> int:
+    """The processes a run of ``config`` trains in: its devices (``auto``: the GPUs a job gets,
+    those of this machine split between the local jobs, or a SLURM job's), times its nodes."""
+    devices = config.devices
+    if isinstance(devices, list):
+        count = len(devices)
+    elif isinstance(devices, int) or str(devices).isdecimal():
+        count = int(devices)
+    elif training_device(config) != "cuda" and spec.launcher.name == "local":
+        count = 1
+    elif spec.launcher.name == "slurm":
+        count = max(1, spec.launcher.slurm.gpus_per_node)
+    else:
+        count = max(1, torch.cuda.device_count() // max(1, spec.launcher.jobs))
+    return count * config.num_nodes
+
+
 def compute_budget(
     spec: StudySpec, config: RunConfig, threads: int
 ) -> tuple[dict[str, int], dict[str, Any]]:
@@ -61,6 +90,11 @@ def compute_budget(
     ``protocol.json`` and the report). ``config`` is the method's as it will train, but for its
     epochs; ``threads`` those a local job will have (a time budget is calibrated with them)."""
     budget: Budget = spec.budget
+    processes = training_processes(spec, config)
+    if processes > 1:
+        raise StudyError(f"a compute budget counts one training process, and each run would "
+                         f"train on {processes} (DDP); set devices=1 in the study's overrides, "
+                         "or give each job one GPU with --jobs")
     config = on_study_data(spec, config)
     train = len(read_split(Path(config.data.root), config.data.train_split))
     stages = config.stages_to_train()

@@ -33,6 +33,10 @@ _NOT_RECIPE = ("seed", "data.root", "data.train_split", "data.val_split", "data.
                "checkpoint_every_minutes", "keep_best_checkpoint", "log_images_every_n_epochs")
 
 
+#: What the record of a compute budget holds for each stage (study.budget).
+_STAGE_COST = ("gflop_per_image", "images_per_epoch", "tflop_per_epoch", "epochs")
+
+
 @dataclass(frozen=True)
 class Change:
     """A value of a method's recipe that its runs in the study do not have, and why."""
@@ -64,8 +68,12 @@ class MethodProtocol:
     def from_json(cls, raw: dict[str, Any]) -> MethodProtocol:
         changes = [Change(**c) for c in raw.get("changes", [])]
         cost = raw.get("cost")
-        if cost is not None and not isinstance(cost, dict):
-            raise TypeError("cost is not a mapping")
+        if cost is not None:  # what the report reads of it, there and of the right kinds
+            numbers = [cost["planned_tflop"], *(stage[key] for stage in cost["stages"].values()
+                                                for key in _STAGE_COST)]
+            if cost["kind"] not in ("flops", "time") or not all(
+                    isinstance(n, (int, float)) for n in numbers):
+                raise TypeError("its cost is not as condseg writes it")
         return cls(raw["name"], raw["method"], list(raw["overrides"]), changes, cost)
 
 
@@ -86,7 +94,11 @@ def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProt
             config = with_dataset_classes(config, spec.data)
         if spec.budget.compute is not None:
             check_stages(config)  # a network that cannot be built is named before it is timed
-            epochs, cost = compute_budget(spec, config, threads)
+            try:
+                epochs, cost = compute_budget(spec, config, threads)
+            except (RuntimeError, OSError) as error:  # the machine's: memory, a file, a device
+                raise StudyError(f"measuring the budget's cost failed ({first_line(error)}); "
+                                 "lower --batch-size, or give the budget in FLOPs") from error
             # last: epochs given in overrides set the stages' proportions, the budget the rest
             groups.append((BUDGET, [f"stages.{name}.max_epochs={n}" for name, n in
                                     epochs.items()]))
@@ -96,8 +108,9 @@ def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProt
         raise StudyError(f"method {entry.name}: {first_line(error)}") from error
     groups += fallbacks
     overrides = [o for _, items in groups for o in items]
-    received = MethodProtocol(entry.name, method, overrides, _changes(method, groups), cost)
-    try:  # a size, option or K a network cannot take fails here, not in every run
+    try:  # a size, option or K a network cannot take fails here, not in every run; so do
+        # epochs a budget gave that a stage's schedule cannot take (its warm-up)
+        received = MethodProtocol(entry.name, method, overrides, _changes(method, groups), cost)
         config = received.config()
         check_stages(with_dataset_classes(config, spec.data) if spec.data else config)
     except CondsegError as error:

@@ -169,7 +169,9 @@ def _budget_lines(
         lines += ["", f"Seconds per epoch calibrated on this machine with {', '.join(threads)} "
                   "thread(s) per job: timed image loading, training steps, validation batches "
                   "and checkpoint serialisation (Lightning's loops, logs and file writes come "
-                  "on top; each run's training time below is measured)."]
+                  "on top). A run's training time below is its epochs' measured seconds "
+                  "(training and validation; the checkpoint writes after each epoch are not "
+                  "in it); its job's whole wall time is in the runs' table."]
     lines += ["", "FLOPs: torch's flop counter over one training step per image (every view's "
               "forward pass, the loss, the backward pass) of the plain computation.", "",
               "| run | epochs | TFLOP spent | training time |", "|---|---|---:|---:|"]

@@ -60,13 +60,13 @@ def run_study(
     study = StudyDir(Path(out))
     data = _dataset_root(spec)
     spec, previous = _continued(study, spec.model_copy(update={"data": data}))
-    if spec.launcher.name == "slurm" and shutil.which("sbatch") is None:
-        raise StudyError("--launcher slurm needs SLURM's sbatch, which is not on this machine's "
-                         "PATH; run the study on a node of the cluster, or use --launcher local")
     if spec.budget.compute == "time" and spec.launcher.name == "slurm":
         raise StudyError("a time budget is calibrated on the machine the runs train on, and "
                          "SLURM's nodes are not this one; give the budget in FLOPs "
                          "(--budget flops=N), or run the study with --launcher local on a node")
+    if spec.launcher.name == "slurm" and shutil.which("sbatch") is None:
+        raise StudyError("--launcher slurm needs SLURM's sbatch, which is not on this machine's "
+                         "PATH; run the study on a node of the cluster, or use --launcher local")
     runs = plan_runs(spec, study)
     threads = job_threads(spec.launcher, len(runs))
     protocols = [previous.get(entry.name) or resolve(spec, entry, threads)

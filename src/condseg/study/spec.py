@@ -105,9 +105,11 @@ class Budget(_Strict):
     @field_validator("time", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):  # YAML reads 1:30 as 90
+            raise ValueError(f"budget time {value!r}: write it as text with its unit, e.g. "
+                             "'40m', '2h', '1h30m' or '90s'")
         if value is not None:
-            duration_seconds(str(value))  # refused here, once, with the forms it takes
-            return str(value)
+            duration_seconds(value)  # refused here, once, with the forms it takes
         return value
 
     @model_validator(mode="after")
@@ -141,13 +143,16 @@ class Budget(_Strict):
         return "each recipe's own epochs"
 
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 
 
 def duration_seconds(text: str) -> float:
-    """Seconds of a duration written ``2h``, ``40m``, ``1h30m``, ``90s`` or ``90``."""
-    match = _DURATION.match(text.strip())
-    if not text.strip() or match is None or not any(match.groups()):
+    """Seconds of a duration written ``2h``, ``40m``, ``1h30m``, ``90s`` or ``90`` (a bare
+    number alone is seconds; after a unit, every part has its own)."""
+    text = text.strip()
+    match = _DURATION.match(f"{text}s" if _SECONDS.match(text) else text)
+    if not text or match is None or not any(match.groups()):
         raise ValueError(f"budget time {text!r} is no duration; write it as 40m, 2h, 1h30m "
                          "or 90s")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())

@@ -3,13 +3,14 @@
 FLOPs: torch's flop counter over one training step, per image — the forward pass of every view
 the stage's loss needs (ConDSeg's stage 1 sees two), the loss (LossNet's VGG included) and the
 backward pass — of the plain reference computation (no recomputation, no fused CPU kernels: what
-the method computes, the same on every machine), laid out on the meta device, so that nothing is
-computed, allocated or downloaded. A stage whose batch hook draws input sizes (multi-scale)
-costs the mean over the sizes it draws, each drawn as often as the others.
+the method computes, the same on every machine), with the network laid out on the meta device,
+so that nothing is computed or allocated (the loss is built as training builds it). A stage
+whose batch hook draws input sizes (multi-scale) costs the mean over the sizes it draws, each
+drawn as often as the others.
 
 Time: the parts of an epoch timed here on the run's data, with the device, threads and
 precision the stage trains with: loading images, a training step (the module's own: hook, loss,
-backward, optimiser step), a validation batch, and writing a checkpoint.
+backward, optimiser step), a validation batch, and serialising a checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from condseg.config import RunConfig
 from condseg.data.dataset import train_and_val_datasets
-from condseg.models.base import use_plain_kernels
 from condseg.models.registry import create_model
 from condseg.training.module import SegmentationModule
 from condseg.training.plan import StageParts, plan_stages, stage_parts
@@ -64,7 +64,6 @@ def flops_per_image(parts: StageParts, size: int) -> float:
     plan = parts.plan
     with torch.device("meta"):
         network = create_model(plan.model, pretrained=False, **plan.options)
-    use_plain_kernels(network, True)
     module = SegmentationModule(network, copy.deepcopy(parts.loss).to("meta"), plan.cfg,
                                 plain_kernels=True)
     module.train()
@@ -119,7 +118,7 @@ def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int
         norm = (data.mean, data.std) if data.mean is not None else network.default_normalization()
         train_set, val_set = train_and_val_datasets(data, cfg.augmentation, cfg.views, *norm)
         count = min(data.batch_size, len(train_set))
-        load_s = _median_seconds(lambda: [train_set[i] for i in range(count)], 1, device) / count
+        load_s = _mean_seconds(lambda: [train_set[i] for i in range(count)], 1, device) / count
         module = SegmentationModule.from_parts(network, parts).to(device)
         module.use_layout_of(device)
         batch = module.on_after_batch_transfer(
@@ -148,10 +147,15 @@ def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int
                         "optimizer_states": [optimizer.state_dict()]}, io.BytesIO())
 
         module.train()
-        train_s = _median_seconds(train_step, steps, device)
+        draws = len(parts.batch_hook.sizes) if parts.batch_hook is not None else 1
+        with torch.random.fork_rng(devices=[]):  # a hook's sizes: the same draws every time
+            torch.manual_seed(0)
+            for _ in range(2 * draws - 1):  # the warm-up below sees most sizes first
+                train_step()
+            train_s = _mean_seconds(train_step, steps * draws, device)
         module.eval()
-        val_s = _median_seconds(val_step, steps, device) * data.batch_size / count
-        checkpoint_s = _median_seconds(checkpoint, 1, device)
+        val_s = _mean_seconds(val_step, steps, device) * data.batch_size / count
+        checkpoint_s = _mean_seconds(checkpoint, 1, device)
     finally:
         torch.set_num_threads(before)
     images = images_per_epoch(config, stage, len(train_set))
@@ -164,13 +168,13 @@ def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int
     return compute + 2 * checkpoint_s
 
 
-def _median_seconds(step: Callable[[], object], repeats: int, device: torch.device) -> float:
-    step()  # warm-up: first-call allocations, kernel choices, the page cache
-    times = []
+def _mean_seconds(step: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The mean seconds of ``repeats`` calls of ``step`` after one untimed (first-call
+    allocations, kernel choices, the page cache); a mean, since a hook's sizes mix."""
+    step()
+    start = time.perf_counter()
     for _ in range(repeats):
-        start = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats

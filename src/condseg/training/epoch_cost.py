@@ -5,8 +5,9 @@ each method spent.
 ``train_tflop``: the images the epoch's training steps saw (counted per batch, so batch limits
 and a last partial batch are exact) times the stage's training FLOPs per image
 (:func:`condseg.training.cost.flops_per_image`, counted once when the stage starts).
-``epoch_seconds``: wall seconds from the epoch's start to its end, its validation and
-checkpoint writes included (Lightning ends an epoch after its validation).
+``epoch_seconds``: wall seconds from the epoch's start to the end of its validation (Lightning
+ends an epoch after its validation; the checkpoints of the epoch are written after this
+callback's end of epoch, so their writes are not in it).
 
 A stage resumed mid-epoch continues the epoch's counts from its checkpoint (they are saved in
 it), so the resumed epoch counts the images trained into the model and the seconds spent on
