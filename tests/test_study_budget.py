@@ -166,7 +166,7 @@ def test_cli_budget_forms_and_refusals(tmp_path: Path) -> None:
 def test_a_study_under_a_time_budget_ends_within_it_and_records_what_each_got(
     tmp_path: Path,
 ) -> None:
-    budget_s = 40.0
+    budget_s = 30.0
     data = synthesize(tmp_path / "data", n_train=12, n_val=4, size=64)
     study = yaml.safe_dump({"data": str(data), "methods": [TINY_CONDSEG, TINY_UNET],
                             "protocol": PROTOCOL, "budget": {"time": f"{budget_s:g}s"},
