@@ -11,6 +11,7 @@ stage gets, since they follow ``max_epochs``; nothing is cut short.
 from __future__ import annotations
 
 import math
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,7 @@ def _record(
         record["planned_seconds"] = sum(c.seconds_per_epoch * epochs[s]
                                         for s, c in costs.items())
         record["calibrated_threads"] = threads
+        record["calibrated_on"] = platform.node()
     else:
         record["budget_tflop"] = budget.flops / 1e12
     return record

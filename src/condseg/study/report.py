@@ -165,8 +165,10 @@ def _budget_lines(
              markdown_row(["---", "---"] + ["---:"] * (len(columns) - 2))]
     lines += [markdown_row(row) for row in budget_rows(protocols, kind)]
     threads = sorted({str(p.cost.get("calibrated_threads")) for p in protocols if p.cost})
+    hosts = sorted({str(p.cost.get("calibrated_on", "?")) for p in protocols if p.cost})
     if spec.budget.compute == "time":
-        lines += ["", f"Seconds per epoch calibrated on this machine with {', '.join(threads)} "
+        lines += ["", f"Seconds per epoch calibrated on {md(', '.join(hosts))} with "
+                  f"{', '.join(threads)} "
                   "thread(s) per job: timed image loading, training steps, validation batches "
                   "and checkpoint serialisation (Lightning's loops, logs and file writes come "
                   "on top). A run's training time below is its epochs' measured seconds "

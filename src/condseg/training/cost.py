@@ -158,6 +158,8 @@ def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int
         checkpoint_s = _mean_seconds(checkpoint, 1, device)
     finally:
         torch.set_num_threads(before)
+        if device.type == "cuda":  # the study's process keeps nothing on the jobs' GPU
+            torch.cuda.empty_cache()
     images = images_per_epoch(config, stage, len(train_set))
     val_batches = batches(math.ceil(len(val_set) / data.batch_size), cfg.limit_val_batches)
     val_images = min(len(val_set), val_batches * data.batch_size)
