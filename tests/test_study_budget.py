@@ -195,3 +195,24 @@ def test_a_study_under_a_time_budget_ends_within_it_and_records_what_each_got(
     table = (tmp_path / "S" / "comparison" / "compare.md").read_text()
     assert table.splitlines()[0].startswith("| Method | epochs | TFLOP |")
     print(f"the study took {wall:.0f} s")
+
+
+def test_what_a_run_spent_is_read_from_its_stages_logs(tmp_path: Path) -> None:
+    from condseg.layout import StudyDir
+    from condseg.study.runs import plan_runs
+
+    spec = read_study(None, {"data": str(tmp_path), "methods": ["condseg"]})
+    run = plan_runs(spec, StudyDir(tmp_path / "S"))[0]
+    stage = {"gflop_per_image": 1.0, "images_per_epoch": 10, "tflop_per_epoch": 0.5,
+             "epochs": 3}
+    protocol = MethodProtocol("condseg", "condseg", [], [], {
+        "kind": "flops", "planned_tflop": 3.0, "stages": {"stage1": stage, "stage2": stage}})
+    assert spent(run, protocol) is None  # nothing trained yet
+    log = run.run.stage("stage1").metrics
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch,train_tflop,epoch_seconds\n1,0.25,2.0\n2,0.5,3.0\n")
+    used = spent(run, protocol)  # stage 1 only: a run stopped in stage 2 counts what it spent
+    assert (used.epochs, used.tflop, used.seconds) == ({"stage1": 2, "stage2": 0}, 0.75, 5.0)
+    log.write_text("epoch,train_loss\n1,0.3\n2,0.2\n")  # an older log: epochs x cost per epoch
+    used = spent(run, protocol)
+    assert (used.tflop, used.seconds) == (1.0, None)

@@ -117,15 +117,16 @@ class Spent:
 
 
 def spent(run: StudyRun, protocol: MethodProtocol) -> Spent | None:
-    """The run's epochs (its stages' ``metrics.csv``), FLOPs (their ``train_tflop``, else the
-    epochs times the cost per epoch measured for the budget) and time (``epoch_seconds``)."""
+    """The run's epochs (its stages' ``metrics.csv``; 0 for a stage without one: not trained
+    yet), FLOPs (their ``train_tflop``, else the epochs times the cost per epoch measured for
+    the budget) and time (``epoch_seconds``); None when no stage has a log."""
     stages = (protocol.cost or {}).get("stages", {})
-    epochs, tflop, seconds = {}, 0.0, 0.0
+    epochs, tflop, seconds = dict.fromkeys(stages, 0), 0.0, 0.0
     for name, cost in stages.items():
         try:
             rows = read_epochs(run.run.stage(name).metrics)
         except (OSError, ValueError):  # not trained (yet), or a log that cannot be read
-            return None
+            continue
         epochs[name] = len(rows)
         logged = [r.get("train_tflop") for r in rows.values()]
         tflop += (sum(logged) if all(v is not None for v in logged) else
@@ -133,7 +134,7 @@ def spent(run: StudyRun, protocol: MethodProtocol) -> Spent | None:
         times = [r.get("epoch_seconds") for r in rows.values()]
         seconds = None if seconds is None or any(t is None for t in times) else (
             seconds + sum(times))
-    return Spent(epochs, tflop, seconds)
+    return Spent(epochs, tflop, seconds) if any(epochs.values()) else None
 
 
 def cost_columns(
@@ -179,10 +180,13 @@ def _budget_lines(
               "| run | epochs | TFLOP spent | training time |", "|---|---|---:|---:|"]
     by_name = {p.name: p for p in protocols}
     for run in runs:
-        used = spent(run, by_name[run.method])
+        protocol = by_name[run.method]
+        used = spent(run, protocol)
+        whole = run.is_finished(protocol.config().stages_to_train())
         lines.append(markdown_row([run.label, "not trained", "", ""] if used is None else [
-            run.label, "+".join(map(str, used.epochs.values())), f"{used.tflop:.2f}",
-            "" if used.seconds is None else duration(used.seconds)]))
+            run.label, "+".join(map(str, used.epochs.values())) + ("" if whole else
+                                                                   " (unfinished)"),
+            f"{used.tflop:.2f}", "" if used.seconds is None else duration(used.seconds)]))
     return [*lines, ""]
 
 
