@@ -216,3 +216,16 @@ def test_what_a_run_spent_is_read_from_its_stages_logs(tmp_path: Path) -> None:
     log.write_text("epoch,train_loss\n1,0.3\n2,0.2\n")  # an older log: epochs x cost per epoch
     used = spent(run, protocol)
     assert (used.tflop, used.seconds) == (1.0, None)
+
+
+def test_a_run_trains_in_as_many_processes_as_its_job_has_gpus_unless_told() -> None:
+    from condseg.config import load_config
+    from condseg.study.budget import training_processes
+
+    def config(*overrides: str):
+        return load_config("default", ["method=unet", *overrides])
+
+    assert training_processes(config(), 0) == 1  # no GPU: one process
+    assert training_processes(config(), 4) == 4  # devices auto: Lightning takes them all
+    assert training_processes(config("accelerator=cpu"), 4) == 1
+    assert training_processes(config("devices=2", "num_nodes=2"), 0) == 4

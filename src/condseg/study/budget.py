@@ -15,15 +15,18 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from condseg.config import RunConfig
 from condseg.data.split_files import read_split
 from condseg.errors import StudyError
 from condseg.layout import DatasetDir
 from condseg.study.spec import Budget, StudySpec
-from condseg.training.cost import StageCost, images_per_epoch, seconds_per_epoch, stage_flops
-from condseg.training.recipe import training_device
+from condseg.training.cost import (
+    StageCost,
+    flops_per_image,
+    images_per_epoch,
+    seconds_per_epoch,
+)
+from condseg.training.plan import plan_stages, stage_parts
 
 
 def epochs_within(
@@ -67,31 +70,30 @@ def on_study_data(spec: StudySpec, config: RunConfig) -> RunConfig:
     return config.model_copy(update={"data": config.data.model_copy(update=data)})
 
 
-def training_processes(spec: StudySpec, config: RunConfig) -> int:
-    """The processes a run of ``config`` trains in: its devices (``auto``: the GPUs a job gets,
-    those of this machine split between the local jobs, or a SLURM job's), times its nodes."""
+def training_processes(config: RunConfig, gpus: int) -> int:
+    """The processes a run of ``config`` trains in: its devices (``auto``: the ``gpus`` its job
+    gets, as Lightning takes every GPU it sees unless the accelerator says otherwise; one
+    without GPUs), times its nodes."""
     devices = config.devices
     if isinstance(devices, list):
         count = len(devices)
     elif isinstance(devices, int) or str(devices).isdecimal():
         count = int(devices)
-    elif training_device(config) != "cuda" and spec.launcher.name == "local":
-        count = 1
-    elif spec.launcher.name == "slurm":
-        count = max(1, spec.launcher.slurm.gpus_per_node)
     else:
-        count = max(1, torch.cuda.device_count() // max(1, spec.launcher.jobs))
+        gpu = config.accelerator.lower() in ("auto", "gpu", "cuda")
+        count = max(1, gpus) if gpu else 1
     return count * config.num_nodes
 
 
 def compute_budget(
-    spec: StudySpec, config: RunConfig, threads: int
+    spec: StudySpec, config: RunConfig, threads: int, gpus: int = 0
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Each trained stage's epochs under the study's compute budget, and the record of it (for
     ``protocol.json`` and the report). ``config`` is the method's as it will train, but for its
-    epochs; ``threads`` those a local job will have (a time budget is calibrated with them)."""
+    epochs; ``threads`` and ``gpus`` those a job will have (a time budget is calibrated with
+    the threads)."""
     budget: Budget = spec.budget
-    processes = training_processes(spec, config)
+    processes = training_processes(config, gpus)
     if processes > 1:
         raise StudyError(f"a compute budget counts one training process, and each run would "
                          f"train on {processes} (DDP); set devices=1 in the study's overrides, "
@@ -100,11 +102,12 @@ def compute_budget(
     train = len(read_split(Path(config.data.root), config.data.train_split))
     stages = config.stages_to_train()
     costs = {}
-    for stage in stages:
-        seconds = (seconds_per_epoch(config, stage, threads=threads)
+    for stage, plan in plan_stages(config, stages).items():
+        parts = stage_parts(plan, config)  # built once: its loss may load LossNet's VGG
+        flops = flops_per_image(parts, config.data.size)
+        seconds = (seconds_per_epoch(config, parts, threads=threads)
                    if budget.compute == "time" else None)
-        costs[stage] = StageCost(stage_flops(config, stage),
-                                 images_per_epoch(config, stage, train), seconds)
+        costs[stage] = StageCost(flops, images_per_epoch(config, stage, train), seconds)
     recipe = {s: config.stages[s].max_epochs for s in stages}
     if budget.compute == "flops":
         epochs = epochs_within(budget.flops, recipe, {s: c.flops_per_epoch

@@ -102,6 +102,15 @@ def job_threads(launcher: Launcher, runs: int) -> int:
     return max(1, usable_cores() // max(1, min(launcher.jobs, runs)))
 
 
+def job_gpus(launcher: Launcher, runs: int) -> int:
+    """The GPUs each job trains on: a SLURM job's ``gpus_per_node``, else the most this
+    machine's GPUs give one local job (:func:`gpu_groups`)."""
+    if launcher.name == "slurm":
+        return launcher.slurm.gpus_per_node
+    groups = gpu_groups(max(1, min(launcher.jobs, runs)))
+    return max((len(group.split(",")) for group in groups), default=0)
+
+
 def gpu_groups(jobs: int) -> list[str]:
     """The GPUs of this machine (those ``CUDA_VISIBLE_DEVICES`` leaves) dealt to ``jobs``
     groups (fewer when there are fewer GPUs), as ``CUDA_VISIBLE_DEVICES`` values; none on a

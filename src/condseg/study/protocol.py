@@ -77,11 +77,13 @@ class MethodProtocol:
         return cls(raw["name"], raw["method"], list(raw["overrides"]), changes, cost)
 
 
-def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProtocol:
+def resolve(
+    spec: StudySpec, entry: MethodEntry, threads: int = 1, gpus: int = 0
+) -> MethodProtocol:
     """The overrides and changes of one method of ``spec``; weights are fetched (or their
     absence found) now, so that no run fails for them later. A compute budget is measured on
-    the method as it will train (its weights' fallbacks applied); a time budget with the
-    ``threads`` a local job will have."""
+    the method as it will train (its weights' fallbacks applied), with the ``threads`` and
+    ``gpus`` a job will have."""
     method = entry.method_name
     groups = [(PROTOCOL, protocol_overrides(spec)), (STUDY, list(spec.overrides)),
               (OWN, list(entry.overrides))]
@@ -95,7 +97,7 @@ def resolve(spec: StudySpec, entry: MethodEntry, threads: int = 1) -> MethodProt
         if spec.budget.compute is not None:
             check_stages(config)  # a network that cannot be built is named before it is timed
             try:
-                epochs, cost = compute_budget(spec, config, threads)
+                epochs, cost = compute_budget(spec, config, threads, gpus)
             except (RuntimeError, OSError) as error:  # the machine's: memory, a file, a device
                 raise StudyError(f"measuring the budget's cost failed ({first_line(error)}); "
                                  "lower --batch-size, or give the budget in FLOPs") from error

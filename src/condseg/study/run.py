@@ -26,7 +26,7 @@ from condseg.interrupt import Interrupted
 from condseg.layout import DatasetDir, StudyDir
 from condseg.outputs import claim, entries
 from condseg.records import write_config
-from condseg.study.launch import Outcome, job_threads, launch
+from condseg.study.launch import Outcome, job_gpus, job_threads, launch
 from condseg.study.protocol import MethodProtocol, read_protocols, resolve
 from condseg.study.report import cost_columns, print_protocol, write_report
 from condseg.study.runs import StudyRun, plan_runs
@@ -68,8 +68,8 @@ def run_study(
         raise StudyError("--launcher slurm needs SLURM's sbatch, which is not on this machine's "
                          "PATH; run the study on a node of the cluster, or use --launcher local")
     runs = plan_runs(spec, study)
-    threads = job_threads(spec.launcher, len(runs))
-    protocols = [previous.get(entry.name) or resolve(spec, entry, threads)
+    threads, gpus = job_threads(spec.launcher, len(runs)), job_gpus(spec.launcher, len(runs))
+    protocols = [previous.get(entry.name) or resolve(spec, entry, threads, gpus)
                  for entry in spec.methods]
     by_name = {p.name: p for p in protocols}
     for run in runs:  # each run's configuration valid (its seeds) before anything is written

@@ -101,15 +101,18 @@ def batches(count: int, limit: int | float) -> int:
     return max(1, int(count * limit)) if limit > 0 else 0
 
 
-def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int = 3) -> float:
-    """Seconds one epoch of ``stage`` is expected to take here, from timed parts of it on the
-    run's data (``config.data.root`` and splits set): loading and augmenting images (serial with
-    ``data.num_workers`` 0, else overlapped with the steps), ``steps`` training steps and
-    validation batches (after one of each untimed), and writing the two checkpoints of an epoch
-    (``last.ckpt`` and a new best: the model and optimiser state, serialised)."""
-    config = resolve_precision(config)
-    parts = stage_parts(plan_stages(config, [stage])[stage], config)
-    plan, cfg, data = parts.plan, config.stages[stage], config.data
+def seconds_per_epoch(
+    config: RunConfig, parts: StageParts, *, threads: int, steps: int = 3
+) -> float:
+    """Seconds one epoch of the planned stage ``parts`` of ``config`` is expected to take here,
+    from timed parts of it on the run's data (``config.data.root`` and splits set): loading and
+    augmenting images (serial with ``data.num_workers`` 0, else overlapped with the steps),
+    ``steps`` training steps and validation batches (after one of each untimed), and writing
+    the two checkpoints of an epoch (``last.ckpt`` and a new best: the model and optimiser
+    state, serialised), in the precision the run resolves to."""
+    plan, data = parts.plan, config.data
+    cfg, stage = plan.cfg, plan.name
+    precision = resolve_precision(config).precision
     device = torch.device(training_device(config))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -125,7 +128,7 @@ def seconds_per_epoch(config: RunConfig, stage: str, *, threads: int, steps: int
             {k: v.to(device) if isinstance(v, torch.Tensor) else v
              for k, v in default_collate([train_set[i] for i in range(count)]).items()}, 0)
         optimizer = module.configure_optimizers()["optimizer"]
-        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(plan.precision)
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
         def amp() -> torch.autocast | nullcontext:
             return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
